@@ -1,0 +1,42 @@
+# Tests are found by name: tests/<label>/test_*.c (C programs) and
+# tests/<label>/test_*.sh (scripts). Labels: unit, mpi, gpu, e2e.
+# Exit code 77 means "skipped" (e.g. a GPU test on a machine without one).
+
+function(ql_add_c_tests label)
+  file(GLOB srcs CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/${label}/test_*.c)
+  foreach(src ${srcs})
+    get_filename_component(name ${src} NAME_WE)
+    set(target ${label}_${name})
+    add_executable(${target} ${src})
+    target_link_libraries(${target} PRIVATE qlora_core)
+    target_include_directories(${target} PRIVATE ${CMAKE_SOURCE_DIR}/tests)
+    if(label STREQUAL "mpi")
+      add_test(NAME ${target} COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} 2
+               --allow-run-as-root --oversubscribe $<TARGET_FILE:${target}>)
+    else()
+      add_test(NAME ${target} COMMAND ${target})
+    endif()
+    set_tests_properties(${target} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77
+      ENVIRONMENT "QL_SOURCE_DIR=${CMAKE_SOURCE_DIR};QL_BUILD_DIR=${CMAKE_BINARY_DIR}")
+  endforeach()
+endfunction()
+
+function(ql_add_sh_tests label)
+  file(GLOB scripts CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/${label}/test_*.sh)
+  foreach(s ${scripts})
+    get_filename_component(name ${s} NAME_WE)
+    set(target ${label}_${name})
+    add_test(NAME ${target} COMMAND bash ${s})
+    set_tests_properties(${target} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77
+      ENVIRONMENT "QLORA=$<TARGET_FILE:qlora>;QL_SOURCE_DIR=${CMAKE_SOURCE_DIR};QL_BUILD_DIR=${CMAKE_BINARY_DIR}")
+  endforeach()
+endfunction()
+
+foreach(label unit mpi e2e)
+  ql_add_c_tests(${label})
+  ql_add_sh_tests(${label})
+endforeach()
+# GPU tests are built wherever the CUDA backend is; without a device they exit 77.
+if(QL_HAVE_CUDA)
+  ql_add_c_tests(gpu)
+endif()

@@ -1,0 +1,157 @@
+/* The backend op table: every operation a QLoRA step needs, once per backend.
+ *
+ * Backends: "cpu-ref" (plain loops, the readable reference every other
+ * backend is tested against), "cpu" (OpenBLAS on dequantized tiles, OpenMP),
+ * and "cuda" (kernels/cuda/, when built with nvcc and a GPU is present).
+ *
+ * Conventions, shared by every backend:
+ * - Pointers are in the backend's memory (host for CPU, device for CUDA).
+ * - Activations and their gradients (`ql_act`) are of dtype `act_dtype`:
+ *   float32 on the CPU backends, bfloat16 on CUDA. Parameters that train
+ *   (LoRA A/B), optimizer state, norm weights, losses and the saved statistics
+ *   (rstd, lse) are always float32.
+ * - Row-major. A linear layer's weight is [out, in]; y = x·Wᵀ.
+ * - T is a number of tokens (rows); batch and sequence are flattened into it
+ *   except for attention, which needs them apart.
+ * - Gradients of trained parameters (dA, dB) are accumulated (+=) so that
+ *   micro-batches can be summed; activation gradients (dx) are overwritten.
+ * - Ops are deterministic: the same inputs give bit-identical outputs.
+ * - Shape misuse is a programmer error (QL_ASSERT); a failure of the device
+ *   or library returns QL_EBACKEND with a message. */
+#ifndef QL_BACKEND_H
+#define QL_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/dtype.h"
+#include "core/status.h"
+#include "kernels/quant4.h"
+
+typedef void ql_act;
+
+/* A LoRA adapter on one linear layer: y += scale · (x·Aᵀ)·Bᵀ. */
+typedef struct ql_lora {
+    const float *A; /* [r, in] */
+    const float *B; /* [out, r] */
+    int r;
+    float scale; /* alpha / r, or alpha / sqrt(r) with rsLoRA */
+} ql_lora;
+
+/* Which RoPE frequency schedule (FORMATS §4.1, §4.3). */
+typedef enum ql_rope_type { QL_ROPE_DEFAULT, QL_ROPE_LINEAR, QL_ROPE_LLAMA3 } ql_rope_type;
+
+typedef struct ql_rope_config {
+    ql_rope_type type;
+    float theta;                 /* rope_theta */
+    float factor;                /* linear, llama3 */
+    float low_freq_factor;       /* llama3 */
+    float high_freq_factor;      /* llama3 */
+    float original_max_position; /* llama3: original_max_position_embeddings */
+} ql_rope_config;
+
+typedef struct ql_adamw {
+    float lr, beta1, beta2, eps, weight_decay;
+} ql_adamw;
+
+/* Attention geometry: tokens are [batch, seq], heads [n_heads | n_kv_heads]. */
+typedef struct ql_attn_shape {
+    int64_t batch, seq;
+    int n_heads, n_kv_heads, head_dim;
+} ql_attn_shape;
+
+typedef struct ql_backend {
+    const char *name;
+    ql_dtype act_dtype;
+
+    /* --- memory ------------------------------------------------------------ */
+    ql_status (*alloc)(size_t bytes, void **out);
+    void (*free)(void *p);
+    ql_status (*upload)(void *dst, const void *host_src, size_t bytes);
+    ql_status (*download)(void *host_dst, const void *src, size_t bytes);
+    /* Copies a host ql_q4 into backend memory (dst's buffers are allocated). */
+    ql_status (*q4_upload)(const ql_q4 *host, ql_q4 *dst);
+    void (*q4_free)(ql_q4 *dst);
+    ql_status (*sync)(void);
+
+    /* --- 4-bit linear layers with LoRA --------------------------------------- */
+    /* out[rows, cols] = dequantized W, in act_dtype. */
+    ql_status (*q4_dequantize)(const ql_q4 *w, ql_act *out);
+    /* y[T,out] = x[T,in]·Wᵀ + lora.scale·(x·Aᵀ)·Bᵀ; xa[T,r] = x·Aᵀ (fp32) is
+     * kept for the backward pass. lora may be NULL (then xa is unused). */
+    ql_status (*q4_lora_fwd)(const ql_q4 *w, const ql_lora *lora, const ql_act *x, int64_t T,
+                             ql_act *y, float *xa);
+    /* dx[T,in] = dy·W + s·(dy·B)·A;  dA[r,in] += s·(dy·B)ᵀ·x;  dB[out,r] += s·dyᵀ·xa.
+     * Never dW: the base weight is frozen. dx may be NULL (first layer). */
+    ql_status (*q4_lora_bwd)(const ql_q4 *w, const ql_lora *lora, const ql_act *x, const float *xa,
+                             const ql_act *dy, int64_t T, ql_act *dx, float *dA, float *dB);
+
+    /* --- dense frozen matmul (lm_head, tied embeddings) ----------------------- */
+    /* y[T,out] = x[T,in]·Wᵀ with W[out,in] in act_dtype. */
+    ql_status (*matmul_fwd)(const ql_act *W, const ql_act *x, int64_t T, int64_t in, int64_t out,
+                            ql_act *y);
+    /* dx[T,in] = dy[T,out]·W. */
+    ql_status (*matmul_bwd)(const ql_act *W, const ql_act *dy, int64_t T, int64_t in, int64_t out,
+                            ql_act *dx);
+
+    /* --- normalisation, position, activation ------------------------------------ */
+    /* y = x · rsqrt(mean(x²) + eps) · w per row of d; rstd[T] saved. */
+    ql_status (*rmsnorm_fwd)(const ql_act *x, const float *w, float eps, int64_t T, int64_t d,
+                             ql_act *y, float *rstd);
+    /* dx from dy (w frozen: no dw). */
+    ql_status (*rmsnorm_bwd)(const ql_act *dy, const ql_act *x, const float *w, const float *rstd,
+                             int64_t T, int64_t d, ql_act *dx);
+    /* In place on x[T, n_heads, head_dim], HF half-split pairing (i, i + d/2),
+     * angle pos[t]·inv_freq[i]. bwd rotates the gradient back (angle negated). */
+    ql_status (*rope_fwd)(ql_act *x, const int32_t *pos, const float *inv_freq, int64_t T,
+                          int n_heads, int head_dim);
+    ql_status (*rope_bwd)(ql_act *dx, const int32_t *pos, const float *inv_freq, int64_t T,
+                          int n_heads, int head_dim);
+    /* out = silu(gate) · up, elementwise over n. */
+    ql_status (*swiglu_fwd)(const ql_act *gate, const ql_act *up, int64_t n, ql_act *out);
+    ql_status (*swiglu_bwd)(const ql_act *dout, const ql_act *gate, const ql_act *up, int64_t n,
+                            ql_act *dgate, ql_act *dup);
+
+    /* --- attention ----------------------------------------------------------------- */
+    /* Causal attention with GQA (query head h reads kv head h / (n_heads/n_kv_heads))
+     * and, when doc != NULL, a per-document mask for packed rows: key j is
+     * visible to query i iff j <= i and doc[j] == doc[i] (doc is [batch*seq]).
+     * q/out [batch, seq, n_heads, head_dim]; k/v [batch, seq, n_kv_heads, head_dim];
+     * lse[batch, n_heads, seq] (natural-log sum of exp of scaled scores) is saved.
+     * Scale 1/sqrt(head_dim). */
+    ql_status (*attn_fwd)(const ql_act *q, const ql_act *k, const ql_act *v, const int32_t *doc,
+                          const ql_attn_shape *s, ql_act *out, float *lse);
+    ql_status (*attn_bwd)(const ql_act *dout, const ql_act *q, const ql_act *k, const ql_act *v,
+                          const ql_act *out, const float *lse, const int32_t *doc,
+                          const ql_attn_shape *s, ql_act *dq, ql_act *dk, ql_act *dv);
+
+    /* --- embedding and loss ------------------------------------------------------------- */
+    /* out[T,d] = table[ids[t], :]; the embedding is frozen (no backward). */
+    ql_status (*embed_fwd)(const ql_act *table, const int32_t *ids, int64_t T, int64_t d,
+                           ql_act *out);
+    /* Cross-entropy of logits[T,V] against targets[T]; a target < 0 (-100 in HF)
+     * is ignored: loss 0, gradient 0. losses[T] (fp32) per token. If dlogits is
+     * not NULL it receives grad_scale·(softmax − onehot) (it may alias logits). */
+    ql_status (*xent_fwd_bwd)(const ql_act *logits, const int32_t *targets, int64_t T, int64_t V,
+                              float grad_scale, float *losses, ql_act *dlogits);
+
+    /* --- optimizer ------------------------------------------------------------------------- */
+    /* Decoupled-weight-decay Adam (torch.optim.AdamW) over a flat fp32 vector;
+     * step counts from 1. */
+    ql_status (*adamw)(float *param, const float *grad, float *m, float *v, int64_t n,
+                       const ql_adamw *h, int64_t step);
+} ql_backend;
+
+/* The built-in backends. ql_backend_cuda() returns NULL (with a message) when
+ * this build has no CUDA or no device is visible. */
+const ql_backend *ql_backend_cpu_ref(void);
+const ql_backend *ql_backend_cpu(void);
+const ql_backend *ql_backend_cuda(void);
+/* By name ("cpu-ref", "cpu", "cuda"); NULL with a message if unknown or absent. */
+const ql_backend *ql_backend_by_name(const char *name);
+
+/* Host-side: the RoPE inverse frequencies inv_freq[head_dim/2] for a config,
+ * computed in float32 as transformers does (modeling_rope_utils.py). */
+ql_status ql_rope_inv_freq(const ql_rope_config *c, int head_dim, float *inv_freq);
+
+#endif

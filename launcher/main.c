@@ -1,0 +1,43 @@
+/* qlora: one binary, subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "launcher/commands.h"
+
+static const ql_command commands[] = {
+    {"quantize", "quantize a Hugging Face model directory to bitsandbytes 4-bit",
+     ql_cmd_quantize},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: qlora <command> [flags]   (qlora <command> --help for its flags)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-10s %s\n", "version", "print the version");
+}
+
+int ql_report(ql_status s) {
+    if (s == QL_OK) return QL_EXIT_OK;
+    const char *m = ql_error_message();
+    fprintf(stderr, "qlora: error: %s\n", *m ? m : ql_status_name(s));
+    return QL_EXIT_ERROR;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? QL_EXIT_USAGE : QL_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+        printf("qlora 0.1.0\n");
+        return QL_EXIT_OK;
+    }
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "qlora: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return QL_EXIT_USAGE;
+}
