@@ -29,7 +29,8 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/p
 fi
 
 echo "setup: building into build/"
+mkdir -p build
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >build/.configure.log 2>&1 ||
-    { mkdir -p build; cmake -S . -B build -DCMAKE_BUILD_TYPE=Release; }
+    { cat build/.configure.log; exit 1; }
 cmake --build build -j"$(nproc)" >/dev/null || cmake --build build
 echo "setup: done (binary: build/qlora)"
