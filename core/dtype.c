@@ -7,10 +7,10 @@ static const struct {
     size_t size;
     int st_order; /* position in safetensors' Dtype enum */
 } dtype_info[QL_DT_COUNT] = {
-    [QL_DT_BOOL] = {"BOOL", 1, 0}, [QL_DT_U8] = {"U8", 1, 4},     [QL_DT_I8] = {"I8", 1, 5},
-    [QL_DT_I16] = {"I16", 2, 11},  [QL_DT_U16] = {"U16", 2, 12},  [QL_DT_F16] = {"F16", 2, 13},
+    [QL_DT_BOOL] = {"BOOL", 1, 0},  [QL_DT_U8] = {"U8", 1, 4},    [QL_DT_I8] = {"I8", 1, 5},
+    [QL_DT_I16] = {"I16", 2, 11},   [QL_DT_U16] = {"U16", 2, 12}, [QL_DT_F16] = {"F16", 2, 13},
     [QL_DT_BF16] = {"BF16", 2, 14}, [QL_DT_I32] = {"I32", 4, 15}, [QL_DT_U32] = {"U32", 4, 16},
-    [QL_DT_F32] = {"F32", 4, 17},  [QL_DT_F64] = {"F64", 8, 19},  [QL_DT_I64] = {"I64", 8, 20},
+    [QL_DT_F32] = {"F32", 4, 17},   [QL_DT_F64] = {"F64", 8, 19}, [QL_DT_I64] = {"I64", 8, 20},
     [QL_DT_U64] = {"U64", 8, 21},
 };
 
@@ -43,9 +43,9 @@ uint16_t ql_f32_to_f16(float f) {
     uint32_t u = ql_bits_from_f32(f);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return sign | 0x7e00u;     /* NaN */
-    if (a >= 0x477ff000u) return sign | 0x7c00u;    /* rounds to inf */
-    if (a < 0x38800000u) {                          /* result is subnormal or zero */
+    if (a > 0x7f800000u) return sign | 0x7e00u;      /* NaN */
+    if (a >= 0x477ff000u) return sign | 0x7c00u;     /* rounds to inf */
+    if (a < 0x38800000u) {                           /* result is subnormal or zero */
         float v = ql_f32_from_bits(a) * 16777216.0f; /* scale by 2^24: exact */
         /* nearbyintf rounds half to even in the default rounding mode */
         return sign | (uint16_t)nearbyintf(v);

@@ -29,28 +29,28 @@ typedef enum ql_qtype { QL_QTYPE_NF4 = 0, QL_QTYPE_FP4 = 1 } ql_qtype;
 /* The double-quant block is fixed at 256 by bitsandbytes' quantize_4bit. */
 #define QL_NESTED_BLOCKSIZE 256
 
+// clang-format off
 /* NF4 code book, index = 4-bit code. */
-#define QL_NF4_BITS                                                                                \
-    {0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu,                 \
-     0xbdba7871u, 0x00000000u, 0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au,                 \
-     0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u}
+#define QL_NF4_BITS { \
+    0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u, \
+    0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u \
+}
 
 /* dQuantizeNF4's 15 thresholds: the float32 midpoints of adjacent codes. */
-#define QL_NF4_THRESHOLD_BITS                                                                      \
-    {0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu, 0xbe0d38bcu,                 \
-     0xbd3a7871u, 0x3d22faffu, 0x3df64862u, 0x3e5067e0u, 0x3e9582d4u, 0x3ec753f9u,                 \
-     0x3f006d04u, 0x3f248dafu, 0x3f5c89dau}
+#define QL_NF4_THRESHOLD_BITS { \
+    0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu, 0xbe0d38bcu, 0xbd3a7871u, 0x3d22faffu, \
+    0x3df64862u, 0x3e5067e0u, 0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau \
+}
 
 /* FP4 code book (get_4bit_type("fp4")): bit 3 is the sign, index 8 is -0. */
-#define QL_FP4_BITS                                                                                \
-    {0x00000000u, 0x3baaaaabu, 0x3f2aaaabu, 0x3f800000u, 0x3eaaaaabu, 0x3f000000u,                 \
-     0x3e2aaaabu, 0x3e800000u, 0x80000000u, 0xbbaaaaabu, 0xbf2aaaabu, 0xbf800000u,                 \
-     0xbeaaaaabu, 0xbf000000u, 0xbe2aaaabu, 0xbe800000u}
+#define QL_FP4_BITS { \
+    0x00000000u, 0x3baaaaabu, 0x3f2aaaabu, 0x3f800000u, 0x3eaaaaabu, 0x3f000000u, 0x3e2aaaabu, 0x3e800000u, \
+    0x80000000u, 0xbbaaaaabu, 0xbf2aaaabu, 0xbf800000u, 0xbeaaaaabu, 0xbf000000u, 0xbe2aaaabu, 0xbe800000u \
+}
 
 /* The signed 8-bit dynamic map, create_dynamic_map(signed=True), sorted:
  * index 127 is 0, index 255 is 1.0. Used to quantize absmax in double quant. */
-#define QL_DYNMAP_BITS                                                                             \
-    {                                                                                              \
+#define QL_DYNMAP_BITS { \
     0xbf7e3333u, 0xbf7a999au, 0xbf770000u, 0xbf736666u, 0xbf6fcccdu, 0xbf6c3333u, 0xbf68999au, 0xbf650000u, \
     0xbf616666u, 0xbf5dcccdu, 0xbf5a3333u, 0xbf56999au, 0xbf530000u, 0xbf4f6666u, 0xbf4bcccdu, 0xbf483333u, \
     0xbf44999au, 0xbf410000u, 0xbf3d6666u, 0xbf39cccdu, 0xbf363334u, 0xbf32999au, 0xbf2f0000u, 0xbf2b6666u, \
@@ -83,7 +83,8 @@ typedef enum ql_qtype { QL_QTYPE_NF4 = 0, QL_QTYPE_FP4 = 1 } ql_qtype;
     0x3f2f0000u, 0x3f32999au, 0x3f363334u, 0x3f39cccdu, 0x3f3d6666u, 0x3f410000u, 0x3f44999au, 0x3f483333u, \
     0x3f4bcccdu, 0x3f4f6666u, 0x3f530000u, 0x3f56999au, 0x3f5a3333u, 0x3f5dcccdu, 0x3f616666u, 0x3f650000u, \
     0x3f68999au, 0x3f6c3333u, 0x3f6fcccdu, 0x3f736666u, 0x3f770000u, 0x3f7a999au, 0x3f7e3333u, 0x3f800000u \
-    }
+}
+// clang-format on
 
 QL_HD float ql_bits_to_f32(uint32_t u) {
     union {

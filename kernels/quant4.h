@@ -24,12 +24,12 @@ typedef struct ql_q4 {
     uint8_t *packed;  /* ceil(n / 2) bytes */
 
     int double_quant;
-    float *absmax;          /* without double quant: f32[n_blocks] */
-    uint8_t *absmax_q;      /* with double quant: u8[n_blocks] */
-    float *nested_absmax;   /* with double quant: f32[ceil(n_blocks / 256)] */
-    float nested_offset;    /* with double quant: mean of the float32 absmax */
-    float nested_map[256];  /* with double quant: the dynamic map (the file's, on load) */
-    int owns;               /* 1 when the buffers were allocated by ql_q4_* */
+    float *absmax;         /* without double quant: f32[n_blocks] */
+    uint8_t *absmax_q;     /* with double quant: u8[n_blocks] */
+    float *nested_absmax;  /* with double quant: f32[ceil(n_blocks / 256)] */
+    float nested_offset;   /* with double quant: mean of the float32 absmax */
+    float nested_map[256]; /* with double quant: the dynamic map (the file's, on load) */
+    int owns;              /* 1 when the buffers were allocated by ql_q4_* */
 } ql_q4;
 
 static inline int64_t ql_q4_packed_bytes(const ql_q4 *q) { return (q->n + 1) / 2; }

@@ -5,8 +5,7 @@
 #include "launcher/commands.h"
 
 static const ql_command commands[] = {
-    {"quantize", "quantize a Hugging Face model directory to bitsandbytes 4-bit",
-     ql_cmd_quantize},
+    {"quantize", "quantize a Hugging Face model directory to bitsandbytes 4-bit", ql_cmd_quantize},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

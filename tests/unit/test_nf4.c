@@ -45,10 +45,10 @@ static float rng_uniform(float lo, float hi) {
 }
 
 static void test_codebook(void) {
-    for (unsigned c = 0; c < 16; c++)
-        CHECKF(ql_nf4_value(c) == (float)nf4_source[c], "code %u", c);
+    for (unsigned c = 0; c < 16; c++) CHECKF(ql_nf4_value(c) == (float)nf4_source[c], "code %u", c);
     /* FP4: [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3] / 12 */
-    static const float fp4_num[16] = {0, 0.0625f, 8, 12, 4, 6, 2, 3, -0.0f, -0.0625f, -8, -12, -4, -6, -2, -3};
+    static const float fp4_num[16] = {0,     0.0625f,  8,  12,  4,  6,  2,  3,
+                                      -0.0f, -0.0625f, -8, -12, -4, -6, -2, -3};
     for (unsigned c = 0; c < 16; c++) {
         float want = fp4_num[c] / 12.0f;
         CHECKF(ql_bits_from_f32(ql_fp4_value(c)) == ql_bits_from_f32(want), "fp4 code %u", c);
@@ -98,7 +98,8 @@ static void test_encode_brute_force(void) {
         for (unsigned k = 0; k < 15; k++)
             if (x == (ql_nf4_value(k) + ql_nf4_value(k + 1)) / 2.0f) want = k;
         if (ql_nf4_encode(x) != want) {
-            if (mismatches < 5) fprintf(stderr, "x=%.9g encode %u brute %u\n", x, ql_nf4_encode(x), want);
+            if (mismatches < 5)
+                fprintf(stderr, "x=%.9g encode %u brute %u\n", x, ql_nf4_encode(x), want);
             mismatches++;
         }
     }
@@ -214,7 +215,8 @@ static void test_dynamic_map(void) {
     CHECK(nv == 256);
     qsort(v, 256, sizeof v[0], cmp_float);
     int same = 1;
-    for (unsigned i = 0; i < 256; i++) same &= ql_bits_from_f32(v[i]) == ql_bits_from_f32(ql_dynmap_value(i));
+    for (unsigned i = 0; i < 256; i++)
+        same &= ql_bits_from_f32(v[i]) == ql_bits_from_f32(ql_dynmap_value(i));
     CHECK(same);
     CHECK(ql_dynmap_value(1) == (float)-0.9789062738418579);
     CHECK(ql_dynmap_value(127) == 0.0f && ql_dynmap_value(255) == 1.0f);
