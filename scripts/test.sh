@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: the format check, every CTest label in the
+# release build (build/, made by scripts/setup.sh; GPU tests skip without a
+# GPU), then the unit tests again under AddressSanitizer and
+# UndefinedBehaviorSanitizer (build-asan/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+scripts/check-format.sh
+
+echo "== release build: all tests"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$jobs" >/dev/null || cmake --build build
+(cd build && ctest --output-on-failure -j"$jobs")
+
+echo "== sanitizer build (ASan + UBSan): unit tests"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQL_SANITIZE=ON -DQL_CUDA=OFF >/dev/null
+cmake --build build-asan -j"$jobs" >/dev/null || cmake --build build-asan
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest -L unit --output-on-failure -j"$jobs")
