@@ -1,0 +1,85 @@
+/* Host entry points of the CUDA code (kernels/cuda/), callable from C.
+ *
+ * Nothing here needs the CUDA headers: streams are passed as `void *` (a
+ * cudaStream_t; NULL is the default stream) and device buffers as plain
+ * pointers. Every function that can fail returns a ql_status; a CUDA error
+ * becomes QL_EBACKEND with a message naming the call, file:line and CUDA's
+ * own description (kernels/cuda/cuda_util.h, QL_CUDA_TRY).
+ *
+ * The functions exist only in builds with the CUDA backend (QL_HAVE_CUDA=1);
+ * code that must also build without it guards its calls with that macro. */
+#ifndef QL_CUDA_API_H
+#define QL_CUDA_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The project's C headers declare C functions: keep their linkage in .cu. */
+#include "core/dtype.h"
+#include "core/status.h"
+#include "kernels/quant4.h"
+
+/* Number of visible CUDA devices; 0 (not an error) when there is no driver or
+ * no device. Never fails. */
+int ql_cuda_device_count(void);
+
+/* Device facts for logs and benchmark results. name gets the marketing name
+ * ("NVIDIA H200"); versions are CUDA's integers (13000 = 13.0). */
+typedef struct ql_cuda_device_info {
+    char name[256];
+    int cc_major, cc_minor;
+    int sm_count;
+    size_t total_mem;
+    int l2_bytes;
+    int driver_version;
+    int runtime_version;
+} ql_cuda_device_info;
+ql_status ql_cuda_get_device_info(int device, ql_cuda_device_info *info);
+
+ql_status ql_cuda_set_device(int device);
+
+/* --- memory (device pointers) ---------------------------------------------- */
+ql_status ql_cuda_malloc(size_t bytes, void **out);
+void ql_cuda_free(void *p);
+ql_status ql_cuda_upload(void *dev_dst, const void *host_src, size_t bytes);
+ql_status ql_cuda_download(void *host_dst, const void *dev_src, size_t bytes);
+/* cudaMemcpyAsync device-to-device and cudaMemsetAsync on `stream`. */
+ql_status ql_cuda_copy_d2d(void *dev_dst, const void *dev_src, size_t bytes, void *stream);
+ql_status ql_cuda_memset(void *dev_dst, int byte, size_t bytes, void *stream);
+/* Waits for all work on the device. */
+ql_status ql_cuda_sync(void);
+
+/* --- 4-bit weights ------------------------------------------------------------ */
+/* Copies a host ql_q4 to the device: *dev gets the host's shape, options,
+ * offset and dynamic map (the struct itself stays in host memory) and device
+ * copies of packed / absmax (or absmax_q and nested_absmax). dev->owns is 0 so
+ * that ql_q4_free never touches it; release it with ql_cuda_q4_free. */
+ql_status ql_cuda_q4_upload(const ql_q4 *host, ql_q4 *dev);
+void ql_cuda_q4_free(ql_q4 *dev);
+
+/* out[rows, cols] = dequantized W in out_dtype (QL_DT_BF16 or QL_DT_F32),
+ * bit-identical to ql_q4_dequantize (then round-to-nearest-even for bf16).
+ * dev_w's buffers and dev_out are device pointers; asynchronous on `stream`.
+ * Any alignment works; 16-byte aligned output and 4-byte aligned packed data
+ * take the vectorised path. */
+ql_status ql_cuda_q4_dequantize(const ql_q4 *dev_w, ql_dtype out_dtype, void *dev_out,
+                                void *stream);
+
+/* --- timing (CUDA events) ----------------------------------------------------- */
+typedef struct ql_cuda_timer ql_cuda_timer;
+ql_status ql_cuda_timer_create(ql_cuda_timer **out);
+void ql_cuda_timer_destroy(ql_cuda_timer *t);
+/* Records the start event on `stream`. */
+ql_status ql_cuda_timer_start(ql_cuda_timer *t, void *stream);
+/* Records the stop event, waits for it and returns the elapsed milliseconds. */
+ql_status ql_cuda_timer_stop(ql_cuda_timer *t, void *stream, float *ms);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
