@@ -1,0 +1,104 @@
+/* Dequantization of 4-bit tiles. With AVX2 a 16-entry code book fits two
+ * registers: each nibble selects its value with two 8-lane permutes and a
+ * blend on bit 3, so 16 weights cost a handful of instructions and no memory
+ * lookups. Without AVX2 a 256-entry byte -> two-floats table does the same. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_dequant.h"
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+static float block_absmax(const ql_q4 *w, int64_t b) {
+    if (!w->double_quant) return w->absmax[b];
+    return ql_dq_absmax(w->nested_map, w->absmax_q, w->nested_absmax, w->nested_offset, b);
+}
+
+#ifdef __AVX2__
+static inline __m256 lookup8(__m256 lo, __m256 hi, __m256i code) {
+    __m256 a = _mm256_permutevar8x32_ps(lo, code);
+    __m256 b = _mm256_permutevar8x32_ps(hi, code);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(code, 28)));
+}
+
+/* 16 elements from 8 packed bytes (even element = high nibble). */
+static inline void dequant16(const uint8_t *p, __m256 lo, __m256 hi, __m256 amax, float *out) {
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m256i shift = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+    const __m256i nib = _mm256_set1_epi32(15);
+    __m128i pairs = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)p), dup);
+    __m256i c0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(pairs), shift), nib);
+    __m256i c1 = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(pairs, 8)), shift), nib);
+    _mm256_storeu_ps(out, _mm256_mul_ps(lookup8(lo, hi, c0), amax));
+    _mm256_storeu_ps(out + 8, _mm256_mul_ps(lookup8(lo, hi, c1), amax));
+}
+#endif
+
+void ql_q4_dequant_range_cpu(const ql_q4 *w, int64_t e0, int64_t e1, float *out) {
+    float book[16];
+    for (unsigned c = 0; c < 16; c++) book[c] = ql_q4_value(w->type, c);
+#ifdef __AVX2__
+    const __m256 lo = _mm256_loadu_ps(book), hi = _mm256_loadu_ps(book + 8);
+#else
+    float pair[256][2];
+    for (unsigned b = 0; b < 256; b++) {
+        pair[b][0] = book[b >> 4];
+        pair[b][1] = book[b & 15];
+    }
+#endif
+    const int64_t bs = w->blocksize;
+    int64_t e = e0;
+    while (e < e1) {
+        int64_t b = e / bs;
+        int64_t end = (b + 1) * bs < e1 ? (b + 1) * bs : e1;
+        float a = block_absmax(w, b);
+        if (e & 1) {
+            out[e - e0] = book[ql_q4_nibble(w->packed, e)] * a;
+            e++;
+        }
+#ifdef __AVX2__
+        const __m256 amax = _mm256_set1_ps(a);
+        for (; e + 16 <= end; e += 16)
+            dequant16(w->packed + (e >> 1), lo, hi, amax, out + (e - e0));
+#else
+        for (; e + 2 <= end; e += 2) {
+            const float *v = pair[w->packed[e >> 1]];
+            out[e - e0] = v[0] * a;
+            out[e - e0 + 1] = v[1] * a;
+        }
+#endif
+        for (; e < end; e++) out[e - e0] = book[ql_q4_nibble(w->packed, e)] * a;
+    }
+}
+
+static _Thread_local float *scratch_buf;
+static _Thread_local size_t scratch_cap;
+
+float *ql_cpu_scratch(size_t floats) {
+    if (floats <= scratch_cap) return scratch_buf;
+    size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    float *p = aligned_alloc(64, bytes);
+    if (!p) {
+        ql_error(QL_ENOMEM, "cpu backend: out of memory for a %zu-byte tile buffer", bytes);
+        return NULL;
+    }
+    free(scratch_buf);
+    scratch_buf = p;
+    scratch_cap = floats;
+    return p;
+}
+
+/* Each tile is one sgemm call, and each call re-packs x (T·in floats), so
+ * large T wants tall tiles; small T wants many tiles to keep threads busy. */
+int64_t ql_cpu_fwd_tile_rows(int64_t T, int64_t in, int64_t out) {
+    int64_t budget = T >= 64 ? (int64_t)1 << 21 : (int64_t)1 << 18;
+    int64_t rows = budget / in / 16 * 16;
+    int64_t spread = (out / 8 + 15) / 16 * 16; /* aim for at least 8 tiles */
+    if (rows > spread) rows = spread;
+    if (rows > 1024) rows = 1024;
+    if (rows < 16) rows = 16;
+    return rows;
+}

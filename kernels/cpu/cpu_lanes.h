@@ -1,0 +1,25 @@
+/* Float sums in 8 independent lanes, combined in a fixed order: the compiler
+ * may vectorize them without -ffast-math (no reassociation is needed), and
+ * the result does not depend on threads. */
+#ifndef QL_CPU_LANES_H
+#define QL_CPU_LANES_H
+
+#include <stdint.h>
+
+#define QL_LANES 8
+
+static inline float ql_lanes_total(const float acc[QL_LANES]) {
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+/* Σ a[i]·b[i]. */
+static inline float ql_dot_lanes(const float *a, const float *b, int64_t n) {
+    float acc[QL_LANES] = {0};
+    int64_t i = 0;
+    for (; i + QL_LANES <= n; i += QL_LANES)
+        for (int l = 0; l < QL_LANES; l++) acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
+    return ql_lanes_total(acc);
+}
+
+#endif
