@@ -169,7 +169,7 @@ ql_status ql_adamw_cpu(float *param, const float *grad, float *m, float *v, int6
         float g = grad[i];
         float p = param[i] * c.decay;
         m[i] = fmaf(c.one_minus_beta1, g, m[i] * c.beta1);
-        v[i] = v[i] * c.beta2 + c.one_minus_beta2 * g * g;
+        v[i] = fmaf(c.one_minus_beta2 * g, g, v[i] * c.beta2);
         float denom = sqrtf(v[i]) / c.bc2_sqrt + c.eps;
         param[i] = p + c.neg_step * m[i] / denom;
     }

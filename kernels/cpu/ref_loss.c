@@ -1,5 +1,7 @@
 /* Reference cross-entropy (with ignored targets) and AdamW. */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "kernels/cpu/cpu_ops.h"
 
@@ -44,15 +46,29 @@ ql_status ql_xent_fwd_bwd_ref(const ql_act *logits_, const int32_t *targets, int
     return QL_OK;
 }
 
+/* The double a config value most likely was before it was stored as float:
+ * the shortest decimal that rounds to f (0.999f -> 0.999, not
+ * 0.99900001287). torch computes 1 - beta2 and beta^t from that double;
+ * doing it from the float would put 1 - beta2 off by ~1e-5 relative. */
+static double intended(float f) {
+    char buf[32];
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, (double)f);
+        double d = strtod(buf, NULL);
+        if ((float)d == f) return d;
+    }
+    return f;
+}
+
 /* torch/optim/adamw.py _single_tensor_adamw: Python-float scalars (double),
  * each rounded to float32 where it meets a float32 tensor. */
 ql_adamw_scalars ql_adamw_scalars_for(const ql_adamw *h, int64_t step) {
     QL_ASSERT(step >= 1);
-    double lr = h->lr, b1 = h->beta1, b2 = h->beta2;
+    double lr = intended(h->lr), b1 = intended(h->beta1), b2 = intended(h->beta2);
     double bc1 = 1.0 - pow(b1, (double)step);
     double bc2 = 1.0 - pow(b2, (double)step);
     ql_adamw_scalars c;
-    c.decay = (float)(1.0 - lr * (double)h->weight_decay);
+    c.decay = (float)(1.0 - lr * intended(h->weight_decay));
     c.beta1 = h->beta1;
     c.one_minus_beta1 = (float)(1.0 - b1);
     c.beta2 = h->beta2;
@@ -69,9 +85,9 @@ ql_status ql_adamw_ref(float *param, const float *grad, float *m, float *v, int6
     for (int64_t i = 0; i < n; i++) {
         float g = grad[i];
         float p = param[i] * c.decay;
-        /* torch's vectorized add(alpha=) is a fused multiply-add. */
+        /* torch's vectorized add(alpha=) and addcmul contract to fused multiply-adds. */
         m[i] = fmaf(c.one_minus_beta1, g, m[i] * c.beta1);
-        v[i] = v[i] * c.beta2 + c.one_minus_beta2 * g * g;
+        v[i] = fmaf(c.one_minus_beta2 * g, g, v[i] * c.beta2);
         float denom = sqrtf(v[i]) / c.bc2_sqrt + c.eps;
         param[i] = p + c.neg_step * m[i] / denom;
     }
