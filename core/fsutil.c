@@ -55,7 +55,8 @@ ql_status ql_fs_read_file(const char *path, char **data, size_t *len) {
             int e = errno;
             free(buf);
             close(fd);
-            return ql_error(QL_EIO, "%s: read failed: %s", path, r < 0 ? strerror(e) : "file shrank");
+            return ql_error(QL_EIO, "%s: read failed: %s", path,
+                            r < 0 ? strerror(e) : "file shrank");
         }
         got += (size_t)r;
     }
@@ -146,8 +147,8 @@ ql_status ql_fs_tmpfile_commit(ql_fs_tmpfile *f) {
         return st;
     }
     if (rename(f->tmp_path, f->final_path) != 0) {
-        ql_status st = ql_error(QL_EIO, "%s: rename from %s failed: %s", f->final_path,
-                                f->tmp_path, strerror(errno));
+        ql_status st = ql_error(QL_EIO, "%s: rename from %s failed: %s", f->final_path, f->tmp_path,
+                                strerror(errno));
         ql_fs_tmpfile_abort(f);
         return st;
     }
@@ -231,8 +232,7 @@ ql_status ql_fs_commit_dir(const char *tmp, const char *final, int replace) {
         snprintf(old, n, "%s.old-XXXXXX", final);
         /* A directory renames onto the empty one mkdtemp made; a plain
          * file needs the name free. */
-        if (!mkdtemp(old) || (!ql_fs_is_dir(final) && rmdir(old) != 0) ||
-            rename(final, old) != 0) {
+        if (!mkdtemp(old) || (!ql_fs_is_dir(final) && rmdir(old) != 0) || rename(final, old) != 0) {
             st = ql_error(QL_EIO, "%s: cannot move the existing output aside: %s", final,
                           strerror(errno));
             rmdir(old);

@@ -144,7 +144,8 @@ static void put_string(sbuf *b, const char *str, size_t n) {
         default:
             if (c > 0xffff) {
                 uint32_t v = c - 0x10000;
-                snprintf(tmp, sizeof tmp, "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
+                snprintf(tmp, sizeof tmp, "\\u%04x\\u%04x", 0xd800 + (v >> 10),
+                         0xdc00 + (v & 0x3ff));
             } else {
                 snprintf(tmp, sizeof tmp, "\\u%04x", c);
             }

@@ -10,31 +10,30 @@
 #include "model/hf_quantize.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: qlora quantize --model DIR --out DIR [flags]\n"
-            "\n"
-            "Quantizes the linear layers of a Hugging Face Llama-family model (safetensors,\n"
-            "F32/F16/BF16) to bitsandbytes 4-bit and writes a directory that transformers\n"
-            "loads as a pre-quantized model. Embeddings, norms and lm_head are kept as they\n"
-            "are. The output appears only when complete (built in OUT.tmp-XXXXXX).\n"
-            "\n"
-            "flags:\n"
-            "  --model DIR            the model directory (config.json, model.safetensors or\n"
-            "                         model.safetensors.index.json and shards)\n"
-            "  --out DIR              the directory to create\n"
-            "  --quant-type nf4|fp4   4-bit code book (default nf4)\n"
-            "  --no-double-quant      store absmax as float32 instead of 8-bit codes\n"
-            "                         (default: double quantization on)\n"
-            "  --blocksize N          elements per absmax block: 32, 64, 128, 256, 512, 1024,\n"
-            "                         2048 or 4096 (default 64)\n"
-            "  --max-shard-size SIZE  split the output into shards above this size, e.g.\n"
-            "                         5GB, 500MB, 2GiB or bytes (default 5GB)\n"
-            "  --force                replace --out if it exists\n"
-            "  --quiet                no per-tensor progress on stderr\n"
-            "  --help                 this text\n"
-            "\n"
-            "exit status: 0 done, 1 error (the message says which file and what), 2 bad\n"
-            "command line\n");
+    fprintf(f, "usage: qlora quantize --model DIR --out DIR [flags]\n"
+               "\n"
+               "Quantizes the linear layers of a Hugging Face Llama-family model (safetensors,\n"
+               "F32/F16/BF16) to bitsandbytes 4-bit and writes a directory that transformers\n"
+               "loads as a pre-quantized model. Embeddings, norms and lm_head are kept as they\n"
+               "are. The output appears only when complete (built in OUT.tmp-XXXXXX).\n"
+               "\n"
+               "flags:\n"
+               "  --model DIR            the model directory (config.json, model.safetensors or\n"
+               "                         model.safetensors.index.json and shards)\n"
+               "  --out DIR              the directory to create\n"
+               "  --quant-type nf4|fp4   4-bit code book (default nf4)\n"
+               "  --no-double-quant      store absmax as float32 instead of 8-bit codes\n"
+               "                         (default: double quantization on)\n"
+               "  --blocksize N          elements per absmax block: 32, 64, 128, 256, 512, 1024,\n"
+               "                         2048 or 4096 (default 64)\n"
+               "  --max-shard-size SIZE  split the output into shards above this size, e.g.\n"
+               "                         5GB, 500MB, 2GiB or bytes (default 5GB)\n"
+               "  --force                replace --out if it exists\n"
+               "  --quiet                no per-tensor progress on stderr\n"
+               "  --help                 this text\n"
+               "\n"
+               "exit status: 0 done, 1 error (the message says which file and what), 2 bad\n"
+               "command line\n");
 }
 
 static volatile sig_atomic_t interrupted;
@@ -52,9 +51,16 @@ static int parse_size(const char *s, uint64_t *out) {
     static const struct {
         const char *suffix;
         double mult;
-    } units[] = {{"", 1},       {"B", 1},        {"KB", 1e3},     {"MB", 1e6},
-                 {"GB", 1e9},   {"TB", 1e12},    {"KiB", 1024.0}, {"MiB", 1048576.0},
-                 {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+    } units[] = {{"", 1},
+                 {"B", 1},
+                 {"KB", 1e3},
+                 {"MB", 1e6},
+                 {"GB", 1e9},
+                 {"TB", 1e12},
+                 {"KiB", 1024.0},
+                 {"MiB", 1048576.0},
+                 {"GiB", 1073741824.0},
+                 {"TiB", 1099511627776.0}};
     for (size_t i = 0; i < sizeof units / sizeof *units; i++)
         if (!strcasecmp(end, units[i].suffix)) {
             double b = v * units[i].mult;
@@ -73,8 +79,10 @@ static int bad_usage(const char *fmt, const char *arg) {
 }
 
 int ql_cmd_quantize(int argc, char **argv) {
-    ql_quantize_opts o = {.type = QL_QTYPE_NF4, .double_quant = 1,
-                          .blocksize = QL_Q4_DEFAULT_BLOCKSIZE, .progress = stderr};
+    ql_quantize_opts o = {.type = QL_QTYPE_NF4,
+                          .double_quant = 1,
+                          .blocksize = QL_Q4_DEFAULT_BLOCKSIZE,
+                          .progress = stderr};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {

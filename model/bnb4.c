@@ -88,8 +88,8 @@ json_t *ql_bnb4_quantization_config(ql_qtype type, int double_quant, ql_dtype co
                      "_load_in_4bit", 1, "_load_in_8bit", 0, "bnb_4bit_compute_dtype",
                      ql_hf_torch_dtype_name(compute_dtype), "bnb_4bit_quant_storage", "uint8",
                      "bnb_4bit_quant_type", type == QL_QTYPE_NF4 ? "nf4" : "fp4",
-                     "bnb_4bit_use_double_quant", double_quant,
-                     "llm_int8_enable_fp32_cpu_offload", 0, "llm_int8_has_fp16_weight", 0,
-                     "llm_int8_skip_modules", "llm_int8_threshold", 6.0, "load_in_4bit", 1,
-                     "load_in_8bit", 0, "quant_method", "bitsandbytes");
+                     "bnb_4bit_use_double_quant", double_quant, "llm_int8_enable_fp32_cpu_offload",
+                     0, "llm_int8_has_fp16_weight", 0, "llm_int8_skip_modules",
+                     "llm_int8_threshold", 6.0, "load_in_4bit", 1, "load_in_8bit", 0,
+                     "quant_method", "bitsandbytes");
 }

@@ -94,8 +94,8 @@ static ql_status get_str(const char *p, const json_t *o, const char *where, cons
         return ql_error(QL_EFORMAT, "%s: field '%s%s' must be a string, got %s", p, where, key,
                         type_word(v));
     if (json_string_length(v) >= n)
-        return ql_error(QL_EFORMAT, "%s: field '%s%s' is too long (%zu characters)", p, where,
-                        key, json_string_length(v));
+        return ql_error(QL_EFORMAT, "%s: field '%s%s' is too long (%zu characters)", p, where, key,
+                        json_string_length(v));
     snprintf(out, n, "%s", json_string_value(v));
     return QL_OK;
 }
@@ -142,8 +142,7 @@ static ql_status parse_rope(const char *p, const json_t *o, const char *where, q
     } else {
         c->rope_type = QL_ROPE_OTHER;
     }
-    if ((c->rope_type == QL_ROPE_LINEAR || c->rope_type == QL_ROPE_LLAMA3) &&
-        !(c->rope_factor > 0))
+    if ((c->rope_type == QL_ROPE_LINEAR || c->rope_type == QL_ROPE_LLAMA3) && !(c->rope_factor > 0))
         return ql_error(QL_EFORMAT, "%s: field '%sfactor' must be positive, got %g", p, where,
                         c->rope_factor);
     return QL_OK;
@@ -183,8 +182,8 @@ static ql_status parse_quant(const char *p, const json_t *q, ql_hf_config *c) {
                         "%s: quantization_config.bnb_4bit_use_double_quant must be true or false",
                         p);
     c->quant.double_quant = json_is_true(dq);
-    QL_TRY(get_str(p, q, "quantization_config.", "bnb_4bit_compute_dtype", "float32", cd,
-                   sizeof cd));
+    QL_TRY(
+        get_str(p, q, "quantization_config.", "bnb_4bit_compute_dtype", "float32", cd, sizeof cd));
     QL_TRY(parse_torch_dtype(p, "quantization_config.bnb_4bit_compute_dtype", cd,
                              &c->quant.compute_dtype));
     c->quant.present = 1;
@@ -204,8 +203,8 @@ ql_status ql_hf_config_parse(const char *text, size_t len, const char *p, ql_hf_
         st = ql_error(QL_EFORMAT, "%s: not a JSON object", p);
         goto fail;
     }
-    QL_TRY_GOTO(st, get_str(p, root, "", "model_type", "llama", c->model_type, sizeof c->model_type),
-                fail);
+    QL_TRY_GOTO(
+        st, get_str(p, root, "", "model_type", "llama", c->model_type, sizeof c->model_type), fail);
     if (strcmp(c->model_type, "llama") && strcmp(c->model_type, "mistral") &&
         strcmp(c->model_type, "qwen2")) {
         st = ql_error(QL_EUNSUPPORTED,
@@ -243,14 +242,13 @@ ql_status ql_hf_config_parse(const char *text, size_t len, const char *p, ql_hf_
                       p, (long long)c->hidden_size, (long long)c->num_attention_heads);
         goto fail;
     }
-    QL_TRY_GOTO(st,
-                get_pos_int(p, root, "head_dim", 0, c->hidden_size / c->num_attention_heads,
-                            &c->head_dim),
-                fail);
-    QL_TRY_GOTO(st,
-                get_pos_int(p, root, "max_position_embeddings", 0, 2048,
-                            &c->max_position_embeddings),
-                fail);
+    QL_TRY_GOTO(
+        st,
+        get_pos_int(p, root, "head_dim", 0, c->hidden_size / c->num_attention_heads, &c->head_dim),
+        fail);
+    QL_TRY_GOTO(
+        st, get_pos_int(p, root, "max_position_embeddings", 0, 2048, &c->max_position_embeddings),
+        fail);
     QL_TRY_GOTO(st, get_num(p, root, "", "rms_norm_eps", 0, 1e-6, &c->rms_norm_eps), fail);
     if (!(c->rms_norm_eps > 0)) {
         st = ql_error(QL_EFORMAT, "%s: field 'rms_norm_eps' must be positive, got %g", p,
@@ -270,8 +268,8 @@ ql_status ql_hf_config_parse(const char *text, size_t len, const char *p, ql_hf_
     const json_t *rp = json_object_get(root, "rope_parameters");
     if (rp && !json_is_null(rp)) {
         QL_TRY_GOTO(st, parse_rope(p, rp, "rope_parameters.", c), fail);
-        QL_TRY_GOTO(st, get_num(p, rp, "rope_parameters.", "rope_theta", 0, 10000.0, &c->rope_theta),
-                    fail);
+        QL_TRY_GOTO(
+            st, get_num(p, rp, "rope_parameters.", "rope_theta", 0, 10000.0, &c->rope_theta), fail);
     } else {
         QL_TRY_GOTO(st, get_num(p, root, "", "rope_theta", 0, 10000.0, &c->rope_theta), fail);
         const json_t *rs = json_object_get(root, "rope_scaling");

@@ -21,7 +21,7 @@ typedef enum ql_rope_type {
 } ql_rope_type;
 
 typedef struct ql_hf_quant_config {
-    int present;      /* config.json has a bitsandbytes 4-bit quantization_config */
+    int present; /* config.json has a bitsandbytes 4-bit quantization_config */
     ql_qtype type;
     int double_quant;
     ql_dtype compute_dtype;
@@ -36,14 +36,14 @@ typedef struct ql_hf_config {
     double rms_norm_eps, rope_theta;
     ql_rope_type rope_type;
     char rope_type_name[32];
-    double rope_factor;                      /* linear, llama3 */
+    double rope_factor;                                 /* linear, llama3 */
     double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
     int64_t rope_original_max_position_embeddings;      /* llama3 */
     int tie_word_embeddings;
     int attention_bias; /* q/k/v/o biases (Llama attention_bias) */
     int qkv_bias;       /* q/k/v biases only (Qwen2) */
     int mlp_bias;
-    int dtype_known;    /* torch_dtype (or v5 `dtype`) was given */
+    int dtype_known; /* torch_dtype (or v5 `dtype`) was given */
     ql_dtype torch_dtype;
     ql_hf_quant_config quant;
     json_t *json; /* the whole file, owned */

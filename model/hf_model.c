@@ -236,9 +236,12 @@ static int is_float_dtype(ql_dtype dt) {
     return dt == QL_DT_F32 || dt == QL_DT_F16 || dt == QL_DT_BF16 || dt == QL_DT_F64;
 }
 
-static const char *const bnb_suffixes[] = {
-    "absmax", "quant_map", "nested_absmax", "nested_quant_map",
-    "quant_state.bitsandbytes__nf4", "quant_state.bitsandbytes__fp4"};
+static const char *const bnb_suffixes[] = {"absmax",
+                                           "quant_map",
+                                           "nested_absmax",
+                                           "nested_quant_map",
+                                           "quant_state.bitsandbytes__nf4",
+                                           "quant_state.bitsandbytes__fp4"};
 
 /* Is `name` one of the quant-state tensors of an expected linear weight? */
 static int is_bnb_aux(const ql_hf_model *m, const char *name) {
@@ -290,9 +293,9 @@ static ql_status check_tensors(ql_hf_model *m) {
         int same = t->ndim == e->ndim;
         for (int d = 0; same && d < e->ndim; d++) same = t->shape[d] == e->shape[d];
         if (!same)
-            return ql_error(QL_EFORMAT, "%s: tensor '%s': shape %s, expected %s = %s from config.json",
-                            f->path, e->name, ql_st_shape_str(t->shape, t->ndim, got, sizeof got),
-                            e->dims, want);
+            return ql_error(
+                QL_EFORMAT, "%s: tensor '%s': shape %s, expected %s = %s from config.json", f->path,
+                e->name, ql_st_shape_str(t->shape, t->ndim, got, sizeof got), e->dims, want);
     }
     for (size_t i = 0; i < m->n_refs; i++) {
         const char *name = m->refs[i].name;
@@ -338,8 +341,8 @@ ql_status ql_hf_model_open(const char *dir, ql_hf_model *m) {
     if (!m->cfg.dtype_known) {
         /* No torch_dtype: the embeddings' dtype is the model's. */
         const ql_st_tensor *t = ql_hf_model_find(m, "model.embed_tokens.weight", NULL);
-        m->cfg.torch_dtype = t && is_float_dtype(t->dtype) && t->dtype != QL_DT_F64 ? t->dtype
-                                                                                   : QL_DT_F32;
+        m->cfg.torch_dtype =
+            t && is_float_dtype(t->dtype) && t->dtype != QL_DT_F64 ? t->dtype : QL_DT_F32;
     }
     QL_TRY_GOTO(st, check_tensors(m), fail);
     free(single);
@@ -371,16 +374,15 @@ static ql_status bnb_part(const ql_hf_model *m, const char *weight, const char *
     *t = ql_hf_model_find(m, name, f);
     if (!*t) {
         if (!required) return QL_OK;
-        return ql_error(QL_EFORMAT, "%s/%s: missing tensor '%s' (%s[%" PRId64 "] for %s)",
-                        m->dir, tensor_source(m), name, ql_dtype_name(dt), numel, why);
+        return ql_error(QL_EFORMAT, "%s/%s: missing tensor '%s' (%s[%" PRId64 "] for %s)", m->dir,
+                        tensor_source(m), name, ql_dtype_name(dt), numel, why);
     }
     if ((*t)->dtype != dt || (*t)->numel != numel) {
         char sh[256];
-        return ql_error(QL_EFORMAT, "%s: tensor '%s': %s %s, expected %s with %" PRId64
-                        " elements (%s)",
-                        (*f)->path, name, ql_dtype_name((*t)->dtype),
-                        ql_st_shape_str((*t)->shape, (*t)->ndim, sh, sizeof sh),
-                        ql_dtype_name(dt), numel, why);
+        return ql_error(
+            QL_EFORMAT, "%s: tensor '%s': %s %s, expected %s with %" PRId64 " elements (%s)",
+            (*f)->path, name, ql_dtype_name((*t)->dtype),
+            ql_st_shape_str((*t)->shape, (*t)->ndim, sh, sizeof sh), ql_dtype_name(dt), numel, why);
     }
     return QL_OK;
 }
@@ -481,7 +483,8 @@ ql_status ql_hf_model_get_q4(const ql_hf_model *m, const char *weight, ql_q4 *ou
     const ql_hf_expected *e = find_expected(m, weight);
     if (e && e->is_linear && (e->shape[0] != rows || e->shape[1] != cols)) {
         char want[64];
-        st = ql_error(QL_EFORMAT, "%s: shape [%" PRId64 ", %" PRId64 "], expected %s = %s from config.json",
+        st = ql_error(QL_EFORMAT,
+                      "%s: shape [%" PRId64 ", %" PRId64 "], expected %s = %s from config.json",
                       where, rows, cols, e->dims, ql_st_shape_str(e->shape, 2, want, sizeof want));
         goto out;
     }
@@ -493,8 +496,8 @@ ql_status ql_hf_model_get_q4(const ql_hf_model *m, const char *weight, ql_q4 *ou
         const char *ndt = NULL;
         QL_TRY_GOTO(st, blob_int(where, qs, "nested_blocksize", &nbs), out);
         if (nbs != QL_NESTED_BLOCKSIZE) {
-            st = ql_error(QL_EUNSUPPORTED, "%s: nested_blocksize %" PRId64 ", only 256 is supported",
-                          where, nbs);
+            st = ql_error(QL_EUNSUPPORTED,
+                          "%s: nested_blocksize %" PRId64 ", only 256 is supported", where, nbs);
             goto out;
         }
         QL_TRY_GOTO(st, blob_str(where, qs, "nested_dtype", &ndt), out);
@@ -530,8 +533,8 @@ ql_status ql_hf_model_get_q4(const ql_hf_model *m, const char *weight, ql_q4 *ou
     }
     const ql_st_tensor *am, *qm, *na = NULL, *nq = NULL;
     const ql_st_file *amf, *naf = NULL, *nqf = NULL;
-    QL_TRY_GOTO(st, bnb_part(m, weight, "absmax", 1, dq ? QL_DT_U8 : QL_DT_F32, nblk, why, &am, &amf),
-                out);
+    QL_TRY_GOTO(
+        st, bnb_part(m, weight, "absmax", 1, dq ? QL_DT_U8 : QL_DT_F32, nblk, why, &am, &amf), out);
     QL_TRY_GOTO(st, bnb_part(m, weight, "quant_map", 1, QL_DT_F32, 16, why, &qm, &f), out);
     for (unsigned c = 0; c < 16; c++) {
         float v;

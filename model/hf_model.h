@@ -24,8 +24,8 @@ typedef struct ql_hf_expected {
     char name[QL_HF_NAME_MAX];
     int ndim;
     int64_t shape[2];
-    int is_linear; /* an nn.Linear weight that bitsandbytes quantizes */
-    int optional;  /* lm_head.weight when the embeddings are tied */
+    int is_linear;    /* an nn.Linear weight that bitsandbytes quantizes */
+    int optional;     /* lm_head.weight when the embeddings are tied */
     const char *dims; /* the shape in config terms, "[intermediate_size, hidden_size]" */
 } ql_hf_expected;
 
@@ -70,8 +70,7 @@ ql_status ql_hf_model_get_f32(const ql_hf_model *m, const char *name, float *out
  * quant-state tensors; *dtype (may be NULL) gets the dtype the quant state
  * records for the original weight. The file's nested_quant_map is used, and
  * its quant_map must equal the NF4/FP4 table. */
-ql_status ql_hf_model_get_q4(const ql_hf_model *m, const char *weight, ql_q4 *out,
-                             ql_dtype *dtype);
+ql_status ql_hf_model_get_q4(const ql_hf_model *m, const char *weight, ql_q4 *out, ql_dtype *dtype);
 
 /* True for tensors transformers drops on load (rotary inv_freq buffers). */
 int ql_hf_ignored_tensor(const char *name);

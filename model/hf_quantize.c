@@ -13,11 +13,16 @@
 #include "model/hf_model.h"
 #include "model/safetensors.h"
 
-const char *const ql_hf_side_files[] = {
-    "tokenizer.json",    "tokenizer_config.json", "special_tokens_map.json",
-    "generation_config.json", "tokenizer.model", "vocab.json",
-    "merges.txt",        "added_tokens.json",     "chat_template.jinja",
-    NULL};
+const char *const ql_hf_side_files[] = {"tokenizer.json",
+                                        "tokenizer_config.json",
+                                        "special_tokens_map.json",
+                                        "generation_config.json",
+                                        "tokenizer.model",
+                                        "vocab.json",
+                                        "merges.txt",
+                                        "added_tokens.json",
+                                        "chat_template.jinja",
+                                        NULL};
 
 /* Everything one run holds until the files are written. */
 typedef struct qrun {
@@ -123,16 +128,18 @@ static ql_status quantize_tensors(const ql_quantize_opts *o, const ql_hf_model *
         const ql_hf_expected *e = ql_hf_model_expected(m, t->name);
         char sh[128];
         if (!e || !e->is_linear) {
-            ql_st_entry ent = {.name = t->name, .dtype = t->dtype, .ndim = t->ndim,
-                               .data = t->data, .nbytes = bytes};
+            ql_st_entry ent = {.name = t->name,
+                               .dtype = t->dtype,
+                               .ndim = t->ndim,
+                               .data = t->data,
+                               .nbytes = bytes};
             memcpy(ent.shape, t->shape, sizeof ent.shape);
             st = push_entry(r, &ent);
             s->n_kept++;
             s->bytes_out += bytes;
             if (o->progress)
                 fprintf(o->progress, "[%zu/%zu] %s %s kept (%s)\n", k, total, t->name,
-                        ql_st_shape_str(t->shape, t->ndim, sh, sizeof sh),
-                        ql_dtype_name(t->dtype));
+                        ql_st_shape_str(t->shape, t->ndim, sh, sizeof sh), ql_dtype_name(t->dtype));
             continue;
         }
         if (o->progress) {

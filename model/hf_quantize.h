@@ -25,18 +25,18 @@ typedef struct ql_quantize_opts {
     ql_qtype type;
     int double_quant;
     int blocksize;
-    int force;                 /* replace an existing out_dir */
-    uint64_t max_shard_bytes;  /* 0: QL_DEFAULT_MAX_SHARD_BYTES */
-    FILE *progress;            /* one line per tensor; NULL for none */
+    int force;                     /* replace an existing out_dir */
+    uint64_t max_shard_bytes;      /* 0: QL_DEFAULT_MAX_SHARD_BYTES */
+    FILE *progress;                /* one line per tensor; NULL for none */
     volatile sig_atomic_t *cancel; /* set by a signal handler: stop and clean up */
 } ql_quantize_opts;
 
 typedef struct ql_quantize_stats {
     int n_quantized, n_kept, n_dropped, n_shards;
-    uint64_t bytes_in, bytes_out;     /* tensor data before / after */
+    uint64_t bytes_in, bytes_out; /* tensor data before / after */
     int64_t params_quantized, params_total;
-    uint64_t bytes_quantized;         /* packed weights + absmax + nested absmax */
-    uint64_t bytes_quantized_all;     /* the same plus code books and quant-state blobs */
+    uint64_t bytes_quantized;     /* packed weights + absmax + nested absmax */
+    uint64_t bytes_quantized_all; /* the same plus code books and quant-state blobs */
 } ql_quantize_stats;
 
 ql_status ql_hf_quantize(const ql_quantize_opts *o, ql_quantize_stats *s);

@@ -68,8 +68,8 @@ static ql_status parse_entry(const char *p, const char *name, json_t *v, uint64_
     if (dt < 0) {
         for (size_t i = 0; i < sizeof st_other_dtypes / sizeof *st_other_dtypes; i++)
             if (!strcmp(dn, st_other_dtypes[i]))
-                return ql_error(QL_EUNSUPPORTED, "%s: tensor '%s': dtype '%s' is not supported",
-                                p, name, dn);
+                return ql_error(QL_EUNSUPPORTED, "%s: tensor '%s': dtype '%s' is not supported", p,
+                                name, dn);
         return ql_error(QL_EFORMAT,
                         "%s: tensor '%s': unknown dtype '%s' (expected a safetensors dtype such "
                         "as F32, BF16, F16, U8)",
@@ -95,8 +95,8 @@ static ql_status parse_entry(const char *p, const char *name, json_t *v, uint64_
         numel *= d;
     }
     uint64_t b, e;
-    if (!json_is_array(jo) || json_array_size(jo) != 2 ||
-        !json_uint(json_array_get(jo, 0), &b) || !json_uint(json_array_get(jo, 1), &e))
+    if (!json_is_array(jo) || json_array_size(jo) != 2 || !json_uint(json_array_get(jo, 0), &b) ||
+        !json_uint(json_array_get(jo, 1), &e))
         return ql_error(QL_EFORMAT,
                         "%s: tensor '%s': 'data_offsets' must be two non-negative integers "
                         "[begin, end]",
@@ -104,8 +104,9 @@ static ql_status parse_entry(const char *p, const char *name, json_t *v, uint64_
     t->begin = b;
     t->end = e;
     if (e < b)
-        return ql_error(QL_EFORMAT, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
-                        "] end before begin", p, name, b, e);
+        return ql_error(QL_EFORMAT,
+                        "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] end before begin",
+                        p, name, b, e);
     if (e > data_len)
         return ql_error(QL_EFORMAT,
                         "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
@@ -130,8 +131,8 @@ static ql_status parse_metadata(const char *p, json_t *v, ql_st_file *f) {
     json_t *x;
     json_object_foreach(v, k, x) {
         if (!json_is_string(x))
-            return ql_error(QL_EFORMAT, "%s: '__metadata__' value for key '%s' is not a string",
-                            p, k);
+            return ql_error(QL_EFORMAT, "%s: '__metadata__' value for key '%s' is not a string", p,
+                            k);
         if (!strcmp(k, "format")) {
             f->format = strdup(json_string_value(x));
             if (!f->format) return ql_error(QL_ENOMEM, "out of memory reading %s", p);
@@ -381,8 +382,7 @@ static ql_status check_entries(const ql_st_entry *e, size_t n) {
         const ql_st_entry *x = &e[i];
         if (!strcmp(x->name, "__metadata__"))
             return ql_error(QL_EINVAL, "safetensors: '__metadata__' cannot name a tensor");
-        if (x->ndim < 0 || x->ndim > QL_ST_MAX_DIMS || (int)x->dtype < 0 ||
-            x->dtype >= QL_DT_COUNT)
+        if (x->ndim < 0 || x->ndim > QL_ST_MAX_DIMS || (int)x->dtype < 0 || x->dtype >= QL_DT_COUNT)
             return ql_error(QL_EINVAL, "safetensors: tensor '%s': bad dtype or rank", x->name);
         uint64_t numel = 1;
         for (int d = 0; d < x->ndim; d++) numel *= (uint64_t)x->shape[d];
@@ -420,7 +420,8 @@ ql_status ql_st_header(const ql_st_entry *e, size_t n, char **header, size_t *he
         const ql_st_entry *x = &e[order[i]];
         r |= hb_put(&b, ",", 1);
         r |= hb_put_name(&b, x->name);
-        int k = snprintf(tmp, sizeof tmp, ":{\"dtype\":\"%s\",\"shape\":[", ql_dtype_name(x->dtype));
+        int k =
+            snprintf(tmp, sizeof tmp, ":{\"dtype\":\"%s\",\"shape\":[", ql_dtype_name(x->dtype));
         r |= hb_put(&b, tmp, (size_t)k);
         for (int d = 0; d < x->ndim; d++) {
             k = snprintf(tmp, sizeof tmp, "%s%" PRId64, d ? "," : "", x->shape[d]);

@@ -63,8 +63,9 @@ static void test_repr(void) {
 }
 
 static void test_dumps(void) {
-    const char *in = "{\"b\":[1,2.5,{\"x\":null,\"a\":\"\xc3\xa9\xe2\x80\xa8\\t\xf0\x9f\x98\x80\\u007f\"}],"
-                     "\"a\":{},\"c\":[],\"d\":1e-05,\"e\":true}";
+    const char *in =
+        "{\"b\":[1,2.5,{\"x\":null,\"a\":\"\xc3\xa9\xe2\x80\xa8\\t\xf0\x9f\x98\x80\\u007f\"}],"
+        "\"a\":{},\"c\":[],\"d\":1e-05,\"e\":true}";
     json_t *v = json_loads(in, 0, NULL);
     CHECK(v != NULL);
     if (!v) return;

@@ -82,7 +82,8 @@ static void test_bad_files(void) {
     expect_bad("not_obj_entry.st", QL_EFORMAT, "tensor 'w'", "not a JSON object");
 
     write_st(path_of("unknown_dtype.st"),
-             "{\"model.norm.weight\":{\"dtype\":\"Q7\",\"shape\":[4],\"data_offsets\":[0,4]}}", 4, 0);
+             "{\"model.norm.weight\":{\"dtype\":\"Q7\",\"shape\":[4],\"data_offsets\":[0,4]}}", 4,
+             0);
     expect_bad("unknown_dtype.st", QL_EFORMAT, "tensor 'model.norm.weight'", "unknown dtype 'Q7'");
 
     write_st(path_of("f8.st"),
@@ -139,7 +140,8 @@ static const char py_header[] =
     "[0,8]},\"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[8,12]},\"b\":{\"dtype\":"
     "\"F32\",\"shape\":[2],\"data_offsets\":[12,20]},\"m\":{\"dtype\":\"BF16\",\"shape\":[1,2],"
     "\"data_offsets\":[20,24]},\"c\":{\"dtype\":\"F16\",\"shape\":[0,4],\"data_offsets\":[24,24]},"
-    "\"B\":{\"dtype\":\"U8\",\"shape\":[2,1],\"data_offsets\":[24,26]},\"q\\\"x\\\\\\n\":{\"dtype\":"
+    "\"B\":{\"dtype\":\"U8\",\"shape\":[2,1],\"data_offsets\":[24,26]},\"q\\\"x\\\\\\n\":{"
+    "\"dtype\":"
     "\"U8\",\"shape\":[1],\"data_offsets\":[26,27]},\"z\":{\"dtype\":\"U8\",\"shape\":[3],"
     "\"data_offsets\":[27,30]}} ";
 static const char py_data_hex[] = "0700000000000000000060400000803f000000c0803f00c0040509010203";
@@ -214,8 +216,8 @@ static void test_writer_rejects(void) {
     };
     CHECK(ql_st_write(path_of("dup.st"), dup, 2) == QL_EINVAL);
     CHECK(strstr(ql_error_message(), "'w' given twice") != NULL);
-    ql_st_entry bad = {.name = "w", .dtype = QL_DT_F32, .ndim = 1, .shape = {3}, .data = x,
-                       .nbytes = 8};
+    ql_st_entry bad = {
+        .name = "w", .dtype = QL_DT_F32, .ndim = 1, .shape = {3}, .data = x, .nbytes = 8};
     CHECK(ql_st_write(path_of("bad.st"), &bad, 1) == QL_EINVAL);
     CHECK(!ql_fs_exists(path_of("dup.st")) && !ql_fs_exists(path_of("bad.st")));
 }
