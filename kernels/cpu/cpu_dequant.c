@@ -1,41 +1,15 @@
-/* Dequantization of 4-bit tiles. With AVX2 a 16-entry code book fits two
- * registers: each nibble selects its value with two 8-lane permutes and a
- * blend on bit 3, so 16 weights cost a handful of instructions and no memory
- * lookups. Without AVX2 a 256-entry byte -> two-floats table does the same. */
+/* Dequantization of 4-bit tiles: AVX2 decoding (cpu_avx2.h) where available,
+ * otherwise a 256-entry byte -> two-floats table. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/cpu_avx2.h"
 #include "kernels/cpu/cpu_dequant.h"
 
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
-
-static float block_absmax(const ql_q4 *w, int64_t b) {
+float ql_q4_block_absmax_cpu(const ql_q4 *w, int64_t b) {
     if (!w->double_quant) return w->absmax[b];
     return ql_dq_absmax(w->nested_map, w->absmax_q, w->nested_absmax, w->nested_offset, b);
 }
-
-#ifdef __AVX2__
-static inline __m256 lookup8(__m256 lo, __m256 hi, __m256i code) {
-    __m256 a = _mm256_permutevar8x32_ps(lo, code);
-    __m256 b = _mm256_permutevar8x32_ps(hi, code);
-    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(code, 28)));
-}
-
-/* 16 elements from 8 packed bytes (even element = high nibble). */
-static inline void dequant16(const uint8_t *p, __m256 lo, __m256 hi, __m256 amax, float *out) {
-    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    const __m256i shift = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
-    const __m256i nib = _mm256_set1_epi32(15);
-    __m128i pairs = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)p), dup);
-    __m256i c0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(pairs), shift), nib);
-    __m256i c1 = _mm256_and_si256(
-        _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(pairs, 8)), shift), nib);
-    _mm256_storeu_ps(out, _mm256_mul_ps(lookup8(lo, hi, c0), amax));
-    _mm256_storeu_ps(out + 8, _mm256_mul_ps(lookup8(lo, hi, c1), amax));
-}
-#endif
 
 void ql_q4_dequant_range_cpu(const ql_q4 *w, int64_t e0, int64_t e1, float *out) {
     float book[16];
@@ -54,15 +28,19 @@ void ql_q4_dequant_range_cpu(const ql_q4 *w, int64_t e0, int64_t e1, float *out)
     while (e < e1) {
         int64_t b = e / bs;
         int64_t end = (b + 1) * bs < e1 ? (b + 1) * bs : e1;
-        float a = block_absmax(w, b);
+        float a = ql_q4_block_absmax_cpu(w, b);
         if (e & 1) {
             out[e - e0] = book[ql_q4_nibble(w->packed, e)] * a;
             e++;
         }
 #ifdef __AVX2__
         const __m256 amax = _mm256_set1_ps(a);
-        for (; e + 16 <= end; e += 16)
-            dequant16(w->packed + (e >> 1), lo, hi, amax, out + (e - e0));
+        for (; e + 16 <= end; e += 16) {
+            __m256 w0, w1;
+            ql_avx2_decode16(w->packed + (e >> 1), lo, hi, amax, &w0, &w1);
+            _mm256_storeu_ps(out + (e - e0), w0);
+            _mm256_storeu_ps(out + (e - e0) + 8, w1);
+        }
 #else
         for (; e + 2 <= end; e += 2) {
             const float *v = pair[w->packed[e >> 1]];

@@ -13,6 +13,9 @@
  * (double quant undone) once per block the range touches. */
 void ql_q4_dequant_range_cpu(const ql_q4 *w, int64_t e0, int64_t e1, float *out);
 
+/* The float32 absmax of block b (double quantization undone). */
+float ql_q4_block_absmax_cpu(const ql_q4 *w, int64_t b);
+
 /* A thread-local scratch buffer of at least `floats` floats, 64-byte aligned,
  * kept between calls so that tiles do not page-fault fresh memory every time.
  * NULL (with a message) when out of memory. */

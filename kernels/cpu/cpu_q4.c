@@ -4,6 +4,7 @@
  * output element is ever a sum across threads. */
 #include <stdlib.h>
 
+#include "kernels/cpu/cpu_avx2.h"
 #include "kernels/cpu/cpu_blas.h"
 #include "kernels/cpu/cpu_dequant.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -39,6 +40,47 @@ static void rows_times_bt(const float *a, int64_t rows, int64_t k, const float *
     }
 }
 
+#ifdef __AVX2__
+#define FUSED_MAX_T 16 /* up to this many tokens, skip the fp32 tile and sgemm */
+#define TOK_GROUP 8
+
+/* y[:, r0:r0+rows] = x·W[r0:r0+rows]ᵀ for small T, decoding W in registers:
+ * at a few tokens the tile path spends most of its time writing the fp32 tile
+ * and letting sgemm pack it again, and this path does neither. Each (token,
+ * row) is summed by one thread in a fixed order. Needs in % 16 == 0 so that
+ * 16-weight chunks never straddle a row or a block. */
+static void fused_rows(const ql_q4 *w, const float *x, int64_t T, int64_t r0, int64_t rows,
+                       float *y) {
+    const int64_t in = w->cols, out = w->rows, bs = w->blocksize;
+    float book[16];
+    for (unsigned c = 0; c < 16; c++) book[c] = ql_q4_value(w->type, c);
+    const __m256 lo = _mm256_loadu_ps(book), hi = _mm256_loadu_ps(book + 8);
+    for (int64_t o = r0; o < r0 + rows; o++) {
+        const uint8_t *prow = w->packed + ((o * in) >> 1);
+        for (int64_t t0 = 0; t0 < T; t0 += TOK_GROUP) {
+            const float *xr[TOK_GROUP];
+            for (int g = 0; g < TOK_GROUP; g++) /* missing tokens recompute the first */
+                xr[g] = x + (t0 + g < T ? t0 + g : t0) * in;
+            __m256 acc[TOK_GROUP];
+            for (int g = 0; g < TOK_GROUP; g++) acc[g] = _mm256_setzero_ps();
+            __m256 amax = _mm256_setzero_ps();
+            for (int64_t i = 0; i < in; i += 16) {
+                int64_t e = o * in + i;
+                if (i == 0 || e % bs == 0) amax = _mm256_set1_ps(ql_q4_block_absmax_cpu(w, e / bs));
+                __m256 w0, w1;
+                ql_avx2_decode16(prow + (i >> 1), lo, hi, amax, &w0, &w1);
+                for (int g = 0; g < TOK_GROUP; g++) {
+                    acc[g] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr[g] + i), acc[g]);
+                    acc[g] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr[g] + i + 8), acc[g]);
+                }
+            }
+            for (int g = 0; g < TOK_GROUP && t0 + g < T; g++)
+                y[(t0 + g) * out + o] = ql_avx2_hsum(acc[g]);
+        }
+    }
+}
+#endif
+
 ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *x_, int64_t T,
                              ql_act *y_, float *xa) {
     const float *x = x_;
@@ -49,12 +91,17 @@ ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
     const int64_t rt = ql_cpu_fwd_tile_rows(T, in, out);
     const int64_t tiles = ql_ceil_div64(out, rt);
     int failed = 0;
+#ifdef __AVX2__
+    const int fused = T <= FUSED_MAX_T && in % 16 == 0;
+#else
+    const int fused = 0;
+#endif
 
     int saved = ql_blas_serial_begin();
     if (r) rows_times_bt(x, T, in, lora->A, r, xa);
 #pragma omp parallel
     {
-        float *buf = ql_cpu_scratch((size_t)(rt * in));
+        float *buf = fused ? (float *)x : ql_cpu_scratch((size_t)(rt * in));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
@@ -63,9 +110,16 @@ ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
         for (int64_t ti = 0; ti < tiles; ti++) {
             if (!buf) continue;
             int64_t r0 = ti * rt, rows = ql_min64(rt, out - r0);
-            ql_q4_dequant_range_cpu(w, r0 * in, (r0 + rows) * in, buf);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)rows, (int)in, 1.0f,
-                        x, (int)in, buf, (int)in, 0.0f, y + r0, (int)out);
+#ifdef __AVX2__
+            if (fused) {
+                fused_rows(w, x, T, r0, rows, y);
+            } else
+#endif
+            {
+                ql_q4_dequant_range_cpu(w, r0 * in, (r0 + rows) * in, buf);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)rows, (int)in,
+                            1.0f, x, (int)in, buf, (int)in, 0.0f, y + r0, (int)out);
+            }
             if (r)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)rows, r,
                             lora->scale, xa, r, lora->B + r0 * r, r, 1.0f, y + r0, (int)out);

@@ -35,6 +35,7 @@ static void run_all(const ql_backend *be, sink *s) {
     CHECK(be->q4_dequantize(&w, take(s, (int64_t)OUT * IN)) == QL_OK);
     CHECK(be->q4_lora_fwd(&w, &lora, x, T, y, xa) == QL_OK);
     CHECK(be->q4_lora_bwd(&w, &lora, x, xa, dy, T, dx, dA, dB) == QL_OK);
+    CHECK(be->q4_lora_fwd(&w, &lora, x, 9, take(s, 9 * OUT), take(s, 9 * R)) == QL_OK); /* fused */
     CHECK(be->matmul_fwd(Wd, x, T, IN, OUT, take(s, T * OUT)) == QL_OK);
     CHECK(be->matmul_bwd(Wd, dy, T, IN, OUT, take(s, T * IN)) == QL_OK);
     float *rstd = take(s, T), *yn = take(s, T * IN);

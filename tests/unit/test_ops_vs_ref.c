@@ -257,6 +257,11 @@ int main(void) {
     test_lora(576, 300, QL_QTYPE_NF4, 64, 1, 71, 8, 0); /* dx NULL */
     test_lora(96, 2100, QL_QTYPE_NF4, 64, 1, 9, 0, 1);  /* no LoRA */
     test_lora(2100, 64, QL_QTYPE_NF4, 64, 1, 3, 2, 1);  /* several backward row chunks */
+    /* T <= 16 with in % 16 == 0 takes the fused decode-and-multiply path. */
+    test_lora(200, 1024, QL_QTYPE_NF4, 64, 1, 1, 8, 1);
+    test_lora(75, 4096, QL_QTYPE_NF4, 64, 1, 9, 16, 1);
+    test_lora(33, 320, QL_QTYPE_FP4, 32, 0, 16, 4, 1);
+    test_lora(40, 4112, QL_QTYPE_NF4, 4096, 1, 5, 4, 1); /* rows start mid-block */
 
     test_matmul(5, 33, 70);
     test_matmul(130, 200, 301);
