@@ -233,6 +233,17 @@ static void cpu_model(char *buf, size_t len) {
     fclose(f);
 }
 
+/* The 1-minute load average: how busy the machine was around the run. */
+static double loadavg(void) {
+    double l = -1.0;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1) l = -1.0;
+        fclose(f);
+    }
+    return l;
+}
+
 /* JSON string body: the few characters a CPU or host name could need escaped. */
 static void json_str(FILE *f, const char *s) {
     fputc('"', f);
@@ -292,6 +303,7 @@ int main(int argc, char **argv) {
     int blas_threads = openblas_get_num_threads();
     printf("cpu: %s, %d OpenMP threads, OpenBLAS %d threads\n", model, threads, blas_threads);
 
+    double load_start = loadavg();
     double t_start = now_ms();
     static const int64_t small_T[] = {16, 256};
     static const int64_t big_T[] = {16};
@@ -302,6 +314,7 @@ int main(int argc, char **argv) {
         bench_layer(be, 14336, 4096, big_T, 1, reps);
     }
     double total_s = (now_ms() - t_start) * 1e-3;
+    double load_end = loadavg();
 
     printf("\nratio = our time / baseline time (lower is better); median of reps\n");
     printf("%-10s %-12s %5s %11s %11s %-13s %7s %6s %4s\n", "op", "in->out", "T", "ours ms",
@@ -315,7 +328,9 @@ int main(int argc, char **argv) {
                r->T ? T : "-", r->ours_ms, r->base_ms, r->T ? "cblas_sgemm" : "memcpy", r->ratio,
                r->goal, r->ratio <= r->goal ? "yes" : "no");
     }
-    printf("total %.1f s\n", total_s);
+    printf("total %.1f s; load average %.2f before, %.2f after (%d threads: a load above that "
+           "means other work shared the cores)\n",
+           total_s, load_start, load_end, threads);
 
     make_parent_dirs(json);
     FILE *f = fopen(json, "w");
@@ -334,7 +349,9 @@ int main(int argc, char **argv) {
     fprintf(f, "  \"backend\": \"%s\",\n  \"quant\": \"nf4, double quant, blocksize 64\",\n",
             be->name);
     fprintf(f, "  \"lora_r\": %d,\n  \"ratio\": \"our time / baseline time\",\n", LORA_R);
-    fprintf(f, "  \"total_s\": %.2f,\n  \"results\": [\n", total_s);
+    fprintf(f, "  \"total_s\": %.2f,\n  \"loadavg_before\": %.2f,\n  \"loadavg_after\": %.2f,\n",
+            total_s, load_start, load_end);
+    fprintf(f, "  \"results\": [\n");
     for (int i = 0; i < nrows; i++) {
         row *r = &rows_[i];
         fprintf(f,
