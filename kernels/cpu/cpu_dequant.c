@@ -1,5 +1,6 @@
 /* Dequantization of 4-bit tiles: AVX2 decoding (cpu_avx2.h) where available,
  * otherwise a 256-entry byte -> two-floats table. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,20 +53,53 @@ void ql_q4_dequant_range_cpu(const ql_q4 *w, int64_t e0, int64_t e1, float *out)
     }
 }
 
-static _Thread_local float *scratch_buf;
-static _Thread_local size_t scratch_cap;
+/* Per-thread scratch lives in pthread-specific data so that its destructor
+ * frees it when libgomp retires a worker (e.g. after omp_set_num_threads
+ * lowers the count); a plain _Thread_local pointer would leak it. */
+typedef struct scratch {
+    float *p;
+    size_t cap;
+} scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+
+static void scratch_destroy(void *v) {
+    scratch *s = v;
+    free(s->p);
+    free(s);
+}
+
+static void scratch_key_init(void) {
+    scratch_key_ok = pthread_key_create(&scratch_key, scratch_destroy) == 0;
+}
 
 float *ql_cpu_scratch(size_t floats) {
-    if (floats <= scratch_cap) return scratch_buf;
+    pthread_once(&scratch_once, scratch_key_init);
+    if (!scratch_key_ok) {
+        ql_error(QL_ENOMEM, "cpu backend: cannot create the thread-local tile buffer key");
+        return NULL;
+    }
+    scratch *s = pthread_getspecific(scratch_key);
+    if (s && floats <= s->cap) return s->p;
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s || pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            ql_error(QL_ENOMEM, "cpu backend: out of memory for a tile buffer");
+            return NULL;
+        }
+    }
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
     float *p = aligned_alloc(64, bytes);
     if (!p) {
         ql_error(QL_ENOMEM, "cpu backend: out of memory for a %zu-byte tile buffer", bytes);
         return NULL;
     }
-    free(scratch_buf);
-    scratch_buf = p;
-    scratch_cap = floats;
+    free(s->p);
+    s->p = p;
+    s->cap = floats;
     return p;
 }
 
