@@ -32,8 +32,8 @@
 #include "kernels/quant4.h"
 
 #define LORA_R 16
-#define GOAL_DEQUANT 2.0 /* dequantize time <= 2x memcpy of the fp32 output */
-#define GOAL_MATMUL 1.25 /* NF4+LoRA forward time <= 1.25x sgemm on fp32 W */
+#define GOAL_DEQUANT 0.5 /* dequantize at >= 0.5 of memcpy bandwidth (fp32 output bytes) */
+#define GOAL_MATMUL 0.9 /* NF4+LoRA forward at >= 0.9 of sgemm throughput on fp32 W */
 
 typedef struct row {
     char op[16];
@@ -99,7 +99,7 @@ static void add_row(const char *op, int64_t in, int64_t out, int64_t T, double o
     r->T = T;
     r->ours_ms = ours;
     r->base_ms = base;
-    r->ratio = ours / base;
+    r->ratio = base / ours; /* throughput relative to the baseline */
     r->goal = goal;
     r->reps = reps;
 }
@@ -293,9 +293,7 @@ int main(int argc, char **argv) {
         snprintf(json_default, sizeof json_default, "bench/results/cpu-%s.json", host);
         json = json_default;
     }
-    /* ql_backend_cpu() rather than ql_backend_by_name("cpu"): the same table,
-     * without needing the registry (kernels/backend.c) linked in. */
-    const ql_backend *be = ql_backend_cpu();
+    const ql_backend *be = ql_backend_by_name("cpu");
     if (!be) die("backend cpu");
     char model[256];
     cpu_model(model, sizeof model);
@@ -316,7 +314,7 @@ int main(int argc, char **argv) {
     double total_s = (now_ms() - t_start) * 1e-3;
     double load_end = loadavg();
 
-    printf("\nratio = our time / baseline time (lower is better); median of reps\n");
+    printf("\nratio = baseline time / our time (throughput relative to the baseline; higher is better); median of reps\n");
     printf("%-10s %-12s %5s %11s %11s %-13s %7s %6s %4s\n", "op", "in->out", "T", "ours ms",
            "base ms", "baseline", "ratio", "goal", "ok");
     for (int i = 0; i < nrows; i++) {
@@ -326,7 +324,7 @@ int main(int argc, char **argv) {
         snprintf(T, sizeof T, "%lld", (long long)r->T);
         printf("%-10s %-12s %5s %11.3f %11.3f %-13s %7.3f %6.2f %4s\n", r->op, shape,
                r->T ? T : "-", r->ours_ms, r->base_ms, r->T ? "cblas_sgemm" : "memcpy", r->ratio,
-               r->goal, r->ratio <= r->goal ? "yes" : "no");
+               r->goal, r->ratio >= r->goal ? "yes" : "no");
     }
     printf("total %.1f s; load average %.2f before, %.2f after (%d threads: a load above that "
            "means other work shared the cores)\n",
@@ -348,7 +346,7 @@ int main(int argc, char **argv) {
     fprintf(f, ",\n  \"omp_threads\": %d,\n  \"openblas_threads\": %d,\n", threads, blas_threads);
     fprintf(f, "  \"backend\": \"%s\",\n  \"quant\": \"nf4, double quant, blocksize 64\",\n",
             be->name);
-    fprintf(f, "  \"lora_r\": %d,\n  \"ratio\": \"our time / baseline time\",\n", LORA_R);
+    fprintf(f, "  \"lora_r\": %d,\n  \"ratio\": \"baseline time / our time\",\n", LORA_R);
     fprintf(f, "  \"total_s\": %.2f,\n  \"loadavg_before\": %.2f,\n  \"loadavg_after\": %.2f,\n",
             total_s, load_start, load_end);
     fprintf(f, "  \"results\": [\n");

@@ -7,14 +7,6 @@
 
 #include "test_ops_util.h"
 
-/* CMakeLists.txt compiles kernels/cpu/ but not yet kernels/ itself into
- * qlora_core. Until it does, this test compiles the two sources itself; that
- * links either way (an archive member is only pulled in for symbols still
- * undefined, and these define all of theirs). Drop the includes once the
- * library globs the kernels/ sources. */
-#include "kernels/backend.c"
-#include "kernels/rope.c"
-
 static void test_registry(void) {
     CHECK(ql_backend_by_name("cpu") == ql_backend_cpu());
     CHECK(ql_backend_by_name("cpu-ref") == ql_backend_cpu_ref());
