@@ -33,7 +33,7 @@
 
 #define LORA_R 16
 #define GOAL_DEQUANT 0.5 /* dequantize at >= 0.5 of memcpy bandwidth (fp32 output bytes) */
-#define GOAL_MATMUL 0.9 /* NF4+LoRA forward at >= 0.9 of sgemm throughput on fp32 W */
+#define GOAL_MATMUL 0.9  /* NF4+LoRA forward at >= 0.9 of sgemm throughput on fp32 W */
 
 typedef struct row {
     char op[16];
@@ -314,7 +314,8 @@ int main(int argc, char **argv) {
     double total_s = (now_ms() - t_start) * 1e-3;
     double load_end = loadavg();
 
-    printf("\nratio = baseline time / our time (throughput relative to the baseline; higher is better); median of reps\n");
+    printf("\nratio = baseline time / our time (throughput relative to the baseline; higher is "
+           "better); median of reps\n");
     printf("%-10s %-12s %5s %11s %11s %-13s %7s %6s %4s\n", "op", "in->out", "T", "ours ms",
            "base ms", "baseline", "ratio", "goal", "ok");
     for (int i = 0; i < nrows; i++) {
