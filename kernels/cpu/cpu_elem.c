@@ -165,13 +165,6 @@ ql_status ql_adamw_cpu(float *param, const float *grad, float *m, float *v, int6
                        const ql_adamw *h, int64_t step) {
     ql_adamw_scalars c = ql_adamw_scalars_for(h, step);
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float g = grad[i];
-        float p = param[i] * c.decay;
-        m[i] = fmaf(c.one_minus_beta1, g, m[i] * c.beta1);
-        v[i] = fmaf(c.one_minus_beta2 * g, g, v[i] * c.beta2);
-        float denom = sqrtf(v[i]) / c.bc2_sqrt + c.eps;
-        param[i] = p + c.neg_step * m[i] / denom;
-    }
+    for (int64_t i = 0; i < n; i++) ql_adamw_elem(&c, &param[i], grad[i], &m[i], &v[i]);
     return QL_OK;
 }

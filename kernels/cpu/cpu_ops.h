@@ -3,6 +3,8 @@
 #ifndef QL_CPU_OPS_H
 #define QL_CPU_OPS_H
 
+#include <math.h>
+
 #include "kernels/backend.h"
 
 /* Memory: both CPU backends share host memory, so these serve both tables. */
@@ -79,5 +81,17 @@ typedef struct ql_adamw_scalars {
     float eps;
 } ql_adamw_scalars;
 ql_adamw_scalars ql_adamw_scalars_for(const ql_adamw *h, int64_t step);
+
+/* One element of the AdamW step, shared by both CPU backends so they agree
+ * bit for bit. torch's vectorized add(alpha=) and addcmul contract to fused
+ * multiply-adds, hence the fmaf. */
+static inline void ql_adamw_elem(const ql_adamw_scalars *c, float *param, float g, float *m,
+                                 float *v) {
+    float p = *param * c->decay;
+    *m = fmaf(c->one_minus_beta1, g, *m * c->beta1);
+    *v = fmaf(c->one_minus_beta2 * g, g, *v * c->beta2);
+    float denom = sqrtf(*v) / c->bc2_sqrt + c->eps;
+    *param = p + c->neg_step * *m / denom;
+}
 
 #endif
