@@ -38,8 +38,15 @@ typedef struct ql_lora {
     float scale; /* alpha / r, or alpha / sqrt(r) with rsLoRA */
 } ql_lora;
 
-/* Which RoPE frequency schedule (FORMATS §4.1, §4.3). */
-typedef enum ql_rope_type { QL_ROPE_DEFAULT, QL_ROPE_LINEAR, QL_ROPE_LLAMA3 } ql_rope_type;
+/* Which RoPE frequency schedule (FORMATS §4.1, §4.3). QL_ROPE_OTHER is a
+ * schedule config.json may name (dynamic, yarn, longrope) that is parsed but
+ * not implemented: ql_rope_inv_freq refuses it. */
+typedef enum ql_rope_type {
+    QL_ROPE_DEFAULT,
+    QL_ROPE_LINEAR,
+    QL_ROPE_LLAMA3,
+    QL_ROPE_OTHER
+} ql_rope_type;
 
 typedef struct ql_rope_config {
     ql_rope_type type;

@@ -12,6 +12,10 @@
 ql_status ql_rope_inv_freq(const ql_rope_config *c, int head_dim, float *inv_freq) {
     if (head_dim <= 0 || head_dim % 2)
         return ql_error(QL_EINVAL, "rope: head_dim %d must be positive and even", head_dim);
+    if (c->type != QL_ROPE_DEFAULT && c->type != QL_ROPE_LINEAR && c->type != QL_ROPE_LLAMA3)
+        return ql_error(QL_EUNSUPPORTED,
+                        "rope: this RoPE scaling type is not supported (default, linear and "
+                        "llama3 are)");
     if (!(c->theta > 0.0f))
         return ql_error(QL_EINVAL, "rope: rope_theta %g must be positive", (double)c->theta);
     if ((c->type == QL_ROPE_LINEAR || c->type == QL_ROPE_LLAMA3) && !(c->factor > 0.0f))

@@ -11,14 +11,8 @@
 
 #include "core/dtype.h"
 #include "core/status.h"
+#include "kernels/backend.h" /* ql_rope_type */
 #include "kernels/nf4.h"
-
-typedef enum ql_rope_type {
-    QL_ROPE_DEFAULT,
-    QL_ROPE_LINEAR,
-    QL_ROPE_LLAMA3,
-    QL_ROPE_OTHER /* dynamic, yarn, longrope...: parsed, not implemented */
-} ql_rope_type;
 
 typedef struct ql_hf_quant_config {
     int present; /* config.json has a bitsandbytes 4-bit quantization_config */
