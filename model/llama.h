@@ -1,0 +1,128 @@
+/* The Llama-family decoder (Llama 2/3/3.1/3.2, Mistral, Qwen2, SmolLM2) as
+ * transformers defines it (shared FORMATS.md §4), with its linear layers
+ * frozen in 4-bit and LoRA adapters trained on top, forward and backward over
+ * the backend op table (kernels/backend.h).
+ *
+ * The trainable state is one flat float32 vector (ql_adapters.params) with a
+ * tensor table naming each LoRA matrix as PEFT does; gradients live in a
+ * second flat vector of the same layout. Everything a data-parallel reduction,
+ * an optimizer or a checkpoint needs is in those two vectors. */
+#ifndef QL_LLAMA_H
+#define QL_LLAMA_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/rng.h"
+#include "core/status.h"
+#include "kernels/backend.h"
+#include "model/hf_config.h"
+
+/* The seven linear projections of a decoder layer, in PEFT's usual order. */
+typedef enum ql_proj {
+    QL_PROJ_Q,
+    QL_PROJ_K,
+    QL_PROJ_V,
+    QL_PROJ_O,
+    QL_PROJ_GATE,
+    QL_PROJ_UP,
+    QL_PROJ_DOWN,
+    QL_N_PROJ
+} ql_proj;
+#define QL_PROJ_ALL ((1u << QL_N_PROJ) - 1u)
+
+/* "q_proj" ... "down_proj" */
+const char *ql_proj_name(ql_proj p);
+/* "self_attn" for q/k/v/o, "mlp" for gate/up/down */
+const char *ql_proj_module(ql_proj p);
+/* QL_N_PROJ if `name` is not one of the seven. */
+ql_proj ql_proj_from_name(const char *name);
+
+typedef struct ql_lora_config {
+    int r;
+    float alpha;
+    float dropout;    /* on the LoRA input, as PEFT's lora_dropout */
+    int use_rslora;   /* scale alpha / sqrt(r) instead of alpha / r */
+    unsigned targets; /* bit (1u << ql_proj) per targeted projection */
+} ql_lora_config;
+
+#define QL_ADAPTER_NAME_MAX 192
+
+typedef struct ql_adapter_tensor {
+    /* PEFT's saved key, e.g.
+     * "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" */
+    char name[QL_ADAPTER_NAME_MAX];
+    int layer;
+    ql_proj proj;
+    int is_b; /* 0: lora_A [r, in]; 1: lora_B [out, r] */
+    int64_t rows, cols;
+    int64_t offset; /* first element in the flat vector */
+} ql_adapter_tensor;
+
+typedef struct ql_adapters {
+    ql_lora_config cfg;
+    float scale;                /* alpha / r or alpha / sqrt(r) */
+    int64_t n;                  /* elements of the flat vector */
+    float *params;              /* backend memory [n] */
+    float *grads;               /* backend memory [n]; backward accumulates (+=) here */
+    ql_adapter_tensor *tensors; /* ordered by layer, projection, A before B */
+    int n_tensors;
+} ql_adapters;
+
+typedef struct ql_llama_options {
+    const ql_backend *be;
+    /* How HF (F32/F16/BF16) and GGUF weights are quantized on load;
+     * a bitsandbytes 4-bit directory is used as stored. */
+    ql_qtype quant_type;
+    int blocksize;
+    int double_quant;
+    ql_lora_config lora;
+    uint64_t seed;              /* LoRA initialisation and dropout */
+    int checkpoint_activations; /* keep only layer inputs; recompute in backward */
+    int64_t max_batch, max_seq; /* capacity of the activation buffers */
+    int quiet;                  /* no load summary on stderr */
+} ql_llama_options;
+
+/* Sensible defaults: CPU backend, NF4 + double quant, block 64, r 16,
+ * alpha 32, all seven projections, seed 1234, batch 1 x 512. */
+void ql_llama_options_default(ql_llama_options *o);
+
+/* A micro-batch of token rows. Host memory. `targets` are already shifted:
+ * targets[t] is the token that should follow ids[t] (negative = no loss). */
+typedef struct ql_batch {
+    int64_t batch, seq;
+    const int32_t *ids;     /* [batch * seq] */
+    const int32_t *targets; /* [batch * seq] */
+    const int32_t *pos;     /* [batch * seq]; NULL = 0..seq-1 in every row */
+    const int32_t *doc;     /* [batch * seq]; NULL = one document per row */
+} ql_batch;
+
+typedef struct ql_llama ql_llama;
+
+/* Opens `path` through ql_model_source_open, checks the config against the
+ * tensors before any large allocation, quantizes the linears, allocates the
+ * adapters (A ~ U(±1/sqrt(in)), B = 0, as PEFT initialises them) and the
+ * activation buffers. LoRA targets that match no module are an error. */
+ql_status ql_llama_load(const char *path, const ql_llama_options *o, ql_llama **out);
+void ql_llama_free(ql_llama *m);
+
+const ql_hf_config *ql_llama_config(const ql_llama *m);
+ql_adapters *ql_llama_adapters(ql_llama *m);
+/* The dropout stream; a checkpoint stores and restores it. */
+ql_rng *ql_llama_rng(ql_llama *m);
+
+/* Architecture, parameter counts (base, trainable), bytes in backend memory. */
+void ql_llama_describe(const ql_llama *m, FILE *f);
+
+/* Forward over one micro-batch; *loss_sum gets the sum of per-token
+ * cross-entropies over target positions and *n_targets their number. With
+ * backward != 0, adapter gradients scaled by grad_scale are accumulated into
+ * adapters->grads (the trainer passes 1 / targets-in-the-global-batch, so
+ * summed micro-batches give the gradient of the mean loss). */
+ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward, float grad_scale,
+                                    double *loss_sum, int64_t *n_targets);
+
+/* Logits of every position into host memory [batch * seq, vocab] (tests, eval). */
+ql_status ql_llama_logits(ql_llama *m, const ql_batch *b, float *logits);
+
+#endif
