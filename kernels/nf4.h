@@ -42,7 +42,8 @@ typedef enum ql_qtype { QL_QTYPE_NF4 = 0, QL_QTYPE_FP4 = 1 } ql_qtype;
     0x3df64862u, 0x3e5067e0u, 0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau \
 }
 
-/* FP4 code book (get_4bit_type("fp4")): bit 3 is the sign, index 8 is -0. */
+/* FP4 decode table (kernels.cu dDequantizeFP4Tree): bit 3 is the sign, so code 8
+ * decodes to -0.0 (the quant_map bitsandbytes stores has +0.0 there). */
 #define QL_FP4_BITS { \
     0x00000000u, 0x3baaaaabu, 0x3f2aaaabu, 0x3f800000u, 0x3eaaaaabu, 0x3f000000u, 0x3e2aaaabu, 0x3e800000u, \
     0x80000000u, 0xbbaaaaabu, 0xbf2aaaabu, 0xbf800000u, 0xbeaaaaabu, 0xbf000000u, 0xbe2aaaabu, 0xbe800000u \

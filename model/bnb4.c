@@ -60,7 +60,12 @@ static ql_status add(ql_bnb4_entries *b, const char *weight, const char *suffix,
 ql_status ql_bnb4_make_entries(const char *weight, const ql_q4 *q, ql_dtype dtype,
                                ql_bnb4_entries *b) {
     memset(b, 0, sizeof *b);
-    for (unsigned c = 0; c < 16; c++) b->quant_map[c] = ql_q4_value(q->type, c);
+    /* bitsandbytes' get_4bit_type("fp4") lists `-0`, a Python integer, so the
+     * stored quant_map has +0.0 where the decode table has -0.0. */
+    for (unsigned c = 0; c < 16; c++) {
+        float v = ql_q4_value(q->type, c);
+        b->quant_map[c] = v == 0.0f ? 0.0f : v;
+    }
     ql_status st = ql_bnb4_quant_state_json(q, dtype, &b->blob, &b->blob_len);
     int64_t nb = q->n_blocks;
     if (st == QL_OK) st = add(b, weight, "", QL_DT_U8, 2, ql_q4_packed_bytes(q), 1, q->packed);

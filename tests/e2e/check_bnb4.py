@@ -40,6 +40,11 @@ NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.3949174880981
 # get_4bit_type("fp4"): [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3] / 12
 FP4 = (np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, -0.0, -0.0625, -8, -12, -4, -6, -2, -3],
                 dtype=np.float32) / np.float32(12))
+# What bitsandbytes stores as the FP4 quant_map: Python's `-0` in that list is
+# the integer 0, so entry 8 is +0.0 in the file (the CUDA decode still gives
+# -0.0 for code 8, which FP4 above keeps for dequantization).
+FP4_FILE = FP4.copy()
+FP4_FILE[8] = np.float32(0.0)
 
 problems = []
 
@@ -232,7 +237,7 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     a = ap.parse_args()
     qt, bs, dq = a.quant_type, a.blocksize, not a.no_double_quant
-    table = NF4 if qt == "nf4" else FP4
+    table = NF4 if qt == "nf4" else FP4_FILE
     dmap = dynamic_map()
 
     orig, _ = load_dir(a.orig, "original", False)
