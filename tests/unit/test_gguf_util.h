@@ -16,7 +16,7 @@
 static char gguf_tmp[] = "/tmp/ql_test_gguf_XXXXXX";
 
 /* QL_SOURCE_DIR/tests/fixtures/gguf/NAME (ctest sets QL_SOURCE_DIR). */
-static const char *fixture(const char *name) {
+static inline const char *fixture(const char *name) {
     static char buf[4][1024];
     static int k;
     k = (k + 1) % 4;
@@ -25,7 +25,7 @@ static const char *fixture(const char *name) {
     return buf[k];
 }
 
-static const char *tmp_path(const char *name) {
+static inline const char *tmp_path(const char *name) {
     static char buf[4][512];
     static int k;
     k = (k + 1) % 4;
@@ -38,7 +38,7 @@ typedef struct bytes {
     size_t n;
 } bytes;
 
-static bytes load(const char *path) {
+static inline bytes load(const char *path) {
     bytes b = {0};
     char *d;
     size_t n;
@@ -52,13 +52,13 @@ static bytes load(const char *path) {
     return b;
 }
 
-static bytes copy_of(bytes b) {
+static inline bytes copy_of(bytes b) {
     bytes c = {malloc(b.n ? b.n : 1), b.n};
     memcpy(c.p, b.p, b.n);
     return c;
 }
 
-static const char *save(const char *name, const void *p, size_t n) {
+static inline const char *save(const char *name, const void *p, size_t n) {
     const char *path = tmp_path(name);
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(p, 1, n, f) != n) {
@@ -71,7 +71,7 @@ static const char *save(const char *name, const void *p, size_t n) {
 
 /* Offset of the first byte after the GGUF string `s` (u64 length + bytes)
  * in b; the test aborts if it is absent, since a fixture changed. */
-static size_t after_str(bytes b, const char *s) {
+static inline size_t after_str(bytes b, const char *s) {
     size_t len = strlen(s);
     unsigned char *needle = malloc(8 + len);
     uint64_t l = len;
@@ -86,39 +86,41 @@ static size_t after_str(bytes b, const char *s) {
     return (size_t)(at - b.p) + 8 + len;
 }
 
-static void put_u32(bytes b, size_t at, uint32_t v) { memcpy(b.p + at, &v, 4); }
-static void put_u64(bytes b, size_t at, uint64_t v) { memcpy(b.p + at, &v, 8); }
-static uint32_t get_u32(bytes b, size_t at) {
+static inline void put_u32(bytes b, size_t at, uint32_t v) { memcpy(b.p + at, &v, 4); }
+static inline void put_u64(bytes b, size_t at, uint64_t v) { memcpy(b.p + at, &v, 8); }
+static inline uint32_t get_u32(bytes b, size_t at) {
     uint32_t v;
     memcpy(&v, b.p + at, 4);
     return v;
 }
-static uint64_t get_u64(bytes b, size_t at) {
+static inline uint64_t get_u64(bytes b, size_t at) {
     uint64_t v;
     memcpy(&v, b.p + at, 8);
     return v;
 }
 
 /* Field offsets inside the tensor info of `name`. */
-static size_t tinfo_ndims(bytes b, const char *name) { return after_str(b, name); }
-static size_t tinfo_ne(bytes b, const char *name, int d) { return after_str(b, name) + 4 + 8 * d; }
-static size_t tinfo_type(bytes b, const char *name) {
+static inline size_t tinfo_ndims(bytes b, const char *name) { return after_str(b, name); }
+static inline size_t tinfo_ne(bytes b, const char *name, int d) {
+    return after_str(b, name) + 4 + 8 * d;
+}
+static inline size_t tinfo_type(bytes b, const char *name) {
     size_t at = after_str(b, name);
     return at + 4 + 8 * get_u32(b, at);
 }
-static size_t tinfo_offset(bytes b, const char *name) { return tinfo_type(b, name) + 4; }
+static inline size_t tinfo_offset(bytes b, const char *name) { return tinfo_type(b, name) + 4; }
 
 /* Offset of the value of metadata key `key` (after its type field). */
-static size_t kv_value(bytes b, const char *key) { return after_str(b, key) + 4; }
+static inline size_t kv_value(bytes b, const char *key) { return after_str(b, key) + 4; }
 
 /* Replaces the bytes of string `from` (as stored, length-prefixed) with
  * `to`, which must have the same length. */
-static void rename_str(bytes b, const char *from, const char *to) {
+static inline void rename_str(bytes b, const char *from, const char *to) {
     size_t end = after_str(b, from);
     memcpy(b.p + end - strlen(from), to, strlen(to));
 }
 
-static int msg_has(const char *needle) {
+static inline int msg_has(const char *needle) {
     const char *m = ql_error_message();
     if (needle == NULL || strstr(m, needle)) return 1;
     fprintf(stderr, "  message lacks '%s': %s\n", needle, m);
