@@ -1,0 +1,98 @@
+/* Every configuration key: type, default, range and meaning. docs/config.md
+ * is the same table for people; tests/unit/test_config.c checks they agree. */
+#include <math.h>
+#include <stddef.h>
+
+#include "core/config.h"
+
+#define OFF(field) offsetof(ql_config, field)
+#define STR(field) QL_CFG_STR, OFF(field), sizeof(((ql_config *)0)->field)
+#define TYPED(t, field) t, OFF(field), 0
+#define BIG 1e15
+
+static const ql_cfg_key schema[] = {
+    {"model", STR(model), NULL, 0, 0, 0, 0, 0, 0, NULL,
+     "base model: a Hugging Face directory, a bitsandbytes 4-bit directory or a .gguf file"},
+    {"output_dir", STR(output_dir), NULL, 0, 0, 0, 0, 0, 0, NULL,
+     "run directory: config.resolved.yaml, metrics.jsonl and adapter/ are written here"},
+    {"seed", TYPED(QL_CFG_INT, seed), "1234", 0, BIG, 0, 0, 0, 0, NULL,
+     "seeds LoRA initialisation, dropout and the data order; the same seed repeats a CPU run "
+     "bit for bit"},
+    {"backend", STR(backend), "cpu", 0, 0, 0, 0, 0, 0, "cpu|cpu-ref|cuda",
+     "where the model runs: cpu (OpenBLAS + OpenMP), cpu-ref (plain loops), cuda"},
+    {"overwrite_output_dir", TYPED(QL_CFG_BOOL, overwrite_output_dir), "false", 0, 0, 0, 0, 0, 0,
+     NULL, "allow an output_dir that already holds a run (its metrics.jsonl is restarted)"},
+
+    {"data.train", STR(data.train), NULL, 0, 0, 0, 0, 0, 0, NULL,
+     "training data: pre-tokenized JSONL, one {\"input_ids\": [...], \"labels\": [...]} per line"},
+    {"data.max_seq_len", TYPED(QL_CFG_INT, data.max_seq_len), "512", 2, 1048576, 0, 0, 0, 0, NULL,
+     "longer sequences are truncated to this many tokens (and counted)"},
+    {"data.shuffle", TYPED(QL_CFG_BOOL, data.shuffle), "true", 0, 0, 0, 0, 0, 0, NULL,
+     "visit the records in a new seeded order each epoch (false: file order)"},
+    {"data.pad_to", TYPED(QL_CFG_CHOICE, data.pad_to), "longest", 0, 0, 0, 0, 0, 0,
+     "longest|max_seq_len", "pad a micro-batch to its longest row or always to data.max_seq_len"},
+
+    {"lora.r", TYPED(QL_CFG_INT, lora.r), "16", 1, 65536, 0, 0, 0, 0, NULL, "LoRA rank"},
+    {"lora.alpha", TYPED(QL_CFG_FLOAT, lora.alpha), "32", 0, INFINITY, 1, 0, 0, 0, NULL,
+     "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)"},
+    {"lora.dropout", TYPED(QL_CFG_FLOAT, lora.dropout), "0.0", 0, 1, 0, 1, 0, 0, NULL,
+     "dropout probability on the LoRA input (PEFT's lora_dropout)"},
+    {"lora.targets", TYPED(QL_CFG_TARGETS, lora.targets),
+     "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]", 0, 0, 0, 0, 0, 0, NULL,
+     "the linear projections that get adapters"},
+    {"lora.use_rslora", TYPED(QL_CFG_BOOL, lora.use_rslora), "false", 0, 0, 0, 0, 0, 0, NULL,
+     "rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r"},
+
+    {"train.steps", TYPED(QL_CFG_INT, train.steps), "100", 1, BIG, 0, 0, 0, 0, NULL,
+     "optimizer steps to run"},
+    {"train.global_batch", TYPED(QL_CFG_INT, train.global_batch), "8", 1, 1048576, 0, 0, 0, 0, NULL,
+     "sequences per optimizer step, whatever the number of ranks"},
+    {"train.micro_batch", TYPED(QL_CFG_INT, train.micro_batch), "4", 1, 1048576, 0, 0, 0, 0, NULL,
+     "sequences per forward/backward; gradients of ceil(global_batch / micro_batch) "
+     "micro-batches are accumulated"},
+    {"train.lr", TYPED(QL_CFG_FLOAT, train.lr), "2.0e-4", 0, INFINITY, 0, 0, 1e-6, 1e-2, NULL,
+     "peak learning rate (reached after warmup)"},
+    {"train.schedule", TYPED(QL_CFG_CHOICE, train.schedule), "cosine", 0, 0, 0, 0, 0, 0,
+     "cosine|linear|constant", "learning-rate decay after warmup, as transformers' schedules"},
+    {"train.warmup_steps", TYPED(QL_CFG_INT, train.warmup_steps), "0", 0, BIG, 0, 0, 0, 0, NULL,
+     "steps of linear warmup from 0 to train.lr"},
+    {"train.weight_decay", TYPED(QL_CFG_FLOAT, train.weight_decay), "0.0", 0, INFINITY, 0, 0, 0, 0,
+     NULL, "AdamW decoupled weight decay"},
+    {"train.max_grad_norm", TYPED(QL_CFG_FLOAT, train.max_grad_norm), "1.0", 0, INFINITY, 0, 0, 0,
+     0, NULL, "clip the global gradient norm to this (0: no clipping)"},
+    {"train.adam_beta1", TYPED(QL_CFG_FLOAT, train.adam_beta1), "0.9", 0, 1, 0, 1, 0, 0, NULL,
+     "AdamW beta1"},
+    {"train.adam_beta2", TYPED(QL_CFG_FLOAT, train.adam_beta2), "0.999", 0, 1, 0, 1, 0, 0, NULL,
+     "AdamW beta2"},
+    {"train.adam_epsilon", TYPED(QL_CFG_FLOAT, train.adam_epsilon), "1.0e-8", 0, INFINITY, 0, 0, 0,
+     0, NULL, "AdamW epsilon"},
+    {"train.on_nonfinite", TYPED(QL_CFG_CHOICE, train.on_nonfinite), "skip", 0, 0, 0, 0, 0, 0,
+     "skip|stop",
+     "a step whose loss or gradient is NaN/Inf: skip its update and count it, or stop the run"},
+    {"train.max_nonfinite_in_a_row", TYPED(QL_CFG_INT, train.max_nonfinite_in_a_row), "5", 1, BIG,
+     0, 0, 0, 0, NULL, "with on_nonfinite: skip, stop with an error after this many in a row"},
+    {"train.activation_checkpointing", TYPED(QL_CFG_BOOL, train.activation_checkpointing), "false",
+     0, 0, 0, 0, 0, 0, NULL,
+     "keep only each layer's input and recompute the rest in the backward pass (less memory)"},
+    {"train.log_every", TYPED(QL_CFG_INT, train.log_every), "10", 1, BIG, 0, 0, 0, 0, NULL,
+     "when stderr is not a terminal, print a progress line every this many steps"},
+
+    {"quant.type", TYPED(QL_CFG_CHOICE, quant.type), "nf4", 0, 0, 0, 0, 0, 0, "nf4|fp4",
+     "4-bit code book for weights quantized on load (a bnb-4bit directory keeps its own)"},
+    {"quant.blocksize", TYPED(QL_CFG_INT, quant.blocksize), "64", 32, 4096, 0, 0, 0, 0, NULL,
+     "elements per absmax block: 32, 64, 128, 256, 512, 1024, 2048 or 4096"},
+    {"quant.double_quant", TYPED(QL_CFG_BOOL, quant.double_quant), "true", 0, 0, 0, 0, 0, 0, NULL,
+     "quantize the absmax values to 8 bits as well (bitsandbytes' double quantization)"},
+};
+
+const ql_cfg_key *ql_config_schema(size_t *n) {
+    *n = sizeof schema / sizeof schema[0];
+    return schema;
+}
+
+static const char *const target_names[QL_CFG_N_TARGETS] = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+const char *ql_config_target_name(int i) {
+    return i >= 0 && i < QL_CFG_N_TARGETS ? target_names[i] : NULL;
+}
