@@ -494,6 +494,17 @@ static ql_status open_impl(const char *path, ql_model_source *s, gsrc *g) {
         s->tokenizer[tm.len] = '\0';
     }
 
+    /* The expected-tensor list grows with block_count: make sure the layers
+     * exist before listing them, so a corrupt count cannot allocate much. */
+    for (int64_t i = 0; i < s->cfg.num_hidden_layers; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%lld.attn_norm.weight", (long long)i);
+        if (!ql_gguf_find_tensor(f, name))
+            return ql_error(QL_EFORMAT,
+                            "%s: missing tensor '%s' (Hugging Face "
+                            "'model.layers.%lld.input_layernorm.weight'; %s.block_count is %lld)",
+                            path, name, (long long)i, arch, (long long)s->cfg.num_hidden_layers);
+    }
     QL_TRY(ql_hf_expected_tensors(&s->cfg, &g->exp, &g->n_exp));
     /* llama.cpp's converter permutes Q/K for its interleaved RoPE in Llama
      * and Mistral files; qwen2 files use NeoX RoPE and keep HF's order. */

@@ -15,6 +15,7 @@
 
 #include "check.h"
 #include "core/dtype.h"
+#include "core/rng.h"
 #include "model/gguf.h"
 #include "test_gguf_util.h"
 
@@ -338,6 +339,50 @@ static void test_malformed(void) {
           msg_has("does-not-exist.gguf"));
 }
 
+/* Random byte changes in the header and tables: opening must either succeed
+ * (and then every tensor dequantizes) or fail with EFORMAT; never crash or
+ * read outside the mapping (the sanitizer build checks that). */
+static void test_corrupted(void) {
+    ql_rng r;
+    ql_rng_seed(&r, 7);
+    ql_gguf_file good;
+    CHECK(ql_gguf_open(fixture("types.gguf"), &good) == QL_OK);
+    size_t tables = good.data_offset;
+    ql_gguf_close(&good);
+    int ok = 0, refused = 0, other = 0;
+    for (int it = 0; it < 3000; it++) {
+        bytes b = copy_of(types_bytes);
+        int flips = 1 + (int)ql_rng_below(&r, 3);
+        for (int k = 0; k < flips; k++) {
+            size_t at = (size_t)ql_rng_below(&r, tables);
+            b.p[at] = it % 2 ? (unsigned char)ql_rng_below(&r, 256) : b.p[at] ^ 0x80;
+        }
+        const char *path = save("fuzz.gguf", b.p, b.n);
+        free(b.p);
+        ql_gguf_file f;
+        ql_status st = ql_gguf_open(path, &f);
+        if (st == QL_OK) {
+            ok++;
+            for (size_t i = 0; i < f.n_tensors; i++) {
+                const ql_gguf_tensor *t = &f.tensors[i];
+                if (!ql_gguf_can_dequantize(t->type) || t->numel > (1 << 20)) continue;
+                float *y = malloc((size_t)t->numel * 4 + 4);
+                if (ql_gguf_tensor_f32(&f, t, y) != QL_OK) other++;
+                free(y);
+            }
+            ql_gguf_close(&f);
+        } else if (st == QL_EFORMAT && strstr(ql_error_message(), path)) {
+            refused++;
+        } else {
+            if (!other)
+                fprintf(stderr, "  fuzz %d: %s %s\n", it, ql_status_name(st), ql_error_message());
+            other++;
+        }
+    }
+    CHECKF(other == 0, "%d corrupted files gave another status or an unnamed file", other);
+    CHECK(refused > 1000 && ok > 10);
+}
+
 int main(void) {
     if (!mkdtemp(gguf_tmp)) return 1;
     types_bytes = load(fixture("types.gguf"));
@@ -353,6 +398,7 @@ int main(void) {
     test_versions();
     test_truncated();
     test_malformed();
+    test_corrupted();
     free(types_bytes.p);
     ql_fs_remove_tree(gguf_tmp);
     return CHECK_DONE();

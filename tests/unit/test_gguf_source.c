@@ -13,8 +13,10 @@
 #include <string.h>
 
 #include "check.h"
+#include "core/rng.h"
 #include "model/gguf.h"
 #include "model/hf_config.h"
+#include "model/hf_model.h"
 #include "model/safetensors.h"
 #include "model/source.h"
 #include "test_gguf_util.h"
@@ -270,6 +272,55 @@ static void test_bad_models(void) {
     CHECK(ql_gguf_source_open(tmp_path("nope.gguf"), &s) == QL_ENOTFOUND && msg_has("nope.gguf"));
 }
 
+/* Random byte changes in the metadata and tensor tables of the Llama
+ * fixture: the source either opens (and then every tensor it has can be
+ * read at its expected size) or fails with a message naming the file. */
+static void test_corrupted(void) {
+    ql_rng r;
+    ql_rng_seed(&r, 11);
+    ql_gguf_file good;
+    CHECK(ql_gguf_open(fixture("tiny_llama.gguf"), &good) == QL_OK);
+    size_t tables = good.data_offset;
+    ql_gguf_close(&good);
+    int ok = 0, refused = 0, other = 0;
+    for (int it = 0; it < 2000; it++) {
+        bytes b = copy_of(llama_bytes);
+        int flips = 1 + (int)ql_rng_below(&r, 2);
+        for (int k = 0; k < flips; k++) {
+            size_t at = (size_t)ql_rng_below(&r, tables);
+            b.p[at] = it % 2 ? (unsigned char)ql_rng_below(&r, 256) : b.p[at] ^ 0x01;
+        }
+        const char *path = save("fuzz.gguf", b.p, b.n);
+        free(b.p);
+        ql_model_source s;
+        ql_status st = ql_gguf_source_open(path, &s);
+        if (st == QL_OK) {
+            ok++;
+            ql_hf_expected *e;
+            size_t n;
+            CHECK(ql_hf_expected_tensors(&s.cfg, &e, &n) == QL_OK);
+            for (size_t i = 0; i < n; i++) {
+                if (!s.has(&s, e[i].name)) continue;
+                int64_t numel = e[i].ndim == 2 ? e[i].shape[0] * e[i].shape[1] : e[i].shape[0];
+                float *y = malloc((size_t)numel * 4);
+                if (s.get_f32(&s, e[i].name, y) != QL_OK) other++;
+                free(y);
+            }
+            free(e);
+            s.close(&s);
+        } else if ((st == QL_EFORMAT || st == QL_EUNSUPPORTED || st == QL_ENOTFOUND) &&
+                   strstr(ql_error_message(), path)) {
+            refused++;
+        } else {
+            if (!other)
+                fprintf(stderr, "  fuzz %d: %s %s\n", it, ql_status_name(st), ql_error_message());
+            other++;
+        }
+    }
+    CHECKF(other == 0, "%d corrupted models gave another status or an unnamed file", other);
+    CHECK(refused > 500 && ok > 10);
+}
+
 int main(void) {
     if (!mkdtemp(gguf_tmp)) return 1;
     test_model("tiny_llama", 1, 2);
@@ -277,6 +328,7 @@ int main(void) {
     test_model("tiny_qwen2", 0, 2);
     llama_bytes = load(fixture("tiny_llama.gguf"));
     test_bad_models();
+    test_corrupted();
     free(llama_bytes.p);
     ql_fs_remove_tree(gguf_tmp);
     return CHECK_DONE();
