@@ -181,22 +181,22 @@ void ql_jsonl_tokens_free(ql_token_data *d) {
 
 ql_status ql_jsonl_tokens_check_vocab(const ql_token_data *d, int64_t vocab) {
     if (d->max_id < vocab) return QL_OK;
-    for (int64_t i = 0; i < d->n; i++)
-        for (int64_t t = d->off[i]; t < d->off[i + 1]; t++) {
-            int64_t k = t - d->off[i];
+    for (int64_t i = 0; i < d->n; i++) {
+        for (int64_t t = d->off[i]; t < d->off[i + 1]; t++)
             if (d->ids[t] >= vocab)
                 return ql_error(QL_EINVAL,
                                 "%s:%lld: input_ids[%lld] = %d is outside the model's vocabulary "
                                 "(%lld tokens)",
-                                d->path, (long long)d->line[i], (long long)k, d->ids[t],
-                                (long long)vocab);
+                                d->path, (long long)d->line[i], (long long)(t - d->off[i]),
+                                d->ids[t], (long long)vocab);
+        for (int64_t t = d->off[i]; t < d->off[i + 1]; t++)
             if (d->targets[t] >= vocab)
                 return ql_error(QL_EINVAL,
                                 "%s:%lld: labels[%lld] = %d is outside the model's vocabulary "
                                 "(%lld tokens)",
-                                d->path, (long long)d->line[i], (long long)k + 1, d->targets[t],
-                                (long long)vocab);
-        }
+                                d->path, (long long)d->line[i], (long long)(t - d->off[i]) + 1,
+                                d->targets[t], (long long)vocab);
+    }
     /* Only truncated-away tokens were out of range: they are never used. */
     return QL_OK;
 }
