@@ -30,12 +30,18 @@
 
 typedef void ql_act;
 
-/* A LoRA adapter on one linear layer: y += scale · (x·Aᵀ)·Bᵀ. */
+/* A LoRA adapter on one linear layer: y += scale · (x'·Aᵀ)·Bᵀ, where x' is the
+ * LoRA branch's input: x, or with dropout (PEFT's lora_dropout)
+ * x' = x ⊙ drop_mask · drop_scale. The backward routes the branch's part of dx
+ * back through the same mask, and dA uses x'. */
 typedef struct ql_lora {
     const float *A; /* [r, in] */
     const float *B; /* [out, r] */
     int r;
     float scale; /* alpha / r, or alpha / sqrt(r) with rsLoRA */
+    /* [T, in] in backend memory, 1 = kept, 0 = dropped; NULL = no dropout. */
+    const uint8_t *drop_mask;
+    float drop_scale; /* 1 / (1 - p), multiplied into kept elements as a float */
 } ql_lora;
 
 /* Which RoPE frequency schedule (FORMATS §4.1, §4.3). QL_ROPE_OTHER is a
@@ -92,6 +98,13 @@ typedef struct ql_backend {
      * Never dW: the base weight is frozen. dx may be NULL (first layer). */
     ql_status (*q4_lora_bwd)(const ql_q4 *w, const ql_lora *lora, const ql_act *x, const float *xa,
                              const ql_act *dy, int64_t T, ql_act *dx, float *dA, float *dB);
+
+    /* y[T, n] += b[n]: a frozen bias (Qwen2's q/k/v), fp32. No backward: dy
+     * passes through unchanged and the bias is not trained. */
+    ql_status (*bias_add)(ql_act *y, const float *b, int64_t T, int64_t n);
+    /* out[n] = x + y elementwise (residual connections and summed gradients);
+     * out may alias x or y. */
+    ql_status (*add)(const ql_act *x, const ql_act *y, int64_t n, ql_act *out);
 
     /* --- dense frozen matmul (lm_head, tied embeddings) ----------------------- */
     /* y[T,out] = x[T,in]·Wᵀ with W[out,in] in act_dtype. */

@@ -65,6 +65,17 @@ QL_CPU_DECLARE(ql_status, ql_adamw,
                (float *param, const float *grad, float *m, float *v, int64_t n, const ql_adamw *h,
                 int64_t step))
 
+/* Element e of the LoRA branch's input: x, or x · drop_scale where the
+ * dropout mask keeps it and 0 where it drops it (one float multiply, as torch's
+ * dropout does). */
+static inline float ql_lora_input(const ql_lora *l, const float *x, int64_t e) {
+    if (!l->drop_mask) return x[e];
+    return l->drop_mask[e] ? x[e] * l->drop_scale : 0.0f;
+}
+
+QL_CPU_DECLARE(ql_status, ql_bias_add, (ql_act * y, const float *b, int64_t T, int64_t n))
+QL_CPU_DECLARE(ql_status, ql_add, (const ql_act *x, const ql_act *y, int64_t n, ql_act *out))
+
 #undef QL_CPU_DECLARE
 
 /* Shared by both backends so that they agree on what is rejected. */

@@ -17,6 +17,16 @@
 
 static int has_lora(const ql_lora *lora) { return lora && lora->r > 0; }
 
+/* The LoRA branch's input under dropout, x ⊙ mask · scale, as a new [T, in]
+ * buffer (NULL with a message when out of memory). */
+static float *dropped_input(const ql_lora *lora, const float *x, int64_t T, int64_t in) {
+    float *xl = ql_malloc((size_t)(T * in) * sizeof(float), "cpu LoRA dropout input");
+    if (!xl) return NULL;
+#pragma omp parallel for schedule(static)
+    for (int64_t e = 0; e < T * in; e++) xl[e] = ql_lora_input(lora, x, e);
+    return xl;
+}
+
 ql_status ql_q4_dequantize_cpu(const ql_q4 *w, ql_act *out_) {
     float *out = out_;
     int64_t chunks = ql_ceil_div64(w->n, DQ_CHUNK);
@@ -97,8 +107,11 @@ ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
     const int fused = 0;
 #endif
 
+    float *xl = NULL;
+    if (r && lora->drop_mask && !(xl = dropped_input(lora, x, T, in))) return QL_ENOMEM;
     int saved = ql_blas_serial_begin();
-    if (r) rows_times_bt(x, T, in, lora->A, r, xa);
+    if (r) rows_times_bt(xl ? xl : x, T, in, lora->A, r, xa);
+    free(xl);
 #pragma omp parallel
     {
         float *buf = fused ? (float *)x : ql_cpu_scratch((size_t)(rt * in));
@@ -190,15 +203,24 @@ ql_status ql_q4_lora_bwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
                         dy + t0 * out, (int)out, lora->B, r, 0.0f, g + t0 * r, r);
         }
     }
-    if (dx) failed = dx_tiles(w, dy, T, g, lora, r, dx);
+    /* Under dropout the branch's input is xl and its part of dx goes back
+     * through the mask, so it is computed apart (into xl, once dA is done). */
+    float *xl = NULL;
+    if (r && lora->drop_mask && !(xl = dropped_input(lora, x, T, in))) {
+        ql_blas_serial_end(saved);
+        free(g);
+        return QL_ENOMEM;
+    }
+    if (dx && !xl) failed = dx_tiles(w, dy, T, g, lora, r, dx);
     if (r) {
+        const float *xb = xl ? xl : x;
         int64_t ca = ql_ceil_div64(in, GRAD_COLS), cb = ql_ceil_div64(out, GRAD_COLS);
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t ti = 0; ti < ca + cb; ti++) {
             if (ti < ca) { /* dA[:, c0:c1] += s·gᵀ·x[:, c0:c1] */
                 int64_t c0 = ti * GRAD_COLS, cw = ql_min64(GRAD_COLS, in - c0);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, (int)cw, (int)T,
-                            lora->scale, g, r, x + c0, (int)in, 1.0f, dA + c0, (int)in);
+                            lora->scale, g, r, xb + c0, (int)in, 1.0f, dA + c0, (int)in);
             } else { /* dB[o0:o1, :] += s·dy[:, o0:o1]ᵀ·xa */
                 int64_t o0 = (ti - ca) * GRAD_COLS, ow = ql_min64(GRAD_COLS, out - o0);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ow, r, (int)T,
@@ -206,7 +228,20 @@ ql_status ql_q4_lora_bwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
             }
         }
     }
+    if (dx && xl) {
+        failed = dx_tiles(w, dy, T, NULL, NULL, 0, dx);
+        int64_t chunks = ql_ceil_div64(T, T_CHUNK);
+#pragma omp parallel for schedule(static)
+        for (int64_t ci = 0; ci < chunks; ci++) { /* xl = s·g·A, then dx += mask ⊙ xl · scale */
+            int64_t t0 = ci * T_CHUNK, tn = ql_min64(T_CHUNK, T - t0);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)tn, (int)in, r, lora->scale,
+                        g + t0 * r, r, lora->A, (int)in, 0.0f, xl + t0 * in, (int)in);
+            for (int64_t e = t0 * in; e < (t0 + tn) * in; e++)
+                if (lora->drop_mask[e]) dx[e] += xl[e] * lora->drop_scale;
+        }
+    }
     ql_blas_serial_end(saved);
+    free(xl);
     free(g);
     return failed ? QL_ENOMEM : QL_OK;
 }

@@ -36,7 +36,8 @@ ql_status ql_q4_lora_fwd_ref(const ql_q4 *w, const ql_lora *lora, const ql_act *
         const float *xt = x + t * in;
         for (int k = 0; k < r; k++) {
             double acc = 0.0;
-            for (int64_t i = 0; i < in; i++) acc += (double)xt[i] * lora->A[k * in + i];
+            for (int64_t i = 0; i < in; i++)
+                acc += (double)ql_lora_input(lora, x, t * in + i) * lora->A[k * in + i];
             xa_exact[k] = acc;
             xa[t * r + k] = (float)acc;
         }
@@ -84,6 +85,8 @@ ql_status ql_q4_lora_bwd_ref(const ql_q4 *w, const ql_lora *lora, const ql_act *
                 for (int64_t o = 0; o < out; o++) acc += (double)dy[t * out + o] * W[o * in + i];
                 double low = 0.0;
                 for (int k = 0; k < r; k++) low += g[t * r + k] * lora->A[k * in + i];
+                if (r && lora->drop_mask)
+                    low = lora->drop_mask[t * in + i] ? low * lora->drop_scale : 0.0;
                 dx[t * in + i] = (float)(acc + s * low);
             }
         free(W);
@@ -92,7 +95,8 @@ ql_status ql_q4_lora_bwd_ref(const ql_q4 *w, const ql_lora *lora, const ql_act *
     for (int k = 0; k < r; k++)
         for (int64_t i = 0; i < in; i++) {
             double acc = 0.0;
-            for (int64_t t = 0; t < T; t++) acc += g[t * r + k] * x[t * in + i];
+            for (int64_t t = 0; t < T; t++)
+                acc += g[t * r + k] * ql_lora_input(lora, x, t * in + i);
             dA[k * in + i] += (float)(s * acc);
         }
     for (int64_t o = 0; o < out; o++)

@@ -48,7 +48,7 @@ static void test_lora(int64_t out, int64_t in, ql_qtype type, int bs, int dq, in
     ql_q4 w = tops_q4(out, in, type, bs, dq);
     float *x = tops_rand(T * in, -1, 1), *dy = tops_rand(T * out, -1, 1);
     float *A = tops_rand((int64_t)r * in, -0.1f, 0.1f), *B = tops_rand(out * r, -0.1f, 0.1f);
-    ql_lora lora = {A, B, r, 2.0f};
+    ql_lora lora = {A, B, r, 2.0f, NULL, 0.0f};
     const ql_lora *lp = r ? &lora : NULL;
     float *y[2], *xa[2], *dx[2], *dA[2], *dB[2];
     float *dA0 = tops_rand((int64_t)r * in, -1, 1), *dB0 = tops_rand(out * r, -1, 1);
