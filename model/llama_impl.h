@@ -1,0 +1,91 @@
+/* Internal to model/llama*.c: the loaded model, its buffers and the helpers
+ * the load and step files share. */
+#ifndef QL_LLAMA_IMPL_H
+#define QL_LLAMA_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/llama.h"
+#include "model/lora.h"
+#include "model/source.h"
+
+typedef struct ql_llama_layer {
+    ql_q4 w[QL_N_PROJ];     /* frozen 4-bit base weights, backend memory */
+    float *bias[QL_N_PROJ]; /* frozen biases (Qwen2 q/k/v), NULL when absent */
+    float *norm_in, *norm_post;
+} ql_llama_layer;
+
+/* What one layer's backward needs from its forward. */
+typedef struct ql_llama_acts {
+    ql_act *q, *k, *v; /* after RoPE (q, k) */
+    ql_act *ao;        /* attention output, o_proj's input */
+    ql_act *h;         /* residual after attention */
+    ql_act *g, *u;     /* gate_proj and up_proj outputs */
+    float *lse, *rstd1, *rstd2;
+    float *xa[QL_N_PROJ]; /* x·Aᵀ of each adapted projection */
+} ql_llama_acts;
+
+struct ql_llama {
+    const ql_backend *be;
+    ql_llama_options opt;
+    ql_hf_config cfg; /* cfg.json is not kept */
+    char path[4096];
+    ql_source_kind kind;
+    size_t esz;                                    /* bytes per activation element */
+    int64_t d, inter, H, KV, D, V, L, qdim, kvdim; /* shapes */
+    int64_t cap;                                   /* token capacity max_batch * max_seq */
+    int64_t max_in;                                /* widest projection input */
+    float eps;
+
+    /* weights */
+    ql_llama_layer *layers;
+    ql_act *embed, *lm_head; /* lm_head == embed when tied */
+    float *norm_f, *inv_freq;
+    int64_t base_params;
+
+    /* adapters */
+    ql_adapters ad;
+    int *adapter_of; /* [L * QL_N_PROJ]: index of the A tensor, -1 when none */
+    ql_rng rng;      /* dropout */
+
+    /* activations */
+    ql_act **xs;         /* [L + 1] residual stream: layer inputs and the last output */
+    ql_llama_acts *acts; /* L of them, or 1 with checkpointing */
+    int n_acts;
+    ql_act *n1, *n2, *s, *o;
+    ql_act *fnorm, *logits;
+    float *rstd_f, *losses;
+    int64_t logit_rows;
+    /* gradients */
+    ql_act *dy, *dx, *dh, *t1, *t2, *ds, *dg, *du, *dao, *dq, *dk, *dv;
+    /* batch */
+    int32_t *ids, *targets, *pos, *doc;
+    uint8_t *mask;
+    /* host scratch */
+    int32_t *h_pos;
+    float *h_losses;
+    uint8_t *h_mask;
+
+    /* the current call */
+    int64_t T, batch, seq;
+    const int32_t *doc_cur; /* m->doc or NULL */
+    int dropping;
+    uint64_t drop_key;
+
+    void **allocs; /* backend buffers to free */
+    size_t n_allocs, cap_allocs;
+    size_t backend_bytes;
+};
+
+/* A backend buffer owned by the model (freed by ql_llama_free). */
+ql_status ql_llama_alloc(ql_llama *m, size_t bytes, const char *what, void **out);
+/* Forward/backward pieces (llama_step.c). */
+ql_status ql_llama_prepare_batch(ql_llama *m, const ql_batch *b, int need_targets, int dropping);
+ql_status ql_llama_forward_layers(ql_llama *m, int keep);
+
+static inline ql_act *ql_llama_act_at(const ql_llama *m, ql_act *p, int64_t elems) {
+    return (char *)p + (size_t)elems * m->esz;
+}
+
+#endif
