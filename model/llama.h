@@ -39,7 +39,7 @@ const char *ql_proj_module(ql_proj p);
 ql_proj ql_proj_from_name(const char *name);
 
 typedef struct ql_lora_config {
-    int r;
+    int r; /* 0: no adapters (the base model alone) */
     float alpha;
     float dropout;    /* on the LoRA input, as PEFT's lora_dropout */
     int use_rslora;   /* scale alpha / sqrt(r) instead of alpha / r */
@@ -108,7 +108,9 @@ void ql_llama_free(ql_llama *m);
 
 const ql_hf_config *ql_llama_config(const ql_llama *m);
 ql_adapters *ql_llama_adapters(ql_llama *m);
-/* The dropout stream; a checkpoint stores and restores it. */
+/* The dropout stream; a checkpoint stores and restores it. Each training call
+ * with dropout > 0 draws one key from it; the masks of (layer, projection)
+ * derive from that key, so a recomputation reproduces them. */
 ql_rng *ql_llama_rng(ql_llama *m);
 
 /* Architecture, parameter counts (base, trainable), bytes in backend memory. */
@@ -118,7 +120,8 @@ void ql_llama_describe(const ql_llama *m, FILE *f);
  * cross-entropies over target positions and *n_targets their number. With
  * backward != 0, adapter gradients scaled by grad_scale are accumulated into
  * adapters->grads (the trainer passes 1 / targets-in-the-global-batch, so
- * summed micro-batches give the gradient of the mean loss). */
+ * summed micro-batches give the gradient of the mean loss). LoRA dropout is
+ * applied only with backward != 0 (training); backward = 0 is evaluation. */
 ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward, float grad_scale,
                                     double *loss_sum, int64_t *n_targets);
 
