@@ -10,8 +10,8 @@
 #include "model/llama_impl.h"
 #include "model/source.h"
 
-/* Logit rows per chunk: about 64 MB of float32 logits whatever the vocab. */
-#define LOGIT_BUDGET ((int64_t)1 << 24)
+/* Logit rows per chunk: about 32 MB of float32 logits whatever the vocab. */
+#define LOGIT_BUDGET ((int64_t)1 << 23)
 
 void ql_llama_options_default(ql_llama_options *o) {
     memset(o, 0, sizeof *o);
