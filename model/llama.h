@@ -80,6 +80,7 @@ typedef struct ql_llama_options {
     uint64_t seed;              /* LoRA initialisation and dropout */
     int checkpoint_activations; /* keep only layer inputs; recompute in backward */
     int64_t max_batch, max_seq; /* capacity of the activation buffers */
+    int64_t logit_rows;         /* rows of logits per lm_head chunk; 0 = about 32 MB */
     int quiet;                  /* no load summary on stderr */
 } ql_llama_options;
 

@@ -349,7 +349,7 @@ static ql_status setup_activations(ql_llama *m) {
     QL_TRY(act_buf(m, m->d, "final norm", &m->fnorm));
     QL_TRY(f32_buf(m, 1, "final rstd", &m->rstd_f));
     QL_TRY(f32_buf(m, 1, "token losses", &m->losses));
-    m->logit_rows = LOGIT_BUDGET / m->V;
+    m->logit_rows = m->opt.logit_rows > 0 ? m->opt.logit_rows : LOGIT_BUDGET / m->V;
     if (m->logit_rows < 1) m->logit_rows = 1;
     if (m->logit_rows > m->cap) m->logit_rows = m->cap;
     QL_TRY(ql_llama_alloc(m, (size_t)(m->logit_rows * m->V) * m->esz, "logits", &m->logits));
