@@ -1,0 +1,208 @@
+/* qlora eval --model PATH [--adapter DIR] --data FILE: mean loss and
+ * perplexity over every target token of a pre-tokenized JSONL file. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "data/jsonl_tokens.h"
+#include "launcher/commands.h"
+#include "model/llama.h"
+#include "model/peft.h"
+#include "train/batcher.h"
+#include "train/progress.h"
+#include "train/trainer.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: qlora eval --model PATH --data FILE [--adapter DIR] [flags]\n"
+            "\n"
+            "Mean cross-entropy over every target token of FILE (pre-tokenized JSONL, as for\n"
+            "qlora train) and its perplexity, for the base model or with a LoRA adapter.\n"
+            "Prints a table and, last, one JSON line:\n"
+            "  {\"loss\": ..., \"perplexity\": ..., \"tokens\": ...}   (tokens = target tokens)\n"
+            "\n"
+            "flags:\n"
+            "  --model PATH         Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
+            "  --data FILE          JSONL records {\"input_ids\": [...], \"labels\": [...]}\n"
+            "  --adapter DIR        a PEFT adapter directory, or a run directory holding adapter/\n"
+            "  --max-seq-len N      truncate longer records to N tokens (default: no limit)\n"
+            "  --batch N            records per forward pass (default 4)\n"
+            "  --backend NAME       cpu (default), cpu-ref or cuda\n"
+            "  --quiet              no model summary or progress on stderr\n"
+            "  --help               this text\n"
+            "\n"
+            "exit status: 0 done, 1 error (the message says which), 2 bad command line\n");
+}
+
+static int bad_usage(const char *fmt, const char *arg) {
+    fprintf(stderr, "qlora eval: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n(qlora eval --help lists the flags)\n");
+    return QL_EXIT_USAGE;
+}
+
+typedef struct eval_args {
+    const char *model, *data, *adapter, *backend;
+    int64_t max_seq_len, batch;
+    int quiet;
+} eval_args;
+
+static int parse_count(const char *s, int64_t lo, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, eval_args *a) {
+    *a = (eval_args){.backend = "cpu", .max_seq_len = (int64_t)1 << 20, .batch = 4};
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
+            usage(stdout);
+            return QL_EXIT_OK;
+        }
+        if (!strcmp(s, "--quiet")) {
+            a->quiet = 1;
+            continue;
+        }
+        static const char *const valued[] = {"--model",       "--data",  "--adapter",
+                                             "--max-seq-len", "--batch", "--backend"};
+        const char *val = NULL;
+        size_t which = 0;
+        for (; which < sizeof valued / sizeof *valued; which++) {
+            size_t n = strlen(valued[which]);
+            if (!strncmp(s, valued[which], n) && (s[n] == '\0' || s[n] == '=')) {
+                if (s[n] == '=')
+                    val = s + n + 1;
+                else if (i + 1 < argc)
+                    val = argv[++i];
+                else
+                    return bad_usage("%s needs a value", s);
+                break;
+            }
+        }
+        if (!val) return bad_usage("unknown flag '%s'", s);
+        switch (which) {
+        case 0: a->model = val; break;
+        case 1: a->data = val; break;
+        case 2: a->adapter = val; break;
+        case 3:
+            if (parse_count(val, 2, &a->max_seq_len))
+                return bad_usage("--max-seq-len must be an integer >= 2, not '%s'", val);
+            break;
+        case 4:
+            if (parse_count(val, 1, &a->batch))
+                return bad_usage("--batch must be an integer >= 1, not '%s'", val);
+            break;
+        case 5: a->backend = val; break;
+        }
+    }
+    if (!a->model) return bad_usage("%s is required", "--model");
+    if (!a->data) return bad_usage("%s is required", "--data");
+    return -1;
+}
+
+/* Forward passes over every record in file order; sums in double. */
+static ql_status evaluate(ql_llama *m, const ql_token_data *d, int64_t batch, int show,
+                          double *loss_sum, int64_t *n_targets) {
+    ql_batcher b;
+    QL_TRY(ql_batcher_init(&b, d, 0, 0, 0, d->max_len, batch));
+    ql_status st = QL_OK;
+    *loss_sum = 0;
+    *n_targets = 0;
+    int64_t n_batches = (d->n + batch - 1) / batch;
+    for (int64_t i = 0; i < n_batches && st == QL_OK; i++) {
+        int64_t first = i * batch, rows = d->n - first < batch ? d->n - first : batch, tok, nt = 0;
+        ql_batch mb;
+        double ls = 0;
+        st = ql_batcher_fill(&b, first, rows, &mb, &tok);
+        if (st == QL_OK) st = ql_llama_forward_backward(m, &mb, 0, 1.0f, &ls, &nt);
+        *loss_sum += ls;
+        *n_targets += nt;
+        if (show)
+            fprintf(stderr, "\r\033[Keval: batch %lld/%lld", (long long)i + 1,
+                    (long long)n_batches);
+    }
+    if (show) fputs("\r\033[K", stderr);
+    ql_batcher_free(&b);
+    return st;
+}
+
+/* %.10g, or null for what JSON cannot hold. */
+static void json_num(double x, char *buf, size_t n) {
+    if (isfinite(x))
+        snprintf(buf, n, "%.10g", x);
+    else
+        snprintf(buf, n, "null");
+}
+
+int ql_cmd_eval(int argc, char **argv) {
+    eval_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    const ql_backend *be = ql_backend_by_name(a.backend);
+    if (!be) return ql_report(ql_error_wrap(QL_EUNSUPPORTED, "--backend: "));
+
+    ql_llama_options o;
+    ql_llama_options_default(&o);
+    o.be = be;
+    o.quiet = a.quiet;
+    o.lora = (ql_lora_config){.r = 0, .targets = 0}; /* r 0: the base model alone */
+    char adir[4096] = "";
+    ql_status st = QL_OK;
+    if (a.adapter) {
+        st = ql_peft_find(a.adapter, adir, sizeof adir);
+        if (st == QL_OK) st = ql_peft_read_config(adir, &o.lora, NULL, 0);
+        o.lora.dropout = 0.0f; /* evaluation: PEFT's eval() turns dropout off */
+    }
+    ql_token_data d = {0};
+    if (st == QL_OK) st = ql_jsonl_tokens_load(a.data, a.max_seq_len, &d);
+    if (st != QL_OK) return ql_report(st);
+    o.max_batch = a.batch < d.n ? a.batch : d.n;
+    o.max_seq = d.max_len;
+    ql_llama *m = NULL;
+    st = ql_llama_load(a.model, &o, &m);
+    if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(&d, ql_llama_config(m)->vocab_size);
+    if (st == QL_OK && a.adapter) st = ql_peft_load(adir, ql_llama_adapters(m), be);
+    double loss_sum = 0, t0 = ql_now();
+    int64_t n_tg = 0;
+    if (st == QL_OK)
+        st = evaluate(m, &d, o.max_batch, !a.quiet && isatty(fileno(stderr)), &loss_sum, &n_tg);
+    if (st == QL_OK && n_tg == 0)
+        st = ql_error(QL_EINVAL, "%s: no target tokens (every label is -100)", a.data);
+    if (st != QL_OK) {
+        ql_llama_free(m);
+        ql_jsonl_tokens_free(&d);
+        return ql_report(st);
+    }
+    double secs = ql_now() - t0, loss = loss_sum / (double)n_tg, ppl = exp(loss);
+    printf("model       %s\n", a.model);
+    if (a.adapter)
+        printf("adapter     %s (r %d, alpha %g%s)\n", adir, o.lora.r, (double)o.lora.alpha,
+               o.lora.use_rslora ? ", rsLoRA" : "");
+    else
+        printf("adapter     none (base model)\n");
+    printf("data        %s: %lld records", a.data, (long long)d.n);
+    if (d.n_truncated)
+        printf(", %lld truncated to %lld tokens", (long long)d.n_truncated,
+               (long long)a.max_seq_len);
+    printf("\n");
+    printf("tokens      %lld targets of %lld (%.0f tokens/s)\n", (long long)n_tg,
+           (long long)d.off[d.n], secs > 0 ? (double)d.off[d.n] / secs : 0.0);
+    printf("loss        %.10g\n", loss);
+    printf("perplexity  %.10g\n", ppl);
+    char jl[40], jp[40];
+    json_num(loss, jl, sizeof jl);
+    json_num(ppl, jp, sizeof jp);
+    printf("{\"loss\": %s, \"perplexity\": %s, \"tokens\": %lld}\n", jl, jp, (long long)n_tg);
+    fflush(stdout);
+    ql_llama_free(m);
+    ql_jsonl_tokens_free(&d);
+    return QL_EXIT_OK;
+}

@@ -1,0 +1,258 @@
+/* qlora train CONFIG.yaml [--key=value ...]: LoRA fine-tuning of a 4-bit base
+ * model on pre-tokenized JSONL (docs/training.md, docs/config.md). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/config.h"
+#include "core/fsutil.h"
+#include "data/jsonl_tokens.h"
+#include "launcher/commands.h"
+#include "model/llama.h"
+#include "model/peft.h"
+#include "train/progress.h"
+#include "train/trainer.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: qlora train CONFIG.yaml [--key=value ...]\n"
+               "\n"
+               "Trains LoRA adapters on a 4-bit base model. CONFIG.yaml holds the model, LoRA,\n"
+               "optimizer, schedule, data and output settings (docs/config.md lists every key);\n"
+               "--section.key=value overrides one, e.g. --train.steps=50 --lora.r=8.\n"
+               "\n"
+               "Writes OUTPUT_DIR/config.resolved.yaml, OUTPUT_DIR/metrics.jsonl (one JSON line\n"
+               "per step) and, at the end, the adapter in PEFT format to OUTPUT_DIR/adapter/.\n"
+               "Ctrl-C stops at the end of the current step and saves the adapter.\n"
+               "\n"
+               "exit status: 0 done, 1 error or interrupted (the message says which), 2 bad\n"
+               "command line\n");
+}
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) {
+    stop_flag = 1;
+    /* A second Ctrl-C ends the process at once. */
+    signal(sig, SIG_DFL);
+}
+
+/* mkdir -p */
+static ql_status make_dirs(const char *path) {
+    char *p = strdup(path);
+    if (!p) return ql_error(QL_ENOMEM, "out of memory");
+    ql_status st = QL_OK;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            st = ql_error(QL_EIO, "%s: cannot create the directory: %s", p, strerror(errno));
+            break;
+        }
+        *s = c;
+        if (!c) break;
+    }
+    free(p);
+    if (st == QL_OK && !ql_fs_is_dir(path))
+        st = ql_error(QL_EIO, "%s: exists and is not a directory", path);
+    return st;
+}
+
+/* output_dir: created if missing; a previous run in it needs overwrite_output_dir. */
+static ql_status prepare_output(const ql_config *c) {
+    static const char *const marks[] = {"metrics.jsonl", "adapter"};
+    for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++) {
+        char *p = ql_fs_join(c->output_dir, marks[i]);
+        if (!p) return QL_ENOMEM;
+        int there = ql_fs_exists(p);
+        free(p);
+        if (there && !c->overwrite_output_dir)
+            return ql_error(QL_EINVAL,
+                            "output_dir %s already holds a run (%s); choose another output_dir or "
+                            "set overwrite_output_dir: true (--overwrite_output_dir=true)",
+                            c->output_dir, marks[i]);
+    }
+    QL_TRY(make_dirs(c->output_dir));
+    char *yaml = ql_config_to_yaml(c);
+    if (!yaml) return ql_error(QL_ENOMEM, "out of memory writing the resolved configuration");
+    char *p = ql_fs_join(c->output_dir, "config.resolved.yaml");
+    ql_status st = p ? ql_fs_write_atomic(p, yaml, strlen(yaml)) : QL_ENOMEM;
+    free(p);
+    free(yaml);
+    return st;
+}
+
+static ql_status llama_fwd_bwd(void *ctx, const ql_batch *b, int backward, float grad_scale,
+                               double *loss_sum, int64_t *n_targets) {
+    return ql_llama_forward_backward(ctx, b, backward, grad_scale, loss_sum, n_targets);
+}
+
+static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
+                                      const ql_token_data *d) {
+    ql_llama_options o;
+    ql_llama_options_default(&o);
+    o.be = be;
+    o.quant_type = c->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
+    o.blocksize = (int)c->quant.blocksize;
+    o.double_quant = c->quant.double_quant;
+    o.lora = (ql_lora_config){.r = (int)c->lora.r,
+                              .alpha = (float)c->lora.alpha,
+                              .dropout = (float)c->lora.dropout,
+                              .use_rslora = c->lora.use_rslora,
+                              .targets = c->lora.targets};
+    o.seed = (uint64_t)c->seed;
+    o.checkpoint_activations = c->train.activation_checkpointing;
+    o.max_batch = c->train.micro_batch;
+    /* Buffers for the longest row that can occur, not more. */
+    o.max_seq = c->data.pad_to == QL_PAD_MAX_SEQ_LEN ? c->data.max_seq_len : d->max_len;
+    return o;
+}
+
+static int run(const ql_config *c) {
+    ql_status st = prepare_output(c);
+    if (st != QL_OK) return ql_report(st);
+    const ql_backend *be = ql_backend_by_name(c->backend);
+    if (!be) return ql_report(ql_error_wrap(QL_EUNSUPPORTED, "backend: "));
+
+    /* The data first: a bad line should not wait for the model to load. */
+    ql_token_data d;
+    st = ql_jsonl_tokens_load(c->data.train, c->data.max_seq_len, &d);
+    if (st != QL_OK) return ql_report(st);
+    fprintf(stderr, "data: %s: %lld records, %lld tokens, %lld targets", d.path, (long long)d.n,
+            (long long)d.off[d.n], (long long)d.n_targets);
+    if (d.n_truncated)
+        fprintf(stderr, "; %lld truncated to %lld tokens (data.max_seq_len)",
+                (long long)d.n_truncated, (long long)c->data.max_seq_len);
+    fputc('\n', stderr);
+
+    ql_llama_options o = model_options(c, be, &d);
+    ql_llama *m = NULL;
+    st = ql_llama_load(c->model, &o, &m);
+    if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(&d, ql_llama_config(m)->vocab_size);
+    if (st != QL_OK) {
+        ql_llama_free(m);
+        ql_jsonl_tokens_free(&d);
+        return ql_report(st);
+    }
+    ql_adapters *a = ql_llama_adapters(m);
+    int64_t accum = (c->train.global_batch + c->train.micro_batch - 1) / c->train.micro_batch;
+    double epochs = (double)(c->train.steps * c->train.global_batch) / (double)d.n;
+    fprintf(stderr,
+            "training: %lld steps of %lld sequences (%lld micro-batch%s of up to %lld), %.2f "
+            "epochs; lr %g %s, warmup %lld; backend %s\n",
+            (long long)c->train.steps, (long long)c->train.global_batch, (long long)accum,
+            accum == 1 ? "" : "es", (long long)c->train.micro_batch, epochs, c->train.lr,
+            c->train.schedule == QL_SCHED_COSINE   ? "cosine"
+            : c->train.schedule == QL_SCHED_LINEAR ? "linear"
+                                                   : "constant",
+            (long long)c->train.warmup_steps, be->name);
+
+    ql_train_model tm = {.ctx = m,
+                         .be = be,
+                         .params = a->params,
+                         .grads = a->grads,
+                         .n = a->n,
+                         .fwd_bwd = llama_fwd_bwd};
+    char *metrics = ql_fs_join(c->output_dir, "metrics.jsonl");
+    char *adapter = ql_fs_join(c->output_dir, "adapter");
+    if (!metrics || !adapter) st = ql_error(QL_ENOMEM, "out of memory");
+    ql_train_result r = {0};
+    if (st == QL_OK) {
+        ql_train_opts to = {.cfg = c,
+                            .metrics_path = metrics,
+                            .progress = stderr,
+                            .progress_tty = -1,
+                            .stop = &stop_flag};
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+        st = ql_train_run(&tm, &d, &to, &r);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+    }
+    /* A run that failed (non-finite steps, I/O) keeps no adapter: its last
+     * state is not one anybody asked for. An interrupted one does. */
+    if (st == QL_OK) st = ql_peft_save(adapter, a, be, c->model);
+    int rc = QL_EXIT_OK;
+    if (st != QL_OK) {
+        rc = ql_report(st);
+    } else {
+        char el[32];
+        ql_format_duration(r.elapsed_s, el, sizeof el);
+        printf("%s %lld of %lld steps in %s", r.interrupted ? "interrupted after" : "trained",
+               (long long)r.steps, (long long)c->train.steps, el);
+        if (r.skipped) printf(" (%lld skipped)", (long long)r.skipped);
+        printf(": %lld tokens, %.0f tokens/s; loss %.4f -> %.4f\n", (long long)r.tokens,
+               r.elapsed_s > 0 ? (double)r.tokens / r.elapsed_s : 0.0, r.first_loss, r.last_loss);
+        printf("adapter: %s\nmetrics: %s\n", adapter, metrics);
+        fflush(stdout);
+        if (r.interrupted) {
+            fprintf(stderr,
+                    "qlora: interrupted at step %lld of %lld; the adapter of that step is "
+                    "saved in %s\n",
+                    (long long)r.steps, (long long)c->train.steps, adapter);
+            rc = QL_EXIT_ERROR;
+        }
+    }
+    free(metrics);
+    free(adapter);
+    ql_llama_free(m);
+    ql_jsonl_tokens_free(&d);
+    return rc;
+}
+
+int ql_cmd_train(int argc, char **argv) {
+    const char *path = NULL;
+    ql_cfg_override *ov = calloc((size_t)argc, sizeof *ov);
+    char **bufs = calloc((size_t)argc, sizeof *bufs);
+    size_t n_ov = 0;
+    int rc = -1;
+    if (!ov || !bufs) {
+        fprintf(stderr, "qlora train: out of memory\n");
+        rc = QL_EXIT_ERROR;
+    }
+    for (int i = 1; i < argc && rc < 0; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            rc = QL_EXIT_OK;
+        } else if (!strncmp(a, "--", 2)) {
+            bufs[n_ov] = malloc(strlen(a) + 1);
+            if (!bufs[n_ov] || ql_config_split_override(a, bufs[n_ov], &ov[n_ov]) != 0) {
+                fprintf(stderr,
+                        "qlora train: '%s' is not an override of the form --section.key=value\n",
+                        a);
+                free(bufs[n_ov]);
+                rc = QL_EXIT_USAGE;
+            } else {
+                n_ov++;
+            }
+        } else if (!path) {
+            path = a;
+        } else {
+            fprintf(stderr, "qlora train: one configuration file, not '%s' as well as '%s'\n", path,
+                    a);
+            rc = QL_EXIT_USAGE;
+        }
+    }
+    if (rc < 0 && !path) {
+        usage(stderr);
+        rc = QL_EXIT_USAGE;
+    }
+    if (rc < 0) {
+        ql_config *c = malloc(sizeof *c);
+        ql_status st = c ? ql_config_load(path, ov, n_ov, c) : QL_ENOMEM;
+        if (st != QL_OK) {
+            rc = ql_report(st);
+        } else {
+            fputs(c->warnings, stderr);
+            rc = run(c);
+        }
+        free(c);
+    }
+    for (size_t i = 0; i < n_ov; i++) free(bufs[i]);
+    free(bufs);
+    free(ov);
+    return rc;
+}
