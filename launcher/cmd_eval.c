@@ -170,6 +170,12 @@ int ql_cmd_eval(int argc, char **argv) {
     st = ql_llama_load(a.model, &o, &m);
     if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(&d, ql_llama_config(m)->vocab_size);
     if (st == QL_OK && a.adapter) st = ql_peft_load(adir, ql_llama_adapters(m), be);
+    if (st == QL_OK && ql_llama_config(m)->max_position_embeddings > 0 &&
+        d.max_len > ql_llama_config(m)->max_position_embeddings)
+        fprintf(stderr,
+                "warning: records of up to %lld tokens are longer than the model's "
+                "max_position_embeddings (%lld); consider --max-seq-len\n",
+                (long long)d.max_len, (long long)ql_llama_config(m)->max_position_embeddings);
     double loss_sum = 0, t0 = ql_now();
     int64_t n_tg = 0;
     if (st == QL_OK)

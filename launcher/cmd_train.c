@@ -136,6 +136,13 @@ static int run(const ql_config *c) {
         ql_jsonl_tokens_free(&d);
         return ql_report(st);
     }
+    const ql_hf_config *hc = ql_llama_config(m);
+    if (hc->max_position_embeddings > 0 && d.max_len > hc->max_position_embeddings)
+        fprintf(stderr,
+                "warning: records of up to %lld tokens are longer than the model's "
+                "max_position_embeddings (%lld); consider data.max_seq_len <= %lld\n",
+                (long long)d.max_len, (long long)hc->max_position_embeddings,
+                (long long)hc->max_position_embeddings);
     ql_adapters *a = ql_llama_adapters(m);
     int64_t accum = (c->train.global_batch + c->train.micro_batch - 1) / c->train.micro_batch;
     double epochs = (double)(c->train.steps * c->train.global_batch) / (double)d.n;

@@ -8,6 +8,7 @@
 #include "kernels/backend.h"
 #include "train/clip.h"
 #include "train/optim.h"
+#include "train/progress.h"
 #include "train/schedule.h"
 
 #define NEAR(a, b) (fabs((a) - (b)) <= 1e-15)
@@ -159,7 +160,20 @@ static void test_optim(const ql_backend *be) {
     ql_optim_free(&o);
 }
 
+static void test_duration(void) {
+    char b[32];
+    ql_format_duration(5.4, b, sizeof b);
+    CHECK(!strcmp(b, "0:05"));
+    ql_format_duration(62, b, sizeof b);
+    CHECK(!strcmp(b, "1:02"));
+    ql_format_duration(3723, b, sizeof b);
+    CHECK(!strcmp(b, "1:02:03"));
+    ql_format_duration(NAN, b, sizeof b);
+    CHECK(!strcmp(b, "0:00"));
+}
+
 int main(void) {
+    test_duration();
     test_schedule();
     test_clip();
     test_optim(ql_backend_cpu_ref());
