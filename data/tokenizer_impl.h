@@ -247,6 +247,9 @@ struct ql_tokenizer {
     ql_tok_merge *heap;
     size_t heap_cap;
     ql_tok_cache cache;
+    /* Tests: when set, pre-tokenized pieces go here instead of to BPE. */
+    ql_status (*piece_hook)(void *ctx, const char *p, size_t n);
+    void *piece_ctx;
 };
 
 /* ---- functions shared between the files ------------------------------------- */

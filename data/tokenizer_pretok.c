@@ -20,10 +20,13 @@ const char ql_tok_qwen2_regex[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-/* Oniguruma's \s is the White_Space property, which has U+0085 (NEL);
- * PCRE2's \s under PCRE2_UCP is \p{Z} plus \t\n\v\f\r, which does not. The
- * pattern is rewritten so both agree: \s -> [\s\x{85}], \S -> [^\s\x{85}],
- * and \s inside a class gains \x{85}. */
+/* Oniguruma's \s is exactly the White_Space property. PCRE2's \s under
+ * PCRE2_UCP differs (10.42 also matches U+180E MONGOLIAN VOWEL SEPARATOR), so
+ * \s and \S are spelled out as that list: \s -> [list], \S -> [^list], and
+ * \s inside a class -> list. */
+#define WHITE_SPACE                                                                                \
+    "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{"   \
+    "202F}\\x{205F}\\x{3000}"
 static ql_status translate(const char *p, size_t n, const char *where, ql_tok_buf *out) {
     int in_class = 0;
     for (size_t i = 0; i < n; i++) {
@@ -32,12 +35,12 @@ static ql_status translate(const char *p, size_t n, const char *where, ql_tok_bu
             char d = p[i + 1];
             i++;
             if (d == 's') {
-                QL_TRY(ql_tok_buf_append(out, in_class ? "\\s\\x{85}" : "[\\s\\x{85}]",
-                                         in_class ? 8 : 10));
+                const char *w = in_class ? WHITE_SPACE : "[" WHITE_SPACE "]";
+                QL_TRY(ql_tok_buf_append(out, w, strlen(w)));
             } else if (d == 'S') {
                 if (in_class)
                     return ql_error(QL_EUNSUPPORTED, "%s: \\S inside a character class", where);
-                QL_TRY(ql_tok_buf_append(out, "[^\\s\\x{85}]", 11));
+                QL_TRY(ql_tok_buf_append(out, "[^" WHITE_SPACE "]", strlen("[^" WHITE_SPACE "]")));
             } else {
                 char e[2] = {c, d};
                 QL_TRY(ql_tok_buf_append(out, e, 2));
@@ -192,7 +195,8 @@ ql_status ql_tok_pretokenize(ql_tokenizer *t, int depth, const char *p, size_t n
                              ql_ids *out) {
     const ql_tok_model *m = t->m;
     if (n == 0) return QL_OK;
-    if (depth == m->n_pretok) return ql_tok_bpe_word(t, p, n, out);
+    if (depth == m->n_pretok)
+        return t->piece_hook ? t->piece_hook(t->piece_ctx, p, n) : ql_tok_bpe_word(t, p, n, out);
     const ql_tok_pretok *op = &m->pretok[depth];
     ql_tok_buf *buf = &t->pt_buf[depth];
     ql_tok_spans *sp = &t->pt_spans[depth];

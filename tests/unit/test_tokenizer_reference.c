@@ -4,7 +4,11 @@
  * text through SmolLM2's tokenizer (tokenizer.json and the GGUF), a
  * Llama-3-style and two SentencePiece-style tokenizers; decode(encode(x))
  * equals the text (or HF's own decode where that differs); special-token
- * parsing off and the BOS/EOS template on a few chat-shaped documents.
+ * parsing off and the BOS/EOS template on a few chat-shaped documents; for
+ * the byte-level tokenizers, the pre-tokenizer's pieces of the generated
+ * stress documents (every Unicode space, digits of many scripts, emoji)
+ * equal pre_tokenize_str's, since equal ids alone can hide a regex
+ * difference that BPE happens to smooth over.
  * The SmolLM2 parts are skipped without the model cache
  * (${QL_CACHE:-~/.cache/qlora}); the others always run. */
 #include <stdint.h>
@@ -14,6 +18,7 @@
 
 #include "check.h"
 #include "data/tokenizer.h"
+#include "data/tokenizer_impl.h" /* the pre-tokenizer piece hook */
 
 typedef struct blob {
     unsigned char *p;
@@ -79,6 +84,46 @@ static void show_diff(ql_tokenizer *t, const char *what, uint32_t d, const int32
     }
 }
 
+typedef struct pieces {
+    const char *base;
+    uint32_t *v; /* start, end pairs */
+    size_t n, cap;
+} pieces;
+
+static ql_status collect(void *ctx, const char *p, size_t n) {
+    pieces *ps = ctx;
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? 2 * ps->cap : 1024;
+        ps->v = realloc(ps->v, 2 * ps->cap * sizeof *ps->v);
+    }
+    ps->v[2 * ps->n] = (uint32_t)(p - ps->base);
+    ps->v[2 * ps->n + 1] = (uint32_t)(p - ps->base + n);
+    ps->n++;
+    return QL_OK;
+}
+
+/* The pieces our pre-tokenizers cut from the whole document (no added-token
+ * split, as pre_tokenize_str) against HF's byte offsets. */
+static int same_pieces(ql_tokenizer *t, const doc *d, const rec *r, const char *name) {
+    pieces ps = {d->p, NULL, 0, 0};
+    t->piece_hook = collect;
+    t->piece_ctx = &ps;
+    ql_status st = ql_tok_pretokenize(t, 0, d->p, d->n, 1, NULL);
+    t->piece_hook = NULL;
+    int ok = st == QL_OK && ps.n == r->n && !memcmp(ps.v, r->payload, 8 * (size_t)r->n);
+    if (!ok) {
+        size_t i = 0;
+        while (i < ps.n && i < r->n && !memcmp(ps.v + 2 * i, r->payload + 8 * i, 8)) i++;
+        uint32_t w[2] = {0, 0};
+        if (i < r->n) memcpy(w, r->payload + 8 * i, 8);
+        fprintf(stderr, "  %s doc %u: %zu pieces, want %u; piece %zu is [%u,%u), want [%u,%u)\n",
+                name, r->doc, ps.n, r->n, i, i < ps.n ? ps.v[2 * i] : 0,
+                i < ps.n ? ps.v[2 * i + 1] : 0, w[0], w[1]);
+    }
+    free(ps.v);
+    return ok;
+}
+
 static int same_ids(const ql_ids *got, const rec *r) {
     if (got->n != r->n) return 0;
     for (size_t i = 0; i < r->n; i++) {
@@ -107,7 +152,8 @@ static void check_tokenizer(const char *name, const char *load_path, const char 
     }
     /* HF's decode where it differs from the text, by document */
     rec *dec = calloc(n_docs, sizeof *dec);
-    size_t bad_enc = 0, bad_dec = 0, n_ids = 0, bytes = 0, n_rec[5] = {0}, shown = 0;
+    size_t bad_enc = 0, bad_dec = 0, bad_pre = 0, n_pieces = 0, n_ids = 0, bytes = 0;
+    size_t n_rec[6] = {0}, shown = 0;
     ql_ids ids = {0};
     size_t save = b.at;
     for (int pass = 0; pass < 2; pass++) {
@@ -121,7 +167,7 @@ static void check_tokenizer(const char *name, const char *load_path, const char 
             r.n = u32(&b);
             if (r.kind == 0) break;
             r.payload = b.p + b.at;
-            b.at += r.kind == 4 ? r.n : 4 * (size_t)r.n;
+            b.at += r.kind == 4 ? r.n : (r.kind == 5 ? 8 : 4) * (size_t)r.n;
             if (r.doc >= n_docs || b.at > b.n) {
                 CHECKF(0, "%s: bad record", ref_path);
                 break;
@@ -132,6 +178,11 @@ static void check_tokenizer(const char *name, const char *load_path, const char 
             }
             n_rec[r.kind]++;
             if (r.kind == 4) continue;
+            if (r.kind == 5) {
+                bad_pre += !same_pieces(t, &docs[r.doc], &r, name);
+                n_pieces += r.n;
+                continue;
+            }
             unsigned flags = r.kind == 2   ? 0
                              : r.kind == 3 ? QL_TOK_PARSE_SPECIAL | QL_TOK_ADD_BOS_EOS
                                            : QL_TOK_PARSE_SPECIAL;
@@ -176,6 +227,11 @@ static void check_tokenizer(const char *name, const char *load_path, const char 
     CHECKF(bad_enc == 0, "%s: %zu of %zu id sequences differ from tokenizers'", name, bad_enc,
            n_rec[1] + n_rec[2] + n_rec[3]);
     CHECKF(bad_dec == 0, "%s: decode differs on %zu documents", name, bad_dec);
+    CHECKF(bad_pre == 0, "%s: pre-tokenizer pieces differ on %zu of %zu documents", name, bad_pre,
+           n_rec[5]);
+    if (n_rec[5])
+        printf("%-14s pre-tokenizer pieces of %zu generated documents (%zu pieces): %s\n", name,
+               n_rec[5], n_pieces, bad_pre ? "MISMATCH" : "all equal");
     printf("%-14s %zu documents, %zu bytes, %zu ids (+%zu no-special, %zu bos/eos sequences), "
            "%zu HF decodes differ from the text: %s\n",
            name, n_rec[1], bytes, n_ids, n_rec[2], n_rec[3], n_rec[4],
