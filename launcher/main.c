@@ -8,6 +8,7 @@ static const ql_command commands[] = {
     {"quantize", "quantize a Hugging Face model directory to bitsandbytes 4-bit", ql_cmd_quantize},
     {"train", "train LoRA adapters on a 4-bit model from a YAML configuration", ql_cmd_train},
     {"eval", "mean loss and perplexity of a model (and adapter) on a data file", ql_cmd_eval},
+    {"tokenize", "print the token ids and pieces of a text", ql_cmd_tokenize},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
