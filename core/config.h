@@ -39,6 +39,11 @@ typedef struct ql_config {
         int64_t max_seq_len;
         int shuffle;
         int pad_to; /* ql_pad_to */
+        int packing;
+        char valid[QL_CFG_PATH_MAX];
+        double valid_fraction;
+        int cache;
+        char cache_dir[QL_CFG_PATH_MAX];
     } data;
     struct {
         int64_t r;
@@ -61,6 +66,7 @@ typedef struct ql_config {
         int64_t max_nonfinite_in_a_row;
         int activation_checkpointing;
         int64_t log_every;
+        int64_t eval_every;
     } train;
     struct {
         int type; /* ql_qtype: 0 nf4, 1 fp4 */

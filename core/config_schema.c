@@ -31,6 +31,18 @@ static const ql_cfg_key schema[] = {
      "visit the records in a new seeded order each epoch (false: file order)"},
     {"data.pad_to", TYPED(QL_CFG_CHOICE, data.pad_to), "longest", 0, 0, 0, 0, 0, 0,
      "longest|max_seq_len", "pad a micro-batch to its longest row or always to data.max_seq_len"},
+    {"data.packing", TYPED(QL_CFG_BOOL, data.packing), "true", 0, 0, 0, 0, 0, 0, NULL,
+     "pack records into rows of data.max_seq_len, keeping document boundaries (false: one "
+     "record per row, padded)"},
+    {"data.valid", STR(data.valid), "\"\"", 0, 0, 0, 0, 0, 0, NULL,
+     "validation data in the training data's format; evaluated at the end of training"},
+    {"data.valid_fraction", TYPED(QL_CFG_FLOAT, data.valid_fraction), "0.0", 0, 1, 0, 1, 0, 0, NULL,
+     "hold out this fraction of data.train's records (chosen from the seed) as the validation "
+     "set"},
+    {"data.cache", TYPED(QL_CFG_BOOL, data.cache), "true", 0, 0, 0, 0, 0, 0, NULL,
+     "keep tokenized data in data.cache_dir so a restart does not tokenize again"},
+    {"data.cache_dir", STR(data.cache_dir), "\"\"", 0, 0, 0, 0, 0, 0, NULL,
+     "where tokenized data is cached (empty: OUTPUT_DIR/data_cache)"},
 
     {"lora.r", TYPED(QL_CFG_INT, lora.r), "16", 1, 65536, 0, 0, 0, 0, NULL, "LoRA rank"},
     {"lora.alpha", TYPED(QL_CFG_FLOAT, lora.alpha), "32", 0, INFINITY, 1, 0, 0, 0, NULL,
@@ -76,6 +88,8 @@ static const ql_cfg_key schema[] = {
      "keep only each layer's input and recompute the rest in the backward pass (less memory)"},
     {"train.log_every", TYPED(QL_CFG_INT, train.log_every), "10", 1, BIG, 0, 0, 0, 0, NULL,
      "when stderr is not a terminal, print a progress line every this many steps"},
+    {"train.eval_every", TYPED(QL_CFG_INT, train.eval_every), "0", 0, BIG, 0, 0, 0, 0, NULL,
+     "with a validation set, also evaluate every this many steps (0: only at the end)"},
 
     {"quant.type", TYPED(QL_CFG_CHOICE, quant.type), "nf4", 0, 0, 0, 0, 0, 0, "nf4|fp4",
      "4-bit code book for weights quantized on load (a bnb-4bit directory keeps its own)"},
