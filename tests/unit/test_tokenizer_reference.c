@@ -110,7 +110,7 @@ static int same_pieces(ql_tokenizer *t, const doc *d, const rec *r, const char *
     t->piece_ctx = &ps;
     ql_status st = ql_tok_pretokenize(t, 0, d->p, d->n, 1, NULL);
     t->piece_hook = NULL;
-    int ok = st == QL_OK && ps.n == r->n && !memcmp(ps.v, r->payload, 8 * (size_t)r->n);
+    int ok = st == QL_OK && ps.n == r->n && (!r->n || !memcmp(ps.v, r->payload, 8 * (size_t)r->n));
     if (!ok) {
         size_t i = 0;
         while (i < ps.n && i < r->n && !memcmp(ps.v + 2 * i, r->payload + 8 * i, 8)) i++;
