@@ -42,11 +42,11 @@ static void test_order(const ql_token_data *d) {
     for (int64_t e = 0; e < 3; e++) {
         char *seen = calloc((size_t)n, 1);
         for (int64_t k = 0; k < n; k++) {
-            int64_t r = ql_batcher_record(&a, e * n + k);
+            int64_t r = ql_batcher_row(&a, e * n + k);
             seen[r]++;
-            same_seed &= r == ql_batcher_record(&b, e * n + k);
-            other_seed_differs |= r != ql_batcher_record(&c, e * n + k);
-            if (e == 1) epochs_differ |= r != ql_batcher_record(&b, k);
+            same_seed &= r == ql_batcher_row(&b, e * n + k);
+            other_seed_differs |= r != ql_batcher_row(&c, e * n + k);
+            if (e == 1) epochs_differ |= r != ql_batcher_row(&b, k);
         }
         int perm = 1;
         for (int64_t k = 0; k < n; k++) perm &= seen[k] == 1;
@@ -57,7 +57,7 @@ static void test_order(const ql_token_data *d) {
     CHECK(other_seed_differs);
     CHECK(epochs_differ);
     /* random access agrees with sequential access */
-    CHECK(ql_batcher_record(&a, 2 * n + 3) == ql_batcher_record(&b, 2 * n + 3));
+    CHECK(ql_batcher_row(&a, 2 * n + 3) == ql_batcher_row(&b, 2 * n + 3));
     ql_batcher_free(&a);
     ql_batcher_free(&b);
     ql_batcher_free(&c);
@@ -65,7 +65,7 @@ static void test_order(const ql_token_data *d) {
     /* no shuffling: file order, every epoch */
     CHECK(ql_batcher_init(&a, d, 7, 0, 0, 16, 4) == QL_OK);
     int file_order = 1;
-    for (int64_t g = 0; g < 2 * n; g++) file_order &= ql_batcher_record(&a, g) == g % n;
+    for (int64_t g = 0; g < 2 * n; g++) file_order &= ql_batcher_row(&a, g) == g % n;
     CHECK(file_order);
 
     /* a micro-batch of records 0..2 (lengths 2, 3, 4) padded to 4 */
