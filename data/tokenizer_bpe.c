@@ -8,7 +8,7 @@
 
 #include "data/tokenizer_impl.h"
 
-#define CACHE_SLOTS (1u << 15)
+#define CACHE_SLOTS (1u << 17)
 #define CACHE_MAX_KEY 255
 
 void ql_tok_cache_free(ql_tok_cache *c) {

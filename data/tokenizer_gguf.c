@@ -37,9 +37,14 @@ static ql_status set_pre(ql_tok_model *m, ql_gguf_str pre) {
         m->ignore_merges = 1;
         return add_op(m, QL_PT_BYTELEVEL, NULL);
     }
+    if (str_is(pre, "qwen2")) {
+        m->norm[m->n_norm++] = (ql_tok_norm){.kind = QL_NORM_NFC};
+        QL_TRY(add_op(m, QL_PT_SPLIT, ql_tok_qwen2_regex));
+        return add_op(m, QL_PT_BYTELEVEL, NULL);
+    }
     return ql_error(QL_EUNSUPPORTED,
                     "%s: tokenizer.ggml.pre \"%.*s\" is not supported (known: gpt-2, smollm, "
-                    "llama-bpe)",
+                    "llama-bpe, qwen2)",
                     m->path, (int)pre.len, pre.p);
 }
 

@@ -92,7 +92,7 @@ typedef struct ql_tok_pretok {
     int split; /* METASPACE */
 } ql_tok_pretok;
 
-typedef enum ql_tok_norm_kind { QL_NORM_PREPEND, QL_NORM_REPLACE } ql_tok_norm_kind;
+typedef enum ql_tok_norm_kind { QL_NORM_PREPEND, QL_NORM_REPLACE, QL_NORM_NFC } ql_tok_norm_kind;
 
 typedef struct ql_tok_norm {
     ql_tok_norm_kind kind;
@@ -153,6 +153,7 @@ typedef struct ql_tok_model {
     size_t pool_len, pool_cap;
 
     int32_t n_ids;
+    size_t ids_cap;
     uint32_t *piece_off, *piece_len; /* per id; piece_len == UINT32_MAX: no token */
     uint8_t *special;                /* per id */
 
@@ -296,6 +297,9 @@ extern const char ql_tok_qwen2_regex[];
 /* Runs pre-tokenizer `depth` and the rest on p[0..n) and the model on every piece. */
 ql_status ql_tok_pretokenize(ql_tokenizer *t, int depth, const char *p, size_t n, int at_origin,
                              ql_ids *out);
+
+/* tokenizer_nfc.c: NFC of valid UTF-8 s[0..n) into *out (replacing it). */
+ql_status ql_tok_nfc(const char *s, size_t n, ql_tok_buf *out);
 
 /* tokenizer_bpe.c */
 ql_status ql_tok_bpe_word(ql_tokenizer *t, const char *p, size_t n, ql_ids *out);

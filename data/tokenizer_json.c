@@ -97,7 +97,9 @@ static ql_status parse_normalizer(ql_tok_model *m, const json_t *j, const char *
         return ql_error(QL_EUNSUPPORTED, "%s: more than %d normalizers", m->path, QL_TOK_MAX_NORM);
     ql_tok_norm *n = &m->norm[m->n_norm];
     memset(n, 0, sizeof *n);
-    if (!strcmp(type, "Prepend")) {
+    if (!strcmp(type, "NFC")) {
+        n->kind = QL_NORM_NFC;
+    } else if (!strcmp(type, "Prepend")) {
         size_t len;
         const char *s = jstr(j, "prepend", &len);
         if (!s) return ql_error(QL_EFORMAT, "%s: %s: Prepend without \"prepend\"", m->path, field);

@@ -73,18 +73,23 @@ ql_status ql_tok_pool_add(ql_tok_model *m, const char *s, size_t n, uint32_t *of
 
 static ql_status grow_ids(ql_tok_model *m, int32_t id) {
     if (id < m->n_ids) return QL_OK;
-    size_t n = (size_t)id + 1, cap = 1024;
-    while (cap < n) cap *= 2;
-    uint32_t *po = realloc(m->piece_off, cap * sizeof *po);
-    if (po) m->piece_off = po;
-    uint32_t *pl = realloc(m->piece_len, cap * sizeof *pl);
-    if (pl) m->piece_len = pl;
-    uint8_t *sp = realloc(m->special, cap);
-    if (sp) m->special = sp;
-    if (!po || !pl || !sp) return ql_error(QL_ENOMEM, "%s: out of memory for %zu ids", m->path, n);
-    for (size_t i = (size_t)m->n_ids; i < cap; i++) {
-        m->piece_len[i] = UINT32_MAX;
-        m->special[i] = 0;
+    size_t n = (size_t)id + 1;
+    if (n > m->ids_cap) {
+        size_t cap = m->ids_cap ? m->ids_cap : 1024;
+        while (cap < n) cap *= 2;
+        uint32_t *po = realloc(m->piece_off, cap * sizeof *po);
+        if (po) m->piece_off = po;
+        uint32_t *pl = realloc(m->piece_len, cap * sizeof *pl);
+        if (pl) m->piece_len = pl;
+        uint8_t *sp = realloc(m->special, cap);
+        if (sp) m->special = sp;
+        if (!po || !pl || !sp)
+            return ql_error(QL_ENOMEM, "%s: out of memory for %zu ids", m->path, n);
+        for (size_t i = m->ids_cap; i < cap; i++) {
+            m->piece_len[i] = UINT32_MAX;
+            m->special[i] = 0;
+        }
+        m->ids_cap = cap;
     }
     m->n_ids = (int32_t)n;
     return QL_OK;

@@ -250,14 +250,16 @@ ql_status ql_tok_pretokenize(ql_tokenizer *t, int depth, const char *p, size_t n
     return ql_error(QL_EINTERNAL, "tokenizer: unknown pre-tokenizer kind %d", (int)op->kind);
 }
 
-/* Normalizers in order: Prepend (non-empty text only) and literal Replace. */
+/* Normalizers in order: NFC, Prepend (non-empty text only), literal Replace. */
 ql_status ql_tok_normalize(const ql_tok_model *m, const char *s, size_t n, ql_tok_buf *out,
                            ql_tok_buf *tmp) {
     out->n = 0;
     QL_TRY(ql_tok_buf_append(out, s, n));
     for (int k = 0; k < m->n_norm; k++) {
         const ql_tok_norm *nm = &m->norm[k];
-        if (nm->kind == QL_NORM_PREPEND) {
+        if (nm->kind == QL_NORM_NFC) {
+            QL_TRY(ql_tok_nfc(out->p, out->n, tmp));
+        } else if (nm->kind == QL_NORM_PREPEND) {
             if (out->n == 0) continue;
             tmp->n = 0;
             QL_TRY(ql_tok_buf_append(tmp, nm->a, nm->a_len));

@@ -2,7 +2,8 @@
  * tests/fixtures/make_tokenizer_reference.py; versions in
  * tests/fixtures/tokenizer/versions.json): every document of about 1.1 MB of
  * text through SmolLM2's tokenizer (tokenizer.json and the GGUF), a
- * Llama-3-style and two SentencePiece-style tokenizers; decode(encode(x))
+ * Llama-3-style, a Qwen2-style (NFC) and two SentencePiece-style tokenizers;
+ * decode(encode(x))
  * equals the text (or HF's own decode where that differs); special-token
  * parsing off and the BOS/EOS template on a few chat-shaped documents; for
  * the byte-level tokenizers, the pre-tokenizer's pieces of the generated
@@ -151,9 +152,9 @@ static void check_tokenizer(const char *name, const char *load_path, const char 
         return;
     }
     /* HF's decode where it differs from the text, by document */
-    rec *dec = calloc(n_docs, sizeof *dec);
+    rec *dec = calloc(n_docs, sizeof *dec), *norm = calloc(n_docs, sizeof *norm);
     size_t bad_enc = 0, bad_dec = 0, bad_pre = 0, n_pieces = 0, n_ids = 0, bytes = 0;
-    size_t n_rec[6] = {0}, shown = 0;
+    size_t n_rec[7] = {0}, shown = 0;
     ql_ids ids = {0};
     size_t save = b.at;
     for (int pass = 0; pass < 2; pass++) {
@@ -167,15 +168,17 @@ static void check_tokenizer(const char *name, const char *load_path, const char 
             r.n = u32(&b);
             if (r.kind == 0) break;
             r.payload = b.p + b.at;
-            b.at += r.kind == 4 ? r.n : (r.kind == 5 ? 8 : 4) * (size_t)r.n;
+            b.at += r.kind == 4 || r.kind == 6 ? r.n : (r.kind == 5 ? 8 : 4) * (size_t)r.n;
             if (r.doc >= n_docs || b.at > b.n) {
                 CHECKF(0, "%s: bad record", ref_path);
                 break;
             }
             if (pass == 0) {
                 if (r.kind == 4) dec[r.doc] = r;
+                if (r.kind == 6) norm[r.doc] = r;
                 continue;
             }
+            if (r.kind == 6) continue;
             n_rec[r.kind]++;
             if (r.kind == 4) continue;
             if (r.kind == 5) {
@@ -236,8 +239,29 @@ static void check_tokenizer(const char *name, const char *load_path, const char 
            "%zu HF decodes differ from the text: %s\n",
            name, n_rec[1], bytes, n_ids, n_rec[2], n_rec[3], n_rec[4],
            bad_enc || bad_dec ? "MISMATCH" : "all equal");
+    /* an NFC normalizer: its output on every document (the text itself
+     * where tokenizers' normalize_str left it unchanged) */
+    if (t->m->n_norm == 1 && t->m->norm[0].kind == QL_NORM_NFC) {
+        ql_tok_buf out = {0}, tmp = {0};
+        size_t bad = 0, changed = 0;
+        for (uint32_t i = 0; i < n_docs; i++) {
+            const char *want = norm[i].kind ? (const char *)norm[i].payload : docs[i].p;
+            size_t want_n = norm[i].kind ? norm[i].n : docs[i].n;
+            changed += norm[i].kind != 0;
+            st = ql_tok_normalize(t->m, docs[i].p, docs[i].n, &out, &tmp);
+            if (st != QL_OK || out.n != want_n || (want_n && memcmp(out.p, want, want_n))) {
+                if (bad++ < 3) fprintf(stderr, "  %s doc %u: NFC differs\n", name, i);
+            }
+        }
+        CHECKF(bad == 0, "%s: NFC output differs on %zu documents", name, bad);
+        printf("%-14s NFC of %u documents (%zu changed by it): %s\n", name, n_docs, changed,
+               bad ? "MISMATCH" : "all equal");
+        ql_tok_buf_free(&out);
+        ql_tok_buf_free(&tmp);
+    }
     ql_ids_free(&ids);
     free(dec);
+    free(norm);
     ql_tokenizer_free(t);
     free(b.p);
 }
@@ -263,11 +287,21 @@ int main(void) {
         CHECK(b.at <= b.n);
     }
 
-    static const char *trained[] = {"llama3_style", "sp_legacy", "sp_metaspace"};
-    for (int i = 0; i < 3; i++) {
+    static const char *trained[] = {"llama3_style", "qwen2_style", "sp_legacy", "sp_metaspace"};
+    for (int i = 0; i < 4; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, trained[i]); /* as a model directory */
         snprintf(ref, sizeof ref, "%s/%s.ref.gz", dir, trained[i]);
         check_tokenizer(trained[i], path, ref, docs, n_docs, 1);
+    }
+
+    /* the same tokenizers read from GGUF metadata (llama-bpe, qwen2) */
+    static const char *ggufs[] = {"llama3_style", "qwen2_style"};
+    for (int i = 0; i < 2; i++) {
+        char name[64];
+        snprintf(path, sizeof path, "%s/%s.gguf", dir, ggufs[i]);
+        snprintf(ref, sizeof ref, "%s/%s.ref.gz", dir, ggufs[i]);
+        snprintf(name, sizeof name, "%s-gguf", ggufs[i]);
+        check_tokenizer(name, path, ref, docs, n_docs, 1);
     }
 
     const char *cache = getenv("QL_CACHE");
