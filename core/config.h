@@ -44,6 +44,9 @@ typedef struct ql_config {
         double valid_fraction;
         int cache;
         char cache_dir[QL_CFG_PATH_MAX];
+        int chat_template; /* ql_chat_format (data/chat_template.h) */
+        int on_overlength; /* ql_overlength (data/records.h) */
+        int on_bad_record; /* ql_on_bad (data/records.h) */
     } data;
     struct {
         int64_t r;

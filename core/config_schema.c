@@ -43,6 +43,18 @@ static const ql_cfg_key schema[] = {
      "keep tokenized data in data.cache_dir so a restart does not tokenize again"},
     {"data.cache_dir", STR(data.cache_dir), "\"\"", 0, 0, 0, 0, 0, 0, NULL,
      "where tokenized data is cached (empty: OUTPUT_DIR/data_cache)"},
+    {"data.chat_template", TYPED(QL_CFG_CHOICE, data.chat_template), "auto", 0, 0, 0, 0, 0, 0,
+     "auto|chatml|llama3|llama2|mistral|mistral-legacy",
+     "how \"messages\" records are laid out: recognised from the model's chat_template, or "
+     "this format"},
+    {"data.on_overlength", TYPED(QL_CFG_CHOICE, data.on_overlength), "truncate", 0, 0, 0, 0, 0, 0,
+     "truncate|drop|error",
+     "a record longer than data.max_seq_len: keep its first tokens, leave it out, or stop "
+     "(each counted in the data report)"},
+    {"data.on_bad_record", TYPED(QL_CFG_CHOICE, data.on_bad_record), "error", 0, 0, 0, 0, 0, 0,
+     "error|skip",
+     "a malformed record (bad JSON or UTF-8, missing fields, wrong types, unknown role): stop "
+     "naming file:line, or skip it and count it"},
 
     {"lora.r", TYPED(QL_CFG_INT, lora.r), "16", 1, 65536, 0, 0, 0, 0, NULL, "LoRA rank"},
     {"lora.alpha", TYPED(QL_CFG_FLOAT, lora.alpha), "32", 0, INFINITY, 1, 0, 0, 0, NULL,
