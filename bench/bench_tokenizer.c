@@ -4,7 +4,7 @@
  *   bench_tokenizer [--python PY] [--reps N] [--json PATH] [--model NAME=PATH]...
  *
  * Run from the repository root. The text is the reference test's documents
- * (tests/fixtures/tokenizer/docs.bin.gz, 1.15 MB of code, prose and 20
+ * (tests/fixtures/tokenizer/docs.bin.gz, 1.25 MB of code, prose and 20
  * languages); each document is one encode call on one thread, for both sides.
  * The Python side (bench/tokenizer_hf.py, run with PY, default
  * .venv/bin/python, under RAYON_NUM_THREADS=1) times Tokenizer.encode(doc,
@@ -179,6 +179,8 @@ int main(int argc, char **argv) {
         if (ql_fs_is_dir(smol)) names[n_models] = "smollm2", paths[n_models++] = smol;
         names[n_models] = "llama3_style";
         paths[n_models++] = "tests/fixtures/tokenizer/llama3_style";
+        names[n_models] = "qwen2_style";
+        paths[n_models++] = "tests/fixtures/tokenizer/qwen2_style";
         names[n_models] = "sp_legacy";
         paths[n_models++] = "tests/fixtures/tokenizer/sp_legacy";
         names[n_models] = "sp_metaspace";
@@ -222,6 +224,11 @@ int main(int argc, char **argv) {
     fprintf(f, "{\n  \"benchmark\": \"tokenizer\",\n  \"host\": \"%s\",\n", host);
     fprintf(f, "  \"text\": \"tests/fixtures/tokenizer/docs.bin.gz\",\n  \"bytes\": %zu,\n", bytes);
     fprintf(f, "  \"documents\": %u,\n  \"passes\": %d,\n  \"threads\": 1,\n", n_docs, reps);
+    /* other work on the machine moves both columns: say how busy it was */
+    double load[3] = {0, 0, 0};
+    if (getloadavg(load, 3) < 0) load[0] = -1;
+    fprintf(f, "  \"loadavg_1min\": %.2f,\n  \"cpus\": %ld,\n", load[0],
+            sysconf(_SC_NPROCESSORS_ONLN));
     fprintf(f, "  \"results\": [\n");
     for (int i = 0; i < n_res; i++)
         fprintf(f,
