@@ -157,10 +157,14 @@ ql_status ql_chat_template_init(ql_chat_template *t, ql_chat_format format, cons
         }
         if (seen == QL_CHAT_AUTO) {
             free(norm);
+            if (!why)
+                return ql_error(QL_EUNSUPPORTED,
+                                "the chat template of %s is not one qlora recognises (ChatML, "
+                                "Llama-3, Llama-2 or Mistral [INST]); %s",
+                                where, suggest);
             return ql_error(QL_EUNSUPPORTED,
-                            "the chat template of %s is %s, which qlora does not reproduce; "
-                            "%s",
-                            where, why ? why : "not one qlora recognises", suggest);
+                            "the chat template of %s is %s, which qlora does not reproduce; %s",
+                            where, why, suggest);
         }
         format = seen;
     }
