@@ -244,7 +244,7 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
             sum += m->h_losses[t];
             n++;
         }
-    if (backward) {
+    if (backward && m->ad.n > 0) { /* without adapters there is nothing to train */
         QL_TRY(be->rmsnorm_bwd(m->t1, m->xs[m->L], m->norm_f, m->rstd_f, T, d, m->dy));
         ql_act *dy = m->dy, *dx = m->dx;
         for (int i = (int)m->L - 1; i >= 0; i--) {
