@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc)
 # Tests that need the fixture model may fetch it from PyPI (QL_NET=0 skips them).
 export QL_NET=${QL_NET:-1}
+# ctest runs tests side by side; OpenMP threads that spin while they wait
+# would steal the cores from the neighbouring test.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 scripts/check-format.sh
 
