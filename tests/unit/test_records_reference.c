@@ -5,7 +5,9 @@
  * a Qwen2.5-style ChatML template, Llama-3, Llama-2 and both Mistral [INST]
  * templates. Targets (the shifted labels, -100 = no loss) must be equal
  * position by position, so a mask that is one token off fails. The SmolLM2
- * part is skipped without its cached directory (scripts/fetch_smollm2.sh). */
+ * part, once through the HF directory and once through the GGUF file's
+ * tokenizer metadata, is skipped without the cached files
+ * (scripts/fetch_smollm2.sh). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,8 +91,8 @@ static void check_setup(const char *fixtures, const char *name, const char *tok_
         if (format)
             CHECKF(!strcmp(rep.chat_template, format), "%s: chat template %s, want %s", name,
                    rep.chat_template, format);
-        printf("%s: %lld records, %lld tokens, %lld with loss, template %s: equal\n", name,
-               (long long)d.n, (long long)rep.tokens, (long long)rep.loss_tokens,
+        printf("%s (%s): %lld records, %lld tokens, %lld with loss, template %s: equal\n", name,
+               tok_dir, (long long)d.n, (long long)rep.tokens, (long long)rep.loss_tokens,
                rep.chat_template);
         ql_jsonl_tokens_free(&d);
     }
@@ -126,5 +128,13 @@ int main(void) {
     else
         printf("smollm2: skipped, no SmolLM2 HF directory at %s (run scripts/fetch_smollm2.sh)\n",
                dir);
+    /* the same tokenizer and template from the GGUF file's metadata */
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        snprintf(slash, sizeof dir - (size_t)(slash - dir), "/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if (slash && access(dir, R_OK) == 0)
+        check_setup(fixtures, "smollm2", dir, "chatml", 1);
+    else
+        printf("smollm2 (GGUF): skipped, no %s\n", dir);
     return CHECK_DONE();
 }
