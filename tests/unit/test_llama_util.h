@@ -112,7 +112,7 @@ static inline int tl_write_model(const char *dir, const tl_spec *s) {
         e[ne].nbytes = (uint64_t)(t[i].shape[0] * (t[i].ndim == 2 ? t[i].shape[1] : 1)) * 4;
         ne++;
     }
-    char path[512];
+    char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     int rc = ql_st_write(path, e, (size_t)ne) == QL_OK ? 0 : -1;
     for (int i = 0; i < n; i++) free(t[i].data);
