@@ -15,7 +15,7 @@
 /* Two layers, hidden 8, q_proj 8 -> 8 and v_proj 8 -> 4 (GQA-like), r 4. */
 typedef struct hand {
     ql_adapters a;
-    ql_adapter_tensor t[8];
+    ql_adapter_tensor t[2 * QL_N_PROJ * 2]; /* room for every target of both layers */
     float *p;
 } hand;
 
