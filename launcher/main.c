@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "launcher/blas_tune.h"
 #include "launcher/commands.h"
 
 static const ql_command commands[] = {
@@ -28,6 +29,7 @@ int ql_report(ql_status s) {
 }
 
 int main(int argc, char **argv) {
+    ql_blas_tune_or_reexec(argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
