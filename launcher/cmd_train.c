@@ -1,6 +1,7 @@
 /* qlora train CONFIG.yaml [--key=value ...]: LoRA fine-tuning of a 4-bit base
- * model on pre-tokenized JSONL (docs/training.md, docs/config.md). */
+ * model on JSONL records (docs/training.md, docs/data.md, docs/config.md). */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,7 @@
 
 #include "core/config.h"
 #include "core/fsutil.h"
-#include "data/jsonl_tokens.h"
+#include "data/dataset.h"
 #include "launcher/commands.h"
 #include "model/llama.h"
 #include "model/peft.h"
@@ -90,7 +91,7 @@ static ql_status llama_fwd_bwd(void *ctx, const ql_batch *b, int backward, float
 }
 
 static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
-                                      const ql_token_data *d) {
+                                      const ql_dataset *ds) {
     ql_llama_options o;
     ql_llama_options_default(&o);
     o.be = be;
@@ -106,7 +107,7 @@ static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
     o.checkpoint_activations = c->train.activation_checkpointing;
     o.max_batch = c->train.micro_batch;
     /* Buffers for the longest row that can occur, not more. */
-    o.max_seq = c->data.pad_to == QL_PAD_MAX_SEQ_LEN ? c->data.max_seq_len : d->max_len;
+    o.max_seq = c->data.pad_to == QL_PAD_MAX_SEQ_LEN ? c->data.max_seq_len : ql_dataset_max_row(ds);
     return o;
 }
 
@@ -117,40 +118,39 @@ static int run(const ql_config *c) {
     if (!be) return ql_report(ql_error_wrap(QL_EUNSUPPORTED, "backend: "));
 
     /* The data first: a bad line should not wait for the model to load. */
-    ql_token_data d;
-    st = ql_jsonl_tokens_load(c->data.train, c->data.max_seq_len, &d);
+    ql_dataset ds;
+    st = ql_dataset_load(c, stderr, &ds);
     if (st != QL_OK) return ql_report(st);
-    fprintf(stderr, "data: %s: %lld records, %lld tokens, %lld targets", d.path, (long long)d.n,
-            (long long)d.off[d.n], (long long)d.n_targets);
-    if (d.n_truncated)
-        fprintf(stderr, "; %lld truncated to %lld tokens (data.max_seq_len)",
-                (long long)d.n_truncated, (long long)c->data.max_seq_len);
-    fputc('\n', stderr);
+    ql_dataset_print(&ds, c, stderr);
+    const ql_token_data *d = &ds.train.d;
 
-    ql_llama_options o = model_options(c, be, &d);
+    ql_llama_options o = model_options(c, be, &ds);
     ql_llama *m = NULL;
     st = ql_llama_load(c->model, &o, &m);
-    if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(&d, ql_llama_config(m)->vocab_size);
+    if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(d, ql_llama_config(m)->vocab_size);
+    if (st == QL_OK && ds.valid.d.n)
+        st = ql_jsonl_tokens_check_vocab(&ds.valid.d, ql_llama_config(m)->vocab_size);
     if (st != QL_OK) {
         ql_llama_free(m);
-        ql_jsonl_tokens_free(&d);
+        ql_dataset_free(&ds);
         return ql_report(st);
     }
     const ql_hf_config *hc = ql_llama_config(m);
-    if (hc->max_position_embeddings > 0 && d.max_len > hc->max_position_embeddings)
+    if (hc->max_position_embeddings > 0 && d->max_len > hc->max_position_embeddings)
         fprintf(stderr,
                 "warning: records of up to %lld tokens are longer than the model's "
                 "max_position_embeddings (%lld); consider data.max_seq_len <= %lld\n",
-                (long long)d.max_len, (long long)hc->max_position_embeddings,
+                (long long)d->max_len, (long long)hc->max_position_embeddings,
                 (long long)hc->max_position_embeddings);
     ql_adapters *a = ql_llama_adapters(m);
     int64_t accum = (c->train.global_batch + c->train.micro_batch - 1) / c->train.micro_batch;
-    double epochs = (double)(c->train.steps * c->train.global_batch) / (double)d.n;
+    double epochs = (double)(c->train.steps * c->train.global_batch) / (double)ds.train.rows.n_rows;
     fprintf(stderr,
-            "training: %lld steps of %lld sequences (%lld micro-batch%s of up to %lld), %.2f "
+            "training: %lld steps of %lld %s (%lld micro-batch%s of up to %lld), %.2f "
             "epochs; lr %g %s, warmup %lld; backend %s\n",
-            (long long)c->train.steps, (long long)c->train.global_batch, (long long)accum,
-            accum == 1 ? "" : "es", (long long)c->train.micro_batch, epochs, c->train.lr,
+            (long long)c->train.steps, (long long)c->train.global_batch,
+            c->data.packing ? "packed rows" : "sequences", (long long)accum, accum == 1 ? "" : "es",
+            (long long)c->train.micro_batch, epochs, c->train.lr,
             c->train.schedule == QL_SCHED_COSINE   ? "cosine"
             : c->train.schedule == QL_SCHED_LINEAR ? "linear"
                                                    : "constant",
@@ -171,10 +171,12 @@ static int run(const ql_config *c) {
                             .metrics_path = metrics,
                             .progress = stderr,
                             .progress_tty = -1,
-                            .stop = &stop_flag};
+                            .stop = &stop_flag,
+                            .rows = &ds.train.rows,
+                            .valid = ds.valid.d.n ? &ds.valid.d : NULL};
         signal(SIGINT, on_signal);
         signal(SIGTERM, on_signal);
-        st = ql_train_run(&tm, &d, &to, &r);
+        st = ql_train_run(&tm, d, &to, &r);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
     }
@@ -192,6 +194,9 @@ static int run(const ql_config *c) {
         if (r.skipped) printf(" (%lld skipped)", (long long)r.skipped);
         printf(": %lld tokens, %.0f tokens/s; loss %.4f -> %.4f\n", (long long)r.tokens,
                r.elapsed_s > 0 ? (double)r.tokens / r.elapsed_s : 0.0, r.first_loss, r.last_loss);
+        if (r.evals)
+            printf("eval: loss %.4f, perplexity %.4f over %lld validation targets\n", r.eval_loss,
+                   exp(r.eval_loss), (long long)r.eval_targets);
         printf("adapter: %s\nmetrics: %s\n", adapter, metrics);
         fflush(stdout);
         if (r.interrupted) {
@@ -205,7 +210,7 @@ static int run(const ql_config *c) {
     free(metrics);
     free(adapter);
     ql_llama_free(m);
-    ql_jsonl_tokens_free(&d);
+    ql_dataset_free(&ds);
     return rc;
 }
 

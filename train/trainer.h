@@ -17,6 +17,8 @@
 #include "core/config.h"
 #include "core/status.h"
 #include "data/jsonl_tokens.h"
+#include "data/order.h"
+#include "data/packing.h"
 #include "kernels/backend.h"
 #include "model/llama.h"
 
@@ -31,11 +33,14 @@ typedef struct ql_train_model {
 } ql_train_model;
 
 typedef struct ql_train_opts {
-    const ql_config *cfg;        /* train.*, data.shuffle/pad_to/max_seq_len, seed */
-    const char *metrics_path;    /* NULL: no metrics file */
-    FILE *progress;              /* NULL: no progress lines */
-    int progress_tty;            /* -1: isatty(progress) */
-    volatile sig_atomic_t *stop; /* when set, the loop ends at the next step boundary */
+    const ql_config *cfg;         /* train.*, data.shuffle/pad_to/max_seq_len, seed */
+    const char *metrics_path;     /* NULL: no metrics file */
+    FILE *progress;               /* NULL: no progress lines */
+    int progress_tty;             /* -1: isatty(progress) */
+    volatile sig_atomic_t *stop;  /* when set, the loop ends at the next step boundary */
+    const ql_packing *rows;       /* rows of the training data; NULL: built as data.packing says */
+    const ql_token_data *valid;   /* evaluated at the end and every train.eval_every steps */
+    const ql_data_cursor *resume; /* where the data stream starts; NULL: the beginning */
 } ql_train_opts;
 
 typedef struct ql_train_result {
@@ -44,7 +49,11 @@ typedef struct ql_train_result {
     int64_t tokens, targets;
     double first_loss, last_loss; /* of the first and last finite steps */
     double elapsed_s;
-    int interrupted; /* *stop ended the loop early */
+    int interrupted;       /* *stop ended the loop early */
+    ql_data_cursor cursor; /* where the next step's data would start */
+    int64_t evals;         /* evaluations run; the last one's: */
+    double eval_loss;
+    int64_t eval_targets;
 } ql_train_result;
 
 /* Runs the loop. On an error the result still says how far it got. */

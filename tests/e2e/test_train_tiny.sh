@@ -76,7 +76,7 @@ for s in 1 10 20; do
     grep -q "^step $s/$STEPS  loss " train1.err || bad "no progress line for step $s on stderr"
 done
 [ "$(grep -c '^step ' train1.err)" = 3 ] || bad "progress lines other than steps 1, 10, 20"
-grep -q '^data: train.jsonl: 48 records' train1.err || bad "no data summary"
+grep -q '^  records    48 read, 48 kept' train1.err || bad "no data summary"
 grep -q '^adapter: run1/adapter$' train1.out || bad "summary lacks the adapter path"
 
 "$PY" - run1/metrics.jsonl $STEPS <<'EOF' || bad "metrics.jsonl"

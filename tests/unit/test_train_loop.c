@@ -134,9 +134,10 @@ static ql_train_model toy_model(toy *t) {
 
 static void base_config(ql_config *c, const char *data) {
     ql_cfg_override ov[] = {
-        {"model", "toy"},      {"output_dir", dir},         {"data.train", data},
-        {"train.steps", "40"}, {"train.global_batch", "6"}, {"train.micro_batch", "4"},
-        {"train.lr", "0.05"},  {"train.warmup_steps", "2"}, {"data.max_seq_len", "16"}};
+        {"model", "toy"},         {"output_dir", dir},         {"data.train", data},
+        {"train.steps", "40"},    {"train.global_batch", "6"}, {"train.micro_batch", "4"},
+        {"train.lr", "0.05"},     {"train.warmup_steps", "2"}, {"data.max_seq_len", "16"},
+        {"data.packing", "false"}}; /* packed runs: test_packing_train.c */
     ql_status st = ql_config_parse(NULL, 0, "test", ov, sizeof ov / sizeof ov[0], c);
     CHECKF(st == QL_OK, "%s", ql_error_message());
 }
