@@ -293,7 +293,7 @@ void ql_dataset_print(const ql_dataset *ds, const ql_config *c, FILE *f) {
     if (!ds->held_out) print_cache(&ds->valid, f);
 }
 
-void ql_dataset_print_json(const ql_dataset *ds, FILE *f) {
+void ql_dataset_print_json(const ql_dataset *ds, const ql_config *c, FILE *f) {
     const ql_records_report *r = &ds->train.rep;
     const ql_packing *p = &ds->train.rows;
     fprintf(f,
@@ -302,10 +302,12 @@ void ql_dataset_print_json(const ql_dataset *ds, FILE *f) {
             ", \"tokens_dropped\": %" PRId64 ", \"no_loss\": %" PRId64 ", \"tokens\": %" PRId64
             ", \"loss_tokens\": %" PRId64 ", \"len_p50\": %" PRId64 ", \"len_p90\": %" PRId64
             ", \"len_p99\": %" PRId64 ", \"len_max\": %" PRId64 ", \"train_records\": %" PRId64
-            ", \"rows\": %" PRId64 ", \"packing_efficiency\": %.6f, \"valid_records\": %" PRId64
+            ", \"rows\": %" PRId64 ", \"packing\": %s, \"row_fill\": %.6f"
+            ", \"packing_efficiency\": %.6f, \"valid_records\": %" PRId64
             ", \"valid_rows\": %" PRId64 ", \"cached\": %s}\n",
             r->read, r->kept, r->skipped, r->truncated, r->tokens_lost, r->dropped,
             r->tokens_dropped, r->no_loss, r->tokens, r->loss_tokens, r->len_p50, r->len_p90,
-            r->len_p99, r->len_max, ds->train.d.n, p->n_rows, ql_packing_efficiency(p),
-            ds->valid.d.n, ds->valid.rows.n_rows, ds->train.cached ? "true" : "false");
+            r->len_p99, r->len_max, ds->train.d.n, p->n_rows, p->packed ? "true" : "false",
+            ql_packing_efficiency(p), cell_efficiency(p, c), ds->valid.d.n, ds->valid.rows.n_rows,
+            ds->train.cached ? "true" : "false");
 }

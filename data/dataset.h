@@ -39,8 +39,10 @@ void ql_dataset_free(ql_dataset *ds);
 
 /* The report: the loader's table for each file, then packing and cache. */
 void ql_dataset_print(const ql_dataset *ds, const ql_config *c, FILE *f);
-/* The same numbers as one JSON object on one line. */
-void ql_dataset_print_json(const ql_dataset *ds, FILE *f);
+/* The same numbers as one JSON object on one line. packing_efficiency is the
+ * fraction of the first epoch's micro-batch cells that hold tokens (not
+ * padding); row_fill the fraction of rows x data.max_seq_len that does. */
+void ql_dataset_print_json(const ql_dataset *ds, const ql_config *c, FILE *f);
 
 /* The longest row the model will be given (train or validation). */
 int64_t ql_dataset_max_row(const ql_dataset *ds);

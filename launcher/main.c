@@ -10,6 +10,7 @@ static const ql_command commands[] = {
     {"train", "train LoRA adapters on a 4-bit model from a YAML configuration", ql_cmd_train},
     {"eval", "mean loss and perplexity of a model (and adapter) on a data file", ql_cmd_eval},
     {"tokenize", "print the token ids and pieces of a text", ql_cmd_tokenize},
+    {"data", "the data report of a training configuration (data stats CONFIG)", ql_cmd_data},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
