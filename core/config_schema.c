@@ -24,9 +24,9 @@ static const ql_cfg_key schema[] = {
      NULL, "allow an output_dir that already holds a run (its metrics.jsonl is restarted)"},
 
     {"data.train", STR(data.train), NULL, 0, 0, 0, 0, 0, 0, NULL,
-     "training data: pre-tokenized JSONL, one {\"input_ids\": [...], \"labels\": [...]} per line"},
+     "training data: JSONL of text, prompt/completion, messages or pre-tokenized records"},
     {"data.max_seq_len", TYPED(QL_CFG_INT, data.max_seq_len), "512", 2, 1048576, 0, 0, 0, 0, NULL,
-     "longer sequences are truncated to this many tokens (and counted)"},
+     "row length; longer records follow data.on_overlength (and are counted)"},
     {"data.shuffle", TYPED(QL_CFG_BOOL, data.shuffle), "true", 0, 0, 0, 0, 0, 0, NULL,
      "visit the records in a new seeded order each epoch (false: file order)"},
     {"data.pad_to", TYPED(QL_CFG_CHOICE, data.pad_to), "longest", 0, 0, 0, 0, 0, 0,

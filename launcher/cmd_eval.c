@@ -1,5 +1,7 @@
 /* qlora eval --model PATH [--adapter DIR] --data FILE: mean loss and
- * perplexity over every target token of a pre-tokenized JSONL file. */
+ * perplexity over every target token of a JSONL file of any record format
+ * (text, prompt/completion, messages, pre-tokenized), tokenized with the
+ * model's own tokenizer as qlora train does. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -8,6 +10,8 @@
 #include <unistd.h>
 
 #include "data/jsonl_tokens.h"
+#include "data/records.h"
+#include "data/tokenizer.h"
 #include "launcher/commands.h"
 #include "model/llama.h"
 #include "model/peft.h"
@@ -26,7 +30,8 @@ static void usage(FILE *f) {
             "\n"
             "flags:\n"
             "  --model PATH         Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
-            "  --data FILE          JSONL records {\"input_ids\": [...], \"labels\": [...]}\n"
+            "  --data FILE          JSONL: text, prompt/completion, messages or pre-tokenized\n"
+            "                       records, as for qlora train (data.md)\n"
             "  --adapter DIR        a PEFT adapter directory, or a run directory holding adapter/\n"
             "  --max-seq-len N      truncate longer records to N tokens (default: no limit)\n"
             "  --batch N            records per forward pass (default 4)\n"
@@ -109,6 +114,25 @@ static int parse_args(int argc, char **argv, eval_args *a) {
 }
 
 /* Forward passes over every record in file order; sums in double. */
+/* The model's tokenizer is needed only for records that are not
+ * pre-tokenized; when it cannot be loaded, the records loader says which
+ * record needed it. Over-length records are truncated, as by default in
+ * qlora train. */
+static ql_status load_records(const eval_args *a, ql_token_data *d) {
+    ql_tokenizer *tok = NULL;
+    if (ql_tokenizer_load(a->model, &tok) != QL_OK) {
+        tok = NULL;
+        ql_error_clear();
+    }
+    ql_records_options ro = {.max_seq_len = a->max_seq_len,
+                             .on_overlength = QL_OVERLENGTH_TRUNCATE,
+                             .on_bad_record = QL_ON_BAD_ERROR,
+                             .chat_template = QL_CHAT_AUTO};
+    ql_status st = ql_records_load(a->data, tok, &ro, d, NULL);
+    ql_tokenizer_free(tok);
+    return st;
+}
+
 static ql_status evaluate(ql_llama *m, const ql_token_data *d, int64_t batch, int show,
                           double *loss_sum, int64_t *n_targets) {
     ql_batcher b;
@@ -162,7 +186,7 @@ int ql_cmd_eval(int argc, char **argv) {
         o.lora.dropout = 0.0f; /* evaluation: PEFT's eval() turns dropout off */
     }
     ql_token_data d = {0};
-    if (st == QL_OK) st = ql_jsonl_tokens_load(a.data, a.max_seq_len, &d);
+    if (st == QL_OK) st = load_records(&a, &d);
     if (st != QL_OK) return ql_report(st);
     o.max_batch = a.batch < d.n ? a.batch : d.n;
     o.max_seq = d.max_len;
