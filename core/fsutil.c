@@ -273,3 +273,24 @@ void ql_fs_remove_tree(const char *path) {
     }
     rmdir(path);
 }
+
+ql_status ql_fs_mkdirs(const char *path) {
+    char *p = strdup(path);
+    if (!p) return ql_error(QL_ENOMEM, "out of memory");
+    ql_status st = QL_OK;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            st = ql_error(QL_EIO, "%s: cannot create the directory: %s", p, strerror(errno));
+            break;
+        }
+        *s = c;
+        if (!c) break;
+    }
+    free(p);
+    if (st == QL_OK && !ql_fs_is_dir(path))
+        st = ql_error(QL_EIO, "%s: exists and is not a directory", path);
+    return st;
+}

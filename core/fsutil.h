@@ -16,6 +16,9 @@ char *ql_fs_join(const char *a, const char *b);
 
 int ql_fs_exists(const char *path);
 int ql_fs_is_dir(const char *path);
+/* mkdir -p: creates `path` and its missing parents; an existing non-directory
+ * is an error naming it. */
+ql_status ql_fs_mkdirs(const char *path);
 
 /* Reads a whole file into a malloc'd buffer with a NUL after the last byte. */
 ql_status ql_fs_read_file(const char *path, char **data, size_t *len);

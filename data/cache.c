@@ -199,28 +199,6 @@ int ql_cache_read(const char *file, const uint8_t key[QL_SHA256_LEN], const char
 
 /* ---- writing ---------------------------------------------------------------- */
 
-/* mkdir -p */
-static ql_status make_dirs(const char *path) {
-    char *p = strdup(path);
-    if (!p) return ql_error(QL_ENOMEM, "out of memory");
-    ql_status st = QL_OK;
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            st = ql_error(QL_EIO, "%s: cannot create the directory: %s", p, strerror(errno));
-            break;
-        }
-        *s = c;
-        if (!c) break;
-    }
-    free(p);
-    if (st == QL_OK && !ql_fs_is_dir(path))
-        st = ql_error(QL_EIO, "%s: exists and is not a directory", path);
-    return st;
-}
-
 typedef struct writer {
     ql_fs_tmpfile f;
     ql_sha256 s;
@@ -239,7 +217,7 @@ ql_status ql_cache_write(const char *file, const uint8_t key[QL_SHA256_LEN], con
     ql_status st = QL_OK;
     if (slash && slash != dir) {
         *slash = '\0';
-        st = make_dirs(dir);
+        st = ql_fs_mkdirs(dir);
     }
     free(dir);
     QL_TRY(st);

@@ -16,31 +16,37 @@ typedef struct builder {
     int64_t lab_cap;
 } builder;
 
-static ql_status reserve(builder *b, int64_t n_tok) {
-    ql_token_data *d = b->d;
-    if (d->n + 1 >= b->cap_rec) {
-        int64_t cap = b->cap_rec ? b->cap_rec * 2 : 1024;
+ql_status ql_token_data_reserve(ql_token_data *d, int64_t *cap_rec, int64_t *cap_tok,
+                                int64_t n_tok) {
+    const char *what = d->path ? d->path : "token data";
+    if (d->n + 1 >= *cap_rec) {
+        int64_t cap = *cap_rec ? *cap_rec * 2 : 1024;
         int64_t *off = realloc(d->off, (size_t)(cap + 1) * sizeof *off);
         if (off) d->off = off;
         int64_t *line = off ? realloc(d->line, (size_t)cap * sizeof *line) : NULL;
         if (line) d->line = line;
-        if (!line) return ql_error(QL_ENOMEM, "%s: out of memory for the record table", d->path);
-        if (!b->cap_rec) d->off[0] = 0;
-        b->cap_rec = cap;
+        if (!line) return ql_error(QL_ENOMEM, "%s: out of memory for the record table", what);
+        if (!*cap_rec) d->off[0] = 0;
+        *cap_rec = cap;
     }
     int64_t need = d->off[d->n] + n_tok;
-    if (need > b->cap_tok) {
-        int64_t cap = b->cap_tok ? b->cap_tok : 65536;
+    if (need > *cap_tok) {
+        int64_t cap = *cap_tok ? *cap_tok : 65536;
         while (cap < need) cap *= 2;
         int32_t *ids = realloc(d->ids, (size_t)cap * sizeof *ids);
         if (ids) d->ids = ids;
         int32_t *tg = ids ? realloc(d->targets, (size_t)cap * sizeof *tg) : NULL;
         if (tg) d->targets = tg;
         if (!tg)
-            return ql_error(QL_ENOMEM, "%s: out of memory for %lld tokens", d->path,
-                            (long long)need);
-        b->cap_tok = cap;
+            return ql_error(QL_ENOMEM, "%s: out of memory for %lld tokens", what, (long long)need);
+        *cap_tok = cap;
     }
+    return QL_OK;
+}
+
+static ql_status reserve(builder *b, int64_t n_tok) {
+    ql_token_data *d = b->d;
+    QL_TRY(ql_token_data_reserve(d, &b->cap_rec, &b->cap_tok, n_tok));
     if (n_tok > b->lab_cap) {
         int32_t *lab = realloc(b->lab, (size_t)n_tok * sizeof *lab);
         if (!lab) return ql_error(QL_ENOMEM, "%s: out of memory for labels", d->path);

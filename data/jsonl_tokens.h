@@ -32,6 +32,11 @@ typedef struct ql_token_data {
 ql_status ql_jsonl_tokens_load(const char *path, int64_t max_seq_len, ql_token_data *d);
 void ql_jsonl_tokens_free(ql_token_data *d);
 
+/* Room for one more record of n_tok tokens in a ql_token_data being built;
+ * *cap_rec and *cap_tok hold the capacities (0 before the first call). */
+ql_status ql_token_data_reserve(ql_token_data *d, int64_t *cap_rec, int64_t *cap_tok,
+                                int64_t n_tok);
+
 /* Refuses ids >= vocab (or labels >= vocab), naming the file, line and index. */
 ql_status ql_jsonl_tokens_check_vocab(const ql_token_data *d, int64_t vocab);
 

@@ -92,31 +92,7 @@ static ql_status grow(void **p, size_t *cap, size_t need, size_t elem) {
 /* ---- output --------------------------------------------------------------- */
 
 static ql_status reserve(loader *L, int64_t n_tok) {
-    ql_token_data *d = L->d;
-    if (d->n + 1 >= L->cap_rec) {
-        int64_t cap = L->cap_rec ? L->cap_rec * 2 : 1024;
-        int64_t *off = realloc(d->off, (size_t)(cap + 1) * sizeof *off);
-        if (off) d->off = off;
-        int64_t *line = off ? realloc(d->line, (size_t)cap * sizeof *line) : NULL;
-        if (line) d->line = line;
-        if (!line) return ql_error(QL_ENOMEM, "%s: out of memory for the record table", L->path);
-        if (!L->cap_rec) d->off[0] = 0;
-        L->cap_rec = cap;
-    }
-    int64_t need = d->off[d->n] + n_tok;
-    if (need > L->cap_tok) {
-        int64_t cap = L->cap_tok ? L->cap_tok : 65536;
-        while (cap < need) cap *= 2;
-        int32_t *ids = realloc(d->ids, (size_t)cap * sizeof *ids);
-        if (ids) d->ids = ids;
-        int32_t *tg = ids ? realloc(d->targets, (size_t)cap * sizeof *tg) : NULL;
-        if (tg) d->targets = tg;
-        if (!tg)
-            return ql_error(QL_ENOMEM, "%s: out of memory for %lld tokens", L->path,
-                            (long long)need);
-        L->cap_tok = cap;
-    }
-    return QL_OK;
+    return ql_token_data_reserve(L->d, &L->cap_rec, &L->cap_tok, n_tok);
 }
 
 /* L->ids / L->lab hold one record: apply the length policy, shift, keep. */

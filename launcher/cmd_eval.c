@@ -118,7 +118,7 @@ static int parse_args(int argc, char **argv, eval_args *a) {
  * pre-tokenized; when it cannot be loaded, the records loader says which
  * record needed it. Over-length records are truncated, as by default in
  * qlora train. */
-static ql_status load_records(const eval_args *a, ql_token_data *d) {
+static ql_status load_records(const eval_args *a, ql_token_data *d, ql_records_report *rep) {
     ql_tokenizer *tok = NULL;
     if (ql_tokenizer_load(a->model, &tok) != QL_OK) {
         tok = NULL;
@@ -128,7 +128,7 @@ static ql_status load_records(const eval_args *a, ql_token_data *d) {
                              .on_overlength = QL_OVERLENGTH_TRUNCATE,
                              .on_bad_record = QL_ON_BAD_ERROR,
                              .chat_template = QL_CHAT_AUTO};
-    ql_status st = ql_records_load(a->data, tok, &ro, d, NULL);
+    ql_status st = ql_records_load(a->data, tok, &ro, d, rep);
     ql_tokenizer_free(tok);
     return st;
 }
@@ -186,7 +186,8 @@ int ql_cmd_eval(int argc, char **argv) {
         o.lora.dropout = 0.0f; /* evaluation: PEFT's eval() turns dropout off */
     }
     ql_token_data d = {0};
-    if (st == QL_OK) st = load_records(&a, &d);
+    ql_records_report rep = {0};
+    if (st == QL_OK) st = load_records(&a, &d, &rep);
     if (st != QL_OK) return ql_report(st);
     o.max_batch = a.batch < d.n ? a.batch : d.n;
     o.max_seq = d.max_len;
@@ -219,9 +220,11 @@ int ql_cmd_eval(int argc, char **argv) {
     else
         printf("adapter     none (base model)\n");
     printf("data        %s: %lld records", a.data, (long long)d.n);
-    if (d.n_truncated)
-        printf(", %lld truncated to %lld tokens", (long long)d.n_truncated,
+    if (rep.read != d.n) printf(" of %lld read", (long long)rep.read);
+    if (rep.truncated)
+        printf(", %lld truncated to %lld tokens", (long long)rep.truncated,
                (long long)a.max_seq_len);
+    if (rep.no_loss) printf(", %lld left out with no target token", (long long)rep.no_loss);
     printf("\n");
     printf("tokens      %lld targets of %lld (%.0f tokens/s)\n", (long long)n_tg,
            (long long)d.off[d.n], secs > 0 ? (double)d.off[d.n] / secs : 0.0);

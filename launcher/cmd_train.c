@@ -39,28 +39,6 @@ static void on_signal(int sig) {
     signal(sig, SIG_DFL);
 }
 
-/* mkdir -p */
-static ql_status make_dirs(const char *path) {
-    char *p = strdup(path);
-    if (!p) return ql_error(QL_ENOMEM, "out of memory");
-    ql_status st = QL_OK;
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            st = ql_error(QL_EIO, "%s: cannot create the directory: %s", p, strerror(errno));
-            break;
-        }
-        *s = c;
-        if (!c) break;
-    }
-    free(p);
-    if (st == QL_OK && !ql_fs_is_dir(path))
-        st = ql_error(QL_EIO, "%s: exists and is not a directory", path);
-    return st;
-}
-
 /* output_dir: created if missing; a previous run in it needs overwrite_output_dir. */
 static ql_status prepare_output(const ql_config *c) {
     static const char *const marks[] = {"metrics.jsonl", "adapter"};
@@ -75,7 +53,7 @@ static ql_status prepare_output(const ql_config *c) {
                             "set overwrite_output_dir: true (--overwrite_output_dir=true)",
                             c->output_dir, marks[i]);
     }
-    QL_TRY(make_dirs(c->output_dir));
+    QL_TRY(ql_fs_mkdirs(c->output_dir));
     char *yaml = ql_config_to_yaml(c);
     if (!yaml) return ql_error(QL_ENOMEM, "out of memory writing the resolved configuration");
     char *p = ql_fs_join(c->output_dir, "config.resolved.yaml");
