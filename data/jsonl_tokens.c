@@ -56,7 +56,7 @@ static ql_status reserve(builder *b, int64_t n_tok) {
     return QL_OK;
 }
 
-static const char *json_kind(const json_t *v) {
+const char *ql_json_kind(const json_t *v) {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";
     case JSON_ARRAY: return "a list";
@@ -77,14 +77,14 @@ static ql_status add_record(builder *b, const json_t *obj, int64_t line, int64_t
     if (!json_is_object(obj))
         return ql_error(QL_EFORMAT,
                         "%s:%lld: expected a JSON object {\"input_ids\": [...]}, got %s", path,
-                        (long long)line, json_kind(obj));
+                        (long long)line, ql_json_kind(obj));
     const json_t *ids = json_object_get(obj, "input_ids");
     if (!ids)
         return ql_error(QL_EFORMAT, "%s:%lld: the record has no \"input_ids\"", path,
                         (long long)line);
     if (!json_is_array(ids))
         return ql_error(QL_EFORMAT, "%s:%lld: \"input_ids\" must be a list of token ids, got %s",
-                        path, (long long)line, json_kind(ids));
+                        path, (long long)line, ql_json_kind(ids));
     int64_t len = (int64_t)json_array_size(ids);
     if (len == 0)
         return ql_error(QL_EFORMAT, "%s:%lld: \"input_ids\" is empty", path, (long long)line);
@@ -92,7 +92,7 @@ static ql_status add_record(builder *b, const json_t *obj, int64_t line, int64_t
     if (labels && json_is_null(labels)) labels = NULL;
     if (labels && !json_is_array(labels))
         return ql_error(QL_EFORMAT, "%s:%lld: \"labels\" must be a list, got %s", path,
-                        (long long)line, json_kind(labels));
+                        (long long)line, ql_json_kind(labels));
     if (labels && (int64_t)json_array_size(labels) != len)
         return ql_error(QL_EFORMAT,
                         "%s:%lld: \"labels\" has %zu entries but \"input_ids\" has %lld", path,
@@ -107,7 +107,8 @@ static ql_status add_record(builder *b, const json_t *obj, int64_t line, int64_t
                             "%s:%lld: input_ids[%lld]: expected a token id (an integer >= 0), "
                             "got %s",
                             path, (long long)line, (long long)t,
-                            json_is_integer(v) ? "a negative or too large integer" : json_kind(v));
+                            json_is_integer(v) ? "a negative or too large integer"
+                                               : ql_json_kind(v));
         int32_t id = (int32_t)json_integer_value(v);
         if (t < L) out_ids[t] = id;
         if (id > d->max_id) d->max_id = id;
@@ -120,7 +121,7 @@ static ql_status add_record(builder *b, const json_t *obj, int64_t line, int64_t
             return ql_error(
                 QL_EFORMAT, "%s:%lld: labels[%lld]: expected a token id or -100, got %s", path,
                 (long long)line, (long long)t,
-                json_is_integer(v) ? "another negative or too large integer" : json_kind(v));
+                json_is_integer(v) ? "another negative or too large integer" : ql_json_kind(v));
         b->lab[t] = (int32_t)x;
         if (x > d->max_id) d->max_id = (int32_t)x;
     }

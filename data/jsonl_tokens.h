@@ -14,6 +14,8 @@
 
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "core/status.h"
 
 typedef struct ql_token_data {
@@ -31,6 +33,9 @@ typedef struct ql_token_data {
 
 ql_status ql_jsonl_tokens_load(const char *path, int64_t max_seq_len, ql_token_data *d);
 void ql_jsonl_tokens_free(ql_token_data *d);
+
+/* "an integer", "a list"...: a JSON value's type for error messages. */
+const char *ql_json_kind(const json_t *v);
 
 /* Room for one more record of n_tok tokens in a ql_token_data being built;
  * *cap_rec and *cap_tok hold the capacities (0 before the first call). */

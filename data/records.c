@@ -64,20 +64,6 @@ __attribute__((format(printf, 3, 4))) static ql_status bad(loader *L, ql_bad_rea
     return ql_error(QL_EFORMAT, "%s:%lld: %s", L->path, (long long)L->line, msg);
 }
 
-static const char *json_kind(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "a list";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number with a fraction or exponent";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "something else";
-}
-
 static ql_status grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return QL_OK;
     size_t c = *cap ? *cap : 256;
@@ -175,13 +161,13 @@ static ql_status do_tokens(loader *L, const json_t *obj) {
     const json_t *ids = json_object_get(obj, "input_ids");
     if (!json_is_array(ids))
         return bad(L, QL_BAD_TYPE, "\"input_ids\" must be a list of token ids, got %s",
-                   json_kind(ids));
+                   ql_json_kind(ids));
     size_t len = json_array_size(ids);
     if (len == 0) return bad(L, QL_BAD_TOKENS, "\"input_ids\" is empty");
     const json_t *labels = json_object_get(obj, "labels");
     if (labels && json_is_null(labels)) labels = NULL;
     if (labels && !json_is_array(labels))
-        return bad(L, QL_BAD_TYPE, "\"labels\" must be a list, got %s", json_kind(labels));
+        return bad(L, QL_BAD_TYPE, "\"labels\" must be a list, got %s", ql_json_kind(labels));
     if (labels && json_array_size(labels) != len)
         return bad(L, QL_BAD_TOKENS, "\"labels\" has %zu entries but \"input_ids\" has %zu",
                    json_array_size(labels), len);
@@ -193,7 +179,7 @@ static ql_status do_tokens(loader *L, const json_t *obj) {
         const json_t *v = json_array_get(ids, t);
         if (!json_is_integer(v))
             return bad(L, QL_BAD_TYPE, "input_ids[%zu]: expected a token id (an integer), got %s",
-                       t, json_kind(v));
+                       t, ql_json_kind(v));
         json_int_t x = json_integer_value(v);
         if (x < 0 || x >= vocab)
             return bad(L, QL_BAD_TOKENS, "input_ids[%zu] = %lld is not a token id (0..%lld)", t,
@@ -205,7 +191,7 @@ static ql_status do_tokens(loader *L, const json_t *obj) {
         const json_t *v = json_array_get(labels, t);
         if (!json_is_integer(v))
             return bad(L, QL_BAD_TYPE, "labels[%zu]: expected a token id or -100, got %s", t,
-                       json_kind(v));
+                       ql_json_kind(v));
         json_int_t x = json_integer_value(v);
         if ((x < 0 && x != IGNORE) || x >= vocab)
             return bad(L, QL_BAD_TOKENS, "labels[%zu] = %lld is neither a token id nor -100", t,
@@ -220,7 +206,7 @@ static ql_status get_string(loader *L, const json_t *obj, const char *key, const
     const json_t *v = json_object_get(obj, key);
     if (!v) return bad(L, QL_BAD_FIELDS, "the record has no \"%s\"", key);
     if (!json_is_string(v))
-        return bad(L, QL_BAD_TYPE, "\"%s\" must be a string, got %s", key, json_kind(v));
+        return bad(L, QL_BAD_TYPE, "\"%s\" must be a string, got %s", key, ql_json_kind(v));
     *s = json_string_value(v);
     *n = json_string_length(v);
     return QL_OK;
@@ -229,8 +215,8 @@ static ql_status get_string(loader *L, const json_t *obj, const char *key, const
 /* [BOS] text [EOS], BOS as the tokenizer's config says; EOS always (TRL
  * appends eos_token unless the text already ends with it). */
 static ql_status do_text(loader *L, const json_t *obj) {
-    const char *s;
-    size_t n;
+    const char *s = NULL;
+    size_t n = 0;
     QL_TRY(get_string(L, obj, "text", &s, &n));
     QL_TRY(need_tokenizer(L, "\"text\""));
     QL_TRY(need_eos(L, "\"text\""));
@@ -247,8 +233,8 @@ static ql_status do_text(loader *L, const json_t *obj) {
 /* TRL's prompt-completion rule: tokenize prompt + completion as one text,
  * and the first len(tokenize(prompt)) tokens are the prompt. */
 static ql_status do_prompt(loader *L, const json_t *obj) {
-    const char *p, *c;
-    size_t np, nc;
+    const char *p = NULL, *c = NULL;
+    size_t np = 0, nc = 0;
     QL_TRY(get_string(L, obj, "prompt", &p, &np));
     QL_TRY(get_string(L, obj, "completion", &c, &nc));
     QL_TRY(need_tokenizer(L, "prompt/completion"));
@@ -431,7 +417,7 @@ static ql_status do_messages(loader *L, const json_t *obj) {
     const json_t *msgs = json_object_get(obj, "messages");
     if (!json_is_array(msgs))
         return bad(L, QL_BAD_TYPE, "\"messages\" must be a list of {\"role\", \"content\"}, got %s",
-                   json_kind(msgs));
+                   ql_json_kind(msgs));
     size_t n = json_array_size(msgs);
     if (n == 0) return bad(L, QL_BAD_FIELDS, "\"messages\" is empty");
     QL_TRY(grow((void **)&L->msg, &L->msg_cap, n, sizeof *L->msg));
@@ -441,17 +427,17 @@ static ql_status do_messages(loader *L, const json_t *obj) {
             return bad(L, QL_BAD_TYPE,
                        "messages[%zu] must be an object {\"role\", \"content\"}, "
                        "got %s",
-                       i, json_kind(m));
+                       i, ql_json_kind(m));
         if (!(role = json_object_get(m, "role")))
             return bad(L, QL_BAD_FIELDS, "messages[%zu] has no \"role\"", i);
         if (!json_is_string(role))
             return bad(L, QL_BAD_TYPE, "messages[%zu].role must be a string, got %s", i,
-                       json_kind(role));
+                       ql_json_kind(role));
         if (!(content = json_object_get(m, "content")))
             return bad(L, QL_BAD_FIELDS, "messages[%zu] has no \"content\"", i);
         if (!json_is_string(content))
             return bad(L, QL_BAD_TYPE, "messages[%zu].content must be a string, got %s", i,
-                       json_kind(content));
+                       ql_json_kind(content));
         const char *r = json_string_value(role);
         if (!strcmp(r, "system"))
             L->msg[i].role = QL_ROLE_SYSTEM;
@@ -499,7 +485,7 @@ static ql_status do_line(loader *L, const char *s, size_t n) {
         st = bad(L, QL_BAD_FIELDS,
                  "expected a JSON object ({\"text\": ...}, {\"prompt\": ..., \"completion\": "
                  "...}, {\"messages\": [...]} or {\"input_ids\": [...]}), got %s",
-                 json_kind(obj));
+                 ql_json_kind(obj));
         json_decref(obj);
         return st;
     }

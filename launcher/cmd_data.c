@@ -7,6 +7,7 @@
 #include "core/config.h"
 #include "data/dataset.h"
 #include "launcher/commands.h"
+#include "launcher/config_cli.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: qlora data stats CONFIG.yaml [--key=value ...]\n"
@@ -21,24 +22,15 @@ static void usage(FILE *f) {
                "exit status: 0 done, 1 error (the message says which), 2 bad command line\n");
 }
 
-static int stats(const char *path, const ql_cfg_override *ov, size_t n_ov) {
-    ql_config *c = malloc(sizeof *c);
-    if (!c) return ql_report(ql_error(QL_ENOMEM, "out of memory"));
-    ql_status st = ql_config_load(path, ov, n_ov, c);
-    if (st != QL_OK) {
-        free(c);
-        return ql_report(st);
-    }
-    fputs(c->warnings, stderr);
+static int stats(const ql_config *c) {
     ql_dataset ds;
-    st = ql_dataset_load(c, stderr, &ds);
+    ql_status st = ql_dataset_load(c, stderr, &ds);
     if (st == QL_OK) {
         ql_dataset_print(&ds, c, stdout);
         ql_dataset_print_json(&ds, c, stdout);
         fflush(stdout);
         ql_dataset_free(&ds);
     }
-    free(c);
     return ql_report(st);
 }
 
@@ -51,45 +43,10 @@ int ql_cmd_data(int argc, char **argv) {
         fprintf(stderr, "qlora data: unknown subcommand '%s' (there is: stats)\n", argv[1]);
         return QL_EXIT_USAGE;
     }
-    const char *path = NULL;
-    ql_cfg_override *ov = calloc((size_t)argc, sizeof *ov);
-    char **bufs = calloc((size_t)argc, sizeof *bufs);
-    size_t n_ov = 0;
-    int rc = -1;
-    if (!ov || !bufs) {
-        fprintf(stderr, "qlora data: out of memory\n");
-        rc = QL_EXIT_ERROR;
-    }
-    for (int i = 2; i < argc && rc < 0; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            rc = QL_EXIT_OK;
-        } else if (!strncmp(a, "--", 2)) {
-            bufs[n_ov] = malloc(strlen(a) + 1);
-            if (!bufs[n_ov] || ql_config_split_override(a, bufs[n_ov], &ov[n_ov]) != 0) {
-                fprintf(stderr,
-                        "qlora data: '%s' is not an override of the form --section.key=value\n", a);
-                free(bufs[n_ov]);
-                rc = QL_EXIT_USAGE;
-            } else {
-                n_ov++;
-            }
-        } else if (!path) {
-            path = a;
-        } else {
-            fprintf(stderr, "qlora data: one configuration file, not '%s' as well as '%s'\n", path,
-                    a);
-            rc = QL_EXIT_USAGE;
-        }
-    }
-    if (rc < 0 && !path) {
-        usage(stderr);
-        rc = QL_EXIT_USAGE;
-    }
-    if (rc < 0) rc = stats(path, ov, n_ov);
-    for (size_t i = 0; i < n_ov; i++) free(bufs[i]);
-    free(bufs);
-    free(ov);
+    ql_config *c = NULL;
+    int rc = ql_cli_load_config(argc, argv, 2, "data", usage, &c);
+    if (rc >= 0) return rc;
+    rc = stats(c);
+    free(c);
     return rc;
 }

@@ -12,6 +12,7 @@
 #include "core/fsutil.h"
 #include "data/dataset.h"
 #include "launcher/commands.h"
+#include "launcher/config_cli.h"
 #include "model/llama.h"
 #include "model/peft.h"
 #include "train/progress.h"
@@ -193,56 +194,10 @@ static int run(const ql_config *c) {
 }
 
 int ql_cmd_train(int argc, char **argv) {
-    const char *path = NULL;
-    ql_cfg_override *ov = calloc((size_t)argc, sizeof *ov);
-    char **bufs = calloc((size_t)argc, sizeof *bufs);
-    size_t n_ov = 0;
-    int rc = -1;
-    if (!ov || !bufs) {
-        fprintf(stderr, "qlora train: out of memory\n");
-        rc = QL_EXIT_ERROR;
-    }
-    for (int i = 1; i < argc && rc < 0; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            rc = QL_EXIT_OK;
-        } else if (!strncmp(a, "--", 2)) {
-            bufs[n_ov] = malloc(strlen(a) + 1);
-            if (!bufs[n_ov] || ql_config_split_override(a, bufs[n_ov], &ov[n_ov]) != 0) {
-                fprintf(stderr,
-                        "qlora train: '%s' is not an override of the form --section.key=value\n",
-                        a);
-                free(bufs[n_ov]);
-                rc = QL_EXIT_USAGE;
-            } else {
-                n_ov++;
-            }
-        } else if (!path) {
-            path = a;
-        } else {
-            fprintf(stderr, "qlora train: one configuration file, not '%s' as well as '%s'\n", path,
-                    a);
-            rc = QL_EXIT_USAGE;
-        }
-    }
-    if (rc < 0 && !path) {
-        usage(stderr);
-        rc = QL_EXIT_USAGE;
-    }
-    if (rc < 0) {
-        ql_config *c = malloc(sizeof *c);
-        ql_status st = c ? ql_config_load(path, ov, n_ov, c) : QL_ENOMEM;
-        if (st != QL_OK) {
-            rc = ql_report(st);
-        } else {
-            fputs(c->warnings, stderr);
-            rc = run(c);
-        }
-        free(c);
-    }
-    for (size_t i = 0; i < n_ov; i++) free(bufs[i]);
-    free(bufs);
-    free(ov);
+    ql_config *c = NULL;
+    int rc = ql_cli_load_config(argc, argv, 1, "train", usage, &c);
+    if (rc >= 0) return rc;
+    rc = run(c);
+    free(c);
     return rc;
 }
