@@ -36,7 +36,7 @@ trap 'rm -rf "$tmp"' EXIT
 out=$tmp/run
 steps=30
 
-# The longest record has 39 tokens; 64 leaves room without padding much.
+# The longest record has 39 tokens; rows of 64 hold one or more records.
 cat >"$tmp/train.yaml" <<EOF
 model: $hf
 output_dir: $out
@@ -51,8 +51,8 @@ lora:
   targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
 train:
   steps: $steps
-  global_batch: 4
-  micro_batch: 4
+  global_batch: 2
+  micro_batch: 2
   lr: 1.0e-3
   schedule: cosine
   warmup_steps: 3
