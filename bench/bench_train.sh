@@ -92,6 +92,7 @@ result = {
     "goals": {"speed_ratio_min": GOAL_SPEED, "memory_ratio_max": GOAL_MEM},
     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
+    "omp_wait_policy_env": os.environ.get("OMP_WAIT_POLICY"),
     "pairs": pairs,
 }
 os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
