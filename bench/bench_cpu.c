@@ -28,6 +28,7 @@
 
 #include <cblas.h>
 
+#include "core/rng.h"
 #include "kernels/backend.h"
 #include "kernels/quant4.h"
 
@@ -45,15 +46,14 @@ typedef struct row {
 static row rows_[32];
 static int nrows;
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint32_t rng_u32(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 32);
-}
+static ql_rng rng;
+static int rng_ready;
 static float rng_uniform(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_u32() >> 8) * (1.0 / 16777216.0));
+    if (!rng_ready) {
+        ql_rng_seed(&rng, 0x9e3779b97f4a7c15ull);
+        rng_ready = 1;
+    }
+    return ql_rng_uniform_range(&rng, lo, hi);
 }
 
 static double now_ms(void) {

@@ -12,6 +12,7 @@
 
 #include "check.h"
 #include "core/dtype.h"
+#include "core/rng.h"
 #include "kernels/cuda_api.h"
 #include "kernels/quant4.h"
 
@@ -19,15 +20,14 @@
 
 #define GUARD 64 /* bytes after the output that must stay 0xFF */
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static uint32_t rng_u32(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 32);
-}
+static ql_rng rng;
+static int rng_ready;
 static float rng_uniform(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_u32() >> 8) * (1.0 / 16777216.0));
+    if (!rng_ready) {
+        ql_rng_seed(&rng, 0x2545f4914f6cdd1dull);
+        rng_ready = 1;
+    }
+    return ql_rng_uniform_range(&rng, lo, hi);
 }
 
 /* Weights with a scale that changes along the matrix, so absmax varies from
