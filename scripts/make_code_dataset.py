@@ -13,6 +13,10 @@ License; the files Debian's copyright file gives other licenses are left out):
                 four spaces), whitespace-only lines emptied
     source      path relative to the stdlib root, ":" and the `def` line
     has_doctest whether the docstring holds ">>>" examples
+    test        (validation records with doctests only) Python code that,
+                appended to prompt + completion and run as a script, runs the
+                docstring's examples against that function and exits 0 when
+                all pass (qlora eval --code, docs/evaluation.md)
 
 prompt + completion is the function, and it parses to the same AST as the
 function in the installed file (checked for every record). Only functions
@@ -39,9 +43,10 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import tokenize
 
-SCRIPT_VERSION = 1
+SCRIPT_VERSION = 2
 SEED = 20240611
 N_TRAIN = 400
 N_VALID = 50
@@ -359,12 +364,62 @@ def select(records):
 def jsonl(records):
     return "".join(
         json.dumps(
-            {k: r[k] for k in ("prompt", "completion", "source", "has_doctest")},
+            {k: r[k] for k in ("prompt", "completion", "source", "has_doctest", "test") if k in r},
             ensure_ascii=False,
         )
         + "\n"
         for r in records
     ).encode("utf-8")
+
+
+# The unit test of a record with doctests. Appended to a candidate body
+# (prompt + completion + "\n" + test, run as a script), it takes the source
+# above its own first line, executes it in a copy of the real module's
+# namespace (a method inside a subclass of its real class, so private names
+# are mangled as in the original), and runs the docstring's examples against
+# the result with doctest. Exit 0: every example passed.
+TEST_MARK = "# qlora-test:"
+TEST_TEMPLATE = """\
+{mark} the docstring's examples, run by doctest against the function above
+import doctest as _doctest, importlib as _importlib, sys as _sys
+_module, _class, _name = {module!r}, {cls!r}, {name!r}
+_src = open(__file__, encoding="utf-8").read().split("\\n{mark}")[0] + "\\n"
+_mod = _importlib.import_module(_module)
+_g = dict(vars(_mod))
+if _class is None:
+    exec(compile(_src, __file__, "exec"), _g)
+    _f = _g[_name]
+else:
+    _g["_qlora_base"] = getattr(_mod, _class)
+    _body = "".join(("    " + _l) if _l.strip() else _l for _l in _src.splitlines(True))
+    exec(compile("class %s(_qlora_base):\\n" % _class + _body, __file__, "exec"), _g)
+    _f = getattr(_g[_class], _name)
+_t = _doctest.DocTestParser().get_doctest(_f.__doc__ or "", _g, _name, __file__, 0)
+_r = _doctest.DocTestRunner(verbose=False).run(_t)
+print("doctest: %d of %d examples failed" % (_r.failed, _r.attempted))
+_sys.exit(1 if _r.failed or not _r.attempted else 0)
+"""
+
+
+def make_test(r):
+    """The test of a doctest record, or None when the reference body does not
+    pass it or a stand-in body (`pass`) does (a test that cannot tell them
+    apart is left out)."""
+    m = re.fullmatch(r"# module ([\w.]+)(?:, class (\w+))?", r["prompt"].split("\n", 1)[0])
+    fn = ast.parse(r["prompt"] + r["completion"]).body[0]
+    test = TEST_TEMPLATE.format(mark=TEST_MARK, module=m.group(1), cls=m.group(2), name=fn.name)
+
+    def passes(completion):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "test.py")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(r["prompt"] + completion + "\n" + test)
+            run = subprocess.run(
+                [sys.executable, "-I", path], cwd=tmp, capture_output=True, timeout=60
+            )
+        return run.returncode == 0
+
+    return test if passes(r["completion"]) and not passes("    pass\n") else None
 
 
 README = """\
@@ -404,13 +459,18 @@ One JSON object per line:
 | `completion` | the rest of the function (its body after the docstring), moved by the same amount, so the body is at four spaces; whitespace-only lines are empty; ends with a newline |
 | `source` | file relative to `{root}`, `:`, line of the `def` |
 | `has_doctest` | the docstring holds `>>>` examples (the "unit tests" of the function) |
+| `test` | validation records with doctests only: Python code that, appended to `prompt` + a body + a newline and run as a script, runs the docstring's examples with `doctest` against that function (a method inside a subclass of its real class, in a copy of its real module's namespace) and exits 0 when every example passes |
 
 `prompt + completion` is a complete function whose AST equals the one in
 the installed file, the docstring compared as `inspect.cleandoc` leaves it (less trailing blanks)
 (moving a method to column 0 changes only the indentation inside its
 docstring literal). The comment names the module and the class because a
 method's body uses `self` and sibling methods the prompt does not show.
-Doctest examples are kept as they stand in the docstring; they are not run.
+Doctest examples are kept as they stand in the docstring. In the
+validation split they are also the record's unit test (`test`): the generator
+keeps a test only when it passes with the record's own completion and fails
+with a body of `pass` ({n_test} of the {d_valid} doctest records), and
+`qlora eval --code` runs it against a generated body to report pass@1.
 
 Kept are functions at module level and methods directly in a module-level
 class with a docstring of at least {min_doc} characters, {min_lines} to {max_lines} body lines
@@ -456,6 +516,11 @@ def main():
         all_records += recs
     unique = dedupe(all_records)
     train, valid = select(unique)
+    for r in valid:
+        if r["has_doctest"]:
+            test = make_test(r)
+            if test is not None:
+                r["test"] = test
 
     outputs = {"train.jsonl": jsonl(train), "valid.jsonl": jsonl(valid)}
     used = sorted({r["source"].rsplit(":", 1)[0] for r in train + valid})
@@ -468,6 +533,7 @@ def main():
         "train_with_doctest": sum(r["has_doctest"] for r in train),
         "valid": len(valid),
         "valid_with_doctest": sum(r["has_doctest"] for r in valid),
+        "valid_with_test": sum("test" in r for r in valid),
     }
     scanned_list = "".join("%s %s\n" % (sha[f], f) for f in files).encode()
     manifest = {
@@ -527,6 +593,7 @@ def main():
         b_train=len(outputs["train.jsonl"]),
         n_valid=len(valid),
         d_valid=counts["valid_with_doctest"],
+        n_test=counts["valid_with_test"],
         b_valid=len(outputs["valid.jsonl"]),
         n_files=len(files),
         n_cand=len(all_records),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # data/code, the code-instruction set made by scripts/make_code_dataset.py:
 #   - every record of train.jsonl and valid.jsonl: one JSON object with
-#     exactly prompt/completion/source/has_doctest of the right types; the
+#     exactly prompt/completion/source/has_doctest of the right types (and
+#     in valid.jsonl, for records with doctests, a "test" that passes with
+#     the record's completion and fails with a body of `pass`); the
 #     prompt is a module/class comment, the def line(s) and the docstring and
 #     nothing more; prompt + completion parses with Python's ast to one
 #     complete function; has_doctest says whether the docstring has ">>>"
@@ -52,6 +54,7 @@ def no_dupes(pairs):
 DOCTEST = re.compile(r"^[ \t]*>>>", re.M)
 HEADER = re.compile(r"# module ([A-Za-z_][\w.]*)(?:, class ([A-Za-z_]\w*))?")
 seen_src, seen_body, seen_doc, split_of_file = set(), set(), set(), {}
+tests = []
 per_file, parsed = {}, {}
 for split in ("train.jsonl", "valid.jsonl"):
     raw = open(os.path.join(d, split), "rb").read()
@@ -69,8 +72,14 @@ for split in ("train.jsonl", "valid.jsonl"):
             r = json.loads(line, object_pairs_hook=no_dupes)
         except ValueError as e:
             err("%s: not JSON (%s)" % (where, e)); continue
-        if not isinstance(r, dict) or set(r) != {"prompt", "completion", "source", "has_doctest"}:
+        base_fields = {"prompt", "completion", "source", "has_doctest"}
+        if not isinstance(r, dict) or set(r) not in (base_fields, base_fields | {"test"}):
             err("%s: fields are %s" % (where, sorted(r) if isinstance(r, dict) else type(r).__name__)); continue
+        if "test" in r and (split != "valid.jsonl" or r["has_doctest"] is not True
+                            or not isinstance(r["test"], str)):
+            err("%s: a test outside the validation records with doctests" % where); continue
+        if "test" in r:
+            tests.append((where, r))
         p, c, s, h = r["prompt"], r["completion"], r["source"], r["has_doctest"]
         if not (isinstance(p, str) and isinstance(c, str) and isinstance(s, str) and isinstance(h, bool)):
             err("%s: field types" % where); continue
@@ -148,6 +157,22 @@ for split in ("train.jsonl", "valid.jsonl"):
             got = (p.split("\n", 1)[1] + c)[:-1].split("\n")
             if got != want:
                 err("%s: not the complete function at %s (%d lines, source has %d)" % (where, s, len(got), len(want)))
+# Each test passes with the record's own body and fails with `pass`.
+import subprocess, tempfile
+def run_test(r, completion):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "test.py")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(r["prompt"] + completion + "\n" + r["test"])
+        return subprocess.run([sys.executable, "-I", path], cwd=tmp, capture_output=True,
+                              timeout=60).returncode
+for where, r in tests:
+    if run_test(r, r["completion"]) != 0:
+        err("%s: the test fails with the record's own completion" % where)
+    if run_test(r, "    pass\n") == 0:
+        err("%s: the test passes with a body of pass" % where)
+if len(tests) != man["counts"].get("valid_with_test", 0):
+    err("manifest: valid_with_test is %s, files have %d tests" % (man["counts"].get("valid_with_test"), len(tests)))
 for f in man["files"]:
     if per_file.get(f["path"], 0) != f["records"]:
         err("manifest: %s has %d records, files have %d" % (f["path"], f["records"], per_file.get(f["path"], 0)))
@@ -159,8 +184,8 @@ if size > 1_500_000:
 for e in errors[:20]:
     print("error:", e)
 checked = sum(1 for k, v in installed_ok.items() if v)
-print("%d records; %d of %d source files compared with the installed copy; %d errors"
-      % (len(seen_src), checked, len(man["files"]), len(errors)))
+print("%d records (%d with tests); %d of %d source files compared with the installed copy; %d errors"
+      % (len(seen_src), len(tests), checked, len(man["files"]), len(errors)))
 sys.exit(1 if errors else 0)
 EOF
 
@@ -203,6 +228,7 @@ recs[i]['completion'] = c
 put(i)"
 tamper flip_doctest "has_doctest is" "recs[0]['has_doctest'] = not recs[0]['has_doctest']; put(0)"
 tamper extra_field "fields are" "recs[1]['license'] = 'x'; put(1)"
+tamper test_in_train "a test outside" "recs[1]['test'] = 'pass'; put(1)"
 tamper syntax "does not parse" "recs[2]['completion'] = '    return (\n' + recs[2]['completion']; put(2)"
 tamper cut_json "not JSON" "lines[3] = lines[3][:-5]"
 tamper repeated "source .* twice" "lines[6] = lines[5]"
