@@ -72,6 +72,10 @@ typedef struct ql_config {
         int64_t eval_every;
     } train;
     struct {
+        double timeout_s;  /* the collective watchdog's limit (0: none) */
+        int64_t bucket_mb; /* reduce-scatter bucket */
+    } dist;
+    struct {
         int type; /* ql_qtype: 0 nf4, 1 fp4 */
         int64_t blocksize;
         int double_quant;

@@ -103,6 +103,12 @@ static const ql_cfg_key schema[] = {
     {"train.eval_every", TYPED(QL_CFG_INT, train.eval_every), "0", 0, BIG, 0, 0, 0, 0, NULL,
      "with a validation set, also evaluate every this many steps (0: only at the end)"},
 
+    {"dist.timeout_s", TYPED(QL_CFG_FLOAT, dist.timeout_s), "600", 0, BIG, 0, 0, 0, 0, NULL,
+     "seconds a rank waits in one collective for the others before it aborts the job, naming "
+     "the collective (0: no limit; the environment's QL_DIST_TIMEOUT_S wins)"},
+    {"dist.bucket_mb", TYPED(QL_CFG_INT, dist.bucket_mb), "16", 1, 65536, 0, 0, 0, 0, NULL,
+     "MiB of gradients the reduce-scatter moves per bucket (no effect on the result)"},
+
     {"quant.type", TYPED(QL_CFG_CHOICE, quant.type), "nf4", 0, 0, 0, 0, 0, 0, "nf4|fp4",
      "4-bit code book for weights quantized on load (a bnb-4bit directory keeps its own)"},
     {"quant.blocksize", TYPED(QL_CFG_INT, quant.blocksize), "64", 32, 4096, 0, 0, 0, 0, NULL,
