@@ -34,6 +34,7 @@ typedef struct ql_config {
     int64_t seed;
     char backend[32];
     int overwrite_output_dir;
+    char resume[QL_CFG_PATH_MAX]; /* "auto", "never" or a checkpoint path */
     struct {
         char train[QL_CFG_PATH_MAX];
         int64_t max_seq_len;
@@ -80,6 +81,12 @@ typedef struct ql_config {
         int64_t blocksize;
         int double_quant;
     } quant;
+    struct {
+        int64_t every_steps;  /* 0: none */
+        double every_minutes; /* 0: none */
+        int64_t keep_last;
+        int file_locking; /* ql_file_locking (ckpt/lock.h) */
+    } checkpoint;
     /* Warnings found while resolving, one per line (printed by the launcher). */
     char warnings[QL_CFG_WARN_MAX];
 } ql_config;

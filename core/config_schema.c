@@ -22,6 +22,9 @@ static const ql_cfg_key schema[] = {
      "where the model runs: cpu (OpenBLAS + OpenMP), cpu-ref (plain loops), cuda"},
     {"overwrite_output_dir", TYPED(QL_CFG_BOOL, overwrite_output_dir), "false", 0, 0, 0, 0, 0, 0,
      NULL, "allow an output_dir that already holds a run (its metrics.jsonl is restarted)"},
+    {"resume", STR(resume), "auto", 0, 0, 0, 0, 0, 0, NULL,
+     "auto: continue from OUTPUT_DIR/checkpoints (the newest good checkpoint) when there is one; "
+     "never: start from step 0; or the path of a checkpoint to continue from"},
 
     {"data.train", STR(data.train), NULL, 0, 0, 0, 0, 0, 0, NULL,
      "training data: JSONL of text, prompt/completion, messages or pre-tokenized records"},
@@ -115,6 +118,18 @@ static const ql_cfg_key schema[] = {
      "elements per absmax block: 32, 64, 128, 256, 512, 1024, 2048 or 4096"},
     {"quant.double_quant", TYPED(QL_CFG_BOOL, quant.double_quant), "true", 0, 0, 0, 0, 0, 0, NULL,
      "quantize the absmax values to 8 bits as well (bitsandbytes' double quantization)"},
+
+    {"checkpoint.every_steps", TYPED(QL_CFG_INT, checkpoint.every_steps), "500", 0, BIG, 0, 0, 0,
+     0, NULL, "write a checkpoint every this many optimizer steps (0: not by step count)"},
+    {"checkpoint.every_minutes", TYPED(QL_CFG_FLOAT, checkpoint.every_minutes), "0.0", 0, BIG, 0,
+     0, 0, 0, NULL,
+     "also write one when this many minutes have passed since the last (0: not by time)"},
+    {"checkpoint.keep_last", TYPED(QL_CFG_INT, checkpoint.keep_last), "3", 1, BIG, 0, 0, 0, 0,
+     NULL, "checkpoints kept in OUTPUT_DIR/checkpoints; older ones are removed after a save"},
+    {"checkpoint.file_locking", TYPED(QL_CFG_CHOICE, checkpoint.file_locking), "best-effort", 0, 0,
+     0, 0, 0, 0, "best-effort|strict|off",
+     "lock the checkpoints directory and HDF5 files: best-effort goes on without locks where the "
+     "file system has none (some NFS/Lustre mounts), strict stops there, off never locks"},
 };
 
 const ql_cfg_key *ql_config_schema(size_t *n) {
