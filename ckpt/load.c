@@ -93,22 +93,28 @@ ql_status ql_ckpt_check_shard(const char *dir, const ql_ckpt_meta *m, int i,
                       path, errno == ENOENT ? "missing" : strerror(errno));
         goto out;
     }
-    if ((int64_t)sb.st_size != sh->bytes) {
-        st = ql_error(QL_EFORMAT, "%s: %lld bytes, the manifest records %" PRId64 "%s", path,
-                      (long long)sb.st_size, sh->bytes,
-                      (int64_t)sb.st_size < sh->bytes ? " (truncated)" : "");
-        goto out;
-    }
+    /* The run and step first (a manifest that belongs elsewhere names the
+     * manifest), then the size (a truncated shard names the shard). */
+    int size_ok = (int64_t)sb.st_size == sh->bytes;
+    char size_msg[QL_ERROR_MAX];
+    snprintf(size_msg, sizeof size_msg, "%s: %lld bytes, the manifest records %" PRId64 "%s", path,
+             (long long)sb.st_size, sh->bytes,
+             (int64_t)sb.st_size < sh->bytes ? " (truncated)" : "");
     ql_shard *s = NULL;
     ql_shard_desc d;
     st = ql_shard_open(path, locking, &s, &d);
+    if (st != QL_OK && !size_ok) st = ql_error(QL_EFORMAT, "%s", size_msg);
     if (st != QL_OK) goto out;
     ql_shard_close(s);
     if (strcmp(d.run_id, m->run_id) != 0 || d.step != m->step) {
         st = ql_error(QL_EFORMAT,
-                      "%s: written by run %s at step %" PRId64 ", but the manifest is run %s at "
-                      "step %" PRId64 " (a manifest from another run?)",
-                      path, d.run_id, d.step, m->run_id, m->step);
+                      "%s/manifest.pb: records run %s at step %" PRId64 ", but %s was written by "
+                      "run %s at step %" PRId64 " (a manifest from another run or another step)",
+                      dir, m->run_id, m->step, path, d.run_id, d.step);
+        goto out;
+    }
+    if (!size_ok) {
+        st = ql_error(QL_EFORMAT, "%s", size_msg);
         goto out;
     }
     if (d.rank != sh->rank || d.world != m->world.size || d.offset != sh->offset ||

@@ -11,6 +11,7 @@ static const ql_command commands[] = {
     {"eval", "mean loss and perplexity of a model (and adapter) on a data file", ql_cmd_eval},
     {"tokenize", "print the token ids and pieces of a text", ql_cmd_tokenize},
     {"data", "the data report of a training configuration (data stats CONFIG)", ql_cmd_data},
+    {"ckpt", "verify or inspect a checkpoint (ckpt verify|inspect DIR)", ql_cmd_ckpt},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
