@@ -52,8 +52,7 @@ ql_status ql_comm_bcast(ql_comm *c, void *buf, int64_t bytes, int root);
 ql_status ql_comm_allreduce_sum(ql_comm *c, void *buf, int64_t count, ql_dtype dt);
 /* in: [n] on every rank; out: [len] = the rank-ordered sum of this rank's
  * slice (ql_dist_slice(n, size, rank)). F32 or F64. */
-ql_status ql_comm_reduce_scatter_sum(ql_comm *c, const void *in, void *out, int64_t n,
-                                     ql_dtype dt);
+ql_status ql_comm_reduce_scatter_sum(ql_comm *c, const void *in, void *out, int64_t n, ql_dtype dt);
 /* in: this rank's slice of n elements; out: [n], every slice in place. */
 ql_status ql_comm_allgather(ql_comm *c, const void *in, void *out, int64_t n, ql_dtype dt);
 /* Fixed-size records: in [bytes] from every rank -> out [size * bytes]. */
@@ -62,5 +61,48 @@ ql_status ql_comm_allgather_bytes(ql_comm *c, const void *in, void *out, int64_t
 /* Ends every rank of the job at once (MPI_Abort; exit for a singleton). For
  * the launcher and the watchdog only. */
 void ql_comm_abort(ql_comm *c, int exit_code) __attribute__((noreturn));
+
+/* --- Added after the first contract (nothing above changed) ------------------ */
+
+/* The limit on one collective's wait for the other ranks, in seconds: past
+ * it, the watchdog prints what it waited for and aborts the job (0: no
+ * limit). ql_comm_open starts with QL_DIST_TIMEOUT_S from the environment, or
+ * 600; the launcher sets dist.timeout_s unless that variable is set. */
+void ql_comm_set_timeout(ql_comm *c, double seconds);
+double ql_comm_timeout(const ql_comm *c);
+/* What the job is doing ("step 12", "loading the model"), named in the
+ * watchdog's message. */
+void ql_comm_set_phase(ql_comm *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Reduce-scatter moves the vector in buckets of at most this many elements
+ * (dist.bucket_mb; at least one element per rank). The sums do not depend
+ * on it. */
+void ql_comm_set_bucket(ql_comm *c, int64_t elements);
+
+/* After ql_comm_agree: the rank whose status it returned (-1 when none
+ * failed) and that rank's message, prefixed "rank R (HOST): ", on every rank
+ * (the failing ones too). Agreeing again on a failure that was agreed
+ * (every rank now passes it) gives the same rank and message again. */
+int ql_comm_failed_rank(const ql_comm *c);
+const char *ql_comm_agreed_message(const ql_comm *c);
+/* A collective failed in the transport (MPI/NCCL error): the ranks may no
+ * longer agree, so the launcher ends the job with ql_comm_abort rather than
+ * closing. */
+int ql_comm_broken(const ql_comm *c);
+
+/* A device communicator beside `host` (NCCL, on CUDA builds with NCCL): its
+ * all-reduce, reduce-scatter and all-gather take device memory of the
+ * current CUDA device (bound before the call: ql_comm_bind_device); agree,
+ * barrier and bcast go through `host` (host memory). Created from a unique id
+ * that rank 0 broadcasts over `host`; non-blocking, so a peer that dies or
+ * hangs ends in ncclCommAbort and an error after the timeout, not a hang.
+ * QL_EUNSUPPORTED in builds without NCCL. Closed by ql_comm_close. */
+ql_status ql_comm_open_device(ql_comm *host, ql_comm **out);
+/* 1 when the collectives of `c` take device memory. */
+int ql_comm_device_memory(const ql_comm *c);
+
+/* Binds this rank's GPU: device (local rank mod visible devices), after
+ * CUDA_VISIBLE_DEVICES. *device = -1 and QL_OK when the build has no CUDA or
+ * no device is visible. */
+ql_status ql_comm_bind_device(const ql_comm *c, int *device);
 
 #endif

@@ -10,9 +10,12 @@
 
 #include "core/config.h"
 #include "core/fsutil.h"
+#include "core/rng.h"
 #include "data/dataset.h"
+#include "dist/fault.h"
 #include "launcher/commands.h"
 #include "launcher/config_cli.h"
+#include "launcher/job.h"
 #include "model/llama.h"
 #include "model/peft.h"
 #include "train/progress.h"
@@ -28,6 +31,12 @@ static void usage(FILE *f) {
                "Writes OUTPUT_DIR/config.resolved.yaml, OUTPUT_DIR/metrics.jsonl (one JSON line\n"
                "per step) and, at the end, the adapter in PEFT format to OUTPUT_DIR/adapter/.\n"
                "Ctrl-C stops at the end of the current step and saves the adapter.\n"
+               "\n"
+               "Several ranks: mpirun -np N qlora train CONFIG.yaml, or srun qlora train\n"
+               "CONFIG.yaml. The ranks split every global batch (train.global_batch must be a\n"
+               "multiple of N) and give the same result as one rank; rank 0 prints and writes\n"
+               "the files. dist.timeout_s (or QL_DIST_TIMEOUT_S) bounds how long a rank waits\n"
+               "for the others (docs/distributed.md).\n"
                "\n"
                "exit status: 0 done, 1 error or interrupted (the message says which), 2 bad\n"
                "command line\n");
@@ -90,50 +99,105 @@ static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
     return o;
 }
 
-static int run(const ql_config *c) {
-    ql_status st = prepare_output(c);
-    if (st != QL_OK) return ql_report(st);
-    const ql_backend *be = ql_backend_by_name(c->backend);
-    if (!be) return ql_report(ql_error_wrap(QL_EUNSUPPORTED, "backend: "));
+/* A different dropout stream on every rank (rank 0 keeps the one a single
+ * process uses), so that ranks do not draw the same masks for their
+ * micro-batches. */
+#define QL_DROPOUT_RANK_STREAM (UINT64_C(1) << 62)
+
+static void print_plan(const ql_config *c, const ql_job *j, const ql_backend *be,
+                       const ql_dataset *ds) {
+    int64_t G = c->train.global_batch, per = G / j->size, M = c->train.micro_batch;
+    int64_t mb = M < per ? M : per, accum = (per + mb - 1) / mb;
+    double epochs = (double)(c->train.steps * G) / (double)ds->train.rows.n_rows;
+    fprintf(stderr, "training: %lld steps of %lld %s", (long long)c->train.steps, (long long)G,
+            c->data.packing ? "packed rows" : "sequences");
+    if (j->size > 1)
+        fprintf(stderr, " on %d ranks (%lld per rank:", j->size, (long long)per);
+    else
+        fprintf(stderr, " (");
+    fprintf(stderr,
+            "%s%lld micro-batch%s of up to %lld), %.2f epochs; lr %g %s, warmup %lld; "
+            "backend %s",
+            j->size > 1 ? " " : "", (long long)accum, accum == 1 ? "" : "es", (long long)mb, epochs,
+            c->train.lr,
+            c->train.schedule == QL_SCHED_COSINE   ? "cosine"
+            : c->train.schedule == QL_SCHED_LINEAR ? "linear"
+                                                   : "constant",
+            (long long)c->train.warmup_steps, be->name);
+    if (j->size > 1)
+        fprintf(stderr, "; %d node%s, %s", j->world.n_nodes, j->world.n_nodes == 1 ? "" : "s",
+                ql_launcher_name(j->world.launcher));
+    if (j->threads)
+        fprintf(stderr, "; %d thread%s per rank", j->threads, j->threads == 1 ? "" : "s");
+    fputc('\n', stderr);
+}
+
+/* Every rank runs this; each fallible part ends in an agreement, so a
+ * failure on any rank leaves every rank at the same point with its
+ * message. Rank 0 alone writes files and prints. */
+static int run(const ql_config *c, ql_job *j) {
+    const int r0 = j->rank == 0;
+    ql_comm *comm = j->comm, *dcomm = NULL;
+    ql_status st = r0 ? prepare_output(c) : QL_OK;
+    if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
+
+    /* A GPU per rank before CUDA is touched (local rank mod visible devices). */
+    int device = -1;
+    int cuda = !strcmp(c->backend, "cuda");
+    if (cuda) st = ql_comm_bind_device(comm, &device);
+    const ql_backend *be = st == QL_OK ? ql_backend_by_name(c->backend) : NULL;
+    if (st == QL_OK && !be) st = ql_error_wrap(QL_EUNSUPPORTED, "backend: ");
+    if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
+    if (cuda && j->size > 1) {
+        st = ql_comm_open_device(comm, &dcomm);
+        if (st == QL_EUNSUPPORTED) {
+            if (r0)
+                fprintf(stderr, "note: %s; gradients go through MPI in host memory\n",
+                        ql_error_message());
+            st = QL_OK;
+        }
+        if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
+    }
 
     /* The data first: a bad line should not wait for the model to load. */
+    ql_comm_set_phase(comm, "loading the data");
     ql_dataset ds;
-    st = ql_dataset_load(c, stderr, &ds);
-    if (st != QL_OK) return ql_report(st);
-    ql_dataset_print(&ds, c, stderr);
+    memset(&ds, 0, sizeof ds);
+    st = ql_dataset_load(c, r0 ? stderr : NULL, &ds);
+    if ((st = ql_job_agree(j, st)) != QL_OK) {
+        ql_dataset_free(&ds);
+        ql_comm_close(dcomm);
+        return ql_job_report(j, st);
+    }
+    if (r0) ql_dataset_print(&ds, c, stderr);
     const ql_token_data *d = &ds.train.d;
 
+    ql_comm_set_phase(comm, "loading the model");
     ql_llama_options o = model_options(c, be, &ds);
     ql_llama *m = NULL;
     st = ql_llama_load(c->model, &o, &m);
     if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(d, ql_llama_config(m)->vocab_size);
     if (st == QL_OK && ds.valid.d.n)
         st = ql_jsonl_tokens_check_vocab(&ds.valid.d, ql_llama_config(m)->vocab_size);
-    if (st != QL_OK) {
+    if (st == QL_OK && j->rank > 0)
+        ql_rng_seed_stream(ql_llama_rng(m), (uint64_t)c->seed,
+                           QL_DROPOUT_RANK_STREAM + (uint64_t)j->rank);
+    if (st == QL_OK) st = ql_fault_point("load", j->rank, 0);
+    if ((st = ql_job_agree(j, st)) != QL_OK) {
         ql_llama_free(m);
         ql_dataset_free(&ds);
-        return ql_report(st);
+        ql_comm_close(dcomm);
+        return ql_job_report(j, st);
     }
     const ql_hf_config *hc = ql_llama_config(m);
-    if (hc->max_position_embeddings > 0 && d->max_len > hc->max_position_embeddings)
+    if (r0 && hc->max_position_embeddings > 0 && d->max_len > hc->max_position_embeddings)
         fprintf(stderr,
                 "warning: records of up to %lld tokens are longer than the model's "
                 "max_position_embeddings (%lld); consider data.max_seq_len <= %lld\n",
                 (long long)d->max_len, (long long)hc->max_position_embeddings,
                 (long long)hc->max_position_embeddings);
     ql_adapters *a = ql_llama_adapters(m);
-    int64_t accum = (c->train.global_batch + c->train.micro_batch - 1) / c->train.micro_batch;
-    double epochs = (double)(c->train.steps * c->train.global_batch) / (double)ds.train.rows.n_rows;
-    fprintf(stderr,
-            "training: %lld steps of %lld %s (%lld micro-batch%s of up to %lld), %.2f "
-            "epochs; lr %g %s, warmup %lld; backend %s\n",
-            (long long)c->train.steps, (long long)c->train.global_batch,
-            c->data.packing ? "packed rows" : "sequences", (long long)accum, accum == 1 ? "" : "es",
-            (long long)c->train.micro_batch, epochs, c->train.lr,
-            c->train.schedule == QL_SCHED_COSINE   ? "cosine"
-            : c->train.schedule == QL_SCHED_LINEAR ? "linear"
-                                                   : "constant",
-            (long long)c->train.warmup_steps, be->name);
+    if (r0) print_plan(c, j, be, &ds);
 
     ql_train_model tm = {.ctx = m,
                          .be = be,
@@ -147,25 +211,33 @@ static int run(const ql_config *c) {
     ql_train_result r = {0};
     if (st == QL_OK) {
         ql_train_opts to = {.cfg = c,
-                            .metrics_path = metrics,
-                            .progress = stderr,
+                            .metrics_path = r0 ? metrics : NULL,
+                            .progress = r0 ? stderr : NULL,
                             .progress_tty = -1,
                             .stop = &stop_flag,
                             .rows = &ds.train.rows,
-                            .valid = ds.valid.d.n ? &ds.valid.d : NULL};
+                            .valid = ds.valid.d.n ? &ds.valid.d : NULL,
+                            .comm = j->size > 1 ? comm : NULL,
+                            .dcomm = dcomm};
         signal(SIGINT, on_signal);
         signal(SIGTERM, on_signal);
         st = ql_train_run(&tm, d, &to, &r);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
     }
+    st = ql_job_agree(j, st);
     /* A run that failed (non-finite steps, I/O) keeps no adapter: its last
-     * state is not one anybody asked for. An interrupted one does. */
-    if (st == QL_OK) st = ql_peft_save(adapter, a, be, c->model);
+     * state is not one anybody asked for. An interrupted one does. Every
+     * rank holds the same parameters; rank 0 writes them. */
+    if (st == QL_OK) {
+        ql_comm_set_phase(comm, "saving the adapter");
+        st = r0 ? ql_peft_save(adapter, a, be, c->model) : QL_OK;
+        st = ql_job_agree(j, st);
+    }
     int rc = QL_EXIT_OK;
     if (st != QL_OK) {
-        rc = ql_report(st);
-    } else {
+        rc = ql_job_report(j, st);
+    } else if (r0) {
         char el[32];
         ql_format_duration(r.elapsed_s, el, sizeof el);
         printf("%s %lld of %lld steps in %s", r.interrupted ? "interrupted after" : "trained",
@@ -173,31 +245,57 @@ static int run(const ql_config *c) {
         if (r.skipped) printf(" (%lld skipped)", (long long)r.skipped);
         printf(": %lld tokens, %.0f tokens/s; loss %.4f -> %.4f\n", (long long)r.tokens,
                r.elapsed_s > 0 ? (double)r.tokens / r.elapsed_s : 0.0, r.first_loss, r.last_loss);
+        if (j->size > 1)
+            printf("ranks: %d; rank 0 spent %.3f s of %.3f s (%.1f %%) in collectives\n", j->size,
+                   r.comm_s, r.elapsed_s, r.elapsed_s > 0 ? 100.0 * r.comm_s / r.elapsed_s : 0.0);
         if (r.evals)
             printf("eval: loss %.4f, perplexity %.4f over %lld validation targets\n", r.eval_loss,
                    exp(r.eval_loss), (long long)r.eval_targets);
         printf("adapter: %s\nmetrics: %s\n", adapter, metrics);
         fflush(stdout);
-        if (r.interrupted) {
+    }
+    if (st == QL_OK && r.interrupted) {
+        if (r0)
             fprintf(stderr,
                     "qlora: interrupted at step %lld of %lld; the adapter of that step is "
                     "saved in %s\n",
                     (long long)r.steps, (long long)c->train.steps, adapter);
-            rc = QL_EXIT_ERROR;
-        }
+        rc = QL_EXIT_ERROR;
     }
     free(metrics);
     free(adapter);
     ql_llama_free(m);
     ql_dataset_free(&ds);
+    ql_comm_close(dcomm);
     return rc;
 }
 
 int ql_cmd_train(int argc, char **argv) {
+    ql_job j;
+    int rc = ql_job_start(&j);
+    if (rc != QL_EXIT_OK) return rc;
+    /* Every rank reads the configuration; rank 0 alone says what it found. */
     ql_config *c = NULL;
-    int rc = ql_cli_load_config(argc, argv, 1, "train", usage, &c);
-    if (rc >= 0) return rc;
-    rc = run(c);
+    ql_error_clear();
+    ql_job_quiet_begin(&j);
+    rc = ql_cli_load_config(argc, argv, 1, "train", usage, &c);
+    ql_job_quiet_end(&j);
+    ql_status st = ql_job_agree(&j, rc > 0 ? QL_EINVAL : QL_OK);
+    if (st != QL_OK) {
+        /* Rank 0 printed its own failure; another rank's is printed here. */
+        if (ql_comm_failed_rank(j.comm) != 0) ql_job_report(&j, st);
+        free(c);
+        return ql_job_end(&j, rc > 0 ? rc : QL_EXIT_ERROR);
+    }
+    if (rc >= 0) return ql_job_end(&j, rc); /* --help */
+    if (!getenv("QL_DIST_TIMEOUT_S")) ql_comm_set_timeout(j.comm, c->dist.timeout_s);
+    ql_comm_set_bucket(j.comm, c->dist.bucket_mb * (1 << 20) / (int64_t)sizeof(float));
+    /* An impossible split ends the run before anything is loaded. */
+    st = ql_train_check_batch(c->train.global_batch, c->train.micro_batch, j.size);
+    if ((st = ql_job_agree(&j, st)) != QL_OK)
+        rc = ql_job_report(&j, st);
+    else
+        rc = run(c, &j);
     free(c);
-    return rc;
+    return ql_job_end(&j, rc);
 }

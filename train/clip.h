@@ -9,6 +9,9 @@
 
 /* sqrt(sum g_i^2) in double; NaN or Inf if any element is. */
 double ql_grad_norm(const float *g, int64_t n);
+/* sum g_i^2 in double, in index order (a slice's share of the global norm:
+ * ql_grad_norm(g, n) == sqrt(ql_grad_sq_sum(g, n))). */
+double ql_grad_sq_sum(const float *g, int64_t n);
 
 /* The factor clip_grad_norm_ multiplies the gradients by: min(1, max_norm /
  * (norm + 1e-6)) rounded to float; 1 when max_norm <= 0 (no clipping). */

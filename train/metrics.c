@@ -41,6 +41,10 @@ void ql_metrics_format(const ql_step_log *l, char *buf, size_t n) {
         ", \"targets\": %" PRId64 ", \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, "
         "\"skipped\": %d}",
         l->step, loss, lr, gn, l->tokens, l->targets, l->tokens_per_s, l->elapsed_s, l->skipped);
+    size_t used = strlen(buf);
+    if (l->world > 1 && used > 0 && used + 48 < n)
+        snprintf(buf + used - 1, n - used + 1, ", \"world\": %d, \"comm_s\": %.4f}", l->world,
+                 l->comm_s);
 }
 
 ql_status ql_metrics_write(ql_metrics *m, const ql_step_log *l) {

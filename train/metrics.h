@@ -1,8 +1,8 @@
 /* OUT/metrics.jsonl: one JSON object per optimizer step, written as the step
  * ends (and flushed), so a crashed or interrupted run keeps every finished
  * step's line. Fields (docs/training.md): step, loss, lr, grad_norm, tokens,
- * targets, tokens_per_s, elapsed_s, skipped. A loss or norm that is not
- * finite is written as null. */
+ * targets, tokens_per_s, elapsed_s, skipped (and world, comm_s in runs of
+ * several ranks). A loss or norm that is not finite is written as null. */
 #ifndef QL_METRICS_H
 #define QL_METRICS_H
 
@@ -17,6 +17,8 @@ typedef struct ql_step_log {
     int64_t tokens, targets;
     double tokens_per_s, elapsed_s;
     int skipped;
+    int world;     /* ranks; above 1, the line also has "world" and "comm_s" */
+    double comm_s; /* seconds rank 0 spent in the step's collectives */
 } ql_step_log;
 
 typedef struct ql_metrics {

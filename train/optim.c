@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "train/clip.h"
 
@@ -25,18 +26,28 @@ static ql_status upload_zeros(const ql_backend *be, float *dst, float *host, int
 }
 
 ql_status ql_optim_init(ql_optim *o, const ql_backend *be, int64_t n) {
+    return ql_optim_init_dist(o, be, n, NULL, NULL);
+}
+
+ql_status ql_optim_init_dist(ql_optim *o, const ql_backend *be, int64_t n, ql_comm *comm,
+                             ql_comm *dcomm) {
     memset(o, 0, sizeof *o);
     o->be = be;
     o->n = n;
+    o->comm = comm;
+    o->dcomm = dcomm;
+    o->off = 0;
+    o->len = n;
+    if (comm) ql_dist_slice(n, ql_comm_size(comm), ql_comm_rank(comm), &o->off, &o->len);
     /* The CPU backends' memory is the host's: no copies needed. */
     o->host_memory = !strncmp(be->name, "cpu", 3);
-    size_t bytes = (size_t)n * sizeof(float);
+    size_t bytes = (size_t)n * sizeof(float), sbytes = (size_t)o->len * sizeof(float);
     o->host = ql_malloc(bytes ? bytes : 1, "the host gradient buffer");
     if (!o->host) return QL_ENOMEM;
-    ql_status st = be->alloc(bytes ? bytes : 1, (void **)&o->m);
-    if (st == QL_OK) st = be->alloc(bytes ? bytes : 1, (void **)&o->v);
-    if (st == QL_OK) st = upload_zeros(be, o->m, o->host, n);
-    if (st == QL_OK) st = upload_zeros(be, o->v, o->host, n);
+    ql_status st = be->alloc(sbytes ? sbytes : 1, (void **)&o->m);
+    if (st == QL_OK) st = be->alloc(sbytes ? sbytes : 1, (void **)&o->v);
+    if (st == QL_OK) st = upload_zeros(be, o->m, o->host, o->len);
+    if (st == QL_OK) st = upload_zeros(be, o->v, o->host, o->len);
     if (st != QL_OK) ql_optim_free(o);
     return st;
 }
@@ -58,16 +69,93 @@ ql_status ql_optim_zero_grads(ql_optim *o, float *grads) {
     return upload_zeros(o->be, grads, o->host, o->n);
 }
 
+static int ranks(const ql_optim *o) { return o->comm ? ql_comm_size(o->comm) : 1; }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* *g = this rank's slice of the summed gradient, in host memory: grads
+ * itself on a host-memory backend, else o->host (+ off). With several ranks
+ * the sum is reduce-scattered into the slice (in place). */
+static ql_status reduce_grads(ql_optim *o, float *grads, float **g, double *comm_s) {
+    const size_t sb = (size_t)o->len * sizeof(float);
+    if (ranks(o) == 1) {
+        if (o->host_memory) {
+            *g = grads;
+            return QL_OK;
+        }
+        *g = o->host;
+        return o->be->download(o->host, grads, sb);
+    }
+    double t0 = now_s();
+    ql_status st;
+    if (o->host_memory) {
+        *g = grads + o->off;
+        st = ql_comm_reduce_scatter_sum(o->comm, grads, *g, o->n, QL_DT_F32);
+    } else if (o->dcomm) {
+        *g = o->host + o->off;
+        st = ql_comm_reduce_scatter_sum(o->dcomm, grads, grads + o->off, o->n, QL_DT_F32);
+        if (st == QL_OK) st = o->be->download(*g, grads + o->off, sb);
+    } else {
+        *g = o->host + o->off;
+        st = o->be->download(o->host, grads, (size_t)o->n * sizeof(float));
+        if (st == QL_OK) st = ql_comm_reduce_scatter_sum(o->comm, o->host, *g, o->n, QL_DT_F32);
+    }
+    *comm_s += now_s() - t0;
+    return st;
+}
+
+/* The global norm: the slices' squared norms (double), summed in rank
+ * order. One rank: exactly ql_grad_norm. */
+static ql_status global_norm(ql_optim *o, const float *g, double *norm, double *comm_s) {
+    double sq = ql_grad_sq_sum(g, o->len);
+    int R = ranks(o);
+    if (R > 1) {
+        double t0 = now_s(), *all = ql_malloc((size_t)R * sizeof *all, "the gradient norms");
+        if (!all) return QL_ENOMEM;
+        ql_status st = ql_comm_allgather_bytes(o->comm, &sq, all, (int64_t)sizeof sq);
+        if (st == QL_OK) {
+            sq = all[0];
+            for (int r = 1; r < R; r++) sq += all[r];
+        }
+        free(all);
+        *comm_s += now_s() - t0;
+        QL_TRY(st);
+    }
+    *norm = sqrt(sq);
+    return QL_OK;
+}
+
+/* Every rank's updated slice into every rank's params. */
+static ql_status gather_params(ql_optim *o, float *params, double *comm_s) {
+    if (ranks(o) == 1) return QL_OK;
+    double t0 = now_s();
+    ql_status st;
+    if (o->host_memory) {
+        st = ql_comm_allgather(o->comm, params + o->off, params, o->n, QL_DT_F32);
+    } else if (o->dcomm) {
+        st = ql_comm_allgather(o->dcomm, params + o->off, params, o->n, QL_DT_F32);
+    } else {
+        st = o->be->download(o->host + o->off, params + o->off, (size_t)o->len * sizeof(float));
+        if (st == QL_OK)
+            st = ql_comm_allgather(o->comm, o->host + o->off, o->host, o->n, QL_DT_F32);
+        if (st == QL_OK) st = o->be->upload(params, o->host, (size_t)o->n * sizeof(float));
+    }
+    *comm_s += now_s() - t0;
+    return st;
+}
+
 ql_status ql_optim_step(ql_optim *o, const ql_optim_config *c, int64_t step, double loss, double lr,
                         float *params, float *grads, ql_step_result *r) {
     memset(r, 0, sizeof *r);
-    float *g = grads;
-    if (!o->host_memory) {
-        QL_TRY(o->be->download(o->host, grads, (size_t)o->n * sizeof *g));
-        g = o->host;
-    }
-    r->grad_norm = ql_grad_norm(g, o->n);
+    float *g; /* this rank's slice of the summed gradient, host memory */
+    QL_TRY(reduce_grads(o, grads, &g, &r->comm_s));
+    QL_TRY(global_norm(o, g, &r->grad_norm, &r->comm_s));
     r->clip_coef = 1.0f;
+    /* loss and norm are the same on every rank: so is every decision below. */
     if (!isfinite(loss) || !isfinite(r->grad_norm)) {
         r->skipped = 1;
         o->nonfinite_in_a_row++;
@@ -91,15 +179,17 @@ ql_status ql_optim_step(ql_optim *o, const ql_optim_config *c, int64_t step, dou
     }
     o->nonfinite_in_a_row = 0;
     r->clip_coef = ql_clip_coef(r->grad_norm, c->max_grad_norm);
-    if (r->clip_coef != 1.0f) {
-        ql_grad_scale(g, o->n, r->clip_coef);
-        if (!o->host_memory) QL_TRY(o->be->upload(grads, g, (size_t)o->n * sizeof *g));
-    }
+    if (r->clip_coef != 1.0f) ql_grad_scale(g, o->len, r->clip_coef);
+    /* The slice in backend memory: grads + off (written back when it was
+     * clipped or summed on the host). */
+    if (!o->host_memory && (r->clip_coef != 1.0f || (ranks(o) > 1 && !o->dcomm)))
+        QL_TRY(o->be->upload(grads + o->off, g, (size_t)o->len * sizeof *g));
     ql_adamw h = {.lr = (float)lr,
                   .beta1 = (float)c->beta1,
                   .beta2 = (float)c->beta2,
                   .eps = (float)c->eps,
                   .weight_decay = (float)c->weight_decay};
     o->t++;
-    return o->be->adamw(params, grads, o->m, o->v, o->n, &h, o->t);
+    QL_TRY(o->be->adamw(params + o->off, grads + o->off, o->m, o->v, o->len, &h, o->t));
+    return gather_params(o, params, &r->comm_s);
 }

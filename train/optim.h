@@ -2,6 +2,15 @@
  * global-norm clipping, and AdamW through the backend's adamw op with fp32
  * moments in backend memory.
  *
+ * Data parallel (ZeRO-1, docs/distributed.md): with a communicator of R > 1
+ * ranks, rank r owns the contiguous slice [off, off + len) of the flat vector
+ * that ql_dist_slice(n, R, r) gives. A step reduce-scatters the ranks'
+ * gradients so that each holds the rank-ordered sum of its slice, takes the
+ * global norm as the rank-ordered sum of the slices' squared norms (double),
+ * clips and updates its slice only, and all-gathers the parameters. AdamW's m
+ * and v exist for the slice alone. With one rank, off = 0 and len = n and the
+ * step is the single-process one, bit for bit.
+ *
  * A step whose loss or gradient norm is NaN/Inf changes nothing (parameters,
  * moments and AdamW's step count stay as they were) and is counted; with
  * on_nonfinite = skip the run stops with an error only after
@@ -13,6 +22,7 @@
 
 #include "core/config.h"
 #include "core/status.h"
+#include "dist/comm.h"
 #include "kernels/backend.h"
 
 typedef struct ql_optim_config {
@@ -27,30 +37,48 @@ ql_optim_config ql_optim_config_from(const ql_config *c);
 
 typedef struct ql_optim {
     const ql_backend *be;
-    int64_t n;
-    float *m, *v;    /* backend memory [n] */
-    float *host;     /* host copy of the gradient when the backend is not host memory */
+    int64_t n; /* elements of the whole flat adapter vector */
+    /* This rank's slice of the flat vector: elements [off, off + len).
+     * m[i] and v[i] are AdamW's moments of element off + i; a checkpoint
+     * shard stores exactly these len values of each (and params[off..]). */
+    int64_t off, len;
+    float *m, *v;    /* backend memory [len] */
+    float *host;     /* host copy of the gradient [n] when the backend is not host memory */
     int host_memory; /* the backend's pointers are host pointers */
     int64_t t;       /* AdamW steps applied (bias correction counts these) */
     int64_t nonfinite_in_a_row, nonfinite_total;
+    ql_comm *comm;  /* NULL or one rank: a single process */
+    ql_comm *dcomm; /* a device communicator (NCCL) for backend memory, or NULL */
 } ql_optim;
 
 typedef struct ql_step_result {
     double grad_norm; /* before clipping; NaN/Inf when not finite */
     float clip_coef;  /* what the gradient was multiplied by (1: not clipped) */
     int skipped;      /* 1 if the update was not applied */
+    double comm_s;    /* seconds in collectives (reduce-scatter, norm, all-gather) */
 } ql_step_result;
 
+/* One process: the whole vector is this rank's (off 0, len n). */
 ql_status ql_optim_init(ql_optim *o, const ql_backend *be, int64_t n);
+/* Rank ql_comm_rank(comm) of ql_comm_size(comm) (comm may be NULL: one
+ * process). dcomm: a device communicator (ql_comm_open_device) for a
+ * backend whose memory is not the host's, or NULL to stage through host
+ * memory and `comm`. */
+ql_status ql_optim_init_dist(ql_optim *o, const ql_backend *be, int64_t n, ql_comm *comm,
+                             ql_comm *dcomm);
 void ql_optim_free(ql_optim *o);
 
 /* grads = 0, before a step's micro-batches accumulate into them. */
 ql_status ql_optim_zero_grads(ql_optim *o, float *grads);
 
 /* Applies step `step` (1-based, for messages) with learning rate `lr` to
- * `params` from the accumulated `grads` (both backend memory; grads are
+ * `params` from the accumulated `grads` (both backend memory [n]; grads are
  * clipped in place). `loss` is the step's mean loss, checked for finiteness
- * with the gradient. Returns an error when the non-finite policy says stop. */
+ * with the gradient. Returns an error when the non-finite policy says stop.
+ * With several ranks it is collective: `grads` holds this rank's local sum
+ * on entry and, on return, the global (clipped) sum in its own slice only
+ * (the rest is scratch); `params` is the same on every rank on return; loss
+ * must be the global one, so that every rank takes the same decisions. */
 ql_status ql_optim_step(ql_optim *o, const ql_optim_config *c, int64_t step, double loss, double lr,
                         float *params, float *grads, ql_step_result *r);
 

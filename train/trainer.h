@@ -6,7 +6,16 @@
  *
  * The model is reached through ql_train_model, so the loop runs the same over
  * the Llama model (launcher/cmd_train.c) and over small synthetic models in
- * the tests. */
+ * the tests.
+ *
+ * Data parallel (docs/distributed.md): with a communicator of R ranks, every
+ * rank runs this loop; rank r takes its slice of each global batch
+ * (ql_order_shard), in micro-batches of at most train.micro_batch rows; after
+ * the local backward the ranks agree (one rank's failure ends every rank with
+ * its message), sum the loss and token counts, and ql_optim_step
+ * reduce-scatters the gradients, updates each rank's slice (ZeRO-1) and
+ * all-gathers the parameters. Evaluation splits the validation rows over
+ * the ranks. A stop request on any rank stops every rank at the same step. */
 #ifndef QL_TRAINER_H
 #define QL_TRAINER_H
 
@@ -19,6 +28,7 @@
 #include "data/jsonl_tokens.h"
 #include "data/order.h"
 #include "data/packing.h"
+#include "dist/comm.h"
 #include "kernels/backend.h"
 #include "model/llama.h"
 
@@ -41,6 +51,8 @@ typedef struct ql_train_opts {
     const ql_packing *rows;       /* rows of the training data; NULL: built as data.packing says */
     const ql_token_data *valid;   /* evaluated at the end and every train.eval_every steps */
     const ql_data_cursor *resume; /* where the data stream starts; NULL: the beginning */
+    ql_comm *comm;                /* the job's ranks; NULL: one process */
+    ql_comm *dcomm;               /* a device communicator (NCCL) for the gradients, or NULL */
 } ql_train_opts;
 
 typedef struct ql_train_result {
@@ -54,11 +66,17 @@ typedef struct ql_train_result {
     int64_t evals;         /* evaluations run; the last one's: */
     double eval_loss;
     int64_t eval_targets;
+    double comm_s; /* seconds this rank spent in the steps' collectives */
 } ql_train_result;
 
 /* Runs the loop. On an error the result still says how far it got. */
 ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql_train_opts *o,
                        ql_train_result *r);
+
+/* Whether a global batch of `global_batch` rows can be split over `world`
+ * ranks: each takes global_batch / world rows (in micro-batches of at most
+ * micro_batch). QL_EINVAL saying what would work when it cannot. */
+ql_status ql_train_check_batch(int64_t global_batch, int64_t micro_batch, int world);
 
 /* Seconds on a monotonic clock. */
 double ql_now(void);
