@@ -29,6 +29,11 @@ function(ql_add_sh_tests label)
     add_test(NAME ${target} COMMAND bash ${s})
     set_tests_properties(${target} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77
       ENVIRONMENT "QLORA=$<TARGET_FILE:qlora>;QL_SOURCE_DIR=${CMAKE_SOURCE_DIR};QL_BUILD_DIR=${CMAKE_BINARY_DIR}")
+    # Each Slurm test runs its own private cluster (own ports and state), but
+    # two side by side would share 2 cores and stretch the preemption timing.
+    if(name MATCHES "^test_slurm_")
+      set_tests_properties(${target} PROPERTIES RESOURCE_LOCK slurm_cluster TIMEOUT 300)
+    endif()
   endforeach()
 endfunction()
 
