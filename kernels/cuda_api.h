@@ -69,6 +69,32 @@ void ql_cuda_q4_free(ql_q4 *dev);
 ql_status ql_cuda_q4_dequantize(const ql_q4 *dev_w, ql_dtype out_dtype, void *dev_out,
                                 void *stream);
 
+/* --- dense GEMM and the 4-bit linear paths (benchmarks, tests) ------------------ */
+/* Row-major C[M,N] = alpha·op(A)·op(B) + beta·C, A and B bf16, fp32
+ * accumulation, C bf16 or fp32 (c_dtype). A is stored [M,K] (trans_a = 0) or
+ * [K,M] (trans_a = 1), B [K,N] (trans_b = 0) or [N,K] (trans_b = 1); lda, ldb,
+ * ldc are row strides in elements. beta = 0 never reads C. cuBLASLt, with the
+ * algorithm chosen once per shape and alignment and then reused, so repeated
+ * calls give the same bits; a plain tiled kernel where cuBLASLt has no
+ * algorithm for the shape. On the backend's stream (the default stream). */
+ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const void *A,
+                            int64_t lda, int trans_a, const void *B, int64_t ldb, int trans_b,
+                            float beta, void *C, ql_dtype c_dtype, int64_t ldc);
+/* 1: every ql_cuda_gemm_bf16 takes the plain tiled kernel (tests). */
+void ql_cuda_gemm_force_fallback(int on);
+
+/* Which implementation the cuda backend's q4_lora_fwd/bwd use: the fused
+ * kernel (NF4 decoded in the GEMM main loop, LoRA as extra K columns; the
+ * default), or the baseline that dequantizes W whole to bf16 and calls
+ * cuBLASLt. The environment variable QL_CUDA_Q4_PATH=dequant selects the
+ * baseline at start-up. */
+typedef enum ql_cuda_q4_path { QL_CUDA_Q4_FUSED = 0, QL_CUDA_Q4_DEQUANT_BLAS = 1 } ql_cuda_q4_path;
+void ql_cuda_q4_set_path(ql_cuda_q4_path p);
+ql_cuda_q4_path ql_cuda_q4_get_path(void);
+
+/* Frees the CUDA backend's cached scratch buffers and cuBLASLt state. */
+void ql_cuda_release_cache(void);
+
 /* --- timing (CUDA events) ----------------------------------------------------- */
 typedef struct ql_cuda_timer ql_cuda_timer;
 ql_status ql_cuda_timer_create(ql_cuda_timer **out);

@@ -1,14 +1,68 @@
-/* The "cuda" entry of the backend registry (kernels/backend.c calls
- * ql_backend_cuda_impl when the build has CUDA). The op table is not complete
- * yet: kernels/cuda/ has the 4-bit dequantize (kernels/cuda_api.h) but not the
- * GEMM, attention, norm or optimizer kernels, so the backend reports itself
- * unavailable rather than hand out a table with missing entries. */
-#include "kernels/cuda_api.h"
-#include "kernels/cuda/cuda_util.h"
+/* The "cuda" op table (kernels/backend.c calls ql_backend_cuda_impl when the
+ * build has CUDA), and the scratch buffers the ops share.
+ *
+ * Activations are bf16 (act_dtype QL_DT_BF16); LoRA weights, optimizer state,
+ * norm weights, losses and saved statistics are fp32, as backend.h says.
+ * Every op is enqueued on the legacy default stream; `sync` waits for it.
+ * Which device: the current one (ql_cuda_set_device), device 0 by default. */
+#include "kernels/cuda/cuda_ops.h"
 
-extern "C" {
-#include "kernels/backend.h"
+static ql_status alloc_cuda(size_t bytes, void **out) {
+    ql_status st = ql_cuda_malloc(bytes, out);
+    if (st == QL_EBACKEND && *out == NULL) {
+        /* cudaMalloc's failure is an out-of-memory for the caller. */
+        return ql_error_wrap(QL_ENOMEM, "cuda backend: allocating %zu bytes: ", bytes);
+    }
+    return st;
 }
+
+static void free_cuda(void *p) { ql_cuda_free(p); }
+
+static ql_status upload_cuda(void *dst, const void *host_src, size_t bytes) {
+    return bytes ? ql_cuda_upload(dst, host_src, bytes) : QL_OK;
+}
+
+static ql_status download_cuda(void *host_dst, const void *src, size_t bytes) {
+    return bytes ? ql_cuda_download(host_dst, src, bytes) : QL_OK;
+}
+
+static ql_status q4_upload_cuda(const ql_q4 *host, ql_q4 *dst) {
+    return ql_cuda_q4_upload(host, dst);
+}
+
+static void q4_free_cuda(ql_q4 *dst) { ql_cuda_q4_free(dst); }
+
+static ql_status sync_cuda(void) { return ql_cuda_sync(); }
+
+static const ql_backend cuda_table = {
+    "cuda",
+    QL_DT_BF16,
+    alloc_cuda,
+    free_cuda,
+    upload_cuda,
+    download_cuda,
+    q4_upload_cuda,
+    q4_free_cuda,
+    sync_cuda,
+    ql_q4_dequantize_cuda,
+    ql_q4_lora_fwd_cuda,
+    ql_q4_lora_bwd_cuda,
+    ql_bias_add_cuda,
+    ql_add_cuda,
+    ql_matmul_fwd_cuda,
+    ql_matmul_bwd_cuda,
+    ql_rmsnorm_fwd_cuda,
+    ql_rmsnorm_bwd_cuda,
+    ql_rope_fwd_cuda,
+    ql_rope_bwd_cuda,
+    ql_swiglu_fwd_cuda,
+    ql_swiglu_bwd_cuda,
+    ql_attn_fwd_cuda,
+    ql_attn_bwd_cuda,
+    ql_embed_fwd_cuda,
+    ql_xent_fwd_bwd_cuda,
+    ql_adamw_cuda,
+};
 
 extern "C" const ql_backend *ql_backend_cuda_impl(void) {
     if (ql_cuda_device_count() == 0) {
@@ -16,8 +70,39 @@ extern "C" const ql_backend *ql_backend_cuda_impl(void) {
                                   "GPU, or CUDA_VISIBLE_DEVICES hides them); use \"cpu\"");
         return NULL;
     }
-    ql_error(QL_EUNSUPPORTED,
-             "backend \"cuda\": not complete yet (kernels/cuda/ has only the 4-bit dequantize); "
-             "use \"cpu\"");
-    return NULL;
+    return &cuda_table;
+}
+
+/* --- scratch ---------------------------------------------------------------------------- */
+
+static struct {
+    void *p;
+    size_t bytes;
+} g_scratch[QL_SCRATCH_COUNT];
+
+ql_status ql_cuda_scratch(int slot, size_t bytes, void **out) {
+    QL_ASSERT(slot >= 0 && slot < QL_SCRATCH_COUNT);
+    if (bytes > g_scratch[slot].bytes || !g_scratch[slot].p) {
+        /* cudaFree waits for the device, so work still using the old buffer
+         * finishes first. Grow by 1/4 so slowly growing sizes do not
+         * reallocate every call. */
+        ql_cuda_free(g_scratch[slot].p);
+        g_scratch[slot].p = NULL;
+        g_scratch[slot].bytes = 0;
+        size_t want = bytes + bytes / 4 + 256;
+        QL_TRY(alloc_cuda(want, &g_scratch[slot].p));
+        g_scratch[slot].bytes = want;
+    }
+    *out = g_scratch[slot].p;
+    return QL_OK;
+}
+
+extern "C" void ql_cuda_release_cache(void) {
+    (void)cudaDeviceSynchronize();
+    for (int i = 0; i < QL_SCRATCH_COUNT; i++) {
+        ql_cuda_free(g_scratch[i].p);
+        g_scratch[i].p = NULL;
+        g_scratch[i].bytes = 0;
+    }
+    ql_cuda_blas_release();
 }

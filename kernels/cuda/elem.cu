@@ -1,0 +1,158 @@
+/* Elementwise ops on bf16 activations: residual add, frozen bias, SwiGLU
+ * forward/backward, embedding gather, and the small conversions the LoRA code
+ * needs. Each output element is computed by one thread from its own inputs in
+ * float32 and rounded once to bf16, so results do not depend on the launch
+ * shape. Grid-stride loops over int64 indices. */
+#include "kernels/cuda/cuda_ops.h"
+
+#define ELEM_THREADS 256
+
+__global__ void k_add(const ql_bf16 *x, const ql_bf16 *y, int64_t n, ql_bf16 *out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = ql_bf16_bits(ql_ld_bf16(x + i) + ql_ld_bf16(y + i));
+}
+
+extern "C" ql_status ql_add_cuda(const ql_act *x, const ql_act *y, int64_t n, ql_act *out) {
+    if (n <= 0) return QL_OK;
+    k_add<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
+        (const ql_bf16 *)x, (const ql_bf16 *)y, n, (ql_bf16 *)out);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
+
+__global__ void k_bias_add(ql_bf16 *y, const float *b, int64_t T, int64_t n) {
+    const int64_t total = T * n;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = ql_bf16_bits(ql_ld_bf16(y + i) + b[i % n]);
+}
+
+extern "C" ql_status ql_bias_add_cuda(ql_act *y, const float *b, int64_t T, int64_t n) {
+    if (T <= 0 || n <= 0) return QL_OK;
+    k_bias_add<<<ql_cuda_grid(T * n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
+        (ql_bf16 *)y, b, T, n);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
+
+/* silu(g)·u = g / (1 + e^-g) · u, as the fast CPU backend writes it. */
+__global__ void k_swiglu_fwd(const ql_bf16 *gate, const ql_bf16 *up, int64_t n, ql_bf16 *out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float g = ql_ld_bf16(gate + i);
+        out[i] = ql_bf16_bits(g / (1.0f + expf(-g)) * ql_ld_bf16(up + i));
+    }
+}
+
+extern "C" ql_status ql_swiglu_fwd_cuda(const ql_act *gate, const ql_act *up, int64_t n,
+                                        ql_act *out) {
+    if (n <= 0) return QL_OK;
+    k_swiglu_fwd<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
+        (const ql_bf16 *)gate, (const ql_bf16 *)up, n, (ql_bf16 *)out);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
+
+/* silu'(g) = σ(g)(1 + g(1 − σ(g))). All reads of element i happen before its
+ * writes, so dgate/dup may alias the inputs element for element. */
+__global__ void k_swiglu_bwd(const ql_bf16 *dout, const ql_bf16 *gate, const ql_bf16 *up, int64_t n,
+                             ql_bf16 *dgate, ql_bf16 *dup) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float g = ql_ld_bf16(gate + i), u = ql_ld_bf16(up + i), d = ql_ld_bf16(dout + i);
+        float sig = 1.0f / (1.0f + expf(-g));
+        float silu = g * sig;
+        dgate[i] = ql_bf16_bits(d * u * (sig * (1.0f + g * (1.0f - sig))));
+        dup[i] = ql_bf16_bits(d * silu);
+    }
+}
+
+extern "C" ql_status ql_swiglu_bwd_cuda(const ql_act *dout, const ql_act *gate, const ql_act *up,
+                                        int64_t n, ql_act *dgate, ql_act *dup) {
+    if (n <= 0) return QL_OK;
+    k_swiglu_bwd<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
+        (const ql_bf16 *)dout, (const ql_bf16 *)gate, (const ql_bf16 *)up, n, (ql_bf16 *)dgate,
+        (ql_bf16 *)dup);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
+
+/* One block per token row. A negative id is a programmer error the CPU
+ * backends assert on; a kernel cannot stop the job, so the row is filled
+ * with NaN, which the loss turns into a visible failure. */
+__global__ void k_embed_fwd(const ql_bf16 *table, const int32_t *ids, int64_t d, ql_bf16 *out) {
+    const int64_t t = blockIdx.x;
+    const int32_t id = ids[t];
+    ql_bf16 *o = out + t * d;
+    if (id < 0) {
+        for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = 0x7fc0;
+        return;
+    }
+    const ql_bf16 *row = table + (int64_t)id * d;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = row[i];
+}
+
+extern "C" ql_status ql_embed_fwd_cuda(const ql_act *table, const int32_t *ids, int64_t T,
+                                       int64_t d, ql_act *out) {
+    if (T <= 0 || d <= 0) return QL_OK;
+    QL_ASSERT(T <= 0x7fffffff);
+    k_embed_fwd<<<(unsigned)T, ELEM_THREADS, 0, ql_cuda_stream()>>>((const ql_bf16 *)table, ids, d,
+                                                                    (ql_bf16 *)out);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
+
+/* --- LoRA helpers ------------------------------------------------------------------- */
+
+__global__ void k_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
+                                  float scale, ql_bf16 *dst, int64_t dcols) {
+    const int64_t total = rows * dcols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / dcols, c = i % dcols;
+        dst[i] = c < cols ? ql_bf16_bits(src[r * lds + c] * scale) : (ql_bf16)0;
+    }
+}
+
+ql_status ql_cuda_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
+                                  float scale, ql_bf16 *dst, int64_t dcols) {
+    if (rows <= 0 || dcols <= 0) return QL_OK;
+    k_f32_to_bf16_pad<<<ql_cuda_grid(rows * dcols, ELEM_THREADS), ELEM_THREADS, 0,
+                        ql_cuda_stream()>>>(src, rows, cols, lds, scale, dst, dcols);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
+
+__global__ void k_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = mask[i] ? x[i] : (ql_bf16)0;
+}
+
+ql_status ql_cuda_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out) {
+    if (n <= 0) return QL_OK;
+    k_mask_bf16<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(x, mask, n,
+                                                                                      out);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
+
+__global__ void k_combine_f32(const float *a, const float *b, const uint8_t *mask, float b_scale,
+                              int64_t n, ql_bf16 *out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = a[i];
+        if (b && (!mask || mask[i])) v += b[i] * b_scale;
+        out[i] = ql_bf16_bits(v);
+    }
+}
+
+ql_status ql_cuda_combine_f32(const float *a, const float *b, const uint8_t *mask, float b_scale,
+                              int64_t n, ql_bf16 *out) {
+    if (n <= 0) return QL_OK;
+    k_combine_f32<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
+        a, b, mask, b_scale, n, out);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}

@@ -1,0 +1,219 @@
+/* 4-bit linear layers with LoRA on CUDA: the op table's q4_dequantize,
+ * q4_lora_fwd and q4_lora_bwd.
+ *
+ * LoRA A and B are fp32 master weights; the products use bf16 copies made at
+ * each call (r·in and out·r elements: small), padded with zeros to
+ * rpad = r rounded up to 16, and fp32 accumulation.
+ *
+ * Forward:
+ *   xa = x'·Aᵀ (fp32 out, cuBLASLt); x' = x ⊙ mask with drop_scale as alpha
+ *   E = bf16(s·xa) [T, rpad]
+ *   y = [x | E]·[W | B]ᵀ in one fused kernel (q4_gemm.cu)
+ * Backward:
+ *   G = dy·B (fp32), E = bf16(s·G)
+ *   dx = [dy | E]·[W ; A] in the fused kernel; under dropout the E·A part is
+ *        kept apart and added only where the mask kept x, times drop_scale
+ *   dA += drop_scale · Eᵀ·x',   dB += s · dyᵀ·bf16(xa)   (cuBLASLt, beta = 1)
+ *
+ * The baseline path (ql_cuda_q4_set_path(QL_CUDA_Q4_DEQUANT_BLAS), or
+ * QL_CUDA_Q4_PATH=dequant) dequantizes W whole into a bf16 scratch buffer and
+ * uses cuBLASLt for the base product, accumulating base and LoRA in fp32
+ * before one rounding to bf16. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_ops.h"
+
+static int g_path = -1;
+
+extern "C" void ql_cuda_q4_set_path(ql_cuda_q4_path p) { g_path = (int)p; }
+
+extern "C" ql_cuda_q4_path ql_cuda_q4_get_path(void) {
+    if (g_path < 0) {
+        const char *e = getenv("QL_CUDA_Q4_PATH");
+        g_path = (e && strcmp(e, "dequant") == 0) ? QL_CUDA_Q4_DEQUANT_BLAS : QL_CUDA_Q4_FUSED;
+    }
+    return (ql_cuda_q4_path)g_path;
+}
+
+extern "C" ql_status ql_q4_dequantize_cuda(const ql_q4 *w, ql_act *out) {
+    return ql_cuda_q4_dequantize(w, QL_DT_BF16, out, ql_cuda_stream());
+}
+
+static int lora_rank(const ql_lora *l) { return l && l->r > 0 ? l->r : 0; }
+static int64_t pad16(int64_t r) { return (r + 15) / 16 * 16; }
+
+/* Typed scratch of n elements of size esz. */
+template <typename T> static ql_status scratch(int slot, int64_t n, T **out) {
+    void *p;
+    QL_TRY(ql_cuda_scratch(slot, (size_t)n * sizeof(T), &p));
+    *out = (T *)p;
+    return QL_OK;
+}
+
+/* bf16 [rpad, in] copy of A, rows r.. zero. */
+static ql_status lora_a_bf16(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 **out) {
+    QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, out));
+    QL_TRY(ql_cuda_f32_to_bf16_pad(l->A, l->r, in, in, 1.0f, *out, in));
+    if (rpad > l->r)
+        QL_CUDA_TRY(cudaMemsetAsync(*out + (int64_t)l->r * in, 0,
+                                    (size_t)((rpad - l->r) * in) * sizeof(ql_bf16),
+                                    ql_cuda_stream()));
+    return QL_OK;
+}
+
+/* bf16 [out, rpad] copy of B, columns r.. zero. */
+static ql_status lora_b_bf16(const ql_lora *l, int64_t out_f, int64_t rpad, ql_bf16 **out) {
+    QL_TRY(scratch(QL_SCRATCH_LORA_B, out_f * rpad, out));
+    return ql_cuda_f32_to_bf16_pad(l->B, out_f, l->r, l->r, 1.0f, *out, rpad);
+}
+
+/* The LoRA branch's input x' (x ⊙ mask, exact in bf16) and the factor
+ * drop_scale that the products using it take as alpha. */
+static ql_status lora_input(const ql_lora *l, const ql_bf16 *x, int64_t T, int64_t in,
+                            const ql_bf16 **xin, float *alpha) {
+    *xin = x;
+    *alpha = 1.0f;
+    if (!l->drop_mask) return QL_OK;
+    ql_bf16 *xm;
+    QL_TRY(scratch(QL_SCRATCH_XDROP, T * in, &xm));
+    QL_TRY(ql_cuda_mask_bf16(x, l->drop_mask, T * in, xm));
+    *xin = xm;
+    *alpha = l->drop_scale;
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------------------------- forward */
+
+extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
+                                         int64_t T, ql_act *y_, float *xa) {
+    const ql_bf16 *x = (const ql_bf16 *)x_;
+    ql_bf16 *y = (ql_bf16 *)y_;
+    const int64_t in = w->cols, out = w->rows;
+    const int r = lora_rank(lora);
+    const int64_t rpad = pad16(r);
+    if (T <= 0) return QL_OK;
+    const bool fused = ql_cuda_q4_get_path() == QL_CUDA_Q4_FUSED;
+
+    ql_bf16 *Bb = NULL, *E = NULL;
+    if (r) {
+        ql_bf16 *Ab;
+        const ql_bf16 *xin;
+        float alpha;
+        QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
+        QL_TRY(lora_b_bf16(lora, out, rpad, &Bb));
+        QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
+        /* xa[T, r] = alpha · x'·Aᵀ, A stored [N = r, K = in]. */
+        QL_TRY(ql_cuda_gemm(T, r, in, alpha, xin, in, 0, Ab, in, 1, 0.0f, xa, QL_DT_F32, r));
+        QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
+        QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, E, rpad));
+    }
+
+    if (fused) {
+        ql_q4_gemm_args a;
+        memset(&a, 0, sizeof a);
+        a.w = w;
+        a.kn = 0;
+        a.M = T;
+        a.X = x;
+        a.ldx = in;
+        a.E = E;
+        a.lde = rpad;
+        a.F = Bb;
+        a.ldf = rpad;
+        a.Ke = r ? rpad : 0;
+        a.C = y;
+        a.ldc = out;
+        return ql_cuda_q4_gemm(&a);
+    }
+
+    ql_bf16 *Wb;
+    QL_TRY(scratch(QL_SCRATCH_DEQUANT, w->n, &Wb));
+    QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
+    if (!r) return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, y, QL_DT_BF16, out);
+    float *acc;
+    QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * out, &acc));
+    QL_TRY(ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, acc, QL_DT_F32, out));
+    QL_TRY(ql_cuda_gemm(T, out, rpad, 1.0f, E, rpad, 0, Bb, rpad, 1, 1.0f, acc, QL_DT_F32, out));
+    return ql_cuda_combine_f32(acc, NULL, NULL, 0.0f, T * out, y);
+}
+
+/* --------------------------------------------------------------------------------- backward */
+
+extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
+                                         const float *xa, const ql_act *dy_, int64_t T, ql_act *dx_,
+                                         float *dA, float *dB) {
+    const ql_bf16 *x = (const ql_bf16 *)x_, *dy = (const ql_bf16 *)dy_;
+    ql_bf16 *dx = (ql_bf16 *)dx_;
+    const int64_t in = w->cols, out = w->rows;
+    const int r = lora_rank(lora);
+    const int64_t rpad = pad16(r);
+    if (T <= 0) return QL_OK;
+    const bool fused = ql_cuda_q4_get_path() == QL_CUDA_Q4_FUSED;
+
+    ql_bf16 *Ab = NULL, *E = NULL;
+    if (r) {
+        ql_bf16 *Bb;
+        float *G;
+        QL_TRY(lora_b_bf16(lora, out, rpad, &Bb));
+        /* G[T, rpad] = dy·B, B stored [K = out, N = rpad]; pad columns come out 0. */
+        QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &G));
+        QL_TRY(ql_cuda_gemm(T, rpad, out, 1.0f, dy, out, 0, Bb, rpad, 0, 0.0f, G, QL_DT_F32, rpad));
+        QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
+        QL_TRY(ql_cuda_f32_to_bf16_pad(G, T, rpad, rpad, lora->scale, E, rpad));
+        if (dx) QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
+    }
+
+    if (dx && fused) {
+        ql_q4_gemm_args a;
+        memset(&a, 0, sizeof a);
+        a.w = w;
+        a.kn = 1;
+        a.M = T;
+        a.X = dy;
+        a.ldx = out;
+        a.E = E;
+        a.lde = rpad;
+        a.F = Ab;
+        a.ldf = in;
+        a.Ke = r ? rpad : 0;
+        a.drop_mask = r ? lora->drop_mask : NULL;
+        a.drop_scale = r ? lora->drop_scale : 1.0f;
+        a.C = dx;
+        a.ldc = in;
+        QL_TRY(ql_cuda_q4_gemm(&a));
+    } else if (dx) {
+        ql_bf16 *Wb;
+        QL_TRY(scratch(QL_SCRATCH_DEQUANT, w->n, &Wb));
+        QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
+        if (!r) {
+            QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in));
+        } else {
+            float *acc, *low = NULL;
+            QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
+            QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in));
+            if (lora->drop_mask) {
+                QL_TRY(scratch(QL_SCRATCH_F32_OUT2, T * in, &low));
+                QL_TRY(ql_cuda_gemm(T, in, rpad, 1.0f, E, rpad, 0, Ab, in, 0, 0.0f, low, QL_DT_F32,
+                                    in));
+            } else {
+                QL_TRY(ql_cuda_gemm(T, in, rpad, 1.0f, E, rpad, 0, Ab, in, 0, 1.0f, acc, QL_DT_F32,
+                                    in));
+            }
+            QL_TRY(ql_cuda_combine_f32(acc, low, lora->drop_mask, lora->drop_scale, T * in, dx));
+        }
+    }
+    if (!r) return QL_OK;
+
+    /* dA[r, in] += alpha · Eᵀ·x': E stored [K = T, M = r] (row stride rpad). */
+    const ql_bf16 *xin;
+    float alpha;
+    QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
+    QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, rpad, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
+    /* dB[out, r] += s · dyᵀ·bf16(xa): dy stored [K = T, M = out]. G is no longer
+     * needed, so its slot holds bf16(xa) [T, rpad]. */
+    ql_bf16 *xab;
+    QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &xab));
+    QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, 1.0f, xab, rpad));
+    return ql_cuda_gemm(out, r, T, lora->scale, dy, out, 1, xab, rpad, 0, 1.0f, dB, QL_DT_F32, r);
+}

@@ -1,0 +1,132 @@
+/* Cross-entropy over a large vocabulary, forward and backward in one kernel:
+ * one block per token row. Pass 1 streams the row once in chunks of
+ * XENT_THREADS elements; each thread keeps an online (max, sum of exp) of
+ * its own elements in order, and the threads' pairs are merged by a fixed
+ * butterfly, so the row's log-sum-exp depends only on the data. Pass 2
+ * writes grad_scale·(softmax − onehot) in bf16. The row's target logit is
+ * read before the barrier that precedes pass 2, so dlogits may alias logits.
+ *
+ * Targets >= V are rejected before anything is written (QL_EINVAL naming the
+ * first such position), as the CPU backends do; this reads one word back
+ * from the device, so the call waits for the work queued before it. */
+#include <math.h>
+
+#include "kernels/cuda/cuda_ops.h"
+
+#define XENT_THREADS 256
+
+struct xent_pair {
+    float m, s;
+};
+
+static __device__ __forceinline__ xent_pair xent_merge(xent_pair a, xent_pair b) {
+    xent_pair r;
+    r.m = fmaxf(a.m, b.m);
+    if (r.m == -INFINITY) {
+        r.s = 0.0f;
+        return r;
+    }
+    /* Symmetric in a and b, so both lanes of a butterfly get the same bits. */
+    float ea = a.m == -INFINITY ? 0.0f : a.s * expf(a.m - r.m);
+    float eb = b.m == -INFINITY ? 0.0f : b.s * expf(b.m - r.m);
+    r.s = ea + eb;
+    return r;
+}
+
+__global__ void __launch_bounds__(XENT_THREADS)
+    k_xent(const ql_bf16 *logits, const int32_t *targets, int64_t V, float grad_scale,
+           float *losses, ql_bf16 *dlogits) {
+    __shared__ xent_pair red[32];
+    __shared__ float s_lse;
+    const int64_t t = blockIdx.x;
+    const ql_bf16 *lt = logits + t * V;
+    const int32_t y = targets[t];
+    ql_bf16 *dt = dlogits ? dlogits + t * V : NULL;
+    if (y < 0) {
+        if (threadIdx.x == 0) losses[t] = 0.0f;
+        if (dt)
+            for (int64_t j = threadIdx.x; j < V; j += XENT_THREADS) dt[j] = 0;
+        return;
+    }
+
+    /* Pass 1: this thread's elements, in order. */
+    xent_pair p = {-INFINITY, 0.0f};
+    for (int64_t j = threadIdx.x; j < V; j += XENT_THREADS) {
+        float l = ql_ld_bf16(lt + j);
+        if (l > p.m) {
+            p.s = (p.m == -INFINITY ? 0.0f : p.s * expf(p.m - l)) + 1.0f;
+            p.m = l;
+        } else {
+            p.s += expf(l - p.m);
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        xent_pair q;
+        q.m = __shfl_xor_sync(0xffffffffu, p.m, o);
+        q.s = __shfl_xor_sync(0xffffffffu, p.s, o);
+        p = xent_merge(p, q);
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) red[warp] = p;
+    __syncthreads();
+    if (warp == 0) {
+        xent_pair q = lane < XENT_THREADS / 32 ? red[lane] : xent_pair{-INFINITY, 0.0f};
+        for (int o = 16; o > 0; o >>= 1) {
+            xent_pair r;
+            r.m = __shfl_xor_sync(0xffffffffu, q.m, o);
+            r.s = __shfl_xor_sync(0xffffffffu, q.s, o);
+            q = xent_merge(q, r);
+        }
+        if (lane == 0) {
+            float lse = q.m + logf(q.s);
+            s_lse = lse;
+            losses[t] = lse - ql_ld_bf16(lt + y); /* read before any write below */
+        }
+    }
+    __syncthreads();
+    if (!dt) return;
+    const float lse = s_lse;
+    for (int64_t j = threadIdx.x; j < V; j += XENT_THREADS) {
+        float pj = expf(ql_ld_bf16(lt + j) - lse);
+        dt[j] = ql_bf16_bits(grad_scale * (j == y ? pj - 1.0f : pj));
+    }
+}
+
+/* The smallest t with targets[t] >= V (an integer minimum: the same result
+ * in any order), or T when there is none. */
+__global__ void k_xent_check(const int32_t *targets, int64_t T, int64_t V,
+                             unsigned long long *first_bad) {
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < T;
+         t += (int64_t)gridDim.x * blockDim.x)
+        if (targets[t] >= V) atomicMin(first_bad, (unsigned long long)t);
+}
+
+extern "C" ql_status ql_xent_fwd_bwd_cuda(const ql_act *logits, const int32_t *targets, int64_t T,
+                                          int64_t V, float grad_scale, float *losses,
+                                          ql_act *dlogits) {
+    if (T <= 0) return QL_OK;
+    QL_ASSERT(V > 0 && T <= 0x7fffffff);
+    void *flag;
+    QL_TRY(ql_cuda_scratch(QL_SCRATCH_FLAG, 2 * sizeof(unsigned long long), &flag));
+    unsigned long long init = (unsigned long long)T, bad = 0;
+    int32_t bad_target = 0;
+    QL_CUDA_TRY(
+        cudaMemcpyAsync(flag, &init, sizeof init, cudaMemcpyHostToDevice, ql_cuda_stream()));
+    k_xent_check<<<ql_cuda_grid(T, 256), 256, 0, ql_cuda_stream()>>>(targets, T, V,
+                                                                     (unsigned long long *)flag);
+    QL_CUDA_LAUNCHED();
+    QL_CUDA_TRY(cudaMemcpyAsync(&bad, flag, sizeof bad, cudaMemcpyDeviceToHost, ql_cuda_stream()));
+    QL_CUDA_TRY(cudaStreamSynchronize(ql_cuda_stream()));
+    if (bad < (unsigned long long)T) {
+        QL_CUDA_TRY(
+            cudaMemcpy(&bad_target, targets + bad, sizeof bad_target, cudaMemcpyDeviceToHost));
+        return ql_error(QL_EINVAL,
+                        "cross-entropy: target %d at token %lld is outside the vocabulary of %lld "
+                        "(use a negative target to ignore a position)",
+                        bad_target, (long long)bad, (long long)V);
+    }
+    k_xent<<<(unsigned)T, XENT_THREADS, 0, ql_cuda_stream()>>>(
+        (const ql_bf16 *)logits, targets, V, grad_scale, losses, (ql_bf16 *)dlogits);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
+}
