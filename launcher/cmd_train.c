@@ -19,6 +19,7 @@
 #include "model/llama.h"
 #include "model/peft.h"
 #include "train/progress.h"
+#include "train/train_ckpt.h"
 #include "train/trainer.h"
 
 static void usage(FILE *f) {
@@ -32,6 +33,12 @@ static void usage(FILE *f) {
                "per step) and, at the end, the adapter in PEFT format to OUTPUT_DIR/adapter/.\n"
                "Ctrl-C stops at the end of the current step and saves the adapter.\n"
                "\n"
+               "Checkpoints (docs/checkpoint-format.md): OUTPUT_DIR/checkpoints/step-NNNNNNNN/\n"
+               "every checkpoint.every_steps steps (and checkpoint.every_minutes minutes);\n"
+               "resume: auto (the default) continues from the newest one that verifies.\n"
+               "SIGUSR1 or SIGTERM: a checkpoint at the end of the current step, then exit 75\n"
+               "(requeue me); a second one ends the process at once.\n"
+               "\n"
                "Several ranks: mpirun -np N qlora train CONFIG.yaml, or srun qlora train\n"
                "CONFIG.yaml. The ranks split every global batch (train.global_batch must be a\n"
                "multiple of N) and give the same result as one rank; rank 0 prints and writes\n"
@@ -39,20 +46,31 @@ static void usage(FILE *f) {
                "for the others (docs/distributed.md).\n"
                "\n"
                "exit status: 0 done, 1 error or interrupted (the message says which), 2 bad\n"
-               "command line\n");
+               "command line, 75 checkpointed after SIGUSR1/SIGTERM (run it again to resume)\n");
 }
 
-static volatile sig_atomic_t stop_flag;
+static volatile sig_atomic_t stop_flag, preempt_flag, preempt_signal;
 static void on_signal(int sig) {
     stop_flag = 1;
     /* A second Ctrl-C ends the process at once. */
     signal(sig, SIG_DFL);
 }
+/* SIGUSR1/SIGTERM (a scheduler's preemption): checkpoint at the next step
+ * boundary and exit 75. A second one ends the process at once (the default
+ * action), leaving the last committed checkpoint as it is. */
+static void on_preempt(int sig) {
+    preempt_flag = 1;
+    preempt_signal = sig;
+    signal(sig, SIG_DFL);
+}
 
-/* output_dir: created if missing; a previous run in it needs overwrite_output_dir. */
+/* output_dir: created if missing; a previous run in it needs
+ * overwrite_output_dir, unless this run resumes from its checkpoints. */
 static ql_status prepare_output(const ql_config *c) {
     static const char *const marks[] = {"metrics.jsonl", "adapter"};
-    for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++) {
+    int resuming = 0;
+    QL_TRY(ql_train_ckpt_prepare(c, &resuming));
+    for (size_t i = 0; i < sizeof marks / sizeof marks[0] && !resuming; i++) {
         char *p = ql_fs_join(c->output_dir, marks[i]);
         if (!p) return QL_ENOMEM;
         int there = ql_fs_exists(p);
@@ -138,6 +156,10 @@ static void print_plan(const ql_config *c, const ql_job *j, const ql_backend *be
 static int run(const ql_config *c, ql_job *j) {
     const int r0 = j->rank == 0;
     ql_comm *comm = j->comm, *dcomm = NULL;
+    /* A preemption while the data and model load is answered at the first
+     * step boundary. */
+    signal(SIGTERM, on_preempt);
+    signal(SIGUSR1, on_preempt);
     ql_status st = r0 ? prepare_output(c) : QL_OK;
     if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
 
@@ -209,6 +231,20 @@ static int run(const ql_config *c, ql_job *j) {
     char *adapter = ql_fs_join(c->output_dir, "adapter");
     if (!metrics || !adapter) st = ql_error(QL_ENOMEM, "out of memory");
     ql_train_result r = {0};
+    signal(SIGINT, on_signal);
+    ql_train_ckpt *ck = NULL;
+    if (st == QL_OK) {
+        ql_comm_set_phase(comm, "resuming");
+        ql_train_ckpt_opts co = {.cfg = c,
+                                 .comm = comm,
+                                 .model = m,
+                                 .be = be,
+                                 .data = d,
+                                 .rows = &ds.train.rows,
+                                 .preempt = &preempt_flag,
+                                 .log = r0 ? stderr : NULL};
+        st = ql_job_agree(j, ql_train_ckpt_open(&co, &ck));
+    }
     if (st == QL_OK) {
         ql_train_opts to = {.cfg = c,
                             .metrics_path = r0 ? metrics : NULL,
@@ -218,14 +254,36 @@ static int run(const ql_config *c, ql_job *j) {
                             .rows = &ds.train.rows,
                             .valid = ds.valid.d.n ? &ds.valid.d : NULL,
                             .comm = j->size > 1 ? comm : NULL,
-                            .dcomm = dcomm};
-        signal(SIGINT, on_signal);
-        signal(SIGTERM, on_signal);
+                            .dcomm = dcomm,
+                            .hooks = ql_train_ckpt_hooks(ck)};
         st = ql_train_run(&tm, d, &to, &r);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
     }
+    signal(SIGINT, SIG_DFL);
     st = ql_job_agree(j, st);
+    if (st == QL_OK && r.halted) {
+        /* Preempted and checkpointed: no adapter (the run is not over). */
+        const char *dir = NULL;
+        int64_t last = ql_train_ckpt_last(ck, &dir);
+        if (r0) {
+            if (last >= 0)
+                fprintf(stderr,
+                        "qlora: %s: checkpoint of step %lld in %s; exit %d (requeue to "
+                        "continue)\n",
+                        preempt_signal == SIGTERM ? "SIGTERM" : "SIGUSR1", (long long)last, dir,
+                        QL_EXIT_REQUEUE);
+            else
+                fprintf(stderr, "qlora: %s before the first step; exit %d (requeue to start)\n",
+                        preempt_signal == SIGTERM ? "SIGTERM" : "SIGUSR1", QL_EXIT_REQUEUE);
+        }
+        ql_train_ckpt_close(ck);
+        free(metrics);
+        free(adapter);
+        ql_llama_free(m);
+        ql_dataset_free(&ds);
+        ql_comm_close(dcomm);
+        return QL_EXIT_REQUEUE;
+    }
+    ql_train_ckpt_close(ck);
     /* A run that failed (non-finite steps, I/O) keeps no adapter: its last
      * state is not one anybody asked for. An interrupted one does. Every
      * rank holds the same parameters; rank 0 writes them. */

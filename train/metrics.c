@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fsutil.h"
 #include "core/json_float.h"
 
 ql_status ql_metrics_open(ql_metrics *m, const char *path) {
@@ -15,6 +16,38 @@ ql_status ql_metrics_open(ql_metrics *m, const char *path) {
     m->f = fopen(path, "w");
     if (!m->f) {
         ql_status st = ql_error(QL_EIO, "%s: cannot create: %s", path, strerror(errno));
+        free(m->path);
+        m->path = NULL;
+        return st;
+    }
+    return QL_OK;
+}
+
+ql_status ql_metrics_open_at(ql_metrics *m, const char *path, int64_t step) {
+    memset(m, 0, sizeof *m);
+    if (ql_fs_exists(path)) {
+        char *data;
+        size_t len;
+        QL_TRY(ql_fs_read_file(path, &data, &len));
+        size_t keep = 0;
+        for (size_t i = 0; i < len;) {
+            size_t e = i;
+            while (e < len && data[e] != '\n') e++;
+            /* Every line starts {"step": N (train and eval lines alike). */
+            long long s = -1;
+            if (sscanf(data + i, "{\"step\": %lld", &s) != 1 || s > step || e == len) break;
+            keep = e + 1;
+            i = e + 1;
+        }
+        ql_status st = ql_fs_write_atomic(path, data, keep);
+        free(data);
+        QL_TRY(st);
+    }
+    m->path = strdup(path);
+    if (!m->path) return ql_error(QL_ENOMEM, "out of memory");
+    m->f = fopen(path, "a");
+    if (!m->f) {
+        ql_status st = ql_error(QL_EIO, "%s: cannot open to append: %s", path, strerror(errno));
         free(m->path);
         m->path = NULL;
         return st;

@@ -28,6 +28,10 @@ typedef struct ql_metrics {
 
 /* Creates (truncates) `path`. */
 ql_status ql_metrics_open(ql_metrics *m, const char *path);
+/* For a run resumed after step `step`: keeps the lines of steps up to
+ * `step` (rewriting the file atomically), then appends. A missing file is
+ * created. */
+ql_status ql_metrics_open_at(ql_metrics *m, const char *path, int64_t step);
 ql_status ql_metrics_write(ql_metrics *m, const ql_step_log *l);
 /* The line for `l` (without the newline) into buf. */
 void ql_metrics_format(const ql_step_log *l, char *buf, size_t n);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -169,6 +170,36 @@ static ql_status count_tokens(loop *L, int64_t first, int64_t *tokens) {
     return QL_OK;
 }
 
+/* The checkpoint hook at a step boundary (every rank). */
+static ql_status boundary(loop *L, const ql_train_opts *o, const ql_train_result *r, int64_t step,
+                          double elapsed, int *halt) {
+    *halt = 0;
+    if (!o->hooks || !o->hooks->boundary) return QL_OK;
+    ql_train_state s = {.step = step,
+                        .cursor = ql_batcher_cursor(&L->b),
+                        .samples_seen = L->b.next,
+                        .tokens_seen = r->tokens,
+                        .targets_seen = r->targets,
+                        .skipped = r->skipped,
+                        .elapsed_s = elapsed,
+                        .optim = &L->o};
+    if (L->comm) ql_comm_set_phase(L->comm, "checkpoint at step %lld", (long long)step);
+    return o->hooks->boundary(o->hooks->ctx, &s, halt);
+}
+
+/* QL_TRACE_SAMPLES=1: rank 0 prints which global samples (and rows) each
+ * step takes, "samples step S: g=row g=row ...", for the exactly-once tests. */
+static void trace_samples(loop *L, const ql_train_opts *o, int64_t step, int64_t first) {
+    static int on = -1;
+    if (on < 0) on = getenv("QL_TRACE_SAMPLES") && atoi(getenv("QL_TRACE_SAMPLES")) > 0;
+    if (!on || L->rank != 0) return;
+    (void)o;
+    fprintf(stderr, "samples step %lld:", (long long)step);
+    for (int64_t g = first; g < first + L->c->train.global_batch; g++)
+        fprintf(stderr, " %lld=%lld", (long long)g, (long long)ql_batcher_row(&L->b, g));
+    fputc('\n', stderr);
+}
+
 ql_status ql_train_check_batch(int64_t global_batch, int64_t micro_batch, int world) {
     (void)micro_batch; /* a micro-batch above the rank's share is simply the share */
     if (world < 1) return ql_error(QL_EINTERNAL, "a world of %d ranks", world);
@@ -209,17 +240,37 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
               .rank = o->comm ? ql_comm_rank(o->comm) : 0,
               .world = o->comm ? ql_comm_size(o->comm) : 1,
               .oc = ql_optim_config_from(c)};
-    double t0 = ql_now();
+    double t0 = ql_now(), before = 0; /* before: training seconds of earlier runs */
     ql_status st = setup(&L, d, o);
     if (st == QL_OK) st = ql_optim_init_dist(&L.o, m->be, m->n, o->comm, o->dcomm);
-    if (st == QL_OK && o->metrics_path) st = ql_metrics_open(&L.mx, o->metrics_path);
+    int64_t start = 0;
+    if (st == QL_OK && o->hooks && o->hooks->restore) {
+        ql_train_state s = {.optim = &L.o, .cursor = ql_batcher_cursor(&L.b)};
+        st = o->hooks->restore(o->hooks->ctx, &s);
+        if (st == QL_OK && s.step > 0) {
+            start = s.step;
+            st = ql_batcher_set_cursor(&L.b, s.cursor);
+            r->tokens = s.tokens_seen;
+            r->targets = s.targets_seen;
+            r->skipped = s.skipped;
+            before = s.elapsed_s;
+        }
+    }
+    r->start_step = r->steps = start;
+    /* A resumed run appends to its metrics, less the lines of steps after
+     * the checkpoint (they are run again). */
+    if (st == QL_OK && o->metrics_path)
+        st = start > 0 ? ql_metrics_open_at(&L.mx, o->metrics_path, start)
+                       : ql_metrics_open(&L.mx, o->metrics_path);
     QL_TRY_GOTO(st, agree(&L, st), out);
     r->cursor = ql_batcher_cursor(&L.b);
     ql_progress_init(&L.p, o->progress, o->progress_tty, c->train.steps, c->train.log_every);
 
     t0 = ql_now();
     int64_t G = c->train.global_batch;
-    for (int64_t step = 1; step <= c->train.steps; step++) {
+    int halt = 0;
+    QL_TRY_GOTO(st, boundary(&L, o, r, start, ql_now() - t0 + before, &halt), out);
+    for (int64_t step = start + 1; step <= c->train.steps && !halt; step++) {
         int stop;
         QL_TRY_GOTO(st, stop_requested(&L, o, &stop), out);
         if (stop) {
@@ -230,6 +281,7 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
         L.comm_s = 0;
         double ts = ql_now();
         int64_t first = L.b.next;
+        trace_samples(&L, o, step, first);
         /* The denominator is the whole global batch's, on every rank. */
         int64_t n_tg = ql_batcher_count_targets(&L.b, first, G);
         double lr = ql_schedule_lr((ql_schedule)c->train.schedule, c->train.lr, step - 1,
@@ -289,7 +341,7 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
         L.b.next = first + G;
         r->cursor = ql_batcher_cursor(&L.b);
         double now = ql_now();
-        log.elapsed_s = now - t0;
+        log.elapsed_s = now - t0 + before;
         log.tokens_per_s = now > ts ? (double)log.tokens / (now - ts) : 0;
         log.comm_s = L.comm_s;
         r->steps = step;
@@ -311,14 +363,16 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
         QL_TRY_GOTO(st, agree(&L, st), out);
         if (L.vb.d && c->train.eval_every > 0 && step % c->train.eval_every == 0)
             QL_TRY_GOTO(st, evaluate(&L, step, r), out);
+        QL_TRY_GOTO(st, boundary(&L, o, r, step, ql_now() - t0 + before, &halt), out);
     }
+    if (halt) r->interrupted = r->halted = 1;
     /* The end of a run that went the distance is evaluated (once). */
-    if (L.vb.d && !r->interrupted && r->steps > 0 &&
+    if (L.vb.d && !r->interrupted && r->steps > start &&
         !(c->train.eval_every > 0 && r->steps % c->train.eval_every == 0))
         st = evaluate(&L, r->steps, r);
 out:
     ql_progress_end(&L.p);
-    r->elapsed_s = ql_now() - t0;
+    r->elapsed_s = ql_now() - t0 + before;
     {
         ql_status cs = ql_metrics_close(&L.mx);
         if (st == QL_OK) st = cs;

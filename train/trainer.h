@@ -42,6 +42,32 @@ typedef struct ql_train_model {
                          double *loss_sum, int64_t *n_targets);
 } ql_train_model;
 
+struct ql_optim;
+
+/* Where the loop stands at a step boundary: what a checkpoint stores and a
+ * resume restores (train/train_ckpt.h). */
+typedef struct ql_train_state {
+    int64_t step;          /* optimizer steps completed */
+    ql_data_cursor cursor; /* where the next step's data starts */
+    int64_t samples_seen;  /* global samples consumed */
+    int64_t tokens_seen, targets_seen, skipped;
+    double elapsed_s;       /* training time, including the runs before a resume */
+    struct ql_optim *optim; /* AdamW's m and v (this rank's slice), t, counters */
+} ql_train_state;
+
+/* Checkpoint plumbing, called by the loop on every rank. */
+typedef struct ql_train_hooks {
+    void *ctx;
+    /* Before the first step, with the optimizer allocated: restores a
+     * checkpoint's optimizer state and fills step, cursor and counters (the
+     * loop continues at step + 1). NULL or step 0: a fresh start. */
+    ql_status (*restore)(void *ctx, ql_train_state *s);
+    /* At every step boundary (also before the first step): may write a
+     * checkpoint (collective); *halt = 1 ends the loop (a preemption that
+     * has been checkpointed). */
+    ql_status (*boundary)(void *ctx, const ql_train_state *s, int *halt);
+} ql_train_hooks;
+
 typedef struct ql_train_opts {
     const ql_config *cfg;         /* train.*, data.shuffle/pad_to/max_seq_len, seed */
     const char *metrics_path;     /* NULL: no metrics file */
@@ -53,6 +79,7 @@ typedef struct ql_train_opts {
     const ql_data_cursor *resume; /* where the data stream starts; NULL: the beginning */
     ql_comm *comm;                /* the job's ranks; NULL: one process */
     ql_comm *dcomm;               /* a device communicator (NCCL) for the gradients, or NULL */
+    const ql_train_hooks *hooks;  /* checkpoints and resume; NULL: none */
 } ql_train_opts;
 
 typedef struct ql_train_result {
@@ -61,7 +88,9 @@ typedef struct ql_train_result {
     int64_t tokens, targets;
     double first_loss, last_loss; /* of the first and last finite steps */
     double elapsed_s;
-    int interrupted;       /* *stop ended the loop early */
+    int interrupted;       /* *stop or a hook ended the loop early */
+    int halted;            /* a hook did (a checkpointed preemption) */
+    int64_t start_step;    /* steps done before this run (a resume) */
     ql_data_cursor cursor; /* where the next step's data would start */
     int64_t evals;         /* evaluations run; the last one's: */
     double eval_loss;
