@@ -25,6 +25,7 @@ int ql_cmd_eval(int argc, char **argv);
 int ql_cmd_tokenize(int argc, char **argv);
 int ql_cmd_data(int argc, char **argv);
 int ql_cmd_ckpt(int argc, char **argv);
+int ql_cmd_export(int argc, char **argv);
 
 /* Prints "qlora: <message>" for a failed status and returns QL_EXIT_ERROR. */
 int ql_report(ql_status s);

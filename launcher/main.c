@@ -12,6 +12,7 @@ static const ql_command commands[] = {
     {"tokenize", "print the token ids and pieces of a text", ql_cmd_tokenize},
     {"data", "the data report of a training configuration (data stats CONFIG)", ql_cmd_data},
     {"ckpt", "verify or inspect a checkpoint (ckpt verify|inspect DIR)", ql_cmd_ckpt},
+    {"export", "a run's adapter for PEFT/vLLM, or a merged model (--merge)", ql_cmd_export},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

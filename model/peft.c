@@ -84,23 +84,37 @@ static json_t *config_json(const ql_adapters *a, const char *base_model) {
 }
 
 static ql_status write_files(const char *tmp, const ql_adapters *a, const float *host,
-                             const char *base_model) {
+                             const char *base_model, ql_dtype dtype) {
     ql_st_entry *e =
         ql_calloc((size_t)(a->n_tensors ? a->n_tensors : 1), sizeof *e, "the adapter tensor list");
     if (!e) return QL_ENOMEM;
+    /* F16/BF16: one converted copy of the flat vector, same offsets. */
+    size_t esz = ql_dtype_size(dtype);
+    void *conv = NULL;
+    if (dtype != QL_DT_F32) {
+        conv = ql_malloc((size_t)(a->n ? a->n : 1) * esz, "the converted adapter");
+        if (!conv || ql_dtype_from_f32(dtype, host, conv, (size_t)a->n) != 0) {
+            free(conv);
+            free(e);
+            return conv ? ql_error(QL_EINVAL, "adapter dtype must be F32, F16 or BF16") : QL_ENOMEM;
+        }
+    }
     for (int i = 0; i < a->n_tensors; i++) {
         const ql_adapter_tensor *t = &a->tensors[i];
         e[i] = (ql_st_entry){.name = t->name,
-                             .dtype = QL_DT_F32,
+                             .dtype = dtype,
                              .ndim = 2,
                              .shape = {t->rows, t->cols},
-                             .data = host + t->offset,
-                             .nbytes = (uint64_t)(t->rows * t->cols) * sizeof(float)};
+                             .data =
+                                 conv ? (const void *)((const char *)conv + (size_t)t->offset * esz)
+                                      : (const void *)(host + t->offset),
+                             .nbytes = (uint64_t)(t->rows * t->cols) * esz};
     }
     char *path = ql_fs_join(tmp, QL_PEFT_WEIGHTS);
     ql_status st = path ? ql_st_write(path, e, (size_t)a->n_tensors) : QL_ENOMEM;
     free(path);
     free(e);
+    free(conv);
     if (st != QL_OK) return st;
 
     json_t *cfg = config_json(a, base_model);
@@ -119,6 +133,11 @@ static ql_status write_files(const char *tmp, const ql_adapters *a, const float 
 
 ql_status ql_peft_save(const char *dir, const ql_adapters *a, const ql_backend *be,
                        const char *base_model) {
+    return ql_peft_save_as(dir, a, be, base_model, QL_DT_F32);
+}
+
+ql_status ql_peft_save_as(const char *dir, const ql_adapters *a, const ql_backend *be,
+                          const char *base_model, ql_dtype dtype) {
     const float *host = a->params;
     float *copy = NULL;
     if (be && strncmp(be->name, "cpu", 3) != 0) {
@@ -133,7 +152,7 @@ ql_status ql_peft_save(const char *dir, const ql_adapters *a, const ql_backend *
     }
     char *tmp = NULL;
     ql_status st = ql_fs_mkdtemp_beside(dir, &tmp);
-    if (st == QL_OK) st = write_files(tmp, a, host, base_model);
+    if (st == QL_OK) st = write_files(tmp, a, host, base_model, dtype);
     if (st == QL_OK) st = ql_fs_commit_dir(tmp, dir, 1);
     if (st != QL_OK && tmp) ql_fs_remove_tree(tmp);
     free(tmp);

@@ -21,6 +21,10 @@
  * `base_model` fills base_model_name_or_path. */
 ql_status ql_peft_save(const char *dir, const ql_adapters *a, const ql_backend *be,
                        const char *base_model);
+/* The same with the tensors in `dtype` (QL_DT_F32 as above, QL_DT_BF16 or
+ * QL_DT_F16: rounded to nearest even; PEFT and vLLM load either). */
+ql_status ql_peft_save_as(const char *dir, const ql_adapters *a, const ql_backend *be,
+                          const char *base_model, ql_dtype dtype);
 
 /* `path` is an adapter directory (it holds adapter_config.json) or a run
  * directory holding one in adapter/. The adapter directory into out. */

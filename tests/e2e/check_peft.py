@@ -13,7 +13,7 @@ package (not qlora's reader) and Python's json:
 - with --hand-made: the values of tests/unit/test_peft.c's hand-made adapter.
 
 usage: check_peft.py ADAPTER_DIR (--model MODEL_DIR | --hand-made)
-                     [--r R] [--alpha A] [--targets q_proj,v_proj] [--base NAME]
+                     [--r R] [--alpha A] [--targets q_proj,v_proj] [--base NAME] [--rslora]
 """
 import argparse
 import json
@@ -49,6 +49,7 @@ def main():
     ap.add_argument("--alpha", type=float, default=32)
     ap.add_argument("--targets", default=",".join(ALL))
     ap.add_argument("--base")
+    ap.add_argument("--rslora", action="store_true", help="expect use_rslora true")
     a = ap.parse_args()
     fails = []
 
@@ -71,7 +72,7 @@ def main():
     check(text == json.dumps(c, indent=2, sort_keys=True),
           "adapter_config.json is not json.dumps(..., indent=2, sort_keys=True)")
     for k, v in [("peft_type", "LORA"), ("task_type", "CAUSAL_LM"), ("inference_mode", True),
-                 ("bias", "none"), ("r", a.r), ("use_rslora", False), ("use_dora", False)]:
+                 ("bias", "none"), ("r", a.r), ("use_rslora", a.rslora), ("use_dora", False)]:
         check(c.get(k) == v, f"adapter_config.json: {k} = {c.get(k)!r}, want {v!r}")
     check(c.get("lora_alpha") == a.alpha, f"lora_alpha = {c.get('lora_alpha')!r}, want {a.alpha}")
     check(isinstance(c.get("lora_dropout"), float), "lora_dropout is not a float")

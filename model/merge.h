@@ -1,0 +1,53 @@
+/* A merged model: the base model's weights with a LoRA adapter folded in,
+ * W' = W + s·B·A (FORMATS §3.4), written as a Hugging Face directory
+ * (safetensors in BF16, F16 or F32, config.json without quantization_config,
+ * the tokenizer files) that transformers' AutoModelForCausalLM loads.
+ *
+ * Which W: by default the base as qlora held it while training, i.e. each
+ * linear after the 4-bit round trip (quantized with the run's NF4/FP4, block
+ * size and double-quantization settings, then dequantized; a bitsandbytes
+ * 4-bit directory as stored). That is the model the adapter was trained
+ * against, so the merged model reproduces qlora's forward with the adapter
+ * up to the output dtype's rounding. `base_original` merges into the source's
+ * own weights instead (its F32/F16/BF16 values, or a GGUF's dequantized
+ * ones), closer to the original model but not what the adapter saw. */
+#ifndef QL_MERGE_H
+#define QL_MERGE_H
+
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/dtype.h"
+#include "core/status.h"
+#include "kernels/nf4.h"
+
+typedef struct ql_merge_opts {
+    const char *model;       /* HF directory, bitsandbytes 4-bit directory or .gguf */
+    const char *adapter_dir; /* PEFT adapter directory; NULL: the base alone */
+    const char *out_dir;
+    ql_dtype dtype;                /* QL_DT_BF16, QL_DT_F16 or QL_DT_F32 */
+    ql_qtype qtype;                /* the 4-bit round trip: as the run trained */
+    int blocksize;                 /* 64 ... 4096 */
+    int double_quant;              /* 1: absmax stored in 8 bits, as bitsandbytes' double quant */
+    int base_original;             /* 1: skip the round trip (see above) */
+    int force;                     /* replace an existing out_dir */
+    uint64_t max_shard_bytes;      /* 0: transformers' 5 GB */
+    FILE *progress;                /* a line per shard; NULL: quiet */
+    volatile sig_atomic_t *cancel; /* set by a signal handler: stop, write nothing */
+} ql_merge_opts;
+
+typedef struct ql_merge_stats {
+    int n_tensors, n_merged, n_shards;
+    int64_t params;
+    uint64_t bytes;
+    int tokenizer_files;   /* side files copied */
+    int tokenizer_missing; /* no tokenizer.json written: 1 a GGUF source, 2 a directory without one
+                            */
+} ql_merge_stats;
+
+/* Writes the merged model to o->out_dir atomically (built beside it, renamed
+ * in). Errors name the model, the adapter, the tensor. */
+ql_status ql_merge_write(const ql_merge_opts *o, ql_merge_stats *s);
+
+#endif
