@@ -11,9 +11,11 @@
 #     PMIx, else mpirun; QLORA_LAUNCH=srun|mpirun|none chooses) and waits, so
 #     that the batch shell runs its trap at once when Slurm signals it
 #     (--signal=B:USR1@120) and forwards the signal to every rank;
-#   - exit 75 from qlora ("checkpointed after a signal") requeues this job, or
-#     this array task, with `scontrol requeue`; the next start resumes from
-#     OUTPUT_DIR/checkpoints/LATEST;
+#   - exit 75 from qlora ("checkpointed after a signal") after a SIGUSR1 or
+#     SIGUSR2 requeues this job, or this array task, with `scontrol requeue`;
+#     the next start resumes from OUTPUT_DIR/checkpoints/LATEST. After a
+#     SIGTERM it does not: Slurm is then requeueing the job itself (scontrol
+#     requeue, preemption) or ending it on purpose (scancel);
 #   - 0 (done), 1 (error), 2 (usage) and deaths by a signal never requeue;
 #   - after QLORA_MAX_RESTARTS restarts (SLURM_RESTART_COUNT, default 10) a
 #     checkpointed job is not requeued again: it ends with 75 (FAILED in
@@ -28,6 +30,7 @@ QLORA_MAX_RESTARTS=${QLORA_MAX_RESTARTS:-10}
 QLORA_EXIT_REQUEUE=75
 _qlora_child=
 _qlora_sig=
+_qlora_got_term=
 
 qlora_slurm_log() { echo "qlora-slurm: $(date '+%Y-%m-%dT%H:%M:%S') $*"; }
 
@@ -75,9 +78,10 @@ qlora_slurm_launcher() {
     esac
 }
 
-# Forwards a signal the batch shell received to the launcher (srun and mpirun
-# pass SIGUSR1/SIGUSR2/SIGTERM on to every rank). One that arrives before the
-# launcher has started is passed on as soon as it has.
+# SIGUSR1/SIGUSR2 (--signal=B:USR1@120, `scancel --signal=USR1 --batch`) reach
+# only the batch shell: pass them on to the launcher, which passes them on to
+# every rank (srun and mpirun both do). One that arrives before the launcher
+# has started is passed on as soon as it has.
 _qlora_forward() {
     _qlora_sig=$1
     qlora_slurm_log "received SIG$1; passing it on to the ranks (they checkpoint at the next step)"
@@ -85,13 +89,24 @@ _qlora_forward() {
     return 0
 }
 
-# Runs COMMAND in the background with the signals forwarded and returns its
+# SIGTERM is how Slurm ends a job (scancel, scontrol requeue, preemption, the
+# time limit): it sends it to every process of the job, the ranks included,
+# and SIGKILL KillWait seconds later. The batch shell only notes it and
+# outlives it to report how the ranks ended. It is not passed on: the ranks
+# have it already, and srun answers a SIGTERM of its own by killing the step.
+_qlora_term() {
+    _qlora_got_term=1
+    qlora_slurm_log "received SIGTERM: Slurm is ending the job; the ranks checkpoint at the next step"
+    return 0
+}
+
+# Runs COMMAND in the background with the signals handled and returns its
 # exit status once it has really ended (a trap interrupts `wait`).
 qlora_slurm_run() {
-    local rc
+    local rc again
     trap '_qlora_forward USR1' USR1
     trap '_qlora_forward USR2' USR2
-    trap '_qlora_forward TERM' TERM
+    trap '_qlora_term' TERM
     "$@" &
     _qlora_child=$!
     [ -n "$_qlora_sig" ] && kill -"$_qlora_sig" "$_qlora_child" 2>/dev/null
@@ -102,7 +117,7 @@ qlora_slurm_run() {
         kill -0 "$_qlora_child" 2>/dev/null && continue # a trap interrupted the wait
         # gone: a second wait yields its own status unless the first one did
         wait "$_qlora_child" 2>/dev/null
-        local again=$?
+        again=$?
         [ $again = 127 ] || rc=$again
         break
     done
@@ -110,9 +125,16 @@ qlora_slurm_run() {
     return $rc
 }
 
+# Restarts Slurm counts for this job now: more than SLURM_RESTART_COUNT when
+# Slurm itself is requeueing it (scontrol requeue, preemption with
+# PreemptMode=REQUEUE).
+_qlora_restarts_now() {
+    scontrol show job "${SLURM_JOB_ID:-}" 2>/dev/null | sed -n 's/.* Restarts=\([0-9]*\).*/\1/p' | head -n1
+}
+
 # Decides what the job's exit status means and ends the batch script.
 qlora_slurm_finish() {
-    local rc=$1 restarts=${SLURM_RESTART_COUNT:-0} job
+    local rc=$1 restarts=${SLURM_RESTART_COUNT:-0} job now out
     job=$(qlora_slurm_job)
     case $rc in
     0)
@@ -120,6 +142,19 @@ qlora_slurm_finish() {
         exit 0
         ;;
     "$QLORA_EXIT_REQUEUE")
+        now=$(_qlora_restarts_now)
+        if [ -n "$now" ] && [ "$now" -gt "$restarts" ]; then
+            qlora_slurm_log "checkpointed (exit 75); Slurm requeues job $job itself" \
+                "(restart $now); the next start resumes from the checkpoint"
+            exit "$rc"
+        fi
+        if [ -n "$_qlora_got_term" ]; then
+            # scancel, the time limit, or preemption that cancels: the job
+            # was ended on purpose, and a requeue would undo a cancel
+            qlora_slurm_log "checkpointed (exit 75) after Slurm ended job $job (scancel, time" \
+                "limit or preemption): not requeued; submit it again to continue from the checkpoint"
+            exit "$rc"
+        fi
         if [ "$restarts" -ge "$QLORA_MAX_RESTARTS" ]; then
             qlora_slurm_log "checkpointed (exit 75), but job $job has been restarted $restarts" \
                 "times (QLORA_MAX_RESTARTS=$QLORA_MAX_RESTARTS): not requeued; submit it again" \
@@ -128,14 +163,12 @@ qlora_slurm_finish() {
         fi
         qlora_slurm_log "checkpointed (exit 75): requeueing job $job" \
             "(restart $((restarts + 1)) of at most $QLORA_MAX_RESTARTS)"
-        local out
         if out=$(scontrol requeue "$job" 2>&1); then
             qlora_slurm_log "requeued; the next start resumes from the checkpoint"
         else
-            # Slurm requeues by itself when it preempted or requeued the job
-            # (the SIGTERM that came first); otherwise the job ends FAILED
-            # with 75 and can be submitted again.
-            qlora_slurm_log "scontrol requeue $job: ${out:-failed}"
+            # not requeueable (no --requeue, JobRequeue=0): the job ends
+            # FAILED with 75 and can be submitted again
+            qlora_slurm_log "scontrol requeue $job failed: ${out:-no message}"
         fi
         exit "$rc"
         ;;

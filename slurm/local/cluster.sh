@@ -26,6 +26,12 @@ ROOT=${QL_SLURM_ROOT:-/tmp/qlora-slurm}
 die77() { echo "cluster.sh: cannot run Slurm here: $*" >&2; exit 77; }
 say() { echo "cluster.sh: $*" >&2; }
 
+# Whether a process runs (a zombie left to an init that does not reap is gone).
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
 # Stops a process by pid file: SIGTERM, up to $2 s, then SIGKILL.
 stop_pidfile() {
     local f=$1 t=${2:-10} pid
@@ -34,7 +40,7 @@ stop_pidfile() {
     case $pid in '' | *[!0-9]*) return 0 ;; esac
     kill -TERM "$pid" 2>/dev/null || { rm -f "$f"; return 0; }
     for _ in $(seq $((t * 10))); do
-        kill -0 "$pid" 2>/dev/null || { rm -f "$f"; return 0; }
+        alive "$pid" || { rm -f "$f"; return 0; }
         sleep 0.1
     done
     kill -KILL "$pid" 2>/dev/null
@@ -63,7 +69,7 @@ cmd_stop() {
     local dir=${1:?usage: cluster.sh stop DIR} pids
     [ -f "$dir/slurm.conf" ] || [ -f "$dir/owner" ] || { say "stop: $dir is not a cluster"; return 1; }
     export SLURM_CONF=$dir/slurm.conf
-    if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+    if [ -s "$dir/slurmctld.pid" ] && alive "$(cat "$dir/slurmctld.pid")"; then
         # cancel every job of this private cluster, then give them KillWait
         scancel --quiet --user="$(id -un)" 2>/dev/null
         for _ in $(seq 100); do
@@ -93,7 +99,7 @@ cmd_reap() {
         [ -d "$d" ] || continue
         owner=$(cat "$d/owner" 2>/dev/null)
         case $owner in '' | *[!0-9]*) owner=0 ;; esac
-        if [ "$owner" = 0 ] || ! kill -0 "$owner" 2>/dev/null; then
+        if [ "$owner" = 0 ] || ! alive "$owner"; then
             say "reaping the cluster $d (its owner $owner is gone)"
             QL_SLURM_KEEP=0 cmd_stop "$d" >/dev/null 2>&1
             rm -rf "$d"
