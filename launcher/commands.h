@@ -24,6 +24,7 @@ int ql_cmd_train(int argc, char **argv);
 int ql_cmd_eval(int argc, char **argv);
 int ql_cmd_tokenize(int argc, char **argv);
 int ql_cmd_data(int argc, char **argv);
+int ql_cmd_generate(int argc, char **argv);
 int ql_cmd_ckpt(int argc, char **argv);
 int ql_cmd_export(int argc, char **argv);
 

@@ -9,6 +9,7 @@ static const ql_command commands[] = {
     {"quantize", "quantize a Hugging Face model directory to bitsandbytes 4-bit", ql_cmd_quantize},
     {"train", "train LoRA adapters on a 4-bit model from a YAML configuration", ql_cmd_train},
     {"eval", "mean loss and perplexity of a model (and adapter) on a data file", ql_cmd_eval},
+    {"generate", "text from a model (and adapter), streamed, with a KV cache", ql_cmd_generate},
     {"tokenize", "print the token ids and pieces of a text", ql_cmd_tokenize},
     {"data", "the data report of a training configuration (data stats CONFIG)", ql_cmd_data},
     {"ckpt", "verify or inspect a checkpoint (ckpt verify|inspect DIR)", ql_cmd_ckpt},

@@ -1,0 +1,19 @@
+/* Loading a model for inference (qlora generate, qlora eval --code): the
+ * base model alone, or with a PEFT adapter whose configuration decides the
+ * LoRA layout. Dropout is off, as PEFT's eval() turns it off. */
+#ifndef QL_INFER_MODEL_H
+#define QL_INFER_MODEL_H
+
+#include <stddef.h>
+
+#include "core/status.h"
+#include "kernels/backend.h"
+#include "model/llama.h"
+
+/* `adapter` (may be NULL) is an adapter directory or a run directory holding
+ * adapter/; its directory goes into adir ("" without one) and its LoRA
+ * configuration into *lc (r 0 without one). */
+ql_status ql_infer_load(const char *model, const char *adapter, const ql_backend *be, int quiet,
+                        ql_llama **m, char *adir, size_t cap, ql_lora_config *lc);
+
+#endif
