@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks in one go, for a machine with one H100/H200:
+# GPU checks and benchmarks in one go, for a machine with one H100/H200
+# (about 3-5 minutes; every step has its own timeout, 8 minutes at most):
 #
-#   1. configure + build (Release, CUDA on) into build-gpu/;
-#   2. ctest -L gpu, then the CPU unit tests (ctest -L unit);
-#   3. bench_cuda_dequant (NF4+DQ dequantize vs cudaMemcpy D2D, same run) and
-#      bench_cpu (cpu backend vs memcpy / cblas_sgemm);
-#   4. JSON results under bench/results/ (and copied to $OUT when set), then a
-#      short summary table.
+#   1. build into build-gpu/ only what the GPU run needs, -j$(nproc), CUDA
+#      targets sm_90 and sm_90a: CMake (Release) when the project configures;
+#      otherwise (an image without MPI/HDF5/protobuf-c/OpenBLAS development
+#      files) nvcc + cc directly on the few sources the GPU programs use
+#      (build-gpu/min/);
+#   2. every tests/gpu/test_*.c program (each CUDA op against cpu-ref, the
+#      dequantize bit for bit);
+#   3. the CUDA benchmarks: bench_cuda_dequant (NF4+DQ vs device copy),
+#      bench_cuda_q4gemm (4-bit + LoRA linear vs cuBLASLt bf16, Llama-3-8B
+#      shapes), bench_cuda_attn (attention fwd+bwd vs the cuBLASLt rate);
+#   4. JSON: bench/results/gpu-<gpu>-<time>-<bench>.json for each benchmark
+#      and bench/results/gpu-run-<gpu>-<time>.json (GPU, driver, date, commit,
+#      test results, every figure), all copied to $OUT when it is set; then a
+#      short table, last.
 #
-# If the full configure fails (the GPU image may lack MPI, HDF5, protobuf-c or
-# OpenBLAS headers), the CUDA test and CUDA benchmark are built directly with
-# nvcc and cc from the few sources they need (build-gpu/min/), and the CPU
-# parts are reported as skipped.
+# Without a GPU (no nvidia-smi, or CUDA sees no device) it builds, says so and
+# exits 0. Otherwise the exit status is 0 when every test passed and every
+# benchmark ran (goals missed are reported, not failures).
 #
-# Without a GPU (no nvidia-smi, or no device visible to CUDA) it builds, says
-# so and exits 0. Exit status otherwise: 0 when every test that ran passed.
-# Meant to finish well within 8 minutes (each step has its own timeout).
+# Environment: QL_GPU_RUN_MIN=1 forces the nvcc-only build; QL_GPU_RUN_CPU=1
+# also builds and runs the CPU unit tests and bench_cpu (full build only);
+# QL_GPU_QUICK=1 runs one shape per benchmark; QL_GPU_BUILD_DIR (default
+# build-gpu) is the build directory.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$(pwd)
-build="build-gpu"
+build="${QL_GPU_BUILD_DIR:-build-gpu}"
 jobs=$(nproc 2>/dev/null || echo 4)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 results=bench/results
@@ -28,54 +37,73 @@ log=$build/run-$stamp.log
 : >"$log"
 say() { echo "run.sh: $*" | tee -a "$log"; }
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH=/usr/local/cuda/bin:$PATH
-
-# --- build ---------------------------------------------------------------------
-# QL_GPU_RUN_MIN=1 skips the full build (to try the fallback path).
-mode=full
 t0=$(date +%s)
-if [ "${QL_GPU_RUN_MIN:-0}" != 1 ] &&
-    timeout 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQL_CUDA=ON >>"$log" 2>&1 &&
-    timeout 300 cmake --build "$build" -j"$jobs" >>"$log" 2>&1; then
-    say "built $build (full project) in $(($(date +%s) - t0)) s"
-    gpu_test=$build/gpu_test_q4_dequant_cuda
-    bench_cuda=$build/bench_cuda_dequant
-    bench_cpu=$build/bench_cpu
-    [ -x "$gpu_test" ] || mode=nocuda
+
+gpu_tests=(test_q4_dequant_cuda test_ops_cuda)
+benches=(bench_cuda_dequant bench_cuda_q4gemm bench_cuda_attn)
+
+# --- build -------------------------------------------------------------------------
+build_full() {
+    local targets=()
+    for t in "${gpu_tests[@]}"; do targets+=("gpu_$t"); done
+    targets+=("${benches[@]}")
+    if [ "${QL_GPU_RUN_CPU:-0}" = 1 ]; then targets=(all); fi
+    timeout 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQL_CUDA=ON \
+        -DQL_CUDA_ARCHS="90;90a" >>"$log" 2>&1 &&
+        grep -q "CUDA backend ON" "$log" &&
+        timeout 360 cmake --build "$build" -j"$jobs" --target "${targets[@]}" >>"$log" 2>&1
+}
+
+# The GPU programs need only these C sources besides their own.
+min_c_srcs="core/status.c core/dtype.c core/rng.c kernels/rope.c kernels/cpu/quant4.c
+    kernels/cpu/cpu_mem.c kernels/cpu/ref_add.c kernels/cpu/ref_attn.c kernels/cpu/ref_linear.c
+    kernels/cpu/ref_loss.c kernels/cpu/ref_norm.c kernels/cpu/ref_backend.c"
+
+build_min() {
+    local m=$build/min ok=1
+    mkdir -p "$m"
+    local cflags="-O2 -std=c11 -D_GNU_SOURCE -DQL_HAVE_CUDA=1 -DQL_GPU_MIN_BUILD=1 -ffp-contract=off -I$root -I$root/tests"
+    local gencode="-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90a,code=sm_90a"
+    # CUDA sources in parallel (they are the slow part), C ones after.
+    ls kernels/cuda/*.cu | xargs -P "$jobs" -I{} sh -c \
+        'timeout 300 nvcc -O3 -std=c++17 '"$gencode"' --fmad=false -I'"$root"' -c {} -o '"$m"'/$(basename {} .cu).cu.o' \
+        >>"$log" 2>&1 || ok=0
+    for c in $min_c_srcs; do
+        cc $cflags -c "$c" -o "$m/$(echo "$c" | tr / _ | sed 's/\.c$/.o/')" >>"$log" 2>&1 || ok=0
+    done
+    local objs
+    objs=$(ls "$m"/*.o | grep -v -e '/gpu_' -e '/bench_' | tr '\n' ' ')
+    for t in "${gpu_tests[@]}"; do
+        cc $cflags -c "tests/gpu/$t.c" -o "$m/gpu_$t.main.o" >>"$log" 2>&1 &&
+            nvcc $gencode -o "$m/gpu_$t" "$m/gpu_$t.main.o" $objs -lcublasLt -lm >>"$log" 2>&1 || ok=0
+    done
+    for b in "${benches[@]}"; do
+        cc $cflags -c "bench/$b.c" -o "$m/bench_$b.main.o" >>"$log" 2>&1 &&
+            nvcc $gencode -o "$m/$b" "$m/bench_$b.main.o" $objs -lcublasLt -lm >>"$log" 2>&1 || ok=0
+    done
+    return $((1 - ok))
+}
+
+mode=full
+if [ "${QL_GPU_RUN_MIN:-0}" != 1 ] && build_full; then
+    bindir=$build
+    say "built $build (CMake, GPU targets) in $(($(date +%s) - t0)) s"
 elif command -v nvcc >/dev/null; then
     mode=min
-    say "full CMake build not done or failed (see $log); building the CUDA test and benchmark alone"
-    m=$build/min
-    mkdir -p "$m"
-    cflags="-O2 -std=c11 -D_GNU_SOURCE -DQL_HAVE_CUDA=1 -ffp-contract=off -fopenmp -I$root -I$root/tests"
-    gencode="-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90a,code=sm_90a"
-    ok=1
-    for c in core/status.c core/dtype.c kernels/cpu/quant4.c; do
-        cc $cflags -c "$c" -o "$m/$(basename "$c" .c).o" >>"$log" 2>&1 || ok=0
-    done
-    for c in kernels/cuda/*.cu; do
-        timeout 300 nvcc -O3 -std=c++17 $gencode --fmad=false -I"$root" -c "$c" \
-            -o "$m/$(basename "$c" .cu).cu.o" >>"$log" 2>&1 || ok=0
-    done
-    cc $cflags -c tests/gpu/test_q4_dequant_cuda.c -o "$m/test.o" >>"$log" 2>&1 || ok=0
-    cc $cflags -c bench/bench_cuda_dequant.c -o "$m/bench.o" >>"$log" 2>&1 || ok=0
-    objs="$m/status.o $m/dtype.o $m/quant4.o $(ls "$m"/*.cu.o 2>/dev/null | tr '\n' ' ')"
-    for t in test:gpu_test_q4_dequant_cuda bench:bench_cuda_dequant; do
-        nvcc $gencode -Xcompiler -fopenmp -o "$m/${t#*:}" "$m/${t%%:*}.o" $objs -lm >>"$log" 2>&1 || ok=0
-    done
-    if [ $ok = 0 ]; then
-        tail -30 "$log"
-        say "minimal CUDA build failed"
+    [ "${QL_GPU_RUN_MIN:-0}" = 1 ] || say "CMake build not possible here (see $log); nvcc-only build"
+    if ! build_min; then
+        grep -E "error|Error" "$log" | head -30
+        say "nvcc-only build failed (see $log)"
         exit 1
     fi
-    say "built the CUDA test and benchmark in $m in $(($(date +%s) - t0)) s"
-    gpu_test=$m/gpu_test_q4_dequant_cuda
-    bench_cuda=$m/bench_cuda_dequant
-    bench_cpu=
+    bindir=$build/min
+    say "built the GPU tests and benchmarks in $bindir in $(($(date +%s) - t0)) s"
 else
     tail -30 "$log"
     say "build failed and there is no nvcc for the fallback"
     exit 1
 fi
+tbuild=$(($(date +%s) - t0))
 
 # --- is there a GPU? ---------------------------------------------------------------
 gpu_name=none
@@ -88,57 +116,67 @@ if [ "$gpu_name" = none ] || [ -z "$gpu_name" ]; then
     say "no GPU (nvidia-smi absent or silent): built only, nothing to run"
     exit 0
 fi
-if [ $mode = nocuda ]; then
-    say "GPU '$gpu_name' present but this build has no CUDA backend (nvcc not found?)"
-    exit 1
-fi
-probe=$("$gpu_test" 2>&1 | head -1)
-if echo "$probe" | grep -q "skipped"; then
-    say "nvidia-smi sees '$gpu_name' but CUDA sees no device ($probe): built only"
-    exit 0
-fi
 say "GPU: $gpu_name, driver $driver"
 
-# --- tests -----------------------------------------------------------------------------
+# --- tests ---------------------------------------------------------------------------
 status=0
-gpu_tests=skipped
+test_json=""
+for t in "${gpu_tests[@]}"; do
+    tl=$build/$t.log
+    s0=$(date +%s)
+    timeout 240 "$bindir/gpu_$t" >"$tl" 2>&1
+    rc=$?
+    case $rc in
+    0) r=passed ;;
+    77) r=skipped ;;
+    124) r=timeout status=1 ;;
+    *) r=failed status=1 ;;
+    esac
+    counts=$(grep -E "^[0-9]+ passed, [0-9]+ failed" "$tl" | tail -1)
+    say "$t: $r ($counts, $(($(date +%s) - s0)) s)"
+    [ $r = passed ] || grep -E "CHECK failed|: element|differ|error" "$tl" | head -20 | tee -a "$log"
+    test_json+="${test_json:+, }{\"name\": \"$t\", \"result\": \"$r\", \"counts\": \"$counts\"}"
+done
+if ! grep -q '"result": "[pf]' <<<"$test_json" && ! grep -q timeout <<<"$test_json"; then
+    say "nvidia-smi sees '$gpu_name' but CUDA sees no device (every test skipped): built only"
+    exit 0
+fi
 unit_tests=skipped
-if [ $mode = full ]; then
-    if (cd "$build" && timeout 180 ctest -L gpu -V) >"$build/ctest-gpu.log" 2>&1; then
-        gpu_tests=passed
-    else
-        gpu_tests=failed
-        status=1
-    fi
+if [ "${QL_GPU_RUN_CPU:-0}" = 1 ] && [ $mode = full ]; then
     if (cd "$build" && timeout 240 ctest -L unit -j"$jobs" --output-on-failure) >"$build/ctest-unit.log" 2>&1; then
         unit_tests=passed
     else
         unit_tests=failed
         status=1
     fi
-    tail -3 "$build/ctest-gpu.log" | tee -a "$log"
-else
-    if timeout 180 "$gpu_test" >"$build/ctest-gpu.log" 2>&1; then gpu_tests=passed; else gpu_tests=failed; status=1; fi
+    say "cpu unit tests: $unit_tests"
 fi
-grep -E "passed, .* failed|dequantize runs" "$build/ctest-gpu.log" | tee -a "$log"
-say "gpu tests: $gpu_tests; cpu unit tests: $unit_tests"
 
-# --- benchmarks -------------------------------------------------------------------------
+# --- benchmarks ----------------------------------------------------------------------------
 slug=$(echo "$gpu_name" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '-' | sed 's/-\+/-/g; s/-$//')
-cuda_json=$results/gpu-$slug-$stamp.json
-cpu_json=$results/cpu-$(hostname)-$stamp.json
-timeout 180 "$bench_cuda" --json "$cuda_json" >"$build/bench-cuda.log" 2>&1 || {
-    say "bench_cuda_dequant failed"
-    status=1
-}
-if [ -n "$bench_cpu" ]; then
-    timeout 180 "$bench_cpu" --json "$cpu_json" >"$build/bench-cpu.log" 2>&1 || {
-        say "bench_cpu failed"
+quick=()
+[ "${QL_GPU_QUICK:-0}" = 1 ] && quick=(--quick)
+declare -A bench_json
+for b in "${benches[@]}"; do
+    j=$results/gpu-$slug-$stamp-${b#bench_cuda_}.json
+    s0=$(date +%s)
+    args=(--json "$j")
+    [ "$b" != bench_cuda_dequant ] && args+=("${quick[@]}")
+    if timeout 200 "$bindir/$b" "${args[@]}" >"$build/$b.log" 2>&1 && [ -s "$j" ]; then
+        bench_json[$b]=$j
+        say "$b: done in $(($(date +%s) - s0)) s"
+    else
+        say "$b failed (see $build/$b.log)"
+        tail -5 "$build/$b.log" | tee -a "$log"
         status=1
-    }
+    fi
+done
+if [ "${QL_GPU_RUN_CPU:-0}" = 1 ] && [ $mode = full ]; then
+    timeout 180 "$build/bench_cpu" --json "$results/cpu-$(hostname)-$stamp.json" >"$build/bench_cpu.log" 2>&1 ||
+        say "bench_cpu failed"
 fi
 
-# --- results ------------------------------------------------------------------------------
+# --- results ---------------------------------------------------------------------------------
 summary=$results/gpu-run-$slug-$stamp.json
 {
     echo "{"
@@ -146,27 +184,46 @@ summary=$results/gpu-run-$slug-$stamp.json
     echo "  \"gpu\": \"$gpu_name\","
     echo "  \"driver\": \"$driver\","
     echo "  \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null || echo unknown)\","
+    echo "  \"git_dirty\": $(git diff --quiet HEAD -- kernels tests/gpu bench 2>/dev/null && echo false || echo true),"
     echo "  \"build\": \"$mode\","
-    echo "  \"gpu_tests\": \"$gpu_tests\","
+    echo "  \"build_seconds\": $tbuild,"
+    echo "  \"total_seconds\": $(($(date +%s) - t0)),"
+    echo "  \"gpu_tests\": [$test_json],"
     echo "  \"cpu_unit_tests\": \"$unit_tests\","
-    echo -n "  \"cuda_dequant\": "
-    if [ -s "$cuda_json" ]; then sed 's/^/  /' "$cuda_json" | sed '1s/^  //' | sed '$ s/$/,/'; else echo "null,"; fi
-    echo -n "  \"cpu\": "
-    if [ -s "$cpu_json" ]; then sed 's/^/  /' "$cpu_json" | sed '1s/^  //'; else echo "null"; fi
+    n=0
+    for b in "${benches[@]}"; do
+        n=$((n + 1))
+        sep=","
+        [ $n = ${#benches[@]} ] && sep=""
+        echo -n "  \"${b#bench_}\": "
+        if [ -n "${bench_json[$b]:-}" ]; then
+            sed 's/^/  /' "${bench_json[$b]}" | sed '1s/^  //' | sed "\$ s/\$/$sep/"
+        else
+            echo "null$sep"
+        fi
+    done
     echo "}"
 } >"$summary"
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
     cp "$summary" "$OUT/"
-    [ -s "$cuda_json" ] && cp "$cuda_json" "$OUT/"
-    [ -s "$cpu_json" ] && cp "$cpu_json" "$OUT/"
-    cp "$log" "$build"/ctest-*.log "$build"/bench-*.log "$OUT/" 2>/dev/null
+    for b in "${benches[@]}"; do [ -n "${bench_json[$b]:-}" ] && cp "${bench_json[$b]}" "$OUT/"; done
+    cp "$log" "$build"/*.log "$OUT/" 2>/dev/null
 fi
 
 echo
-echo "== summary ($gpu_name, driver $driver, $stamp; total $(($(date +%s) - t0)) s)"
-echo "gpu tests: $gpu_tests   cpu unit tests: $unit_tests   build: $mode"
-sed -n '/^shape/,$p' "$build/bench-cuda.log" | grep -v '^wrote'
-[ -s "$build/bench-cpu.log" ] && sed -n '/^op /,/^total/p' "$build/bench-cpu.log"
+echo "== summary: $gpu_name, driver $driver, $stamp, build $mode ${tbuild} s, total $(($(date +%s) - t0)) s"
+for t in "${gpu_tests[@]}"; do
+    printf "%-24s %s\n" "$t" "$(grep -E "^[0-9]+ passed, [0-9]+ failed" "$build/$t.log" 2>/dev/null | tail -1)"
+done
+for b in "${benches[@]}"; do
+    [ -s "$build/$b.log" ] || continue
+    echo "-- $b"
+    case $b in
+    bench_cuda_dequant) sed -n '/^shape/,$p' "$build/$b.log" | grep -v '^wrote' ;;
+    bench_cuda_q4gemm) sed -n '/^shape/,$p' "$build/$b.log" | grep -v '^wrote' ;;
+    bench_cuda_attn) grep -E "^cuBLASLt" "$build/$b.log"; sed -n '/^ *batch/,$p' "$build/$b.log" | grep -v '^wrote' ;;
+    esac
+done
 echo "results: $summary${OUT:+ (copied to $OUT)}"
 exit $status
