@@ -233,9 +233,13 @@ extern "C" ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float al
     key.ta = trans_a;
     key.tb = trans_b;
     key.ctype = (int)c_dtype;
-    int al = ptr_align(A);
-    if (ptr_align(B) < al) al = ptr_align(B);
-    if (ptr_align(C) < al) al = ptr_align(C);
+    /* The alignment every row start of A, B and C has. */
+    const size_t csz = c_dtype == QL_DT_F32 ? 4 : 2;
+    const void *starts[6] = {A, (const char *)A + lda * 2,           B, (const char *)B + ldb * 2,
+                             C, (const char *)C + ldc * (int64_t)csz};
+    int al = 256;
+    for (int i = 0; i < 6; i++)
+        if (ptr_align(starts[i]) < al) al = ptr_align(starts[i]);
     key.align = al;
 
     lt_descs d;
@@ -249,6 +253,14 @@ extern "C" ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float al
     if (st == QL_OK) {
         cublasStatus_t s = cublasLtMatmul(g_lt, d.op, &alpha, B, d.a, A, d.b, &beta, C, d.c, C, d.c,
                                           &e->algo, g_workspace, WORKSPACE_BYTES, ql_cuda_stream());
+        if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
+            /* Refused before launching anything: this shape takes the tiled
+             * kernel from now on. */
+            e->none = 1;
+            descs_destroy(&d);
+            return gemm_simt(M, N, K, alpha, a, lda, trans_a, b, ldb, trans_b, beta, C, c_dtype,
+                             ldc);
+        }
         if (s != CUBLAS_STATUS_SUCCESS)
             st = ql_error(QL_EBACKEND,
                           "cuBLASLt: cublasLtMatmul [%lld x %lld x %lld] failed: %s: %s",
