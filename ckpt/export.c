@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt/ckpt.h"
+#include "ckpt/shard.h"
+#include "ckpt/store.h"
 #include "core/config.h"
 #include "core/fsutil.h"
 #include "model/lora.h"
@@ -33,41 +36,66 @@ static void parent_of(const char *path, char *out, size_t cap) {
         *slash = '\0';
 }
 
-static ql_status checkpoint_not_yet(const char *src) {
-    return ql_error(QL_EUNSUPPORTED,
-                    "%s: is a checkpoint (or a run with checkpoints but no adapter/); exporting "
-                    "from a checkpoint is not available yet: the checkpoint reader (ckpt/) is "
-                    "still being built. Export the run's adapter/ (written when training ends or "
-                    "is interrupted) instead",
-                    src);
+/* A directory holding committed step directories (or a LATEST). */
+static int is_ckpt_root(const char *dir) {
+    if (has_file(dir, "LATEST")) return 1;
+    int64_t *steps = NULL;
+    int n = 0;
+    if (ql_ckpt_list(dir, &steps, &n) != QL_OK) {
+        ql_error_clear();
+        return 0;
+    }
+    free(steps);
+    return n > 0;
 }
 
-ql_status ql_export_resolve(const char *src, char *adapter_dir, size_t cap, char *run_dir,
-                            size_t run_cap) {
-    adapter_dir[0] = run_dir[0] = '\0';
+ql_status ql_export_resolve(const char *src, ql_export_source *out) {
+    memset(out, 0, sizeof *out);
     if (!ql_fs_is_dir(src))
         return ql_fs_exists(src) ? ql_error(QL_EINVAL,
                                             "%s: not a directory; give a run directory, an "
                                             "adapter directory or a checkpoint directory",
                                             src)
                                  : ql_error(QL_ENOTFOUND, "%s: no such directory", src);
+    char parent[QL_EXPORT_PATH_MAX], up2[QL_EXPORT_PATH_MAX];
+    parent_of(src, parent, sizeof parent);
     if (has_file(src, QL_PEFT_CONFIG)) {
-        snprintf(adapter_dir, cap, "%s", src);
-        char parent[QL_EXPORT_PATH_MAX];
-        parent_of(src, parent, sizeof parent);
-        if (has_file(parent, "config.resolved.yaml")) snprintf(run_dir, run_cap, "%s", parent);
+        out->kind = QL_EXPORT_FROM_ADAPTER;
+        snprintf(out->path, sizeof out->path, "%s", src);
+        if (has_file(parent, "config.resolved.yaml"))
+            snprintf(out->run_dir, sizeof out->run_dir, "%s", parent);
         return QL_OK;
     }
-    if (has_file(src, "manifest.pb")) return checkpoint_not_yet(src);
-    if (has_file(src, "adapter/" QL_PEFT_CONFIG)) {
-        snprintf(adapter_dir, cap, "%s/adapter", src);
-        snprintf(run_dir, run_cap, "%s", src);
+    if (has_file(src, "manifest.pb")) { /* RUN/checkpoints/step-N */
+        out->kind = QL_EXPORT_FROM_CHECKPOINT;
+        snprintf(out->path, sizeof out->path, "%s", src);
+        parent_of(parent, up2, sizeof up2);
+        if (has_file(up2, "config.resolved.yaml"))
+            snprintf(out->run_dir, sizeof out->run_dir, "%s", up2);
         return QL_OK;
     }
-    if (has_file(src, "checkpoints")) return checkpoint_not_yet(src);
+    if (has_file(src, "adapter/" QL_PEFT_CONFIG)) { /* a run: its final adapter */
+        out->kind = QL_EXPORT_FROM_ADAPTER;
+        snprintf(out->path, sizeof out->path, "%s/adapter", src);
+        snprintf(out->run_dir, sizeof out->run_dir, "%s", src);
+        return QL_OK;
+    }
+    char *root = ql_fs_join(src, "checkpoints");
+    if (!root) return QL_ENOMEM;
+    int run_ckpts = ql_fs_is_dir(root);
+    free(root);
+    if (run_ckpts || is_ckpt_root(src)) { /* a run without adapter/, or RUN/checkpoints */
+        out->kind = QL_EXPORT_FROM_CHECKPOINTS;
+        snprintf(out->path, sizeof out->path, run_ckpts ? "%s/checkpoints" : "%s", src);
+        if (run_ckpts)
+            snprintf(out->run_dir, sizeof out->run_dir, "%s", src);
+        else if (has_file(parent, "config.resolved.yaml"))
+            snprintf(out->run_dir, sizeof out->run_dir, "%s", parent);
+        return QL_OK;
+    }
     return ql_error(QL_ENOTFOUND,
-                    "%s: not a run directory (no adapter/%s), an adapter directory (no %s) nor a "
-                    "checkpoint (no manifest.pb)",
+                    "%s: not a run directory (no adapter/%s, no checkpoints/), an adapter "
+                    "directory (no %s) nor a checkpoint (no manifest.pb)",
                     src, QL_PEFT_CONFIG, QL_PEFT_CONFIG);
 }
 
@@ -78,6 +106,63 @@ static int cmp_tensor(const void *x, const void *y) {
     if (a->layer != b->layer) return a->layer < b->layer ? -1 : 1;
     if (a->proj != b->proj) return a->proj < b->proj ? -1 : 1;
     return a->is_b - b->is_b;
+}
+
+/* (layer, projection, A or B) of a PEFT Llama key; -1 when `name` is not
+ * exactly base_model.model.model.layers.N.{self_attn|mlp}.PROJ.lora_{A|B}.weight. */
+static int parse_key(const char *name, int *layer, ql_proj *p, int *is_b) {
+    char mod[32] = "", proj[32] = "", ab = 0, again[QL_ADAPTER_NAME_MAX];
+    if (sscanf(name, "base_model.model.model.layers.%d.%31[^.].%31[^.].lora_%c", layer, mod, proj,
+               &ab) != 4 ||
+        *layer < 0 || (ab != 'A' && ab != 'B'))
+        return -1;
+    *p = ql_proj_from_name(proj);
+    *is_b = ab == 'B';
+    if (*p == QL_N_PROJ) return -1;
+    ql_adapter_peft_name(*layer, *p, *is_b, again, sizeof again);
+    return strcmp(again, name) ? -1 : 0;
+}
+
+#define KEY_FORMAT "base_model.model.model.layers.N.{self_attn|mlp}.PROJ.lora_{A|B}.weight"
+
+/* Orders a table by (layer, projection, A before B), checks that it is
+ * complete (every target of every layer 0..L-1, A [r, in] with B [out, r])
+ * and, with offsets < 0, lays it out contiguously. `where` names the source. */
+static ql_status finish_table(ql_adapters *a, const ql_lora_config *lc, unsigned seen,
+                              int max_layer, int assign_offsets, const char *where) {
+    if (seen != lc->targets)
+        return ql_error(QL_EFORMAT, "%s: holds no weights for some of the target modules", where);
+    qsort(a->tensors, (size_t)a->n_tensors, sizeof *a->tensors, cmp_tensor);
+    int per_layer = __builtin_popcount(lc->targets);
+    if (a->n_tensors != 2 * per_layer * (max_layer + 1))
+        return ql_error(QL_EFORMAT,
+                        "%s: %d tensors, but %d layers x %d targets x (A, B) = %d expected: some "
+                        "layer or projection lacks its lora_A or lora_B",
+                        where, a->n_tensors, max_layer + 1, per_layer,
+                        2 * per_layer * (max_layer + 1));
+    for (int i = 0; i < a->n_tensors; i += 2) {
+        const ql_adapter_tensor *A = &a->tensors[i], *B = &a->tensors[i + 1];
+        if (A->is_b || !B->is_b || A->layer != B->layer || A->proj != B->proj)
+            return ql_error(QL_EFORMAT, "%s: '%s' has no matching lora_%c", where, A->name,
+                            A->is_b ? 'A' : 'B');
+        if (A->rows != lc->r || B->cols != lc->r)
+            return ql_error(QL_EFORMAT, "%s: '%s' is [%lld, %lld]; r is %d", where,
+                            A->rows != lc->r ? A->name : B->name,
+                            (long long)(A->rows != lc->r ? A->rows : B->rows),
+                            (long long)(A->rows != lc->r ? A->cols : B->cols), lc->r);
+    }
+    a->cfg = *lc;
+    a->scale = (float)(lc->use_rslora ? (double)lc->alpha / sqrt((double)lc->r)
+                                      : (double)lc->alpha / (double)lc->r);
+    if (assign_offsets) {
+        int64_t off = 0;
+        for (int i = 0; i < a->n_tensors; i++) {
+            a->tensors[i].offset = off;
+            off += a->tensors[i].rows * a->tensors[i].cols;
+        }
+        a->n = off;
+    }
+    return QL_OK;
 }
 
 /* The adapter table as the file itself describes it, for an export that
@@ -96,81 +181,35 @@ static ql_status adapter_from_file(const char *dir, const ql_lora_config *lc, ql
         free(path);
         return st;
     }
-    a->cfg = *lc;
-    a->scale = (float)(lc->use_rslora ? (double)lc->alpha / sqrt((double)lc->r)
-                                      : (double)lc->alpha / (double)lc->r);
     a->tensors = ql_calloc(f.n_tensors ? f.n_tensors : 1, sizeof *a->tensors, "the adapter table");
     if (!a->tensors) st = QL_ENOMEM;
     int max_layer = -1;
     unsigned seen = 0;
     for (size_t i = 0; st == QL_OK && i < f.n_tensors; i++) {
         const ql_st_tensor *t = &f.tensors[i];
-        int layer = -1;
-        char mod[32] = "", proj[32] = "", ab = 0, again[QL_ADAPTER_NAME_MAX];
-        int ok = sscanf(t->name, "base_model.model.model.layers.%d.%31[^.].%31[^.].lora_%c", &layer,
-                        mod, proj, &ab) == 4 &&
-                 layer >= 0 && (ab == 'A' || ab == 'B');
-        ql_proj p = ok ? ql_proj_from_name(proj) : QL_N_PROJ;
-        if (p != QL_N_PROJ) {
-            ql_adapter_peft_name(layer, p, ab == 'B', again, sizeof again);
-            ok = !strcmp(again, t->name);
-        }
-        if (!ok || p == QL_N_PROJ) {
+        ql_adapter_tensor *x = &a->tensors[a->n_tensors];
+        if (parse_key(t->name, &x->layer, &x->proj, &x->is_b) || t->ndim != 2) {
             st = ql_error(QL_EFORMAT,
                           "%s: tensor '%s' is not a LoRA weight of a Llama-family projection "
-                          "(base_model.model.model.layers.N.{self_attn|mlp}.PROJ.lora_{A|B}."
-                          "weight)",
+                          "(" KEY_FORMAT ")",
                           path, t->name);
             break;
         }
-        if (!((lc->targets >> p) & 1u)) {
+        if (!((lc->targets >> x->proj) & 1u)) {
             st = ql_error(QL_EFORMAT, "%s: tensor '%s': %s is not in target_modules of %s/%s", path,
-                          t->name, proj, dir, QL_PEFT_CONFIG);
+                          t->name, ql_proj_name(x->proj), dir, QL_PEFT_CONFIG);
             break;
         }
-        int64_t rows = t->ndim == 2 ? t->shape[0] : -1, cols = t->ndim == 2 ? t->shape[1] : -1;
-        if ((ab == 'A' && rows != lc->r) || (ab == 'B' && cols != lc->r)) {
-            char sh[96];
-            st = ql_error(QL_EFORMAT, "%s: tensor '%s' has shape %s; r is %d", path, t->name,
-                          ql_st_shape_str(t->shape, t->ndim, sh, sizeof sh), lc->r);
-            break;
-        }
-        ql_adapter_tensor *x = &a->tensors[a->n_tensors++];
         snprintf(x->name, sizeof x->name, "%s", t->name);
-        x->layer = layer;
-        x->proj = p;
-        x->is_b = ab == 'B';
-        x->rows = rows;
-        x->cols = cols;
-        if (layer > max_layer) max_layer = layer;
-        seen |= 1u << p;
+        x->rows = t->shape[0];
+        x->cols = t->shape[1];
+        if (x->layer > max_layer) max_layer = x->layer;
+        seen |= 1u << x->proj;
+        a->n_tensors++;
     }
-    if (st == QL_OK && seen != lc->targets)
-        st = ql_error(QL_EFORMAT, "%s: holds no weights for some of target_modules in %s/%s", path,
-                      dir, QL_PEFT_CONFIG);
-    if (st == QL_OK) {
-        qsort(a->tensors, (size_t)a->n_tensors, sizeof *a->tensors, cmp_tensor);
-        int per_layer = __builtin_popcount(lc->targets);
-        if (a->n_tensors != 2 * per_layer * (max_layer + 1))
-            st = ql_error(QL_EFORMAT,
-                          "%s: %d tensors, but %d layers x %d targets x (A, B) = %d expected: "
-                          "some layer or projection lacks its lora_A or lora_B",
-                          path, a->n_tensors, max_layer + 1, per_layer,
-                          2 * per_layer * (max_layer + 1));
-    }
-    for (int i = 0; st == QL_OK && i < a->n_tensors; i += 2) {
-        const ql_adapter_tensor *A = &a->tensors[i], *B = &a->tensors[i + 1];
-        if (A->is_b || !B->is_b || A->layer != B->layer || A->proj != B->proj)
-            st = ql_error(QL_EFORMAT, "%s: '%s' has no matching lora_%c", path, A->name,
-                          A->is_b ? 'A' : 'B');
-    }
-    int64_t off = 0;
-    for (int i = 0; st == QL_OK && i < a->n_tensors; i++) {
-        a->tensors[i].offset = off;
-        off += a->tensors[i].rows * a->tensors[i].cols;
-    }
-    a->n = off;
-    if (st == QL_OK && !(*host = ql_malloc((size_t)(off ? off : 1) * sizeof(float), "the adapter")))
+    if (st == QL_OK) st = finish_table(a, lc, seen, max_layer, 1, path);
+    if (st == QL_OK &&
+        !(*host = ql_malloc((size_t)(a->n ? a->n : 1) * sizeof(float), "the adapter")))
         st = QL_ENOMEM;
     for (int i = 0; st == QL_OK && i < a->n_tensors; i++)
         st = ql_st_to_f32(&f, ql_st_find(&f, a->tensors[i].name), *host + a->tensors[i].offset);
@@ -184,30 +223,140 @@ static ql_status adapter_from_file(const char *dir, const ql_lora_config *lc, ql
     return st;
 }
 
+/* ----------------------------------------------------------- checkpoints */
+
+/* One committed checkpoint: verified as `qlora ckpt verify` does (the
+ * manifest's own checksum, every shard's size, attributes and SHA-256), its
+ * flat parameter vector read from the shards (any world size), the tensor
+ * table from the manifest and the run's configuration from the manifest's
+ * copy of config.resolved.yaml. */
+static ql_status adapter_from_checkpoint(const char *dir, ql_config *cfg, ql_adapters *a,
+                                         float **host, int64_t *step) {
+    memset(a, 0, sizeof *a);
+    *host = NULL;
+    ql_ckpt_meta m;
+    memset(&m, 0, sizeof m);
+    ql_status st = ql_ckpt_verify(dir, QL_LOCK_BEST_EFFORT, NULL, &m, NULL);
+    if (st != QL_OK) {
+        ql_ckpt_meta_free(&m);
+        return st;
+    }
+    *step = m.step;
+    char where[QL_EXPORT_PATH_MAX + 32];
+    snprintf(where, sizeof where, "%s/manifest.pb", dir);
+    st = ql_config_parse(m.config_yaml, strlen(m.config_yaml), where, NULL, 0, cfg);
+    ql_lora_config lc = {.r = (int)cfg->lora.r,
+                         .alpha = (float)cfg->lora.alpha,
+                         .dropout = (float)cfg->lora.dropout,
+                         .use_rslora = cfg->lora.use_rslora,
+                         .targets = cfg->lora.targets};
+    if (st == QL_OK && lc.r < 1)
+        st = ql_error(QL_EFORMAT, "%s: the run's lora.r is %d: no adapter to export", where, lc.r);
+    if (st == QL_OK && !(a->tensors = ql_calloc((size_t)(m.n_tensors ? m.n_tensors : 1),
+                                                sizeof *a->tensors, "the adapter table")))
+        st = QL_ENOMEM;
+    int max_layer = -1;
+    unsigned seen = 0;
+    for (int i = 0; st == QL_OK && i < m.n_tensors; i++) {
+        const ql_ckpt_tensor *t = &m.tensors[i];
+        ql_adapter_tensor *x = &a->tensors[a->n_tensors++];
+        if (parse_key(t->name, &x->layer, &x->proj, &x->is_b)) {
+            st = ql_error(QL_EFORMAT, "%s: tensor '%s' is not " KEY_FORMAT, where, t->name);
+            break;
+        }
+        /* parse_key accepted it, so it fits: every valid key is short. */
+        memcpy(x->name, t->name, strlen(t->name) + 1 < sizeof x->name ? strlen(t->name) + 1 : 0);
+        x->rows = t->rows;
+        x->cols = t->cols;
+        x->offset = t->offset;
+        if (x->layer > max_layer) max_layer = x->layer;
+        seen |= 1u << x->proj;
+    }
+    if (st == QL_OK) st = finish_table(a, &lc, seen, max_layer, 0, where);
+    a->n = m.n_params;
+    if (st == QL_OK && !(*host = ql_malloc((size_t)(m.n_params ? m.n_params : 1) * sizeof(float),
+                                           "the checkpoint's parameters")))
+        st = QL_ENOMEM;
+    for (int i = 0; st == QL_OK && i < m.n_shards; i++) {
+        const ql_ckpt_shard *sh = &m.shards[i];
+        char *path = ql_fs_join(dir, sh->file);
+        ql_shard *f = NULL;
+        ql_shard_desc d;
+        st = path ? ql_shard_open(path, QL_LOCK_BEST_EFFORT, &f, &d) : QL_ENOMEM;
+        if (st == QL_OK) st = ql_shard_read(f, "params", 0, sh->length, *host + sh->offset);
+        if (f) ql_shard_close(f);
+        free(path);
+    }
+    for (int i = 0; st == QL_OK && i < a->n_tensors; i++)
+        if (a->tensors[i].offset < 0 ||
+            a->tensors[i].offset + a->tensors[i].rows * a->tensors[i].cols > m.n_params)
+            st = ql_error(QL_EFORMAT, "%s: tensor '%s' lies outside the %lld parameters", where,
+                          a->tensors[i].name, (long long)m.n_params);
+    ql_ckpt_meta_free(&m);
+    if (st != QL_OK) {
+        free(*host);
+        *host = NULL;
+        ql_adapters_layout_free(a);
+    }
+    return st;
+}
+
+/* The newest checkpoint under `root` that verifies (LATEST first), saying on
+ * `progress` which ones were passed over and why. */
+static ql_status newest_checkpoint(const char *root, FILE *progress, ql_config *cfg, ql_adapters *a,
+                                   float **host, int64_t *step, char *dir, size_t cap) {
+    char **dirs = NULL, note[1024];
+    int n = 0;
+    QL_TRY(ql_ckpt_candidates(root, &dirs, &n, note, sizeof note));
+    if (note[0] && progress) fprintf(progress, "export: %s\n", note);
+    ql_status st = n ? QL_OK : ql_error(QL_ENOTFOUND, "%s: no committed checkpoint", root);
+    for (int i = 0; i < n; i++) {
+        st = adapter_from_checkpoint(dirs[i], cfg, a, host, step);
+        if (st == QL_OK) {
+            snprintf(dir, cap, "%s", dirs[i]);
+            break;
+        }
+        if (progress)
+            fprintf(progress, "export: %s does not verify (%s)%s\n", dirs[i], ql_error_message(),
+                    i + 1 < n ? "; trying the one before" : "");
+    }
+    if (st != QL_OK && n > 1)
+        st = ql_error_wrap(
+            st, "%s: none of the %d checkpoints verifies; the last one tried: ", root, n);
+    ql_ckpt_free_list(dirs, n);
+    return st;
+}
+
 /* ------------------------------------------------------------- the merge */
 
-/* The base model and the 4-bit settings the run trained with. */
-static ql_status merge_settings(const ql_export_opts *o, const char *base_in_adapter,
-                                ql_export_result *r) {
+/* The base model and the 4-bit settings the run trained with: from `cfg`
+ * (a checkpoint's configuration) or the run's config.resolved.yaml. */
+static ql_status merge_settings(const ql_export_opts *o, const ql_config *cfg,
+                                const char *base_in_adapter, ql_export_result *r) {
     r->qtype = QL_QTYPE_NF4;
     r->blocksize = 64;
     r->double_quant = 1;
-    char run_model[QL_EXPORT_PATH_MAX] = "";
-    if (r->run_dir[0]) {
+    ql_config *own = NULL;
+    if (!cfg && r->run_dir[0]) {
         char *path = ql_fs_join(r->run_dir, "config.resolved.yaml");
-        ql_config *c = ql_calloc(1, sizeof *c, "the run configuration");
-        ql_status st = path && c ? ql_config_load(path, NULL, 0, c) : QL_ENOMEM;
-        if (st == QL_OK) {
-            r->qtype = c->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
-            r->blocksize = (int)c->quant.blocksize;
-            r->double_quant = c->quant.double_quant;
-            r->quant_from_run = 1;
-            snprintf(run_model, sizeof run_model, "%s", c->model);
-        }
-        free(c);
+        own = ql_calloc(1, sizeof *own, "the run configuration");
+        ql_status st = path && own ? ql_config_load(path, NULL, 0, own) : QL_ENOMEM;
         free(path);
-        if (st != QL_OK) return ql_error_wrap(st, "reading the run's 4-bit settings: ");
+        if (st != QL_OK) {
+            free(own);
+            return ql_error_wrap(st, "reading the run's 4-bit settings: ");
+        }
+        cfg = own;
     }
+    char run_model[QL_EXPORT_PATH_MAX] = "";
+    if (cfg) {
+        r->qtype = cfg->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
+        r->blocksize = (int)cfg->quant.blocksize;
+        r->double_quant = cfg->quant.double_quant;
+        r->quant_from_run = 1;
+        snprintf(run_model, sizeof run_model, "%s", cfg->model);
+    }
+    free(own);
     if (o->model)
         snprintf(r->model, sizeof r->model, "%s", o->model);
     else if (run_model[0] && ql_fs_exists(run_model))
@@ -216,8 +365,8 @@ static ql_status merge_settings(const ql_export_opts *o, const char *base_in_ada
         snprintf(r->model, sizeof r->model, "%s", base_in_adapter);
     else
         return ql_error(QL_ENOTFOUND,
-                        "cannot find the base model to merge into (run config: %s; adapter's "
-                        "base_model_name_or_path: %s); give it with --model PATH",
+                        "cannot find the base model to merge into (the run's model: %s; the "
+                        "adapter's base_model_name_or_path: %s); give it with --model PATH",
                         run_model[0] ? run_model : "none",
                         base_in_adapter[0] ? base_in_adapter : "none");
     return QL_OK;
@@ -234,17 +383,46 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
     r->dtype = o->dtype >= 0 ? (ql_dtype)o->dtype : o->merge ? QL_DT_BF16 : QL_DT_F32;
     if (r->dtype != QL_DT_F32 && r->dtype != QL_DT_BF16 && r->dtype != QL_DT_F16)
         return ql_error(QL_EINVAL, "dtype must be bf16, f16 or f32");
-    QL_TRY(ql_export_resolve(o->src, r->adapter_dir, sizeof r->adapter_dir, r->run_dir,
-                             sizeof r->run_dir));
-    char base_in_adapter[QL_EXPORT_PATH_MAX];
-    QL_TRY(ql_peft_read_config(r->adapter_dir, &r->lora, base_in_adapter, sizeof base_in_adapter));
+    ql_export_source src;
+    QL_TRY(ql_export_resolve(o->src, &src));
+    r->from = src.kind;
+    snprintf(r->run_dir, sizeof r->run_dir, "%s", src.run_dir);
+
+    ql_adapters a;
+    memset(&a, 0, sizeof a);
+    float *host = NULL;
+    ql_config *cfg = NULL; /* a checkpoint's configuration */
+    char base_in_adapter[QL_EXPORT_PATH_MAX] = "";
+    ql_status st = QL_OK;
+    if (src.kind == QL_EXPORT_FROM_ADAPTER) {
+        snprintf(r->adapter_dir, sizeof r->adapter_dir, "%s", src.path);
+        st = ql_peft_read_config(src.path, &r->lora, base_in_adapter, sizeof base_in_adapter);
+        /* The merge reads the adapter against the model itself. */
+        if (st == QL_OK && !o->merge) st = adapter_from_file(src.path, &r->lora, &a, &host);
+    } else {
+        cfg = ql_calloc(1, sizeof *cfg, "the run configuration");
+        if (!cfg) return QL_ENOMEM;
+        if (src.kind == QL_EXPORT_FROM_CHECKPOINT) {
+            snprintf(r->adapter_dir, sizeof r->adapter_dir, "%s", src.path);
+            st = adapter_from_checkpoint(src.path, cfg, &a, &host, &r->step);
+        } else {
+            st = newest_checkpoint(src.path, o->progress, cfg, &a, &host, &r->step, r->adapter_dir,
+                                   sizeof r->adapter_dir);
+        }
+        if (st == QL_OK) {
+            r->lora = a.cfg;
+            snprintf(base_in_adapter, sizeof base_in_adapter, "%s", cfg->model);
+        }
+    }
     snprintf(r->base_name, sizeof r->base_name, "%s",
              o->base_name ? o->base_name : base_in_adapter);
-
-    if (o->merge) {
-        QL_TRY(merge_settings(o, base_in_adapter, r));
+    if (st == QL_OK && o->merge) st = merge_settings(o, cfg, base_in_adapter, r);
+    if (st == QL_OK && o->merge) {
+        a.params = host;
         ql_merge_opts mo = {.model = r->model,
-                            .adapter_dir = r->adapter_dir,
+                            .adapter_dir =
+                                src.kind == QL_EXPORT_FROM_ADAPTER ? r->adapter_dir : NULL,
+                            .adapters = src.kind == QL_EXPORT_FROM_ADAPTER ? NULL : &a,
                             .out_dir = o->out_dir,
                             .dtype = r->dtype,
                             .qtype = r->qtype,
@@ -254,18 +432,16 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
                             .force = o->force,
                             .progress = o->progress,
                             .cancel = o->cancel};
-        QL_TRY(ql_merge_write(&mo, &r->merge));
+        st = ql_merge_write(&mo, &r->merge);
         r->n_tensors = r->merge.n_tensors;
-        return QL_OK;
+    } else if (st == QL_OK) {
+        r->n_tensors = a.n_tensors;
+        a.params = host;
+        st = ql_peft_save_as(o->out_dir, &a, NULL, r->base_name, r->dtype);
     }
-
-    ql_adapters a;
-    float *host = NULL;
-    QL_TRY(adapter_from_file(r->adapter_dir, &r->lora, &a, &host));
-    r->n_tensors = a.n_tensors;
-    a.params = host;
-    ql_status st = ql_peft_save_as(o->out_dir, &a, NULL, r->base_name, r->dtype);
+    a.params = NULL;
     free(host);
+    free(cfg);
     ql_adapters_layout_free(&a);
     return st;
 }

@@ -1,10 +1,11 @@
 /* `qlora export`: what a finished (or interrupted) run hands to the tools
  * people deploy with (docs/export.md).
  *
- * The source is a run directory (its adapter/), an adapter directory, or a
- * checkpoint (OUT/checkpoints/step-N/; not readable for export yet: the
- * checkpoint reader is still being built, and such a source is refused with
- * a message saying so). The output is either a PEFT adapter directory
+ * The source is an adapter directory; a run directory (its adapter/, written
+ * when training ends or is interrupted; without one, its newest checkpoint
+ * that verifies); RUN/checkpoints (the newest checkpoint that verifies, LATEST
+ * first); or one checkpoint RUN/checkpoints/step-N/ (verified: manifest,
+ * shard sizes, attributes, SHA-256). The output is either a PEFT adapter directory
  * (adapter_model.safetensors + adapter_config.json, FORMATS §3) that PEFT's
  * PeftModel.from_pretrained and vLLM's LoRA loader read, or, with merge, a
  * merged Hugging Face model directory (model/merge.h). Outputs appear
@@ -36,8 +37,22 @@ typedef struct ql_export_opts {
     volatile sig_atomic_t *cancel;
 } ql_export_opts;
 
+typedef enum ql_export_from {
+    QL_EXPORT_FROM_ADAPTER,     /* an adapter directory (a run's adapter/) */
+    QL_EXPORT_FROM_CHECKPOINT,  /* one step directory */
+    QL_EXPORT_FROM_CHECKPOINTS, /* a checkpoints directory: its newest good one */
+} ql_export_from;
+
+typedef struct ql_export_source {
+    ql_export_from kind;
+    char path[QL_EXPORT_PATH_MAX];    /* the adapter, step or checkpoints directory */
+    char run_dir[QL_EXPORT_PATH_MAX]; /* the run holding it, or "" */
+} ql_export_source;
+
 typedef struct ql_export_result {
-    char adapter_dir[QL_EXPORT_PATH_MAX]; /* where the adapter was read */
+    ql_export_from from;
+    int64_t step;                         /* the checkpoint's step (checkpoints only) */
+    char adapter_dir[QL_EXPORT_PATH_MAX]; /* where the adapter was read (adapter or step dir) */
     char run_dir[QL_EXPORT_PATH_MAX];     /* the run holding it, or "" */
     char model[QL_EXPORT_PATH_MAX];       /* the base model merged into ("" without merge) */
     char base_name[QL_EXPORT_PATH_MAX];   /* base_model_name_or_path written */
@@ -51,10 +66,8 @@ typedef struct ql_export_result {
     ql_merge_stats merge;
 } ql_export_result;
 
-/* What SRC names: the adapter directory and, when SRC is (or is inside) a
- * run, the run directory ("" otherwise). A checkpoint is QL_EUNSUPPORTED. */
-ql_status ql_export_resolve(const char *src, char *adapter_dir, size_t cap, char *run_dir,
-                            size_t run_cap);
+/* What SRC names (see above). */
+ql_status ql_export_resolve(const char *src, ql_export_source *out);
 
 ql_status ql_export(const ql_export_opts *o, ql_export_result *r);
 

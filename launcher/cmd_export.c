@@ -153,8 +153,13 @@ int ql_cmd_export(int argc, char **argv) {
     signal(SIGTERM, SIG_DFL);
     if (st != QL_OK) return ql_report(st);
 
-    printf("adapter   %s (r %d, alpha %g%s, ", r.adapter_dir, r.lora.r, (double)r.lora.alpha,
-           r.lora.use_rslora ? ", rsLoRA" : "");
+    if (r.from == QL_EXPORT_FROM_ADAPTER)
+        printf("adapter   %s (r %d, alpha %g%s, ", r.adapter_dir, r.lora.r, (double)r.lora.alpha,
+               r.lora.use_rslora ? ", rsLoRA" : "");
+    else
+        printf("adapter   checkpoint %s, step %lld (r %d, alpha %g%s, ", r.adapter_dir,
+               (long long)r.step, r.lora.r, (double)r.lora.alpha,
+               r.lora.use_rslora ? ", rsLoRA" : "");
     print_targets(r.lora.targets);
     printf(")\n");
     if (!o.merge) {

@@ -43,23 +43,55 @@ static int64_t numel(const ql_hf_expected *e) {
     return e->ndim == 1 ? e->shape[0] : e->shape[0] * e->shape[1];
 }
 
+/* The adapters of `given` placed in the model's own layout: the same tensor
+ * set (names and shapes) or an error naming the first difference. */
+static ql_status copy_adapters(merge_ctx *c, const ql_adapters *given) {
+    if (given->n_tensors != c->ad.n_tensors)
+        return ql_error(QL_EFORMAT,
+                        "the adapter has %d tensors; model %s with r %d on these targets has %d",
+                        given->n_tensors, c->o->model, c->ad.cfg.r, c->ad.n_tensors);
+    for (int i = 0; i < c->ad.n_tensors; i++) {
+        const ql_adapter_tensor *t = &c->ad.tensors[i], *g = NULL;
+        for (int j = 0; j < given->n_tensors && !g; j++)
+            if (!strcmp(given->tensors[j].name, t->name)) g = &given->tensors[j];
+        if (!g) return ql_error(QL_ENOTFOUND, "the adapter has no tensor '%s'", t->name);
+        if (g->rows != t->rows || g->cols != t->cols)
+            return ql_error(QL_EFORMAT,
+                            "adapter tensor '%s' is [%lld, %lld]; model %s expects [%lld, %lld]",
+                            t->name, (long long)g->rows, (long long)g->cols, c->o->model,
+                            (long long)t->rows, (long long)t->cols);
+        memcpy(c->params + t->offset, given->params + g->offset,
+               (size_t)(t->rows * t->cols) * sizeof(float));
+    }
+    return QL_OK;
+}
+
 /* The adapter, read against the base model's config (every tensor present
- * with its shape, nothing else in the file). */
+ * with its shape, nothing else). */
 static ql_status load_adapter(merge_ctx *c) {
     const ql_merge_opts *o = c->o;
-    if (!o->adapter_dir) return QL_OK;
+    if (!o->adapter_dir && !o->adapters) return QL_OK;
     ql_lora_config lc;
-    QL_TRY(ql_peft_read_config(o->adapter_dir, &lc, NULL, 0));
+    if (o->adapter_dir)
+        QL_TRY(ql_peft_read_config(o->adapter_dir, &lc, NULL, 0));
+    else
+        lc = o->adapters->cfg;
     QL_TRY(ql_adapters_layout(&c->src.cfg, &lc, &c->ad));
     c->params = ql_malloc((size_t)(c->ad.n ? c->ad.n : 1) * sizeof(float), "the adapter");
     int64_t L = c->src.cfg.num_hidden_layers;
     c->a_of = ql_malloc((size_t)(L * QL_N_PROJ) * sizeof(int), "the adapter index");
     if (!c->params || !c->a_of) return QL_ENOMEM;
-    c->ad.params = c->params;
-    ql_status st = ql_peft_load(o->adapter_dir, &c->ad, NULL);
-    c->ad.params = NULL; /* owned by c->params */
+    ql_status st;
+    if (o->adapter_dir) {
+        c->ad.params = c->params;
+        st = ql_peft_load(o->adapter_dir, &c->ad, NULL);
+        c->ad.params = NULL; /* owned by c->params */
+    } else {
+        st = copy_adapters(c, o->adapters);
+    }
     if (st != QL_OK)
-        return ql_error_wrap(st, "adapter %s for model %s: ", o->adapter_dir, o->model);
+        return ql_error_wrap(st, "adapter %s for model %s: ",
+                             o->adapter_dir ? o->adapter_dir : "(checkpoint)", o->model);
     for (int64_t i = 0; i < L * QL_N_PROJ; i++) c->a_of[i] = -1;
     for (int i = 0; i < c->ad.n_tensors; i++)
         if (!c->ad.tensors[i].is_b)

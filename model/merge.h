@@ -21,10 +21,15 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "kernels/nf4.h"
+#include "model/llama.h"
 
 typedef struct ql_merge_opts {
     const char *model;       /* HF directory, bitsandbytes 4-bit directory or .gguf */
-    const char *adapter_dir; /* PEFT adapter directory; NULL: the base alone */
+    const char *adapter_dir; /* PEFT adapter directory; NULL: see `adapters` */
+    /* Or adapters in host memory (a checkpoint's): every tensor of the
+     * model's layout for adapters->cfg must be there with its shape, under
+     * its PEFT name. Both NULL: the base alone. */
+    const ql_adapters *adapters;
     const char *out_dir;
     ql_dtype dtype;                /* QL_DT_BF16, QL_DT_F16 or QL_DT_F32 */
     ql_qtype qtype;                /* the 4-bit round trip: as the run trained */

@@ -23,9 +23,14 @@
 #   4. with torch + transformers + peft importable by $QL_PEFT_PYTHON (not in
 #      CI): PeftModel.from_pretrained on the export and AutoModelForCausalLM on
 #      the merged directories, live, against the same qlora logits;
-#   5. errors: an existing --out without --force, a missing source, a
-#      checkpoint (not exportable yet), a tampered adapter, an adapter of
-#      another model, bad flags.
+#   5. checkpoints: the final step's checkpoint exports to the same bytes as
+#      the run's adapter/ (as a step directory, as RUN/checkpoints, and as a
+#      run without adapter/); a damaged newest checkpoint is passed over for
+#      the one before (and said so); a merge from a checkpoint gives that
+#      step's logits;
+#   6. errors: an existing --out without --force, a missing source, empty or
+#      broken checkpoints, a tampered adapter, an adapter of another model,
+#      bad flags; no output or temporary directory is left behind.
 set -u
 : "${QLORA:?}" "${QL_SOURCE_DIR:?}" "${QL_BUILD_DIR:?}"
 PY="$QL_SOURCE_DIR/.venv/bin/python"
@@ -62,7 +67,7 @@ np.random.default_rng(9).integers(0, 40, (2, 10)).astype("<i4").tofile("ids40.i3
 EOF
 IDS="$FX/peft/ref/ids.i32" # 2 x 12, ids < 67
 
-train() { # name model double_quant extra-yaml
+train() { # name model double_quant
     cat >"$1.yaml" <<EOF
 model: $2
 output_dir: $1
@@ -82,6 +87,9 @@ train:
 quant:
   blocksize: 64
   double_quant: $3
+checkpoint:
+  every_steps: 2
+  keep_last: 3
 EOF
     "$QLORA" train "$1.yaml" >"$1.out" 2>"$1.err" || { bad "qlora train $1"; tail -5 "$1.err"; }
 }
@@ -178,7 +186,36 @@ else
     echo "live transformers+PEFT check skipped (set QL_PEFT_PYTHON to a python with torch, transformers, peft)"
 fi
 
-# --- 5. errors
+# --- 5. checkpoints (steps 2, 4, 6 of `run`)
+CK=run/checkpoints
+for src in $CK/step-00000006 $CK; do
+    rm -rf ck
+    "$QLORA" export "$src" --out ck >ck.out 2>&1 || { bad "export $src"; cat ck.out; }
+    grep -q "checkpoint .*step 6 (r 4, alpha 8, rsLoRA" ck.out || bad "export $src: summary $(head -1 ck.out)"
+    cmp -s ck/adapter_model.safetensors exp/adapter_model.safetensors ||
+        bad "export $src: tensors differ from the run's final adapter"
+    cmp -s ck/adapter_config.json exp/adapter_config.json || bad "export $src: adapter_config.json differs"
+done
+cp -r run run2 && rm -rf run2/adapter
+"$QLORA" export run2 --out ck2 >ck2.out 2>&1 && grep -q "step 6" ck2.out &&
+    cmp -s ck2/adapter_model.safetensors exp/adapter_model.safetensors || bad "a run without adapter/: $(cat ck2.out)"
+"$PY" - run2/checkpoints/step-00000006/shard-00000-of-00001.h5 <<'EOF'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+b[len(b) // 2] ^= 0xFF
+open(p, "wb").write(bytes(b))
+EOF
+"$QLORA" export run2 --out ck4 >ck4.out 2>ck4.err || { bad "fallback to step 4"; cat ck4.err; }
+grep -q "step 4" ck4.out || bad "damaged step 6: not step 4: $(cat ck4.out)"
+grep -q "step-00000006 does not verify" ck4.err || bad "the damaged checkpoint was not named: $(cat ck4.err)"
+cmp -s ck4/adapter_model.safetensors exp/adapter_model.safetensors && bad "step 4 exported the same tensors as step 6"
+"$QLORA" export $CK/step-00000004 --merge --dtype f32 --out c32 >/dev/null 2>&1 || bad "merge from a checkpoint"
+logits "$FX/llama/llama" ck4 "$IDS" 2 12 q_ck4.f32
+chk logits c32 "$IDS" 2 12 np_c32.f32 && chk compare np_c32.f32 q_ck4.f32 1e-4 "merged from checkpoint 4 vs qlora" ||
+    bad "merge from a checkpoint: logits"
+
+# --- 6. errors
 expect_fail() { # code pattern args...
     local code=$1 pat=$2
     shift 2
@@ -190,9 +227,10 @@ expect_fail() { # code pattern args...
 expect_fail 1 "exp already exists" run --out exp
 "$QLORA" export run --out exp --force >/dev/null 2>&1 || bad "--force did not replace"
 expect_fail 1 "nowhere: no such directory" nowhere --out x1
-mkdir -p ck/checkpoints/step-00000002 && touch ck/checkpoints/step-00000002/manifest.pb
-expect_fail 1 "not available yet" ck --out x2
-expect_fail 1 "not available yet" ck/checkpoints/step-00000002 --out x3
+mkdir -p empty/checkpoints broken/checkpoints/step-00000002
+touch broken/checkpoints/step-00000002/manifest.pb
+expect_fail 1 "no committed checkpoint" empty --out x2
+expect_fail 1 "manifest.pb" broken/checkpoints/step-00000002 --out x3
 cp -r exp tampered
 "$PY" - <<'EOF'
 from safetensors.numpy import load_file, save_file
@@ -206,7 +244,7 @@ expect_fail 1 "expected \[4, 32\]" run --merge --model "$G" --out x5
 expect_fail 2 "--dtype must be" run --out x6 --dtype f8
 expect_fail 2 "--out is required" run
 expect_fail 2 "unknown flag" run --out x7 --frobnicate
-[ -e x1 ] || [ -e x4 ] || [ -e x5 ] && bad "a failed export left its output"
+for x in x1 x2 x3 x4 x5 x6 x7; do [ -e $x ] && bad "a failed export left $x"; done
 ls -a | grep -q '\.tmp-' && bad "a temporary directory was left behind: $(ls -a | grep '\.tmp-')"
 
 [ $fails = 0 ] && echo "passed" || echo "$fails failed"
