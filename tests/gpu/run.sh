@@ -24,7 +24,8 @@
 # Environment: QL_GPU_RUN_MIN=1 forces the nvcc-only build; QL_GPU_RUN_CPU=1
 # also builds and runs the CPU unit tests and bench_cpu (full build only);
 # QL_GPU_QUICK=1 runs one shape per benchmark; QL_GPU_BUILD_DIR (default
-# build-gpu) is the build directory.
+# build-gpu) is the build directory; QL_GIT_COMMIT names the commit measured
+# when the tree has no .git (a copied working tree).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$(pwd)
@@ -183,7 +184,7 @@ summary=$results/gpu-run-$slug-$stamp.json
     echo "  \"date\": \"$stamp\","
     echo "  \"gpu\": \"$gpu_name\","
     echo "  \"driver\": \"$driver\","
-    echo "  \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null || echo unknown)\","
+    echo "  \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null || echo "${QL_GIT_COMMIT:-unknown}")\","
     echo "  \"git_dirty\": $(git diff --quiet HEAD -- kernels tests/gpu bench 2>/dev/null && echo false || echo true),"
     echo "  \"build\": \"$mode\","
     echo "  \"build_seconds\": $tbuild,"
