@@ -78,6 +78,7 @@ ql_status ql_fault_point(const char *where, int rank, int64_t step) {
         return QL_OK;
     switch (f.kind) {
     case QL_FAULT_ERROR:
+        if (step == 0) return ql_error(QL_EIO, "injected fault (" VAR "): error at %s", where);
         return ql_error(QL_EIO, "injected fault (" VAR "): error at %s %lld", where,
                         (long long)step);
     case QL_FAULT_KILL:
