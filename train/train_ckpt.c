@@ -417,7 +417,8 @@ static ql_status hook_boundary(void *ctx, const ql_train_state *s, int *halt) {
                                        s->step % c->checkpoint.every_steps == 0);
     /* Step 0, or the state the last checkpoint holds: nothing new to save. */
     if (due && s->step > 0 && s->step != t->last_step) QL_TRY(save(t, s));
-    *halt = preempt;
+    /* Preempted at the last step: the run is over, it ends as usual. */
+    *halt = preempt && s->step < c->train.steps;
     return QL_OK;
 }
 
