@@ -160,6 +160,9 @@ static int run(const ql_config *c, ql_job *j) {
      * step boundary. */
     signal(SIGTERM, on_preempt);
     signal(SIGUSR1, on_preempt);
+    /* Past a file-size limit (ulimit -f), a write fails with EFBIG and ends
+     * the run with a message, instead of the signal killing it. */
+    signal(SIGXFSZ, SIG_IGN);
     ql_status st = r0 ? prepare_output(c) : QL_OK;
     if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
 
@@ -196,6 +199,7 @@ static int run(const ql_config *c, ql_job *j) {
 
     ql_comm_set_phase(comm, "loading the model");
     ql_llama_options o = model_options(c, be, &ds);
+    o.quiet = !r0; /* rank 0 describes the model */
     ql_llama *m = NULL;
     st = ql_llama_load(c->model, &o, &m);
     if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(d, ql_llama_config(m)->vocab_size);
