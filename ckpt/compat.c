@@ -1,5 +1,7 @@
 #include "ckpt/compat.h"
 
+#include "core/json_float.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +28,12 @@ static void fmt_value(const ql_cfg_key *k, const ql_config *c, char *buf, size_t
     switch (k->type) {
     case QL_CFG_STR: snprintf(buf, n, "'%s'", f); break;
     case QL_CFG_INT: snprintf(buf, n, "%" PRId64, *(const int64_t *)f); break;
-    case QL_CFG_FLOAT: snprintf(buf, n, "%.17g", *(const double *)f); break;
+    case QL_CFG_FLOAT: {
+        char r[QL_FLOAT_REPR_MAX];
+        ql_json_float_repr(*(const double *)f, r);
+        snprintf(buf, n, "%s", r);
+        break;
+    }
     case QL_CFG_BOOL: snprintf(buf, n, "%s", *(const int *)f ? "true" : "false"); break;
     case QL_CFG_CHOICE: {
         const char *p = k->choices;

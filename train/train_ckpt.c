@@ -187,7 +187,16 @@ static ql_status try_one(ql_train_ckpt *t, const char *dir, float *p, int *damag
     *damaged = 1;
     ql_ckpt_meta m;
     QL_TRY(ql_ckpt_read_meta(t->o.comm, dir, &m));
+    /* The shards' sizes and attributes first: a manifest that is not theirs
+     * (another run's) is damage, to fall back from, not a refusal. */
     ql_status st = QL_OK;
+    for (int i = t->rank; i < m.n_shards && st == QL_OK; i += t->size)
+        st = ql_ckpt_check_shard(dir, &m, i, t->o.cfg->checkpoint.file_locking, 0);
+    st = ql_comm_agree(t->o.comm, st);
+    if (st != QL_OK) {
+        ql_ckpt_meta_free(&m);
+        return st;
+    }
     if (t->rank == 0) st = ql_ckpt_check_compat(&m, &t->now, t->o.cfg, notes, notes_n);
     st = ql_comm_agree(t->o.comm, st);
     if (st != QL_OK) {
