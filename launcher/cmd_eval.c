@@ -1,8 +1,11 @@
 /* qlora eval --model PATH [--adapter DIR] --data FILE: mean loss and
  * perplexity over every target token of a JSONL file of any record format
  * (text, prompt/completion, messages, pre-tokenized), tokenized with the
- * model's own tokenizer as qlora train does. */
+ * model's own tokenizer as qlora train does; with an adapter, the base model
+ * and the adapter side by side. The result can be stored (OUT/eval.json) and
+ * compared with an earlier one to flag drift (docs/evaluation.md). */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,11 +14,13 @@
 
 #include "data/jsonl_tokens.h"
 #include "data/records.h"
+#include "core/fsutil.h"
 #include "data/tokenizer.h"
 #include "launcher/commands.h"
 #include "model/llama.h"
 #include "model/peft.h"
 #include "train/batcher.h"
+#include "train/eval_store.h"
 #include "train/progress.h"
 #include "train/trainer.h"
 
@@ -23,23 +28,36 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: qlora eval --model PATH --data FILE [--adapter DIR] [flags]\n"
             "\n"
-            "Mean cross-entropy over every target token of FILE (pre-tokenized JSONL, as for\n"
-            "qlora train) and its perplexity, for the base model or with a LoRA adapter.\n"
-            "Prints a table and, last, one JSON line:\n"
+            "Mean cross-entropy over every target token of FILE (JSONL records of any format,\n"
+            "with the loss masks of qlora train) and its perplexity: for the base model, or\n"
+            "with a LoRA adapter and the base model side by side. Prints a table and, last,\n"
+            "one JSON line:\n"
             "  {\"loss\": ..., \"perplexity\": ..., \"tokens\": ...}   (tokens = target tokens)\n"
+            "loss and perplexity are the adapter's when there is one; base_loss,\n"
+            "base_perplexity and loss_change (adapter - base) follow, and with --baseline\n"
+            "baseline_loss, relative_change and drifted.\n"
             "\n"
             "flags:\n"
             "  --model PATH         Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
             "  --data FILE          JSONL: text, prompt/completion, messages or pre-tokenized\n"
             "                       records, as for qlora train (data.md)\n"
             "  --adapter DIR        a PEFT adapter directory, or a run directory holding adapter/\n"
+            "  --no-base            with --adapter: skip the base model's pass\n"
+            "  --out DIR            store the result as DIR/eval.json (created if needed);\n"
+            "                       with --adapter RUN (a run directory) it is stored in\n"
+            "                       RUN/eval.json unless --no-save (or RUN is the baseline)\n"
+            "  --no-save            store nothing\n"
+            "  --baseline RUN       compare with RUN/eval.json (or an eval.json file): a loss\n"
+            "                       more than --drift-threshold above it is drift, exit 3\n"
+            "  --drift-threshold X  relative loss increase that is drift (default 0.05 = 5%%)\n"
             "  --max-seq-len N      truncate longer records to N tokens (default: no limit)\n"
             "  --batch N            records per forward pass (default 4)\n"
             "  --backend NAME       cpu (default), cpu-ref or cuda\n"
             "  --quiet              no model summary or progress on stderr\n"
             "  --help               this text\n"
             "\n"
-            "exit status: 0 done, 1 error (the message says which), 2 bad command line\n");
+            "exit status: 0 done, 1 error (the message says which), 2 bad command line,\n"
+            "3 drift: the loss rose above the baseline by more than the threshold\n");
 }
 
 static int bad_usage(const char *fmt, const char *arg) {
@@ -50,9 +68,10 @@ static int bad_usage(const char *fmt, const char *arg) {
 }
 
 typedef struct eval_args {
-    const char *model, *data, *adapter, *backend;
+    const char *model, *data, *adapter, *backend, *out, *baseline;
     int64_t max_seq_len, batch;
-    int quiet;
+    double drift_threshold;
+    int quiet, no_base, no_save;
 } eval_args;
 
 static int parse_count(const char *s, int64_t lo, int64_t *out) {
@@ -65,19 +84,23 @@ static int parse_count(const char *s, int64_t lo, int64_t *out) {
 }
 
 static int parse_args(int argc, char **argv, eval_args *a) {
-    *a = (eval_args){.backend = "cpu", .max_seq_len = (int64_t)1 << 20, .batch = 4};
+    *a = (eval_args){.backend = "cpu",
+                     .max_seq_len = (int64_t)1 << 20,
+                     .batch = 4,
+                     .drift_threshold = QL_DRIFT_THRESHOLD_DEFAULT};
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
             usage(stdout);
             return QL_EXIT_OK;
         }
-        if (!strcmp(s, "--quiet")) {
-            a->quiet = 1;
+        if (!strcmp(s, "--quiet") || !strcmp(s, "--no-base") || !strcmp(s, "--no-save")) {
+            *(s[2] == 'q' ? &a->quiet : s[5] == 'b' ? &a->no_base : &a->no_save) = 1;
             continue;
         }
-        static const char *const valued[] = {"--model",       "--data",  "--adapter",
-                                             "--max-seq-len", "--batch", "--backend"};
+        static const char *const valued[] = {"--model",       "--data",     "--adapter",
+                                             "--max-seq-len", "--batch",    "--backend",
+                                             "--out",         "--baseline", "--drift-threshold"};
         const char *val = NULL;
         size_t which = 0;
         for (; which < sizeof valued / sizeof *valued; which++) {
@@ -106,6 +129,17 @@ static int parse_args(int argc, char **argv, eval_args *a) {
                 return bad_usage("--batch must be an integer >= 1, not '%s'", val);
             break;
         case 5: a->backend = val; break;
+        case 6: a->out = val; break;
+        case 7: a->baseline = val; break;
+        case 8: {
+            char *end;
+            errno = 0;
+            a->drift_threshold = strtod(val, &end);
+            if (errno || end == val || *end || !(a->drift_threshold >= 0) ||
+                !isfinite(a->drift_threshold))
+                return bad_usage("--drift-threshold must be a number >= 0, not '%s'", val);
+            break;
+        }
         }
     }
     if (!a->model) return bad_usage("%s is required", "--model");
@@ -134,7 +168,7 @@ static ql_status load_records(const eval_args *a, ql_token_data *d, ql_records_r
 }
 
 static ql_status evaluate(ql_llama *m, const ql_token_data *d, int64_t batch, int show,
-                          double *loss_sum, int64_t *n_targets) {
+                          const char *what, double *loss_sum, int64_t *n_targets) {
     ql_batcher b;
     QL_TRY(ql_batcher_init(&b, d, 0, 0, 0, d->max_len, batch));
     ql_status st = QL_OK;
@@ -150,12 +184,36 @@ static ql_status evaluate(ql_llama *m, const ql_token_data *d, int64_t batch, in
         *loss_sum += ls;
         *n_targets += nt;
         if (show)
-            fprintf(stderr, "\r\033[Keval: batch %lld/%lld", (long long)i + 1,
+            fprintf(stderr, "\r\033[Keval (%s): batch %lld/%lld", what, (long long)i + 1,
                     (long long)n_batches);
     }
     if (show) fputs("\r\033[K", stderr);
     ql_batcher_free(&b);
     return st;
+}
+
+/* The base model's loss through the same model: the adapter's values are
+ * set aside, zeros uploaded (B = 0 makes every LoRA term exactly 0), the pass
+ * run, and the values put back. */
+static ql_status base_pass(ql_llama *m, const ql_backend *be, const ql_token_data *d, int64_t batch,
+                           int show, double *loss_sum, int64_t *n_targets) {
+    ql_adapters *ad = ql_llama_adapters(m);
+    size_t bytes = (size_t)ad->n * sizeof(float);
+    float *keep = ql_malloc(bytes ? bytes : 1, "a copy of the adapter"),
+          *zero = ql_calloc(ad->n ? (size_t)ad->n : 1, sizeof(float), "zeros");
+    ql_status st = keep && zero ? be->download(keep, ad->params, bytes) : QL_ENOMEM;
+    if (st == QL_OK) st = be->upload(ad->params, zero, bytes);
+    if (st == QL_OK) st = evaluate(m, d, batch, show, "base model", loss_sum, n_targets);
+    ql_status st2 = keep ? be->upload(ad->params, keep, bytes) : QL_OK;
+    free(keep);
+    free(zero);
+    return st != QL_OK ? st : st2;
+}
+
+static int same_file(const char *a, const char *b) {
+    char ra[PATH_MAX], rb[PATH_MAX];
+    if (realpath(a, ra) && realpath(b, rb)) return !strcmp(ra, rb);
+    return !strcmp(a, b);
 }
 
 /* %.10g, or null for what JSON cannot hold. */
@@ -201,18 +259,52 @@ int ql_cmd_eval(int argc, char **argv) {
                 "warning: records of up to %lld tokens are longer than the model's "
                 "max_position_embeddings (%lld); consider --max-seq-len\n",
                 (long long)d.max_len, (long long)ql_llama_config(m)->max_position_embeddings);
-    double loss_sum = 0, t0 = ql_now();
-    int64_t n_tg = 0;
+    /* The base model's pass first, with the adapter's values set aside (B = 0
+     * adds exactly nothing), then the adapter's. */
+    int side_by_side = a.adapter && !a.no_base;
+    double base_sum = 0, loss_sum = 0, t0 = ql_now();
+    int64_t n_base = 0, n_tg = 0;
+    int show = !a.quiet && isatty(fileno(stderr));
+    if (st == QL_OK && side_by_side)
+        st = base_pass(m, be, &d, o.max_batch, show, &base_sum, &n_base);
     if (st == QL_OK)
-        st = evaluate(m, &d, o.max_batch, !a.quiet && isatty(fileno(stderr)), &loss_sum, &n_tg);
+        st = evaluate(m, &d, o.max_batch, show, a.adapter ? "adapter" : "base", &loss_sum, &n_tg);
     if (st == QL_OK && n_tg == 0)
         st = ql_error(QL_EINVAL, "%s: no target tokens (every label is -100)", a.data);
+    ql_eval_summary sum;
+    memset(&sum, 0, sizeof sum);
+    if (st == QL_OK) {
+        double loss = loss_sum / (double)n_tg;
+        sum = (ql_eval_summary){.records = d.n,
+                                .tokens = n_tg,
+                                .loss = loss,
+                                .perplexity = exp(loss),
+                                .has_base = side_by_side};
+        if (side_by_side) {
+            sum.base_loss = base_sum / (double)n_base;
+            sum.base_perplexity = exp(sum.base_loss);
+        }
+        snprintf(sum.model, sizeof sum.model, "%s", a.model);
+        snprintf(sum.adapter, sizeof sum.adapter, "%s", a.adapter ? adir : "");
+        snprintf(sum.data, sizeof sum.data, "%s", a.data);
+        st = ql_eval_file_sha256(a.data, sum.data_sha256);
+    }
+    char base_path[QL_EVAL_PATH_MAX] = "";
+    if (st == QL_OK && a.baseline) {
+        ql_eval_summary bs;
+        st = ql_eval_find(a.baseline, base_path, sizeof base_path);
+        if (st == QL_OK) st = ql_eval_summary_read(base_path, &bs);
+        if (st == QL_OK) {
+            ql_eval_drift_check(&bs, base_path, &sum, a.drift_threshold, &sum.drift);
+            sum.has_drift = 1;
+        }
+    }
     if (st != QL_OK) {
         ql_llama_free(m);
         ql_jsonl_tokens_free(&d);
         return ql_report(st);
     }
-    double secs = ql_now() - t0, loss = loss_sum / (double)n_tg, ppl = exp(loss);
+    double secs = ql_now() - t0, loss = sum.loss, ppl = sum.perplexity;
     printf("model       %s\n", a.model);
     if (a.adapter)
         printf("adapter     %s (r %d, alpha %g%s)\n", adir, o.lora.r, (double)o.lora.alpha,
@@ -227,15 +319,73 @@ int ql_cmd_eval(int argc, char **argv) {
     if (rep.no_loss) printf(", %lld left out with no target token", (long long)rep.no_loss);
     printf("\n");
     printf("tokens      %lld targets of %lld (%.0f tokens/s)\n", (long long)n_tg,
-           (long long)d.off[d.n], secs > 0 ? (double)d.off[d.n] / secs : 0.0);
-    printf("loss        %.10g\n", loss);
-    printf("perplexity  %.10g\n", ppl);
+           (long long)d.off[d.n], secs > 0 ? (double)d.off[d.n] * (1 + side_by_side) / secs : 0.0);
+    if (side_by_side) {
+        printf("            %-16s %-16s %s\n", "base model", "with adapter", "change");
+        printf("loss        %-16.10g %-16.10g %+.6g (%+.2f%%)\n", sum.base_loss, loss,
+               loss - sum.base_loss, 100.0 * (loss - sum.base_loss) / sum.base_loss);
+        printf("perplexity  %-16.10g %-16.10g %+.6g\n", sum.base_perplexity, ppl,
+               ppl - sum.base_perplexity);
+    } else {
+        printf("loss        %.10g\n", loss);
+        printf("perplexity  %.10g\n", ppl);
+    }
+    int drifted = 0;
+    if (sum.has_drift) {
+        const ql_eval_drift *dr = &sum.drift;
+        drifted = dr->drifted;
+        printf("baseline    %s: loss %.10g; now %+.6g (%+.2f%%), threshold %+.2f%%: %s%s\n",
+               dr->path, dr->baseline_loss, dr->change, 100.0 * dr->relative_change,
+               100.0 * dr->threshold, drifted ? "DRIFT" : "ok",
+               dr->same_data ? "" : " (other data than the baseline's)");
+    }
+    /* Where the result is kept: --out, else the run the adapter came from. */
+    char save[QL_EVAL_PATH_MAX] = "";
+    if (a.out && !a.no_save) {
+        st = ql_fs_mkdirs(a.out);
+        snprintf(save, sizeof save, "%s/%s", a.out, QL_EVAL_FILE);
+    } else if (a.adapter && !a.no_save && strcmp(adir, a.adapter) != 0) {
+        snprintf(save, sizeof save, "%s/%s", a.adapter, QL_EVAL_FILE);
+    }
+    if (save[0] && base_path[0] && same_file(save, base_path)) {
+        fprintf(stderr,
+                "qlora eval: note: not storing the result in %s: it is the baseline compared "
+                "with\n",
+                save);
+        save[0] = '\0';
+    }
+    if (st == QL_OK && save[0]) st = ql_eval_summary_write(save, &sum);
+    if (st == QL_OK && save[0]) printf("stored      %s\n", save);
     char jl[40], jp[40];
     json_num(loss, jl, sizeof jl);
     json_num(ppl, jp, sizeof jp);
-    printf("{\"loss\": %s, \"perplexity\": %s, \"tokens\": %lld}\n", jl, jp, (long long)n_tg);
+    printf("{\"loss\": %s, \"perplexity\": %s, \"tokens\": %lld", jl, jp, (long long)n_tg);
+    if (side_by_side) {
+        char bl[40], bp[40], ch[40];
+        json_num(sum.base_loss, bl, sizeof bl);
+        json_num(sum.base_perplexity, bp, sizeof bp);
+        json_num(loss - sum.base_loss, ch, sizeof ch);
+        printf(", \"base_loss\": %s, \"base_perplexity\": %s, \"loss_change\": %s", bl, bp, ch);
+    }
+    if (sum.has_drift) {
+        char bl[40], rel[40];
+        json_num(sum.drift.baseline_loss, bl, sizeof bl);
+        json_num(sum.drift.relative_change, rel, sizeof rel);
+        printf(", \"baseline_loss\": %s, \"relative_change\": %s, \"drifted\": %s", bl, rel,
+               drifted ? "true" : "false");
+    }
+    printf("}\n");
     fflush(stdout);
     ql_llama_free(m);
     ql_jsonl_tokens_free(&d);
+    if (st != QL_OK) return ql_report(st);
+    if (drifted) {
+        fprintf(stderr,
+                "qlora eval: drift: loss %.6g is %.2f%% above the baseline %.6g (%s), more than "
+                "the threshold of %.2f%%\n",
+                sum.drift.loss, 100.0 * sum.drift.relative_change, sum.drift.baseline_loss,
+                sum.drift.path, 100.0 * sum.drift.threshold);
+        return QL_EXIT_DRIFT;
+    }
     return QL_EXIT_OK;
 }

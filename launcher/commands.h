@@ -10,6 +10,7 @@ enum {
     QL_EXIT_OK = 0,
     QL_EXIT_ERROR = 1,   /* bad input or a failure; the message says which */
     QL_EXIT_USAGE = 2,   /* bad command line */
+    QL_EXIT_DRIFT = 3,   /* qlora eval --baseline: the loss drifted above the threshold */
     QL_EXIT_REQUEUE = 75 /* checkpointed after a preemption signal: requeue me */
 };
 
