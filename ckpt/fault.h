@@ -7,7 +7,8 @@
 #ifndef QL_CKPT_FAULT_H
 #define QL_CKPT_FAULT_H
 
-/* 1 if the fault `point` is set for `rank` (-1: any rank). */
+/* 1 if the fault `point` is set for `rank` (-1: this process's rank as the
+ * launcher's environment says). */
 int ql_ckpt_fault(const char *point, int rank);
 
 #endif

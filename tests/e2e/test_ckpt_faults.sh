@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Checkpoints under faults, with qlora train and qlora ckpt:
+#   - an error on one rank of two while saving and while loading: every rank
+#     exits 1 (in bounded time), the message names the rank and the file;
 #   - disk full while a shard is written (output_dir on a 1 MiB tmpfs, when
 #     mount works; and a file-size limit, ulimit -f), and injected ENOSPC
 #     while the manifest and LATEST are written: exit 1 with a message that
@@ -83,6 +85,22 @@ for point in manifest-enospc latest-enospc shard-write; do
     [ $rc = 0 ] || bad "$point: the next run exit $rc"
     grep -q "^resume: inj-$point/checkpoints/step-00000003: step 3" inj-$point.err || bad "$point: did not resume from step 3"
 done
+
+# an error on one rank of two, in the save and in the load: every rank ends,
+# exit 1, the failing rank named
+train 2 r2 "${OV[@]}" --train.steps=3
+[ $rc = 0 ] || bad "2 ranks: exit $rc"
+QL_CKPT_FAULT=shard-write@1 timeout 60 "${MPIRUN[@]}" -np 2 "$Q" train cfg.yaml --output_dir=r2 \
+    "${OV[@]}" --train.steps=6 >r2.out 2>r2.err
+rc=$?
+[ $rc = 1 ] && grep -q "^qlora: error: .*checkpoint at step 6 failed (the previous one, r2/checkpoints/step-00000003, is intact): rank 1 (.*): .*shard-00001-of-00002.h5: writing the shard failed: injected fault" r2.err ||
+    bad "save fault on rank 1: exit $rc: $(grep error r2.err | head -n 2)"
+QL_CKPT_FAULT=shard-read@1 timeout 60 "${MPIRUN[@]}" -np 2 "$Q" train cfg.yaml --output_dir=r2 \
+    "${OV[@]}" --train.steps=6 >r2.out 2>r2.err
+rc=$?
+[ $rc = 1 ] && grep -q "^qlora: error: .*rank 1 (.*): .*shard-0000[01]-of-00002.h5: reading .* failed: injected fault" r2.err ||
+    bad "load fault on rank 1: exit $rc: $(grep error r2.err | head -n 2)"
+[ "$(cat r2/checkpoints/LATEST)" = step-00000003 ] || bad "2 ranks: LATEST moved"
 
 # --- corruption ----------------------------------------------------------------
 train 1 good "${OV[@]}"
