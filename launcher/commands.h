@@ -28,6 +28,7 @@ int ql_cmd_data(int argc, char **argv);
 int ql_cmd_generate(int argc, char **argv);
 int ql_cmd_ckpt(int argc, char **argv);
 int ql_cmd_export(int argc, char **argv);
+int ql_cmd_report(int argc, char **argv);
 
 /* Prints "qlora: <message>" for a failed status and returns QL_EXIT_ERROR. */
 int ql_report(ql_status s);

@@ -14,6 +14,7 @@ static const ql_command commands[] = {
     {"data", "the data report of a training configuration (data stats CONFIG)", ql_cmd_data},
     {"ckpt", "verify or inspect a checkpoint (ckpt verify|inspect DIR)", ql_cmd_ckpt},
     {"export", "a run's adapter for PEFT/vLLM, or a merged model (--merge)", ql_cmd_export},
+    {"report", "a run's loss plot and summary: RUN/report.html and RUN/loss.png", ql_cmd_report},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
