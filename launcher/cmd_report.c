@@ -53,8 +53,8 @@ int ql_cmd_report(int argc, char **argv) {
         printf("steps   %lld to %lld: training loss %.4f -> %.4f", (long long)info.first_step,
                (long long)info.last_step, info.first_loss, info.last_loss);
         if (info.eval_points)
-            printf("; eval loss %.4f (%lld evaluations)", info.last_eval_loss,
-                   (long long)info.eval_points);
+            printf("; eval loss %.4f (%lld evaluation%s)", info.last_eval_loss,
+                   (long long)info.eval_points, info.eval_points == 1 ? "" : "s");
         printf("\nreport  %s/%s\nplot    %s/%s\n", run, QL_REPORT_HTML, run, QL_REPORT_PNG);
         if (info.skipped_lines)
             printf("note    %lld line(s) of metrics.jsonl not understood, left out\n",
