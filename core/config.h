@@ -69,6 +69,7 @@ typedef struct ql_config {
         int on_nonfinite; /* ql_nonfinite */
         int64_t max_nonfinite_in_a_row;
         int activation_checkpointing;
+        double memory_limit_gb; /* 0: the device's (or the host's) memory */
         int64_t log_every;
         int64_t eval_every;
     } train;

@@ -18,8 +18,9 @@ static const ql_cfg_key schema[] = {
     {"seed", TYPED(QL_CFG_INT, seed), "1234", 0, BIG, 0, 0, 0, 0, NULL,
      "seeds LoRA initialisation, dropout and the data order; the same seed repeats a CPU run "
      "bit for bit"},
-    {"backend", STR(backend), "cpu", 0, 0, 0, 0, 0, 0, "cpu|cpu-ref|cuda",
-     "where the model runs: cpu (OpenBLAS + OpenMP), cpu-ref (plain loops), cuda"},
+    {"backend", STR(backend), "cpu", 0, 0, 0, 0, 0, 0, "auto|cpu|cpu-ref|cuda",
+     "where the model runs: cpu (OpenBLAS + OpenMP), cpu-ref (plain loops), cuda (one GPU per "
+     "rank), auto (cuda when a GPU is visible, else cpu)"},
     {"overwrite_output_dir", TYPED(QL_CFG_BOOL, overwrite_output_dir), "false", 0, 0, 0, 0, 0, 0,
      NULL, "allow an output_dir that already holds a run (its metrics.jsonl is restarted)"},
     {"resume", STR(resume), "auto", 0, 0, 0, 0, 0, 0, NULL,
@@ -101,6 +102,10 @@ static const ql_cfg_key schema[] = {
     {"train.activation_checkpointing", TYPED(QL_CFG_BOOL, train.activation_checkpointing), "false",
      0, 0, 0, 0, 0, 0, NULL,
      "keep only each layer's input and recompute the rest in the backward pass (less memory)"},
+    {"train.memory_limit_gb", TYPED(QL_CFG_FLOAT, train.memory_limit_gb), "0.0", 0, BIG, 0, 0, 0, 0,
+     NULL,
+     "refuse to start when the memory estimate for one rank exceeds this many GiB (0: the GPU's "
+     "memory on cuda, the host's on cpu); --memory-limit=GB sets it"},
     {"train.log_every", TYPED(QL_CFG_INT, train.log_every), "10", 1, BIG, 0, 0, 0, 0, NULL,
      "when stderr is not a terminal, print a progress line every this many steps"},
     {"train.eval_every", TYPED(QL_CFG_INT, train.eval_every), "0", 0, BIG, 0, 0, 0, 0, NULL,

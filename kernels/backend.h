@@ -73,6 +73,11 @@ typedef struct ql_attn_shape {
     int n_heads, n_kv_heads, head_dim;
 } ql_attn_shape;
 
+typedef struct ql_mem_stats {
+    size_t in_use, peak;              /* bytes allocated through the backend */
+    size_t device_used, device_total; /* the device as a whole (0: not known) */
+} ql_mem_stats;
+
 typedef struct ql_backend {
     const char *name;
     ql_dtype act_dtype;
@@ -160,6 +165,28 @@ typedef struct ql_backend {
      * step counts from 1. */
     ql_status (*adamw)(float *param, const float *grad, float *m, float *v, int64_t n,
                        const ql_adamw *h, int64_t step);
+
+    /* --- flat fp32 vectors (the optimizer's gradient, in backend memory) ---------------- */
+    /* x[n] = 0 (zeroing the gradients before a step's micro-batches). */
+    ql_status (*zero_f32)(float *x, int64_t n);
+    /* *sum (HOST memory) = Σ x[i]², each square and the sum in double, for the
+     * global gradient norm: the one number the host needs from the step. The
+     * CPU backends add in index order (ql_grad_sq_sum, bit for bit); CUDA in a
+     * fixed grouping of its own (deterministic; it may differ from the CPU in
+     * the last bits of the double). Waits for the queued work. */
+    ql_status (*sq_sum_f32)(const float *x, int64_t n, double *sum);
+    /* x[i] *= s, one float multiply each (gradient clipping; = ql_grad_scale). */
+    ql_status (*scale_f32)(float *x, int64_t n, float s);
+
+    /* --- memory accounting ---------------------------------------------------------------- */
+    /* What this backend holds: bytes allocated through alloc and q4_upload (and,
+     * on CUDA, the ops' own scratch buffers and cuBLASLt workspace), now and at
+     * most since the last reset; device_used/device_total: the whole device
+     * as its driver reports it (CUDA: context, libraries and other processes
+     * included), 0 on the CPU backends. */
+    void (*mem_stats)(ql_mem_stats *s);
+    /* Restarts `peak` from the bytes in use now (at the start of a step). */
+    void (*mem_reset_peak)(void);
 } ql_backend;
 
 /* The built-in backends. ql_backend_cuda() returns NULL (with a message) when
@@ -167,8 +194,12 @@ typedef struct ql_backend {
 const ql_backend *ql_backend_cpu_ref(void);
 const ql_backend *ql_backend_cpu(void);
 const ql_backend *ql_backend_cuda(void);
-/* By name ("cpu-ref", "cpu", "cuda"); NULL with a message if unknown or absent. */
+/* By name ("cpu-ref", "cpu", "cuda", or "auto": ql_backend_resolve_name);
+ * NULL with a message if unknown or absent. */
 const ql_backend *ql_backend_by_name(const char *name);
+/* "auto" -> "cuda" when this build has CUDA and a device is visible, else
+ * "cpu"; any other name is returned as it is. */
+const char *ql_backend_resolve_name(const char *name);
 
 /* Host-side: the RoPE inverse frequencies inv_freq[head_dim/2] for a config,
  * computed in float32 as transformers does (modeling_rope_utils.py). */

@@ -52,6 +52,14 @@ ql_status ql_cuda_copy_d2d(void *dev_dst, const void *dev_src, size_t bytes, voi
 ql_status ql_cuda_memset(void *dev_dst, int byte, size_t bytes, void *stream);
 /* Waits for all work on the device. */
 ql_status ql_cuda_sync(void);
+/* Bytes held through ql_cuda_malloc (every buffer of the cuda backend: the
+ * model, the optimizer, the ops' scratch, the cuBLASLt workspace), now and
+ * at most since the last ql_cuda_mem_reset_peak. */
+void ql_cuda_mem_counts(size_t *in_use, size_t *peak);
+void ql_cuda_mem_reset_peak(void);
+/* The current device's used (total - free, as cudaMemGetInfo says: every
+ * process and the CUDA context included) and total bytes. */
+ql_status ql_cuda_mem_info(size_t *used, size_t *total);
 
 /* --- 4-bit weights ------------------------------------------------------------ */
 /* Copies a host ql_q4 to the device: *dev gets the host's shape, options,

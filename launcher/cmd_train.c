@@ -18,12 +18,17 @@
 #include "launcher/job.h"
 #include "model/llama.h"
 #include "model/peft.h"
+#include "model/source.h"
+#include "train/mem_plan.h"
 #include "train/progress.h"
 #include "train/train_ckpt.h"
 #include "train/trainer.h"
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_api.h"
+#endif
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: qlora train CONFIG.yaml [--key=value ...]\n"
+    fprintf(f, "usage: qlora train CONFIG.yaml [--key=value ...] [--dry-run] [--memory-limit=GB]\n"
                "\n"
                "Trains LoRA adapters on a 4-bit base model. CONFIG.yaml holds the model, LoRA,\n"
                "optimizer, schedule, data and output settings (docs/config.md lists every key);\n"
@@ -44,6 +49,14 @@ static void usage(FILE *f) {
                "multiple of N) and give the same result as one rank; rank 0 prints and writes\n"
                "the files. dist.timeout_s (or QL_DIST_TIMEOUT_S) bounds how long a rank waits\n"
                "for the others (docs/distributed.md).\n"
+               "\n"
+               "Memory (docs/training.md): --dry-run prints the estimate for one rank (4-bit\n"
+               "weights, adapters, gradients, AdamW, activations with and without checkpointing,\n"
+               "logits, workspace) from the model's config alone and exits (0: it fits). Every\n"
+               "run checks it first against --memory-limit=GB (train.memory_limit_gb), else the\n"
+               "GPU's or the host's memory, and stops naming what to change when it does not fit.\n"
+               "backend: auto picks cuda when a GPU is visible; each rank takes GPU local rank\n"
+               "mod the visible GPUs.\n"
                "\n"
                "exit status: 0 done, 1 error or interrupted (the message says which), 2 bad\n"
                "command line, 75 checkpointed after SIGUSR1/SIGTERM (run it again to resume)\n");
@@ -150,6 +163,66 @@ static void print_plan(const ql_config *c, const ql_job *j, const ql_backend *be
     fputc('\n', stderr);
 }
 
+/* The bound GPU's memory and name ("GPU 0 (NVIDIA H200)"), or 0 when the
+ * run is not on a GPU. */
+static size_t gpu_memory(int device, char *name, size_t n) {
+    *name = 0;
+#ifdef QL_HAVE_CUDA
+    ql_cuda_device_info info;
+    if (device >= 0 && ql_cuda_get_device_info(device, &info) == QL_OK) {
+        snprintf(name, n, "GPU %d (%s)", device, info.name);
+        return info.total_mem;
+    }
+#else
+    (void)device;
+    (void)n;
+#endif
+    return 0;
+}
+
+/* The memory estimate of this run against its limit: printed in full with
+ * `print` (rank 0 of --dry-run), and an error naming what to change when
+ * it does not fit. The model's config only; nothing large is allocated. */
+static ql_status memory_plan(const ql_config *c, const ql_job *j, int cuda, int device,
+                             int64_t max_seq, FILE *print) {
+    ql_hf_config hc;
+    QL_TRY(ql_model_config_load(c->model, &hc));
+    ql_mem_estimate e;
+    ql_status st = ql_mem_plan_estimate(c, &hc, max_seq, cuda, j->size, &e);
+    char gpu[300], what[400];
+    size_t limit = 0;
+    if (st == QL_OK) {
+        size_t total = gpu_memory(device, gpu, sizeof gpu);
+        if (cuda && !total && c->train.memory_limit_gb <= 0) {
+            snprintf(what, sizeof what, "no GPU visible here: --memory-limit=GB checks a size");
+        } else {
+            int local = j->world.local_size > 0 ? j->world.local_size : 1;
+            limit = ql_mem_plan_limit(c, total, gpu, local, what, sizeof what);
+        }
+        if (print) ql_mem_plan_print(print, c, max_seq, &e, limit, what);
+        st = ql_mem_plan_check(c, &hc, max_seq, cuda, j->size, &e, limit, what);
+    }
+    ql_hf_config_free(&hc);
+    return st;
+}
+
+/* qlora train --dry-run: the estimate for rows of data.max_seq_len (the
+ * data are not read), on every rank; rank 0 prints. */
+static int dry_run(const ql_config *c, ql_job *j) {
+    const char *backend = ql_backend_resolve_name(c->backend);
+    int cuda = !strcmp(backend, "cuda"), device = -1;
+    ql_status st = QL_OK;
+    if (cuda) st = ql_comm_bind_device(j->comm, &device);
+    if (st == QL_OK)
+        st = memory_plan(c, j, cuda, device, c->data.max_seq_len, j->rank == 0 ? stdout : NULL);
+    fflush(stdout);
+    if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
+    if (j->rank == 0)
+        printf("dry run: backend %s, %d rank%s; nothing was loaded or trained\n", backend, j->size,
+               j->size == 1 ? "" : "s");
+    return QL_EXIT_OK;
+}
+
 /* Every rank runs this; each fallible part ends in an agreement, so a
  * failure on any rank leaves every rank at the same point with its
  * message. Rank 0 alone writes files and prints. */
@@ -168,9 +241,10 @@ static int run(const ql_config *c, ql_job *j) {
 
     /* A GPU per rank before CUDA is touched (local rank mod visible devices). */
     int device = -1;
-    int cuda = !strcmp(c->backend, "cuda");
+    const char *backend = ql_backend_resolve_name(c->backend); /* auto: cuda when a GPU is seen */
+    int cuda = !strcmp(backend, "cuda");
     if (cuda) st = ql_comm_bind_device(comm, &device);
-    const ql_backend *be = st == QL_OK ? ql_backend_by_name(c->backend) : NULL;
+    const ql_backend *be = st == QL_OK ? ql_backend_by_name(backend) : NULL;
     if (st == QL_OK && !be) st = ql_error_wrap(QL_EUNSUPPORTED, "backend: ");
     if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
     if (cuda && j->size > 1) {
@@ -201,7 +275,9 @@ static int run(const ql_config *c, ql_job *j) {
     ql_llama_options o = model_options(c, be, &ds);
     o.quiet = !r0; /* rank 0 describes the model */
     ql_llama *m = NULL;
-    st = ql_llama_load(c->model, &o, &m);
+    /* Before anything large is allocated: will it fit? */
+    st = memory_plan(c, j, be->act_dtype != QL_DT_F32, device, o.max_seq, NULL);
+    if (st == QL_OK) st = ql_llama_load(c->model, &o, &m);
     if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(d, ql_llama_config(m)->vocab_size);
     if (st == QL_OK && ds.valid.d.n)
         st = ql_jsonl_tokens_check_vocab(&ds.valid.d, ql_llama_config(m)->vocab_size);
@@ -332,16 +408,55 @@ static int run(const ql_config *c, ql_job *j) {
     return rc;
 }
 
+/* --dry-run and --memory-limit=GB (or --memory-limit GB) out of argv: the
+ * rest is CONFIG and --key=value overrides; the limit becomes the override
+ * --train.memory_limit_gb=GB. av holds argc + 1 pointers, buf the new text. */
+static int train_flags(int argc, char **argv, char **av, char *buf, size_t n, int *dry) {
+    int k = 0;
+    *dry = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *val = NULL;
+        if (i > 0 && !strcmp(a, "--dry-run")) {
+            *dry = 1;
+            continue;
+        }
+        if (i > 0 && !strncmp(a, "--memory-limit=", 15)) val = a + 15;
+        if (i > 0 && !strcmp(a, "--memory-limit")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "qlora train: --memory-limit needs a value in GiB\n");
+                return -1;
+            }
+            val = argv[++i];
+        }
+        if (val) {
+            snprintf(buf, n, "--train.memory_limit_gb=%s", val);
+            av[k++] = buf;
+            continue;
+        }
+        av[k++] = argv[i];
+    }
+    av[k] = NULL;
+    return k;
+}
+
 int ql_cmd_train(int argc, char **argv) {
     ql_job j;
     int rc = ql_job_start(&j);
     if (rc != QL_EXIT_OK) return rc;
+    char **av = calloc((size_t)argc + 1, sizeof *av), limit_arg[128];
+    int dry = 0, ac = av ? train_flags(argc, argv, av, limit_arg, sizeof limit_arg, &dry) : -1;
+    if (ac < 0) {
+        int bad_usage = av != NULL;
+        free(av);
+        return ql_job_end(&j, bad_usage ? QL_EXIT_USAGE : QL_EXIT_ERROR);
+    }
     /* Every rank reads the configuration; rank 0 alone says what it found. */
     ql_config *c = NULL;
     ql_error_clear();
     ql_job_quiet_begin(&j);
-    rc = ql_cli_load_config(argc, argv, 1, "train", usage, &c);
+    rc = ql_cli_load_config(ac, av, 1, "train", usage, &c);
     ql_job_quiet_end(&j);
+    free(av);
     ql_status st = ql_job_agree(&j, rc > 0 ? QL_EINVAL : QL_OK);
     if (st != QL_OK) {
         /* Rank 0 printed its own failure; another rank's is printed here. */
@@ -356,6 +471,8 @@ int ql_cmd_train(int argc, char **argv) {
     st = ql_train_check_batch(c->train.global_batch, c->train.micro_batch, j.size);
     if ((st = ql_job_agree(&j, st)) != QL_OK)
         rc = ql_job_report(&j, st);
+    else if (dry)
+        rc = dry_run(c, &j);
     else
         rc = run(c, &j);
     free(c);

@@ -80,7 +80,7 @@ typedef struct ql_llama_options {
     uint64_t seed;              /* LoRA initialisation and dropout */
     int checkpoint_activations; /* keep only layer inputs; recompute in backward */
     int64_t max_batch, max_seq; /* capacity of the activation buffers */
-    int64_t logit_rows;         /* rows of logits per lm_head chunk; 0 = about 32 MB */
+    int64_t logit_rows;         /* rows of logits per lm_head chunk; 0 = ql_llama_logit_rows */
     int quiet;                  /* no load summary on stderr */
 } ql_llama_options;
 
@@ -105,7 +105,25 @@ typedef struct ql_llama ql_llama;
  * adapters (A ~ U(±1/sqrt(in)), B = 0, as PEFT initialises them) and the
  * activation buffers. LoRA targets that match no module are an error. */
 ql_status ql_llama_load(const char *path, const ql_llama_options *o, ql_llama **out);
+/* The same from an open source (model/source.h; e.g. generated weights,
+ * model/random_source.h), which stays open and the caller's. */
+struct ql_model_source;
+ql_status ql_llama_load_source(struct ql_model_source *src, const ql_llama_options *o,
+                               ql_llama **out);
 void ql_llama_free(ql_llama *m);
+
+/* What loading took and holds: seconds in all, reading tensors, quantizing
+ * on the host and copying the 4-bit weights to the backend; bytes of backend
+ * memory the model holds (weights, adapters, gradients, activations). */
+typedef struct ql_llama_load_info {
+    double total_s, read_s, quantize_s, upload_s;
+    size_t backend_bytes;
+} ql_llama_load_info;
+void ql_llama_load_stats(const ql_llama *m, ql_llama_load_info *i);
+
+/* Rows of logits per lm_head chunk for these options (o->logit_rows, or
+ * about 32 MB of float32 on the CPU and 128 MB of bf16 on a device backend). */
+int64_t ql_llama_logit_rows(const ql_llama_options *o, ql_dtype act_dtype, int64_t vocab);
 
 const ql_hf_config *ql_llama_config(const ql_llama *m);
 ql_adapters *ql_llama_adapters(ql_llama *m);

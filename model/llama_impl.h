@@ -76,6 +76,9 @@ struct ql_llama {
     void **allocs; /* backend buffers to free */
     size_t n_allocs, cap_allocs;
     size_t backend_bytes;
+    /* load timing (seconds): the whole load, reading tensors from the
+     * source, quantizing on the host, copying 4-bit weights to the backend */
+    double load_s, read_s, quantize_s, upload_s;
 };
 
 /* A backend buffer owned by the model (freed by ql_llama_free). */

@@ -6,12 +6,33 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "model/llama_impl.h"
 #include "model/source.h"
 
-/* Logit rows per chunk: about 32 MB of float32 logits whatever the vocab. */
+/* Logit elements per lm_head chunk: about 32 MB of float32 logits whatever
+ * the vocab on the CPU. A device backend takes 8x wider chunks (128 MB of
+ * bf16): the lm_head GEMM of a 128k vocabulary then has about 500 rows, not
+ * 65, which tensor cores run far closer to their rate. model/llama_mem.c
+ * sizes the same chunk. */
 #define LOGIT_BUDGET ((int64_t)1 << 23)
+#define LOGIT_BUDGET_DEVICE ((int64_t)1 << 26)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int64_t ql_llama_logit_rows(const ql_llama_options *o, ql_dtype act_dtype, int64_t vocab) {
+    int64_t cap = o->max_batch * o->max_seq;
+    int64_t budget = act_dtype == QL_DT_F32 ? LOGIT_BUDGET : LOGIT_BUDGET_DEVICE;
+    int64_t rows = o->logit_rows > 0 ? o->logit_rows : budget / vocab;
+    if (rows < 1) rows = 1;
+    if (rows > cap) rows = cap;
+    return rows;
+}
 
 void ql_llama_options_default(ql_llama_options *o) {
     memset(o, 0, sizeof *o);
@@ -216,8 +237,10 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
     int64_t in, out;
     ql_proj_shape(&m->cfg, p, &in, &out);
     ql_q4 hq;
+    double t0 = now_s();
     if (s->is_q4 && s->is_q4(s, name)) {
         QL_TRY(s->get_q4(s, name, &hq));
+        m->read_s += now_s() - t0;
         if (hq.rows != out || hq.cols != in) {
             ql_q4_free(&hq);
             return ql_error(QL_EFORMAT,
@@ -227,10 +250,15 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
         }
     } else {
         QL_TRY(s->get_f32(s, name, host));
+        double t1 = now_s();
+        m->read_s += t1 - t0;
         QL_TRY(ql_q4_quantize(host, out, in, m->opt.quant_type, m->opt.blocksize,
                               m->opt.double_quant, &hq));
+        m->quantize_s += now_s() - t1;
     }
+    double t2 = now_s();
     ql_status st = m->be->q4_upload(&hq, dst);
+    m->upload_s += now_s() - t2;
     ql_q4_free(&hq);
     if (st != QL_OK) {
         memset(dst, 0, sizeof *dst);
@@ -349,9 +377,7 @@ static ql_status setup_activations(ql_llama *m) {
     QL_TRY(act_buf(m, m->d, "final norm", &m->fnorm));
     QL_TRY(f32_buf(m, 1, "final rstd", &m->rstd_f));
     QL_TRY(f32_buf(m, 1, "token losses", &m->losses));
-    m->logit_rows = m->opt.logit_rows > 0 ? m->opt.logit_rows : LOGIT_BUDGET / m->V;
-    if (m->logit_rows < 1) m->logit_rows = 1;
-    if (m->logit_rows > m->cap) m->logit_rows = m->cap;
+    m->logit_rows = ql_llama_logit_rows(&m->opt, m->be->act_dtype, m->V);
     QL_TRY(ql_llama_alloc(m, (size_t)(m->logit_rows * m->V) * m->esz, "logits", &m->logits));
 
     QL_TRY(act_buf(m, m->d, "gradient", &m->dy));
@@ -428,31 +454,51 @@ static ql_status init_shapes(ql_llama *m, const ql_model_source *s) {
     return st;
 }
 
-ql_status ql_llama_load(const char *path, const ql_llama_options *o, ql_llama **out) {
+ql_status ql_llama_load_source(ql_model_source *src, const ql_llama_options *o, ql_llama **out) {
     *out = NULL;
     QL_TRY(check_options(o));
-    ql_model_source src;
-    QL_TRY(ql_model_source_open(path, &src));
-    ql_status st = check_config(&src, o);
-    if (st == QL_OK) st = check_present(&src);
+    double t0 = now_s();
+    ql_status st = check_config(src, o);
+    if (st == QL_OK) st = check_present(src);
     ql_llama *m = NULL;
     if (st == QL_OK && !(m = ql_calloc(1, sizeof *m, "model"))) st = QL_ENOMEM;
     if (st == QL_OK) {
         m->be = o->be;
         m->opt = *o;
-        st = init_shapes(m, &src);
+        st = init_shapes(m, src);
     }
     if (st == QL_OK) st = setup_adapters(m);
-    if (st == QL_OK) st = load_weights(m, &src);
+    if (st == QL_OK) st = load_weights(m, src);
     if (st == QL_OK) st = setup_activations(m);
-    ql_model_source_close(&src);
+    /* The uploads are synchronous copies, but a device may still be
+     * clearing a buffer: the load time includes everything. */
+    if (st == QL_OK) st = m->be->sync();
     if (st != QL_OK) {
         ql_llama_free(m);
         return st;
     }
+    m->load_s = now_s() - t0;
     if (!o->quiet) ql_llama_describe(m, stderr);
     *out = m;
     return QL_OK;
+}
+
+ql_status ql_llama_load(const char *path, const ql_llama_options *o, ql_llama **out) {
+    *out = NULL;
+    QL_TRY(check_options(o));
+    ql_model_source src;
+    QL_TRY(ql_model_source_open(path, &src));
+    ql_status st = ql_llama_load_source(&src, o, out);
+    ql_model_source_close(&src);
+    return st;
+}
+
+void ql_llama_load_stats(const ql_llama *m, ql_llama_load_info *i) {
+    i->total_s = m->load_s;
+    i->read_s = m->read_s;
+    i->quantize_s = m->quantize_s;
+    i->upload_s = m->upload_s;
+    i->backend_bytes = m->backend_bytes;
 }
 
 void ql_llama_free(ql_llama *m) {
@@ -479,7 +525,10 @@ ql_adapters *ql_llama_adapters(ql_llama *m) { return &m->ad; }
 ql_rng *ql_llama_rng(ql_llama *m) { return &m->rng; }
 
 static const char *kind_name(ql_source_kind k) {
-    return k == QL_SOURCE_GGUF ? "GGUF" : k == QL_SOURCE_BNB4 ? "bitsandbytes 4-bit" : "HF";
+    return k == QL_SOURCE_GGUF     ? "GGUF"
+           : k == QL_SOURCE_BNB4   ? "bitsandbytes 4-bit"
+           : k == QL_SOURCE_RANDOM ? "random weights"
+                                   : "HF";
 }
 
 void ql_llama_describe(const ql_llama *m, FILE *f) {
@@ -505,4 +554,10 @@ void ql_llama_describe(const ql_llama *m, FILE *f) {
     fprintf(f, "\n  backend %s: %.1f MiB (capacity %" PRId64 " x %" PRId64 " tokens%s)\n",
             m->be->name, (double)m->backend_bytes / (1024.0 * 1024.0), m->opt.max_batch,
             m->opt.max_seq, m->opt.checkpoint_activations ? ", activation checkpointing" : "");
+    /* Quantization runs on the host (OpenMP) and each weight is uploaded
+     * once; the split says which part a large model waits for. */
+    fprintf(f,
+            "  loaded in %.1f s: reading %.1f s, quantizing on the host %.1f s, copying to the "
+            "backend %.1f s\n",
+            m->load_s, m->read_s, m->quantize_s, m->upload_s);
 }

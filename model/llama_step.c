@@ -236,14 +236,6 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
             QL_TRY(be->matmul_bwd(m->lm_head, m->logits, rows, d, V,
                                   ql_llama_act_at(m, m->t1, c0 * d)));
     }
-    QL_TRY(be->download(m->h_losses, m->losses, (size_t)T * sizeof(float)));
-    double sum = 0.0;
-    int64_t n = 0;
-    for (int64_t t = 0; t < T; t++)
-        if (b->targets[t] >= 0) {
-            sum += m->h_losses[t];
-            n++;
-        }
     if (backward && m->ad.n > 0) { /* without adapters there is nothing to train */
         QL_TRY(be->rmsnorm_bwd(m->t1, m->xs[m->L], m->norm_f, m->rstd_f, T, d, m->dy));
         ql_act *dy = m->dy, *dx = m->dx;
@@ -254,6 +246,17 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
             dx = tmp;
         }
     }
+    /* The per-token losses come back only now, after the backward pass has
+     * been queued: on a device backend this copy is the micro-batch's one
+     * wait, and the device never idles between forward and backward. */
+    QL_TRY(be->download(m->h_losses, m->losses, (size_t)T * sizeof(float)));
+    double sum = 0.0;
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; t++)
+        if (b->targets[t] >= 0) {
+            sum += m->h_losses[t];
+            n++;
+        }
     if (loss_sum) *loss_sum = sum;
     if (n_targets) *n_targets = n;
     return QL_OK;

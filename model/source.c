@@ -30,3 +30,17 @@ void ql_model_source_close(ql_model_source *s) {
     if (s && s->close) s->close(s);
     if (s) memset(s, 0, sizeof *s);
 }
+
+ql_status ql_model_config_load(const char *path, ql_hf_config *c) {
+    memset(c, 0, sizeof *c);
+    if (!path || !*path) return ql_error(QL_EINVAL, "model: no path given");
+    if (ql_fs_is_dir(path)) return ql_hf_config_load(path, c);
+    /* A GGUF holds its configuration in the header the source reads on
+     * opening; its tensors are not read. */
+    ql_model_source s;
+    QL_TRY(ql_model_source_open(path, &s));
+    *c = s.cfg;
+    c->json = NULL; /* owned by the source */
+    ql_model_source_close(&s);
+    return QL_OK;
+}

@@ -16,7 +16,12 @@
 #include "kernels/quant4.h"
 #include "model/hf_config.h"
 
-typedef enum ql_source_kind { QL_SOURCE_HF, QL_SOURCE_BNB4, QL_SOURCE_GGUF } ql_source_kind;
+typedef enum ql_source_kind {
+    QL_SOURCE_HF,
+    QL_SOURCE_BNB4,
+    QL_SOURCE_GGUF,
+    QL_SOURCE_RANDOM /* model/random_source.h: generated weights */
+} ql_source_kind;
 
 typedef struct ql_model_source ql_model_source;
 
@@ -44,6 +49,11 @@ struct ql_model_source {
  * On success the caller owns *s and ends it with ql_model_source_close. */
 ql_status ql_model_source_open(const char *path, ql_model_source *s);
 void ql_model_source_close(ql_model_source *s);
+
+/* The configuration alone (a HF or bnb-4bit directory's config.json; a
+ * GGUF's header), without the weights being present or read: what the memory
+ * estimate of `qlora train --dry-run` needs. Free with ql_hf_config_free. */
+ql_status ql_model_config_load(const char *path, ql_hf_config *c);
 
 /* The GGUF and HF implementations (used by ql_model_source_open). */
 ql_status ql_gguf_source_open(const char *path, ql_model_source *s);

@@ -78,6 +78,13 @@ void ql_metrics_format(const ql_step_log *l, char *buf, size_t n) {
     if (l->world > 1 && used > 0 && used + 48 < n)
         snprintf(buf + used - 1, n - used + 1, ", \"world\": %d, \"comm_s\": %.4f}", l->world,
                  l->comm_s);
+    const char *keys[3] = {"mem_peak_bytes", "mem_rss_peak_bytes", "mem_device_used_bytes"};
+    const size_t vals[3] = {l->mem_peak, l->mem_rss_peak, l->mem_device_used};
+    for (int i = 0; i < 3; i++) {
+        used = strlen(buf);
+        if (vals[i] && used > 0 && used + 48 < n)
+            snprintf(buf + used - 1, n - used + 1, ", \"%s\": %zu}", keys[i], vals[i]);
+    }
 }
 
 ql_status ql_metrics_write(ql_metrics *m, const ql_step_log *l) {

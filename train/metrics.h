@@ -2,7 +2,8 @@
  * ends (and flushed), so a crashed or interrupted run keeps every finished
  * step's line. Fields (docs/training.md): step, loss, lr, grad_norm, tokens,
  * targets, tokens_per_s, elapsed_s, skipped (and world, comm_s in runs of
- * several ranks). A loss or norm that is not finite is written as null. */
+ * several ranks; mem_peak_bytes, mem_rss_peak_bytes and mem_device_used_bytes
+ * when known). A loss or norm that is not finite is written as null. */
 #ifndef QL_METRICS_H
 #define QL_METRICS_H
 
@@ -19,6 +20,12 @@ typedef struct ql_step_log {
     int skipped;
     int world;     /* ranks; above 1, the line also has "world" and "comm_s" */
     double comm_s; /* seconds rank 0 spent in the step's collectives */
+    /* Memory (0: not reported): the most bytes held through the backend
+     * during the step (mem_peak_bytes: the device's buffers on CUDA, the
+     * counted host buffers on the CPU), the process's resident high-water
+     * mark (mem_rss_peak_bytes) and, on a GPU, the device's used memory as
+     * its driver reports it (mem_device_used_bytes). */
+    size_t mem_peak, mem_rss_peak, mem_device_used;
 } ql_step_log;
 
 typedef struct ql_metrics {

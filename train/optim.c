@@ -20,7 +20,10 @@ ql_optim_config ql_optim_config_from(const ql_config *c) {
     return o;
 }
 
-static ql_status upload_zeros(const ql_backend *be, float *dst, float *host, int64_t n) {
+/* dst[n] = 0 in backend memory: the backend's zero op, or zeros uploaded
+ * from `host` (n floats of scratch) where it has none. */
+static ql_status zero_backend(const ql_backend *be, float *dst, float *host, int64_t n) {
+    if (be->zero_f32) return be->zero_f32(dst, n);
     memset(host, 0, (size_t)n * sizeof *host);
     return be->upload(dst, host, (size_t)n * sizeof *host);
 }
@@ -41,13 +44,20 @@ ql_status ql_optim_init_dist(ql_optim *o, const ql_backend *be, int64_t n, ql_co
     if (comm) ql_dist_slice(n, ql_comm_size(comm), ql_comm_rank(comm), &o->off, &o->len);
     /* The CPU backends' memory is the host's: no copies needed. */
     o->host_memory = !strncmp(be->name, "cpu", 3);
-    size_t bytes = (size_t)n * sizeof(float), sbytes = (size_t)o->len * sizeof(float);
+    /* A host copy of the gradient only where the step needs one: a device
+     * backend without the vector ops, or several ranks reducing through MPI
+     * in host memory (no device communicator). */
+    int staged = !o->host_memory && (!be->sq_sum_f32 || !be->scale_f32 || !be->zero_f32 ||
+                                     (comm && ql_comm_size(comm) > 1 && !dcomm));
+    size_t bytes = (size_t)(staged ? n : o->len) * sizeof(float),
+           sbytes = (size_t)o->len * sizeof(float);
     o->host = ql_malloc(bytes ? bytes : 1, "the host gradient buffer");
     if (!o->host) return QL_ENOMEM;
+    o->staged = staged;
     ql_status st = be->alloc(sbytes ? sbytes : 1, (void **)&o->m);
     if (st == QL_OK) st = be->alloc(sbytes ? sbytes : 1, (void **)&o->v);
-    if (st == QL_OK) st = upload_zeros(be, o->m, o->host, o->len);
-    if (st == QL_OK) st = upload_zeros(be, o->v, o->host, o->len);
+    if (st == QL_OK) st = zero_backend(be, o->m, o->host, o->len);
+    if (st == QL_OK) st = zero_backend(be, o->v, o->host, o->len);
     if (st != QL_OK) ql_optim_free(o);
     return st;
 }
@@ -66,7 +76,9 @@ ql_status ql_optim_zero_grads(ql_optim *o, float *grads) {
         memset(grads, 0, (size_t)o->n * sizeof *grads);
         return QL_OK;
     }
-    return upload_zeros(o->be, grads, o->host, o->n);
+    if (o->be->zero_f32) return o->be->zero_f32(grads, o->n);
+    /* Staged: o->host has room for the whole vector. */
+    return zero_backend(o->be, grads, o->host, o->n);
 }
 
 static int ranks(const ql_optim *o) { return o->comm ? ql_comm_size(o->comm) : 1; }
@@ -77,28 +89,28 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* *g = this rank's slice of the summed gradient, in host memory: grads
- * itself on a host-memory backend, else o->host (+ off). With several ranks
- * the sum is reduce-scattered into the slice (in place). */
+/* Sums the ranks' gradients into this rank's slice. Afterwards the summed
+ * slice is either in backend memory at grads + off (*g = NULL: host-memory
+ * backends, where that is the host's, and device backends that reduce on
+ * the device), or in host memory at *g (staged device backends: the slice
+ * goes back up before AdamW). */
 static ql_status reduce_grads(ql_optim *o, float *grads, float **g, double *comm_s) {
-    const size_t sb = (size_t)o->len * sizeof(float);
+    *g = NULL;
     if (ranks(o) == 1) {
-        if (o->host_memory) {
-            *g = grads;
-            return QL_OK;
-        }
+        if (!o->staged) return QL_OK;
         *g = o->host;
-        return o->be->download(o->host, grads, sb);
+        return o->be->download(o->host, grads, (size_t)o->len * sizeof(float));
     }
     double t0 = now_s();
     ql_status st;
     if (o->host_memory) {
-        *g = grads + o->off;
-        st = ql_comm_reduce_scatter_sum(o->comm, grads, *g, o->n, QL_DT_F32);
+        st = ql_comm_reduce_scatter_sum(o->comm, grads, grads + o->off, o->n, QL_DT_F32);
     } else if (o->dcomm) {
-        *g = o->host + o->off;
+        /* NCCL on device memory; the slice stays on the device. */
         st = ql_comm_reduce_scatter_sum(o->dcomm, grads, grads + o->off, o->n, QL_DT_F32);
-        if (st == QL_OK) st = o->be->download(*g, grads + o->off, sb);
+        if (st == QL_OK && o->staged)
+            st = o->be->download(o->host, grads + o->off, (size_t)o->len * sizeof(float));
+        if (o->staged) *g = o->host;
     } else {
         *g = o->host + o->off;
         st = o->be->download(o->host, grads, (size_t)o->n * sizeof(float));
@@ -109,9 +121,17 @@ static ql_status reduce_grads(ql_optim *o, float *grads, float **g, double *comm
 }
 
 /* The global norm: the slices' squared norms (double), summed in rank
- * order. One rank: exactly ql_grad_norm. */
-static ql_status global_norm(ql_optim *o, const float *g, double *norm, double *comm_s) {
-    double sq = ql_grad_sq_sum(g, o->len);
+ * order. One rank: exactly ql_grad_norm on the host; on a device backend its
+ * sq_sum_f32 op (only the 8-byte sum crosses to the host). */
+static ql_status global_norm(ql_optim *o, const float *g, const float *dev_slice, double *norm,
+                             double *comm_s) {
+    double sq;
+    if (g)
+        sq = ql_grad_sq_sum(g, o->len);
+    else if (o->host_memory)
+        sq = ql_grad_sq_sum(dev_slice, o->len);
+    else
+        QL_TRY(o->be->sq_sum_f32(dev_slice, o->len, &sq));
     int R = ranks(o);
     if (R > 1) {
         double t0 = now_s(), *all = ql_malloc((size_t)R * sizeof *all, "the gradient norms");
@@ -151,9 +171,9 @@ static ql_status gather_params(ql_optim *o, float *params, double *comm_s) {
 ql_status ql_optim_step(ql_optim *o, const ql_optim_config *c, int64_t step, double loss, double lr,
                         float *params, float *grads, ql_step_result *r) {
     memset(r, 0, sizeof *r);
-    float *g; /* this rank's slice of the summed gradient, host memory */
+    float *g; /* the summed slice in host memory when staged, else NULL */
     QL_TRY(reduce_grads(o, grads, &g, &r->comm_s));
-    QL_TRY(global_norm(o, g, &r->grad_norm, &r->comm_s));
+    QL_TRY(global_norm(o, g, grads + o->off, &r->grad_norm, &r->comm_s));
     r->clip_coef = 1.0f;
     /* loss and norm are the same on every rank: so is every decision below. */
     if (!isfinite(loss) || !isfinite(r->grad_norm)) {
@@ -179,11 +199,18 @@ ql_status ql_optim_step(ql_optim *o, const ql_optim_config *c, int64_t step, dou
     }
     o->nonfinite_in_a_row = 0;
     r->clip_coef = ql_clip_coef(r->grad_norm, c->max_grad_norm);
-    if (r->clip_coef != 1.0f) ql_grad_scale(g, o->len, r->clip_coef);
-    /* The slice in backend memory: grads + off (written back when it was
-     * clipped or summed on the host). */
-    if (!o->host_memory && (r->clip_coef != 1.0f || (ranks(o) > 1 && !o->dcomm)))
-        QL_TRY(o->be->upload(grads + o->off, g, (size_t)o->len * sizeof *g));
+    if (g) {
+        /* Staged on the host: clip there, and the slice goes back up when it
+         * changed (clipped, or summed over MPI). */
+        if (r->clip_coef != 1.0f) ql_grad_scale(g, o->len, r->clip_coef);
+        if (r->clip_coef != 1.0f || (ranks(o) > 1 && !o->dcomm))
+            QL_TRY(o->be->upload(grads + o->off, g, (size_t)o->len * sizeof *g));
+    } else if (r->clip_coef != 1.0f) {
+        if (o->host_memory)
+            ql_grad_scale(grads + o->off, o->len, r->clip_coef);
+        else
+            QL_TRY(o->be->scale_f32(grads + o->off, o->len, r->clip_coef));
+    }
     ql_adamw h = {.lr = (float)lr,
                   .beta1 = (float)c->beta1,
                   .beta2 = (float)c->beta2,

@@ -42,10 +42,18 @@ typedef struct ql_optim {
      * m[i] and v[i] are AdamW's moments of element off + i; a checkpoint
      * shard stores exactly these len values of each (and params[off..]). */
     int64_t off, len;
-    float *m, *v;    /* backend memory [len] */
-    float *host;     /* host copy of the gradient [n] when the backend is not host memory */
+    float *m, *v; /* backend memory [len] */
+    /* Host copy of the gradient, [n] when staged, else [len] of scratch. */
+    float *host;
     int host_memory; /* the backend's pointers are host pointers */
-    int64_t t;       /* AdamW steps applied (bias correction counts these) */
+    /* A device backend whose gradient goes through host memory each step:
+     * it lacks the vector ops (zero/sq_sum/scale_f32), or several ranks
+     * reduce over MPI without a device communicator. Otherwise a device
+     * backend's step stays on the device: reduce-scatter over NCCL, the
+     * norm by sq_sum_f32 (8 bytes to the host), clipping by scale_f32,
+     * AdamW, all-gather over NCCL. */
+    int staged;
+    int64_t t; /* AdamW steps applied (bias correction counts these) */
     int64_t nonfinite_in_a_row, nonfinite_total;
     ql_comm *comm;  /* NULL or one rank: a single process */
     ql_comm *dcomm; /* a device communicator (NCCL) for backend memory, or NULL */

@@ -11,6 +11,7 @@
 #include "dist/fault.h"
 
 #include "train/batcher.h"
+#include "train/mem_plan.h"
 #include "train/metrics.h"
 #include "train/optim.h"
 #include "train/progress.h"
@@ -279,6 +280,7 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
         }
         if (L.comm) ql_comm_set_phase(L.comm, "step %lld", (long long)step);
         L.comm_s = 0;
+        if (m->be->mem_reset_peak) m->be->mem_reset_peak(); /* this step's peak */
         double ts = ql_now();
         int64_t first = L.b.next;
         trace_samples(&L, o, step, first);
@@ -344,6 +346,13 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
         log.elapsed_s = now - t0 + before;
         log.tokens_per_s = now > ts ? (double)log.tokens / (now - ts) : 0;
         log.comm_s = L.comm_s;
+        if (m->be->mem_stats) {
+            ql_mem_stats ms;
+            m->be->mem_stats(&ms);
+            log.mem_peak = ms.peak;
+            log.mem_device_used = ms.device_used;
+        }
+        log.mem_rss_peak = ql_mem_rss_peak();
         r->steps = step;
         r->tokens += log.tokens;
         r->targets += n_tg;

@@ -15,6 +15,12 @@ ql_status ql_download_cpu(void *host_dst, const void *src, size_t bytes);
 ql_status ql_q4_upload_cpu(const ql_q4 *host, ql_q4 *dst);
 void ql_q4_free_cpu(ql_q4 *dst);
 ql_status ql_sync_cpu(void);
+void ql_mem_stats_cpu(ql_mem_stats *s);
+void ql_mem_reset_peak_cpu(void);
+/* Flat fp32 vectors (kernels/cpu/cpu_vec.c), the same for both tables. */
+ql_status ql_zero_f32_cpu(float *x, int64_t n);
+ql_status ql_sq_sum_f32_cpu(const float *x, int64_t n, double *sum);
+ql_status ql_scale_f32_cpu(float *x, int64_t n, float s);
 
 /* Declares one op under both suffixes. */
 #define QL_CPU_DECLARE(ret, name, args)                                                            \

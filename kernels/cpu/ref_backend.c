@@ -30,6 +30,11 @@ static const ql_backend cpu_ref = {
     .embed_fwd = ql_embed_fwd_ref,
     .xent_fwd_bwd = ql_xent_fwd_bwd_ref,
     .adamw = ql_adamw_ref,
+    .zero_f32 = ql_zero_f32_cpu,
+    .sq_sum_f32 = ql_sq_sum_f32_cpu,
+    .scale_f32 = ql_scale_f32_cpu,
+    .mem_stats = ql_mem_stats_cpu,
+    .mem_reset_peak = ql_mem_reset_peak_cpu,
 };
 
 const ql_backend *ql_backend_cpu_ref(void) { return &cpu_ref; }

@@ -62,6 +62,11 @@ static const ql_backend cuda_table = {
     ql_embed_fwd_cuda,
     ql_xent_fwd_bwd_cuda,
     ql_adamw_cuda,
+    ql_zero_f32_cuda,
+    ql_sq_sum_f32_cuda,
+    ql_scale_f32_cuda,
+    ql_mem_stats_cuda,
+    ql_mem_reset_peak_cuda,
 };
 
 extern "C" const ql_backend *ql_backend_cuda_impl(void) {

@@ -39,6 +39,7 @@ enum {
     QL_SCRATCH_F32_OUT2, /* fp32 [T, n], its dropout LoRA term */
     QL_SCRATCH_ATTN_D,   /* fp32 [batch, heads, seq]: rowsum(dout ⊙ out) */
     QL_SCRATCH_FLAG,     /* small: error flags read back by the host */
+    QL_SCRATCH_NORM,     /* fp64 block sums of sq_sum_f32 (kernels/cuda/vec.cu) */
     QL_SCRATCH_COUNT
 };
 ql_status ql_cuda_scratch(int slot, size_t bytes, void **out);
@@ -137,6 +138,11 @@ QL_CUDA_DECLARE(ql_status, ql_adamw,
                  int64_t step))
 QL_CUDA_DECLARE(ql_status, ql_bias_add, (ql_act * y, const float *b, int64_t T, int64_t n))
 QL_CUDA_DECLARE(ql_status, ql_add, (const ql_act *x, const ql_act *y, int64_t n, ql_act *out))
+QL_CUDA_DECLARE(ql_status, ql_zero_f32, (float *x, int64_t n))
+QL_CUDA_DECLARE(ql_status, ql_sq_sum_f32, (const float *x, int64_t n, double *sum))
+QL_CUDA_DECLARE(ql_status, ql_scale_f32, (float *x, int64_t n, float s))
+QL_CUDA_DECLARE(void, ql_mem_stats, (ql_mem_stats * s))
+QL_CUDA_DECLARE(void, ql_mem_reset_peak, (void))
 
 #undef QL_CUDA_DECLARE
 

@@ -1,7 +1,10 @@
 /* Device discovery, memory, ql_q4 upload and event timers: the host side of
  * kernels/cuda_api.h that is not a kernel. */
 #include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda_api.h"
@@ -39,14 +42,120 @@ extern "C" ql_status ql_cuda_set_device(int device) {
     return QL_OK;
 }
 
+/* --- counted device memory -------------------------------------------------------
+ * Every device buffer of the backend comes from ql_cuda_malloc, which records
+ * its size in a small open-addressing table (pointer -> bytes) so that
+ * ql_cuda_free can subtract it: the in-use and peak figures of
+ * ql_backend.mem_stats. A few thousand buffers per model; one mutex. */
+static struct {
+    pthread_mutex_t mu;
+    void **keys; /* NULL: empty; TOMB: deleted */
+    size_t *sizes;
+    size_t cap, used; /* used counts tombstones too */
+    size_t in_use, peak;
+} g_mem = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0, 0, 0, 0};
+static char g_tomb;
+#define TOMB ((void *)&g_tomb)
+
+static size_t slot_of(const void *p, size_t cap) {
+    uint64_t h = (uint64_t)(uintptr_t)p;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return (size_t)(h & (cap - 1));
+}
+
+/* Under the mutex. 0 when the table cannot grow (the buffer is then simply
+ * not counted). */
+static int mem_grow(void) {
+    size_t cap = g_mem.cap ? 2 * g_mem.cap : 1024;
+    void **keys = (void **)calloc(cap, sizeof *keys);
+    size_t *sizes = (size_t *)calloc(cap, sizeof *sizes);
+    if (!keys || !sizes) {
+        free(keys);
+        free(sizes);
+        return 0;
+    }
+    size_t used = 0;
+    for (size_t i = 0; i < g_mem.cap; i++) {
+        void *k = g_mem.keys[i];
+        if (!k || k == TOMB) continue;
+        size_t j = slot_of(k, cap);
+        while (keys[j]) j = (j + 1) & (cap - 1);
+        keys[j] = k;
+        sizes[j] = g_mem.sizes[i];
+        used++;
+    }
+    free(g_mem.keys);
+    free(g_mem.sizes);
+    g_mem.keys = keys;
+    g_mem.sizes = sizes;
+    g_mem.cap = cap;
+    g_mem.used = used;
+    return 1;
+}
+
+static void mem_add(void *p, size_t bytes) {
+    pthread_mutex_lock(&g_mem.mu);
+    if ((g_mem.used + 1) * 2 <= g_mem.cap || mem_grow()) {
+        size_t j = slot_of(p, g_mem.cap);
+        while (g_mem.keys[j] && g_mem.keys[j] != TOMB) j = (j + 1) & (g_mem.cap - 1);
+        if (!g_mem.keys[j]) g_mem.used++;
+        g_mem.keys[j] = p;
+        g_mem.sizes[j] = bytes;
+        g_mem.in_use += bytes;
+        if (g_mem.in_use > g_mem.peak) g_mem.peak = g_mem.in_use;
+    }
+    pthread_mutex_unlock(&g_mem.mu);
+}
+
+static void mem_remove(void *p) {
+    pthread_mutex_lock(&g_mem.mu);
+    if (g_mem.cap) {
+        size_t j = slot_of(p, g_mem.cap);
+        while (g_mem.keys[j] && g_mem.keys[j] != p) j = (j + 1) & (g_mem.cap - 1);
+        if (g_mem.keys[j] == p) {
+            g_mem.keys[j] = TOMB;
+            g_mem.in_use -= g_mem.sizes[j];
+        }
+    }
+    pthread_mutex_unlock(&g_mem.mu);
+}
+
+extern "C" void ql_cuda_mem_counts(size_t *in_use, size_t *peak) {
+    pthread_mutex_lock(&g_mem.mu);
+    *in_use = g_mem.in_use;
+    *peak = g_mem.peak;
+    pthread_mutex_unlock(&g_mem.mu);
+}
+
+extern "C" void ql_cuda_mem_reset_peak(void) {
+    pthread_mutex_lock(&g_mem.mu);
+    g_mem.peak = g_mem.in_use;
+    pthread_mutex_unlock(&g_mem.mu);
+}
+
+extern "C" ql_status ql_cuda_mem_info(size_t *used, size_t *total) {
+    size_t fr = 0, tot = 0;
+    *used = *total = 0;
+    QL_CUDA_TRY(cudaMemGetInfo(&fr, &tot));
+    *used = tot - fr;
+    *total = tot;
+    return QL_OK;
+}
+
 extern "C" ql_status ql_cuda_malloc(size_t bytes, void **out) {
     *out = NULL;
-    QL_CUDA_TRY(cudaMalloc(out, bytes ? bytes : 1));
+    if (!bytes) bytes = 1;
+    QL_CUDA_TRY(cudaMalloc(out, bytes));
+    mem_add(*out, bytes);
     return QL_OK;
 }
 
 extern "C" void ql_cuda_free(void *p) {
-    if (p) (void)cudaFree(p);
+    if (!p) return;
+    mem_remove(p);
+    (void)cudaFree(p);
 }
 
 extern "C" ql_status ql_cuda_upload(void *dev_dst, const void *host_src, size_t bytes) {

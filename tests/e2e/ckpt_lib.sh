@@ -118,7 +118,8 @@ import h5py, numpy as np
 a, b, proto = sys.argv[1:4]
 skip = {"tokens_per_s", "elapsed_s", "comm_s", "eval_s"}
 def rows(d):
-    return [{k: v for k, v in json.loads(l).items() if k not in skip} for l in open(d + "/metrics.jsonl")]
+    return [{k: v for k, v in json.loads(l).items() if k not in skip and not k.startswith("mem_")}
+            for l in open(d + "/metrics.jsonl")]
 ra, rb = rows(a), rows(b)
 ok = ra == rb
 if not ok:

@@ -160,10 +160,10 @@ static const struct bad_case {
      "command line: train.schedule: expected one of cosine, linear, constant, got 'cosin' (did "
      "you mean 'cosine'?)"},
     {NULL, "--backend=tpu",
-     "command line: backend: expected one of cpu, cpu-ref, cuda, got 'tpu' (did you mean "
+     "command line: backend: expected one of auto, cpu, cpu-ref, cuda, got 'tpu' (did you mean "
      "'cpu'?)"},
     {NULL, "--backend=metal",
-     "command line: backend: expected one of cpu, cpu-ref, cuda, got 'metal'"},
+     "command line: backend: expected one of auto, cpu, cpu-ref, cuda, got 'metal'"},
     {NULL, "--lora.targets=[q_proj, qproj]",
      "command line: lora.targets: unknown module 'qproj' (did you mean 'q_proj'?); expected "
      "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear"},
