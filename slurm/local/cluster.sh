@@ -107,11 +107,21 @@ cmd_reap() {
     done
 }
 
+# Whether something listens on TCP port $1 (ss where iproute2 is installed,
+# else a connection attempt).
+port_used() {
+    if command -v ss >/dev/null; then
+        [ -n "$(ss -Hltn "( sport = :$1 )" 2>/dev/null)" ]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
 free_port() {
     local p
     for _ in $(seq 200); do
         p=$((20000 + RANDOM % 40000))
-        [ -z "$(ss -Hltn "( sport = :$p )" 2>/dev/null)" ] && { echo $p; return 0; }
+        port_used $p || { echo $p; return 0; }
     done
     return 1
 }
@@ -220,7 +230,7 @@ cmd_start() {
         *) echo "cluster.sh start: unknown option $1" >&2; exit 2 ;;
         esac
     done
-    for b in munged slurmctld slurmd sbatch srun scontrol squeue sinfo scancel ss; do
+    for b in munged munge unmunge slurmctld slurmd sbatch srun scontrol squeue sinfo scancel; do
         command -v $b >/dev/null || die77 "$b not found (slurm/local/install.sh installs slurm-wlm and munge)"
     done
     [ "$(id -u)" = 0 ] || die77 "the test cluster runs its daemons as root (SlurmUser=root); this is uid $(id -u)"

@@ -62,6 +62,15 @@ wait_ended() {
         DEADLINE PREEMPTED
 }
 
+# release JOB: let a requeued job start now instead of after its BeginTime
+# (about two minutes). slurmd refuses a job whose new credential dates from
+# the second in which it revoked the old one ("Job credential revoked", the
+# job ends FAILED), so wait until that second has passed.
+release_job() {
+    sleep 2
+    scontrol update jobid="$1" StartTime=now
+}
+
 # The tiny random Llama of tests/fixtures/make_tiny_hf_model.py and 48
 # records of arithmetic progressions mod 97 (as test_train_tiny.sh).
 make_tiny_model_and_data() {

@@ -81,7 +81,7 @@ for _ in $(seq 300); do
     sleep 0.2
 done
 [ "$(job_field "$j" Restarts)" = 1 ] || bad "usr1: not requeued (state $(job_field "$j" JobState))"
-scontrol update jobid="$j" StartTime=now || bad "scontrol update StartTime=now"
+release_job "$j" || bad "scontrol update StartTime=now"
 wait_log "$log" '^fake qlora train' 2 || bad "usr1: no second start"
 scancel --signal=USR1 --batch "$j"
 wait_ended "$j" 60 || bad "usr1: the requeued job did not end"
