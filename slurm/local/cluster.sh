@@ -183,6 +183,7 @@ SchedulerType=sched/builtin
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
+MailProg=/bin/true
 GresTypes=gpu
 PlugStackConfig=$dir/plugstack.conf
 SlurmctldTimeout=30
@@ -222,7 +223,7 @@ start_failed() {
 }
 
 cmd_start() {
-    local gpus=0 owner=$PPID dir host try ctld_port d_port
+    local gpus=0 owner=$PPID dir host ctld_port d_port
     while [ $# -gt 0 ]; do
         case $1 in
         --gpus) gpus=$2; shift 2 ;;

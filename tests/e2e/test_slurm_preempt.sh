@@ -84,7 +84,7 @@ give_up() { # a stage failed: the later ones would only wait
     grep -v '^step ' "$log" | tail -n 60
     exit 1
 }
-s1= s2=
+s1="" s2=""
 
 # 1. SIGUSR1 to the batch shell
 wait_step 30 || give_up "before the first preemption"
