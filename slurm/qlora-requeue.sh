@@ -252,18 +252,19 @@ qlora_slurm_sweep() {
 # Submits, once per sweep, the job that writes OUTDIR/summary.tsv after every
 # task of the array has ended (afterany: failed tasks are reported too).
 _qlora_sweep_summary_job() {
-    local table=$1 outdir=$2 id
+    local table=$1 outdir=$2 id lock
     [ -n "${SLURM_ARRAY_JOB_ID:-}" ] || return 0
-    mkdir "$outdir/.summary-job" 2>/dev/null || return 0 # another task did it
+    lock=$outdir/.summary-job-$SLURM_ARRAY_JOB_ID
+    mkdir "$lock" 2>/dev/null || return 0 # another task of this array did it
     if id=$(sbatch --parsable --dependency="afterany:$SLURM_ARRAY_JOB_ID" \
         --job-name="${SLURM_JOB_NAME:-qlora-sweep}-summary" --nodes=1 --ntasks=1 \
         --cpus-per-task=1 --time=10 --open-mode=append --output="$outdir/summary.log" \
         ${QLORA_SUMMARY_SBATCH_ARGS:-} \
         --wrap="bash '$QLORA_SLURM_DIR/sweep-summary.sh' '$table' '$outdir'" 2>&1); then
-        echo "$id" >"$outdir/.summary-job/id"
+        echo "$id" >"$lock/id"
         qlora_slurm_log "summary job $id writes $outdir/summary.tsv when the sweep has ended"
     else
-        rmdir "$outdir/.summary-job"
+        rmdir "$lock"
         qlora_slurm_log "could not submit the summary job ($id); run" \
             "slurm/sweep-summary.sh $table $outdir when the sweep has ended"
     fi

@@ -33,7 +33,7 @@ for t in 0 1; do
     [ "$(job_field "${j}_$t" JobState)" = COMPLETED ] ||
         { bad "task $t: $(job_field "${j}_$t" JobState)"; cat "$T/sweep-${j}_$t.log"; }
 done
-sj=$(cat sweep/.summary-job/id 2>/dev/null) || bad "no summary job was submitted"
+sj=$(cat "sweep/.summary-job-$j/id" 2>/dev/null) || bad "no summary job was submitted"
 [ -n "$sj" ] && { wait_ended "$sj" 60 || bad "the summary job did not end"; }
 [ -n "$sj" ] && [ "$(job_field "$sj" JobState)" != COMPLETED ] &&
     { bad "summary job: $(job_field "$sj" JobState)"; cat sweep/summary.log; }
