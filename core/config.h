@@ -88,6 +88,12 @@ typedef struct ql_config {
         int64_t keep_last;
         int file_locking; /* ql_file_locking (ckpt/lock.h) */
     } checkpoint;
+    struct {
+        int64_t prompts;        /* held-out records in OUTPUT_DIR/review.md (0: none) */
+        int64_t samples;        /* of those, logged to metrics.jsonl at start and end */
+        int64_t max_new_tokens; /* per answer */
+        int tests;              /* run the records' unit tests */
+    } review;
     /* Warnings found while resolving, one per line (printed by the launcher). */
     char warnings[QL_CFG_WARN_MAX];
 } ql_config;

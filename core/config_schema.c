@@ -135,6 +135,18 @@ static const ql_cfg_key schema[] = {
      0, 0, 0, 0, "best-effort|strict|off",
      "lock the checkpoints directory and HDF5 files: best-effort goes on without locks where the "
      "file system has none (some NFS/Lustre mounts), strict stops there, off never locks"},
+
+    {"review.prompts", TYPED(QL_CFG_INT, review.prompts), "4", 0, 1000, 0, 0, 0, 0, NULL,
+     "held-out records whose base-model and adapter answers OUTPUT_DIR/review.md shows side by "
+     "side (records with a unit test first); 0: no review sheet"},
+    {"review.samples", TYPED(QL_CFG_INT, review.samples), "2", 0, 1000, 0, 0, 0, 0, NULL,
+     "of those, how many answers are printed and written to metrics.jsonl when training starts "
+     "(base model) and ends (adapter)"},
+    {"review.max_new_tokens", TYPED(QL_CFG_INT, review.max_new_tokens), "128", 1, 1000000, 0, 0, 0,
+     0, NULL, "longest answer, in tokens (greedy decoding)"},
+    {"review.tests", TYPED(QL_CFG_BOOL, review.tests), "true", 0, 0, 0, 0, 0, 0, NULL,
+     "run the unit test of records that have one (a \"test\" field) on both answers, in a "
+     "sandboxed python3"},
 };
 
 const ql_cfg_key *ql_config_schema(size_t *n) {

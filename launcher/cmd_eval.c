@@ -27,6 +27,8 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: qlora eval --model PATH --data FILE [--adapter DIR] [flags]\n"
+            "       qlora eval --code FILE --model PATH [--adapter DIR] [flags]   (pass@1 of\n"
+            "       generated code on records with unit tests; qlora eval --code --help)\n"
             "\n"
             "Mean cross-entropy over every target token of FILE (JSONL records of any format,\n"
             "with the loss masks of qlora train) and its perplexity: for the base model, or\n"
@@ -225,6 +227,10 @@ static void json_num(double x, char *buf, size_t n) {
 }
 
 int ql_cmd_eval(int argc, char **argv) {
+    /* qlora eval --code: code evaluation, its own flags (cmd_eval_code.c). */
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--code", 6) && (argv[i][6] == '\0' || argv[i][6] == '='))
+            return ql_cmd_eval_code(argc, argv);
     eval_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0) return rc;

@@ -21,6 +21,7 @@
 #include "model/source.h"
 #include "train/mem_plan.h"
 #include "train/progress.h"
+#include "train/review.h"
 #include "train/train_ckpt.h"
 #include "train/trainer.h"
 #ifdef QL_HAVE_CUDA
@@ -300,6 +301,8 @@ static int run(const ql_config *c, ql_job *j) {
                 (long long)hc->max_position_embeddings);
     ql_adapters *a = ql_llama_adapters(m);
     if (r0) print_plan(c, j, be, &ds);
+    /* Rank 0: the base model's answers to held-out prompts (train/review.h). */
+    ql_review *rv = r0 ? ql_review_start(c, m, &ds.valid.d, stderr) : NULL;
 
     ql_train_model tm = {.ctx = m,
                          .be = be,
@@ -356,6 +359,7 @@ static int run(const ql_config *c, ql_job *j) {
                         preempt_signal == SIGTERM ? "SIGTERM" : "SIGUSR1", QL_EXIT_REQUEUE);
         }
         ql_train_ckpt_close(ck);
+        ql_review_free(rv);
         free(metrics);
         free(adapter);
         ql_llama_free(m);
@@ -391,7 +395,14 @@ static int run(const ql_config *c, ql_job *j) {
                    exp(r.eval_loss), (long long)r.eval_targets);
         printf("adapter: %s\nmetrics: %s\n", adapter, metrics);
         fflush(stdout);
+        /* The adapter's answers, samples and OUTPUT_DIR/review.md. */
+        if (!r.interrupted)
+            ql_review_finish(rv, m, c, r.steps, stderr);
+        else
+            ql_review_free(rv);
+        rv = NULL;
     }
+    ql_review_free(rv);
     if (st == QL_OK && r.interrupted) {
         if (r0)
             fprintf(stderr,

@@ -23,10 +23,11 @@ typedef struct ql_command {
 int ql_cmd_quantize(int argc, char **argv);
 int ql_cmd_train(int argc, char **argv);
 int ql_cmd_eval(int argc, char **argv);
+int ql_cmd_eval_code(int argc, char **argv); /* qlora eval --code */
 int ql_cmd_tokenize(int argc, char **argv);
 int ql_cmd_data(int argc, char **argv);
-int ql_cmd_generate(int argc, char **argv);
 int ql_cmd_ckpt(int argc, char **argv);
+int ql_cmd_generate(int argc, char **argv);
 int ql_cmd_export(int argc, char **argv);
 int ql_cmd_report(int argc, char **argv);
 

@@ -230,6 +230,7 @@ static ql_status finish(gen *g, int slot) {
     o->len = q->text ? q->len : 0;
     o->new_tokens = (int64_t)q->gen.n;
     o->stop = q->stop;
+    if (g->c->on_done) g->c->on_done(g->c->done_ctx, q->prompt, o);
     q->text = NULL;
     q->gen.n = 0;
     q->prompt = -1;

@@ -38,6 +38,8 @@ typedef enum ql_gen_stop {
 } ql_gen_stop;
 const char *ql_gen_stop_name(ql_gen_stop s); /* "eos", "length", "dedent", "context" */
 
+struct ql_gen_output;
+
 typedef struct ql_gen_config {
     int64_t max_new_tokens;
     ql_sampling sampling;
@@ -48,6 +50,9 @@ typedef struct ql_gen_config {
     int stop_at_dedent;
     int use_adapters; /* 0: the base model even when adapters are loaded */
     int batch;        /* prompts decoded together (>= 1) */
+    /* Called as each prompt's completion ends (progress); may be NULL. */
+    void (*on_done)(void *ctx, int64_t prompt, const struct ql_gen_output *o);
+    void *done_ctx;
 } ql_gen_config;
 
 /* Defaults: 128 new tokens, greedy, seed 1234, adapters on, batch 1. */
