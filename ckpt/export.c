@@ -385,6 +385,10 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
         return ql_error(QL_EINVAL, "dtype must be bf16, f16 or f32");
     ql_export_source src;
     QL_TRY(ql_export_resolve(o->src, &src));
+    /* --out a/b/c: a/b is created (the output itself appears atomically). */
+    char parent[QL_EXPORT_PATH_MAX];
+    parent_of(o->out_dir, parent, sizeof parent);
+    QL_TRY(ql_fs_mkdirs(parent));
     r->from = src.kind;
     snprintf(r->run_dir, sizeof r->run_dir, "%s", src.run_dir);
 
