@@ -13,7 +13,7 @@
 #      same loss for every step.
 . "$QL_SOURCE_DIR/tests/e2e/slurm_lib.sh"
 export OMP_NUM_THREADS=1 # one core for the job, one for the reference run
-STEPS=120
+STEPS=200
 
 "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null ||
     { echo "FAIL: fixture"; exit 1; }
@@ -87,14 +87,18 @@ give_up() { # a stage failed: the later ones would only wait
 s1="" s2=""
 
 # 1. SIGUSR1 to the batch shell
-wait_step 30 || give_up "before the first preemption"
+wait_step 40 || give_up "before the first preemption"
 scancel --signal=USR1 --batch "$j" || bad "scancel --signal=USR1 --batch"
 if wait_requeued 1; then
     s1=$(sed -n 's/^qlora: SIGUSR1: checkpoint of step \([0-9]*\) .*exit 75.*/\1/p' "$log")
-    [ -n "$s1" ] && [ "$s1" -ge 30 ] && [ "$s1" -lt $STEPS ] || bad "SIGUSR1: no checkpoint message ($s1)"
+    [ -n "$s1" ] && [ "$s1" -ge 40 ] && [ "$s1" -lt $STEPS ] || bad "SIGUSR1: no checkpoint message ($s1)"
     [ "$(latest)" = "$(printf 'step-%08d' "${s1:-0}")" ] || bad "SIGUSR1: LATEST is '$(latest)', want step $s1"
     grep -q "checkpointed (exit 75): requeueing job $j (restart 1 of at most" "$log" ||
         bad "SIGUSR1: the job did not requeue itself"
+    for _ in $(seq 50); do # (the reason is set at the next scheduling pass)
+        [ "$(job_field "$j" Reason)" = BeginTime ] && break
+        sleep 0.2
+    done
     [ "$(job_field "$j" Reason)" = BeginTime ] || bad "requeued job waits on $(job_field "$j" Reason), not BeginTime"
     release_job "$j" || bad "scontrol update StartTime=now"
 else
@@ -102,7 +106,7 @@ else
 fi
 
 # 2. scontrol requeue: SIGTERM to every process of the job
-wait_step $((s1 + 30)) || give_up "after the first resume"
+wait_step $((s1 + 40)) || give_up "after the first resume"
 grep -q "^resume: run/checkpoints/step-$(printf '%08d' "${s1:-0}"): step ${s1:-0}," "$log" ||
     bad "the second start did not resume from step $s1"
 scontrol requeue "$j" || bad "scontrol requeue"
