@@ -74,7 +74,7 @@ fi
 
 eval_loss() { # name [adapter]
     local rc=0
-    "$qlora" eval --model "$hf" ${2:+--adapter "$2"} --data "$data" \
+    "$qlora" eval --model "$hf" ${2:+--adapter "$2" --no-base} --data "$data" \
         >"$tmp/$1.out" 2>&1 || rc=$?
     if [ "$rc" != 0 ]; then
         echo "FAIL: qlora eval ${2:+--adapter $2} exited with $rc"
