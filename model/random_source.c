@@ -99,6 +99,17 @@ static ql_status rnd_get_f32(const ql_model_source *s, const char *name, float *
     float sd = std_of(r);
     if (kind == 1) {
         for (int64_t i = 0; i < n; i++) out[i] = 1.0f + 0.02f * ql_rng_normal(&g);
+    } else if (kind == 2) {
+        /* Embeddings are large (an 8B model's are 525M values each):
+         * uniform with the same standard deviation, two values per draw. */
+        const float a = sd * 1.7320508f / 2147483648.0f; /* sqrt(3)·sd / 2^31 */
+        int64_t i = 0;
+        for (; i + 2 <= n; i += 2) {
+            uint64_t u = ql_rng_u64(&g);
+            out[i] = a * (float)((int64_t)(u & 0xffffffffu) - 2147483648LL);
+            out[i + 1] = a * (float)((int64_t)(u >> 32) - 2147483648LL);
+        }
+        if (i < n) out[i] = a * (float)((int64_t)(ql_rng_u64(&g) & 0xffffffffu) - 2147483648LL);
     } else {
         for (int64_t i = 0; i < n; i++) out[i] = sd * ql_rng_normal(&g);
     }

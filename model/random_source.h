@@ -5,8 +5,9 @@
  * Every tensor is a deterministic function of (seed, tensor name), so two
  * loads (one per backend, or before and after a simulated restart) see the
  * same weights. Norm weights are 1 + N(0, 0.02); embeddings and lm_head
- * N(0, std); linears either float32 N(0, std) that the loader quantizes as it
- * would a Hugging Face checkpoint, or 4-bit codes generated directly (uniform
+ * uniform with standard deviation std (cheap to draw: an 8B model's are 525M
+ * values each); linears either float32 N(0, std) that the loader quantizes
+ * as it would a Hugging Face checkpoint, or 4-bit codes generated directly (uniform
  * random nibbles, absmax near std / 0.5), which skips quantization: an 8B
  * shape loads in seconds. */
 #ifndef QL_RANDOM_SOURCE_H

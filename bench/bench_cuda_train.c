@@ -1,0 +1,314 @@
+/* The QLoRA training step end to end on the cuda backend: a Llama-3-8B-shaped
+ * model (hidden 4096, 32 heads / 8 kv heads of 128, intermediate 14336,
+ * vocab 128256, untied) with random NF4 + double-quant weights generated on
+ * the host (model/random_source.c, no quantization), LoRA r 16 alpha 32 on
+ * all seven projections, one sequence of 2048 tokens per step, with and
+ * without activation checkpointing.
+ *
+ *   bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] [--warmup W]
+ *                    [--budget SECONDS] [--json PATH] [--quick]
+ *
+ * A step is what the trainer does per optimizer step with one micro-batch:
+ * zero the gradients, forward + backward (lm_head and loss in chunks), the
+ * global norm and clipping on the device, AdamW; it ends when the loss and
+ * the norm are on the host, so wall-clock time per step is exact. Median of
+ * N timed steps after W warm-up steps (fewer when --budget would be
+ * exceeded).
+ *
+ * FLOPs, the "4N" convention: per token, 2N forward + 2N for the activation
+ * gradients, N = the base linears of every layer + lm_head (no weight
+ * gradient: the base is frozen); plus LoRA, 6·r·(in + out) per adapted
+ * projection and token (x·Aᵀ, ·Bᵀ forward; dy·B, dx, dA, dB backward); plus
+ * causal attention, 6·S²·head_dim·heads per layer and sequence (QKᵀ and PV
+ * forward at half the square, twice that backward). Recomputation under
+ * checkpointing earns nothing. MFU = FLOPs / time / peak, peak the dense
+ * bf16 rate of the datasheet (989.4 TFLOP/s for H100/H200 SXM) and, beside
+ * it, the cuBLASLt rate measured here on 8192³. With fewer than 32 layers the
+ * full model's tokens/s is projected at the same MFU (FLOPs per token of 32
+ * layers), which is what "scaled per layer" means here.
+ *
+ * Memory: the backend's counted peak over the timed steps (every cudaMalloc
+ * of the backend), the device's used memory (cudaMemGetInfo), and
+ * model/llama_mem.c's estimate for the same configuration.
+ *
+ * Without a device it prints "no CUDA device" and exits 0. */
+#include <math.h>
+#include <time.h>
+
+#include "cuda_bench_util.h"
+#include "model/llama.h"
+#include "model/llama_mem.h"
+#include "model/random_source.h"
+#include "train/optim.h"
+
+#ifdef QL_HAVE_CUDA
+
+const ql_backend *ql_backend_cuda_impl(void);
+
+#define RANK 16
+#define FULL_LAYERS 32
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void llama3_8b(ql_hf_config *c, int layers) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->model_type, sizeof c->model_type, "llama");
+    snprintf(c->architecture, sizeof c->architecture, "LlamaForCausalLM");
+    c->hidden_size = 4096;
+    c->intermediate_size = 14336;
+    c->num_hidden_layers = layers;
+    c->num_attention_heads = 32;
+    c->num_key_value_heads = 8;
+    c->head_dim = 128;
+    c->vocab_size = 128256;
+    c->max_position_embeddings = 8192;
+    c->rms_norm_eps = 1e-5;
+    c->rope_theta = 500000.0;
+    c->rope_type = QL_ROPE_DEFAULT;
+    snprintf(c->rope_type_name, sizeof c->rope_type_name, "default");
+}
+
+/* FLOPs of one step under the 4N convention (see the top of the file). */
+static double step_flops(int layers, int64_t B, int64_t S) {
+    const double d = 4096, kv = 1024, im = 14336, V = 128256, T = (double)(B * S);
+    const double lin = 2 * d * d + 2 * d * kv + 3 * d * im;
+    const double lora = RANK * ((d + d) + 2 * (d + kv) + (d + d) + 2 * (d + im) + (im + d));
+    const double dense = 4 * T * (layers * lin + V * d);
+    const double adapters = 6 * T * layers * lora;
+    const double attn = 6.0 * (double)B * (double)S * (double)S * 128 * 32 * layers;
+    return dense + adapters + attn;
+}
+
+typedef struct result {
+    int ckpt;
+    double step_s, tokens_per_s, tflops, mfu, mfu_cublas, full_tokens_per_s;
+    double load_s, load_upload_s, first_loss, last_loss;
+    size_t peak, device_used, estimate, estimate_reserve;
+    int steps;
+} result;
+
+static void run(const ql_backend *be, int layers, int64_t B, int64_t S, int ckpt, int warm,
+                int steps, double budget, double peak_flops, double cublas, result *r) {
+    memset(r, 0, sizeof *r);
+    r->ckpt = ckpt;
+    ql_hf_config cfg;
+    llama3_8b(&cfg, layers);
+    ql_random_source_opts ro = {.seed = 1,
+                                .std = 0.02f,
+                                .q4 = 1,
+                                .quant_type = QL_QTYPE_NF4,
+                                .blocksize = 64,
+                                .double_quant = 1};
+    ql_model_source src;
+    BTRY(ql_random_source_open(&cfg, &ro, &src));
+    ql_llama_options o;
+    ql_llama_options_default(&o);
+    o.be = be;
+    o.lora.r = RANK;
+    o.lora.alpha = 32.0f;
+    o.checkpoint_activations = ckpt;
+    o.max_batch = B;
+    o.max_seq = S;
+    o.quiet = 1;
+    ql_mem_estimate est;
+    BTRY(ql_llama_mem_estimate(&cfg, &o, 1, 1, &est));
+    r->estimate = est.total;
+    r->estimate_reserve = est.runtime_reserve;
+
+    ql_cuda_release_cache();
+    ql_mem_stats m0;
+    be->mem_stats(&m0);
+    ql_llama *m;
+    BTRY(ql_llama_load_source(&src, &o, &m));
+    ql_model_source_close(&src);
+    ql_llama_load_info li;
+    ql_llama_load_stats(m, &li);
+    r->load_s = li.total_s;
+    r->load_upload_s = li.upload_s;
+    ql_adapters *a = ql_llama_adapters(m);
+    ql_optim opt;
+    BTRY(ql_optim_init(&opt, be, a->n));
+
+    const int64_t T = B * S;
+    int32_t *ids = malloc((size_t)T * sizeof *ids), *tg = malloc((size_t)T * sizeof *tg);
+    uint64_t x = 12345;
+    for (int64_t t = 0; t < T; t++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        ids[t] = (int32_t)((x >> 33) % 128256);
+    }
+    for (int64_t t = 0; t < T; t++) tg[t] = (t + 1) % S ? ids[t + 1] : -100;
+    int64_t n_tg = T - B;
+    ql_batch batch = {.batch = B, .seq = S, .ids = ids, .targets = tg};
+    ql_optim_config oc = {.beta1 = 0.9,
+                          .beta2 = 0.999,
+                          .eps = 1e-8,
+                          .max_grad_norm = 1.0,
+                          .on_nonfinite = QL_NONFINITE_SKIP,
+                          .max_nonfinite_in_a_row = 1000};
+    double *times = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *times);
+    int timed = 0;
+    double t_start = now_s();
+    for (int s = 0; s < warm + steps; s++) {
+        if (s == warm) be->mem_reset_peak();
+        double t0 = now_s(), loss;
+        int64_t got;
+        ql_step_result sr;
+        BTRY(ql_optim_zero_grads(&opt, a->grads));
+        BTRY(ql_llama_forward_backward(m, &batch, 1, 1.0f / (float)n_tg, &loss, &got));
+        BTRY(ql_optim_step(&opt, &oc, s + 1, loss / (double)n_tg, 1e-4, a->params, a->grads, &sr));
+        double dt = now_s() - t0;
+        if (s == 0) r->first_loss = loss / (double)n_tg;
+        r->last_loss = loss / (double)n_tg;
+        if (s >= warm) times[timed++] = dt;
+        printf("  %s step %d: %.1f ms, loss %.4f, grad norm %.4g\n",
+               ckpt ? "checkpointing" : "plain", s + 1, dt * 1e3, loss / (double)n_tg,
+               sr.grad_norm);
+        fflush(stdout);
+        /* Half the budget per configuration: stop early rather than overrun. */
+        if (s >= warm && timed >= 1 && now_s() - t_start + dt > budget / 2) break;
+    }
+    ql_mem_stats ms;
+    be->mem_stats(&ms);
+    r->peak = ms.peak - m0.in_use;
+    r->device_used = ms.device_used;
+    r->steps = timed;
+    r->step_s = bench_median(times, timed);
+    r->tokens_per_s = (double)T / r->step_s;
+    double fl = step_flops(layers, B, S);
+    r->tflops = fl / r->step_s / 1e12;
+    r->mfu = fl / r->step_s / peak_flops;
+    r->mfu_cublas = cublas > 0 ? r->tflops / cublas : 0;
+    /* The full model at the same MFU. */
+    r->full_tokens_per_s = r->mfu * peak_flops / (step_flops(FULL_LAYERS, B, S) / (double)T);
+    free(times);
+    free(ids);
+    free(tg);
+    ql_optim_free(&opt);
+    ql_llama_free(m);
+    ql_cuda_release_cache();
+}
+
+int main(int argc, char **argv) {
+    int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0;
+    int64_t B = 1, S = 2048;
+    double budget = 150;
+    const char *json = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--layers") && i + 1 < argc)
+            layers = atoi(argv[++i]);
+        else if (!strcmp(a, "--seq") && i + 1 < argc)
+            S = atoll(argv[++i]);
+        else if (!strcmp(a, "--batch") && i + 1 < argc)
+            B = atoll(argv[++i]);
+        else if (!strcmp(a, "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(a, "--warmup") && i + 1 < argc)
+            warm = atoi(argv[++i]);
+        else if (!strcmp(a, "--budget") && i + 1 < argc)
+            budget = atof(argv[++i]);
+        else if (!strcmp(a, "--json") && i + 1 < argc)
+            json = argv[++i];
+        else if (!strcmp(a, "--quick"))
+            quick = 1;
+        else {
+            fprintf(stderr,
+                    "usage: bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] "
+                    "[--warmup W] [--budget SECONDS] [--json PATH] [--quick]\n");
+            return 2;
+        }
+    }
+    if (quick) layers = layers > 4 ? 4 : layers, steps = steps > 3 ? 3 : steps, warm = 1;
+    if (layers < 1 || S < 2 || B < 1 || steps < 1 || warm < 0) {
+        fprintf(stderr, "bench_cuda_train: bad sizes\n");
+        return 2;
+    }
+    if (ql_cuda_device_count() == 0) {
+        printf("no CUDA device\n");
+        return 0;
+    }
+    const ql_backend *be = ql_backend_cuda_impl();
+    if (!be) {
+        fprintf(stderr, "cuda backend: %s\n", ql_error_message());
+        return 1;
+    }
+    ql_cuda_device_info info;
+    BTRY(ql_cuda_get_device_info(0, &info));
+    int hopper =
+        strstr(info.name, "H100") || strstr(info.name, "H200") || strstr(info.name, "H800");
+    double peak = hopper ? 989.4e12 : 0;
+    double cublas = bench_cublas_tflops(8192, 10);
+    if (!peak) peak = cublas * 1e12; /* another GPU: against what cuBLASLt reaches */
+    printf("device: %s, %d SMs; cuBLASLt bf16 8192^3: %.0f TFLOP/s; MFU against %.1f TFLOP/s\n",
+           info.name, info.sm_count, cublas, peak / 1e12);
+    printf("model: Llama-3-8B shapes, %d of %d layers, NF4 + double quant (random), LoRA r %d on "
+           "all 7 projections, %lld x %lld tokens per step\n",
+           layers, FULL_LAYERS, RANK, (long long)B, (long long)S);
+
+    result res[2];
+    for (int ck = 0; ck < 2; ck++) {
+        run(be, layers, B, S, ck, warm, steps, budget, peak, cublas, &res[ck]);
+        result *r = &res[ck];
+        printf("%s: load %.1f s (upload %.1f s); %.1f ms/step (median of %d), %.0f tokens/s, "
+               "%.0f TFLOP/s, MFU %.1f%% (%.1f%% of cuBLASLt); full 32 layers at this MFU: %.0f "
+               "tokens/s; peak %.2f GiB counted (estimate %.2f + %.1f reserve), device used %.2f "
+               "GiB\n",
+               ck ? "with activation checkpointing" : "without checkpointing", r->load_s,
+               r->load_upload_s, r->step_s * 1e3, r->steps, r->tokens_per_s, r->tflops,
+               100 * r->mfu, 100 * r->mfu_cublas, r->full_tokens_per_s, r->peak / 1073741824.0,
+               r->estimate / 1073741824.0, r->estimate_reserve / 1073741824.0,
+               r->device_used / 1073741824.0);
+    }
+    printf("\n%-16s %9s %10s %8s %7s %12s %10s %10s\n", "checkpointing", "ms/step", "tokens/s",
+           "TFLOP/s", "MFU", "32L tok/s", "peak GiB", "est. GiB");
+    for (int ck = 0; ck < 2; ck++)
+        printf("%-16s %9.1f %10.0f %8.0f %6.1f%% %12.0f %10.2f %10.2f\n", ck ? "on" : "off",
+               res[ck].step_s * 1e3, res[ck].tokens_per_s, res[ck].tflops, 100 * res[ck].mfu,
+               res[ck].full_tokens_per_s, res[ck].peak / 1073741824.0,
+               res[ck].estimate / 1073741824.0);
+    printf("goals: MFU >= 50%% without checkpointing, >= 36%% with it\n");
+
+    if (json) {
+        FILE *f = bench_json_open(json, "cuda_train", &info);
+        fprintf(f,
+                "  \"method\": \"Llama-3-8B shapes, %d layers, random NF4+DQ weights, LoRA r=%d "
+                "alpha 32 on q,k,v,o,gate,up,down, batch %lld x %lld tokens; a step = zero grads, "
+                "forward+backward, device norm and clipping, AdamW; median of the timed steps "
+                "after %d warm-up; FLOPs 4N (N = base linears + lm_head) + LoRA 6r(in+out) + "
+                "attention 6*S^2*D*H per layer, no credit for recompute; MFU vs %.1f TFLOP/s\",\n",
+                layers, RANK, (long long)B, (long long)S, warm, peak / 1e12);
+        fprintf(f, "  \"layers\": %d,\n  \"seq\": %lld,\n  \"batch\": %lld,\n", layers,
+                (long long)S, (long long)B);
+        fprintf(f, "  \"peak_tflops\": %.1f,\n  \"cublas_8192_tflops\": %.1f,\n", peak / 1e12,
+                cublas);
+        fprintf(f, "  \"results\": [\n");
+        for (int ck = 0; ck < 2; ck++) {
+            const result *r = &res[ck];
+            fprintf(
+                f,
+                "    {\"activation_checkpointing\": %s, \"steps_timed\": %d, \"step_ms\": %.2f, "
+                "\"tokens_per_s\": %.1f, \"tflops\": %.1f, \"mfu\": %.4f, \"mfu_of_cublas\": "
+                "%.4f, \"full_model_tokens_per_s\": %.1f, \"peak_bytes\": %zu, "
+                "\"device_used_bytes\": %zu, \"estimate_bytes\": %zu, \"load_s\": %.2f, "
+                "\"first_loss\": %.5f, \"last_loss\": %.5f, \"goal_mfu\": %.2f}%s\n",
+                ck ? "true" : "false", r->steps, r->step_s * 1e3, r->tokens_per_s, r->tflops,
+                r->mfu, r->mfu_cublas, r->full_tokens_per_s, r->peak, r->device_used, r->estimate,
+                r->load_s, r->first_loss, r->last_loss, ck ? 0.36 : 0.50, ck ? "" : ",");
+        }
+        fprintf(f, "  ]\n}\n");
+        fclose(f);
+        printf("wrote %s\n", json);
+    }
+    return 0;
+}
+
+#else
+int main(void) {
+    printf("no CUDA device (built without CUDA)\n");
+    return 0;
+}
+#endif
