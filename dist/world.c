@@ -74,7 +74,7 @@ static ql_status tasks_on_node(const char *name, const char *v, int node, int *o
         if (*p == '(') {
             if (p[1] != 'x') goto bad;
             reps = strtol(p + 2, &end, 10);
-            if (end == p + 2 || reps < 1 || *end != ')') goto bad;
+            if (end == p + 2 || reps < 1 || reps > INT_MAX - at || *end != ')') goto bad;
             p = end + 1;
         }
         if (node < at + reps) {
