@@ -472,7 +472,13 @@ ql_status ql_train_ckpt_open(const ql_train_ckpt_opts *o, ql_train_ckpt **out) {
         ql_train_ckpt_close(t);
         return st;
     }
-    if (t->resumed) t->last_time = ql_now();
+    if (t->resumed) {
+        t->last_time = ql_now();
+    } else { /* nothing for the optimizer: no need to hold the buffers */
+        free(t->m);
+        free(t->v);
+        t->m = t->v = NULL;
+    }
     *out = t;
     return QL_OK;
 }

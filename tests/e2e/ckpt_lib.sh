@@ -3,6 +3,7 @@
 # mod 97 packed into rows of 32 tokens, and helpers that run, preempt, kill
 # and compare training runs.
 : "${QLORA:?}" "${QL_SOURCE_DIR:?}"
+[ -x "$QLORA" ] || { echo "skip: $QLORA is not built"; exit 77; }
 PY="$QL_SOURCE_DIR/.venv/bin/python"
 [ -x "$PY" ] || { echo "skip: $PY missing (run scripts/setup.sh)"; exit 77; }
 "$PY" -c 'import h5py, numpy' 2>/dev/null || { echo "skip: h5py missing in .venv (scripts/setup.sh)"; exit 77; }
@@ -72,12 +73,14 @@ train() {
 # lines FILE: its number of lines (0 when missing).
 lines() { [ -f "$1" ] && wc -l <"$1" || echo 0; }
 
-# wait_for OUT STEPS [ckpt]: until OUT/metrics.jsonl has STEPS lines (and,
-# with ckpt, OUT/checkpoints/LATEST exists); at most 60 s.
+# wait_for OUT STEPS [ckpt] [PID]: until OUT/metrics.jsonl has STEPS lines
+# (and, with ckpt, OUT/checkpoints/LATEST exists); at most 60 s, and not
+# after process PID has ended.
 wait_for() {
     for _ in $(seq 1200); do
         if [ "$(lines "$1/metrics.jsonl")" -ge "$2" ] &&
-            { [ -z "${3:-}" ] || [ -f "$1/checkpoints/LATEST" ]; }; then return 0; fi
+            { [ "${3:-}" != ckpt ] || [ -f "$1/checkpoints/LATEST" ]; }; then return 0; fi
+        [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null && return 1
         sleep 0.05
     done
     return 1
@@ -94,7 +97,7 @@ interrupt() {
     [ "$at" -gt "$before" ] || at=$((before + 1))
     launch "$np" "$out" "$@"
     local pid=$!
-    if [ "$sig" = KILL ]; then wait_for "$out" "$at" ckpt; else wait_for "$out" "$at"; fi ||
+    if [ "$sig" = KILL ]; then wait_for "$out" "$at" ckpt $pid; else wait_for "$out" "$at" - $pid; fi ||
         bad "$out: step $at never came"
     if [ "$sig" = KILL ] && [ "$np" != 1 ]; then
         kill -KILL $(pgrep -P $pid) 2>/dev/null
