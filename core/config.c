@@ -447,6 +447,8 @@ ql_status ql_config_parse(const char *text, size_t len, const char *name, const 
         snprintf(r.loc[k], LOC_MAX, "default");
         QL_TRY_GOTO(st, set_value(&r, (int)k, def_roots[k]), out);
     }
+    for (size_t k = 0; k < r.n_keys; k++)
+        if (r.val[k]) c->given[k / 64] |= UINT64_C(1) << (k % 64);
     st = cross_checks(&r);
 out:
     ql_ytree_free(root);
@@ -457,6 +459,14 @@ out:
     free(r.val);
     free(r.loc);
     return st;
+}
+
+int ql_config_given(const ql_config *c, const char *key) {
+    size_t n;
+    const ql_cfg_key *keys = ql_config_schema(&n);
+    for (size_t k = 0; k < n; k++)
+        if (!strcmp(keys[k].path, key)) return (int)((c->given[k / 64] >> (k % 64)) & 1u);
+    return 0;
 }
 
 ql_status ql_config_load(const char *path, const ql_cfg_override *ov, size_t n_ov, ql_config *c) {

@@ -18,6 +18,7 @@
 
 #define QL_CFG_PATH_MAX 4096
 #define QL_CFG_WARN_MAX 2048
+#define QL_CFG_KEYS_MAX 128 /* schema keys at most (ql_config.given) */
 
 /* Learning-rate schedules after warmup (transformers' get_*_schedule_with_warmup). */
 typedef enum ql_schedule { QL_SCHED_COSINE, QL_SCHED_LINEAR, QL_SCHED_CONSTANT } ql_schedule;
@@ -55,6 +56,7 @@ typedef struct ql_config {
         double dropout;
         unsigned targets; /* bit i = projection i of ql_config_target_name */
         int use_rslora;
+        char init_adapter[QL_CFG_PATH_MAX]; /* "" or a PEFT adapter (or run) to start from */
     } lora;
     struct {
         int64_t steps;
@@ -96,6 +98,11 @@ typedef struct ql_config {
     } review;
     /* Warnings found while resolving, one per line (printed by the launcher). */
     char warnings[QL_CFG_WARN_MAX];
+    /* The keys the file or the command line set (the others took their
+     * defaults): bit i % 64 of given[i / 64] for schema index i. Settings
+     * that another source can supply (lora.init_adapter) tell a value
+     * someone wrote from a default with it (ql_config_given). */
+    uint64_t given[QL_CFG_KEYS_MAX / 64];
 } ql_config;
 
 typedef enum ql_cfg_type {
@@ -125,6 +132,10 @@ typedef struct ql_cfg_key {
 
 /* The schema, in the order the resolved file lists the keys. */
 const ql_cfg_key *ql_config_schema(size_t *n);
+
+/* Whether `key` was set by the file or the command line (0: its default, or
+ * no such key). */
+int ql_config_given(const ql_config *c, const char *key);
 
 /* The seven LoRA target names in ql_proj order ("q_proj" ... "down_proj"). */
 #define QL_CFG_N_TARGETS 7

@@ -70,6 +70,10 @@ static const ql_cfg_key schema[] = {
      "the linear projections that get adapters"},
     {"lora.use_rslora", TYPED(QL_CFG_BOOL, lora.use_rslora), "false", 0, 0, 0, 0, 0, 0, NULL,
      "rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r"},
+    {"lora.init_adapter", STR(lora.init_adapter), "\"\"", 0, 0, 0, 0, 0, 0, NULL,
+     "start from this PEFT adapter (an adapter directory, or a run directory holding adapter/): "
+     "r, alpha, use_rslora and targets are taken from its adapter_config.json; a resumed "
+     "checkpoint takes precedence"},
 
     {"train.steps", TYPED(QL_CFG_INT, train.steps), "100", 1, BIG, 0, 0, 0, 0, NULL,
      "optimizer steps to run"},
@@ -148,6 +152,9 @@ static const ql_cfg_key schema[] = {
      "run the unit test of records that have one (a \"test\" field) on both answers, in a "
      "sandboxed python3"},
 };
+
+_Static_assert(sizeof schema / sizeof schema[0] <= QL_CFG_KEYS_MAX,
+               "more keys than ql_config.given holds: raise QL_CFG_KEYS_MAX");
 
 const ql_cfg_key *ql_config_schema(size_t *n) {
     *n = sizeof schema / sizeof schema[0];

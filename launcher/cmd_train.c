@@ -19,10 +19,13 @@
 #include "model/llama.h"
 #include "model/peft.h"
 #include "model/source.h"
+#include "train/init_adapter.h"
 #include "train/mem_plan.h"
 #include "train/progress.h"
+#include "train/report.h"
 #include "train/review.h"
 #include "train/train_ckpt.h"
+#include "train/train_eval_store.h"
 #include "train/trainer.h"
 #ifdef QL_HAVE_CUDA
 #include "kernels/cuda_api.h"
@@ -37,7 +40,13 @@ static void usage(FILE *f) {
                "\n"
                "Writes OUTPUT_DIR/config.resolved.yaml, OUTPUT_DIR/metrics.jsonl (one JSON line\n"
                "per step) and, at the end, the adapter in PEFT format to OUTPUT_DIR/adapter/.\n"
-               "Ctrl-C stops at the end of the current step and saves the adapter.\n"
+               "Ctrl-C stops at the end of the current step and saves the adapter. Then\n"
+               "OUTPUT_DIR/report.html and OUTPUT_DIR/loss.png (the loss plot) and, with a\n"
+               "validation set, OUTPUT_DIR/eval.json (for qlora eval --baseline OUTPUT_DIR).\n"
+               "\n"
+               "lora.init_adapter: PATH (a PEFT adapter or run directory) starts from that\n"
+               "adapter: its r, alpha, rsLoRA and targets, its weights, fresh AdamW state; a\n"
+               "checkpoint to resume from takes precedence (docs/training.md).\n"
                "\n"
                "Checkpoints (docs/checkpoint-format.md): OUTPUT_DIR/checkpoints/step-NNNNNNNN/\n"
                "every checkpoint.every_steps steps (and checkpoint.every_minutes minutes);\n"
@@ -224,6 +233,24 @@ static int dry_run(const ql_config *c, ql_job *j) {
     return QL_EXIT_OK;
 }
 
+/* Rank 0 at the end: OUTPUT_DIR/eval.json, report.html and loss.png, and
+ * their paths; a failure is a warning (the adapter is saved). */
+static void run_files(const ql_config *c, const ql_dataset *ds, const ql_train_result *r,
+                      const char *adapter) {
+    char ev[QL_CFG_PATH_MAX + 16];
+    if (ql_train_eval_store(c, ds, r, adapter, ev, sizeof ev) != QL_OK)
+        fprintf(stderr, "warning: eval.json not written: %s\n", ql_error_message());
+    else if (*ev)
+        printf("eval file: %s\n", ev);
+    if (ql_report_write(c->output_dir, NULL) != QL_OK) {
+        fprintf(stderr, "warning: the report was not written: %s\n", ql_error_message());
+    } else {
+        printf("report: %s/%s\nloss plot: %s/%s\n", c->output_dir, QL_REPORT_HTML, c->output_dir,
+               QL_REPORT_PNG);
+    }
+    ql_error_clear();
+}
+
 /* Every rank runs this; each fallible part ends in an agreement, so a
  * failure on any rank leaves every rank at the same point with its
  * message. Rank 0 alone writes files and prints. */
@@ -328,6 +355,9 @@ static int run(const ql_config *c, ql_job *j) {
                                  .log = r0 ? stderr : NULL};
         st = ql_job_agree(j, ql_train_ckpt_open(&co, &ck));
     }
+    /* lora.init_adapter after the resume: a checkpoint's weights are later. */
+    if (st == QL_OK && ql_train_ckpt_resumed(ck) == 0)
+        st = ql_job_agree(j, ql_init_adapter_load(c, m, be, r0 ? stderr : NULL));
     if (st == QL_OK) {
         ql_train_opts to = {.cfg = c,
                             .metrics_path = r0 ? metrics : NULL,
@@ -394,6 +424,7 @@ static int run(const ql_config *c, ql_job *j) {
             printf("eval: loss %.4f, perplexity %.4f over %lld validation targets\n", r.eval_loss,
                    exp(r.eval_loss), (long long)r.eval_targets);
         printf("adapter: %s\nmetrics: %s\n", adapter, metrics);
+        run_files(c, &ds, &r, adapter);
         fflush(stdout);
         /* The adapter's answers, samples and OUTPUT_DIR/review.md. */
         if (!r.interrupted)
@@ -476,6 +507,13 @@ int ql_cmd_train(int argc, char **argv) {
         return ql_job_end(&j, rc > 0 ? rc : QL_EXIT_ERROR);
     }
     if (rc >= 0) return ql_job_end(&j, rc); /* --help */
+    /* lora.init_adapter sets lora.* before anything is sized from them. */
+    st = ql_job_agree(&j, ql_init_adapter_resolve(c));
+    if (st != QL_OK) {
+        rc = ql_job_report(&j, st);
+        free(c);
+        return ql_job_end(&j, rc);
+    }
     if (!getenv("QL_DIST_TIMEOUT_S")) ql_comm_set_timeout(j.comm, c->dist.timeout_s);
     ql_comm_set_bucket(j.comm, c->dist.bucket_mb * (1 << 20) / (int64_t)sizeof(float));
     /* An impossible split ends the run before anything is loaded. */
