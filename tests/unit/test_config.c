@@ -142,7 +142,7 @@ static const struct bad_case {
     {NULL, "--lora=3", "command line: 'lora' is a section: set its keys, e.g. --lora.r=..."},
     {"model: a\nlora: 16\n", NULL,
      "cfg.yaml:2:1: 'lora' is a section: expected its keys (r, alpha, dropout, targets, "
-     "use_rslora), got a value"},
+     "use_rslora, init_adapter), got a value"},
     /* wrong types */
     {"model: a\ntrain:\n  steps: ten\n", NULL,
      "cfg.yaml:3:10: train.steps: expected an integer, got 'ten'"},
