@@ -44,4 +44,5 @@ endforeach()
 # GPU tests are built wherever the CUDA backend is; without a device they exit 77.
 if(QL_HAVE_CUDA)
   ql_add_c_tests(gpu)
+  ql_add_sh_tests(gpu)
 endif()

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# `qlora train` on the GPU end to end, on the tiny random Llama of
+# tests/fixtures/make_tiny_hf_model.py (the records of test_train_tiny.sh):
+#   - backend auto picks cuda here, and --dry-run estimates against the GPU;
+#   - 20 steps on cuda and on cpu from the same config: every step's loss
+#     within 3e-2 relative (bf16 activations on the GPU), falling on both;
+#     metrics.jsonl on cuda reports mem_peak_bytes and mem_device_used_bytes;
+#   - resume, bit for bit: a run preempted by SIGUSR1 (checkpoint at the step
+#     boundary, exit 75) and started again ends with the same adapter bytes
+#     (cmp) and the same loss column as a run that was never interrupted;
+#   - a memory limit below the estimate stops before the model loads, naming
+#     train.micro_batch / data.max_seq_len / checkpointing.
+# Exit 77 when this machine has no GPU that CUDA can use (or no Python with
+# numpy and safetensors to write the model).
+set -u
+: "${QLORA:?}" "${QL_SOURCE_DIR:?}"
+[ -x "$QLORA" ] || { echo "skip: $QLORA is not built"; exit 77; }
+PY="$QL_SOURCE_DIR/.venv/bin/python"
+[ -x "$PY" ] || PY=python3
+"$PY" -c 'import numpy, safetensors' 2>/dev/null || { echo "skip: no python with numpy and safetensors"; exit 77; }
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+fails=0
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+"$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null || exit 1
+"$PY" - <<'EOF' || exit 1
+import json, random
+r = random.Random(0)
+with open("train.jsonl", "w") as f:
+    for i in range(48):
+        n, start, step = r.randint(8, 24), r.randint(0, 96), 3
+        ids = [(start + step * t) % 97 for t in range(n)]
+        rec = {"input_ids": ids}
+        if i % 3 == 0:
+            rec["labels"] = [-100] * (n // 2) + ids[n // 2:]
+        f.write(json.dumps(rec) + "\n")
+EOF
+cat >cfg.yaml <<'EOF'
+model: model
+output_dir: run
+seed: 1234
+backend: auto
+data:
+  train: train.jsonl
+  max_seq_len: 32
+lora:
+  r: 8
+  alpha: 32
+  dropout: 0.1
+train:
+  steps: 20
+  global_batch: 8
+  micro_batch: 2
+  lr: 1.0e-2
+  warmup_steps: 2
+  log_every: 1
+checkpoint:
+  every_steps: 0
+EOF
+
+"$QLORA" train cfg.yaml --dry-run >dry.out 2>dry.err
+rc=$?
+if ! grep -q "^dry run: backend cuda" dry.out; then
+    echo "skip: backend auto is not cuda here (no GPU visible to CUDA)"
+    cat dry.out dry.err | tail -3
+    exit 77
+fi
+[ $rc = 0 ] || bad "--dry-run exited $rc"
+grep -q "the memory of GPU 0" dry.out || bad "--dry-run does not check against the GPU's memory"
+grep -q "activations kept for the backward" dry.out || bad "--dry-run lacks the activations"
+
+# --- cuda against cpu --------------------------------------------------------------
+"$QLORA" train cfg.yaml --output_dir=gpu --backend=cuda >gpu.out 2>gpu.err || {
+    bad "cuda run exited $?"
+    tail -20 gpu.err
+}
+"$QLORA" train cfg.yaml --output_dir=cpu --backend=cpu >cpu.out 2>cpu.err || bad "cpu run exited $?"
+"$PY" - gpu/metrics.jsonl cpu/metrics.jsonl <<'EOF' || bad "cuda vs cpu losses"
+import json, sys
+g = [json.loads(l) for l in open(sys.argv[1])]
+c = [json.loads(l) for l in open(sys.argv[2])]
+ok = len(g) == len(c) == 20
+worst = 0.0
+for x, y in zip(g, c):
+    d = abs(x["loss"] - y["loss"]) / abs(y["loss"])
+    worst = max(worst, d)
+    if d > 3e-2:
+        print(f"step {x['step']}: loss cuda {x['loss']:.6f} cpu {y['loss']:.6f} ({d:.2e})"); ok = False
+print(f"cuda vs cpu: worst relative loss difference {worst:.2e} over {len(g)} steps")
+if not (g[-1]["loss"] < g[0]["loss"] and c[-1]["loss"] < c[0]["loss"]):
+    print("the loss did not fall"); ok = False
+for k in ("mem_peak_bytes", "mem_device_used_bytes", "mem_rss_peak_bytes"):
+    if not all(isinstance(x.get(k), int) and x[k] > 0 for x in g):
+        print(f"cuda metrics lack {k}"); ok = False
+sys.exit(0 if ok else 1)
+EOF
+grep -q "loaded in .* s: reading" gpu.err || bad "no load timing on stderr"
+
+# --- resume bit for bit on the GPU ---------------------------------------------------
+R=(--backend=cuda --train.steps=120 --checkpoint.every_steps=10 --checkpoint.keep_last=20)
+"$QLORA" train cfg.yaml --output_dir=straight "${R[@]}" >straight.out 2>straight.err || bad "straight run exited $?"
+"$QLORA" train cfg.yaml --output_dir=pre "${R[@]}" >pre.out 2>pre.err &
+pid=$!
+for _ in $(seq 600); do
+    [ -f pre/metrics.jsonl ] && [ "$(wc -l <pre/metrics.jsonl)" -ge 7 ] && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.05
+done
+kill -USR1 $pid 2>/dev/null
+wait $pid
+rc=$?
+done_at=$(wc -l <pre/metrics.jsonl 2>/dev/null || echo 0)
+if [ $rc = 75 ]; then
+    echo "preempted after step $done_at"
+    "$QLORA" train cfg.yaml --output_dir=pre "${R[@]}" >>pre.out 2>>pre.err || bad "resumed run exited $?"
+    grep -q "resum" pre.err || bad "the second run does not say it resumed"
+else
+    bad "SIGUSR1: exit $rc, want 75 (the run ended after $done_at steps)"
+fi
+cmp -s straight/adapter/adapter_model.safetensors pre/adapter/adapter_model.safetensors ||
+    bad "resumed adapter differs from the uninterrupted run's"
+"$PY" - straight/metrics.jsonl pre/metrics.jsonl <<'EOF' || bad "resumed metrics differ"
+import json, sys
+def col(p):
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, open(p)) if "loss" in r]
+a, b = col(sys.argv[1]), col(sys.argv[2])
+if a != b:
+    print(f"{len(a)} vs {len(b)} lines; first difference:",
+          next(((x, y) for x, y in zip(a, b) if x != y), None)); sys.exit(1)
+EOF
+
+# --- a limit the run cannot meet -----------------------------------------------------
+"$QLORA" train cfg.yaml --output_dir=small --backend=cuda --memory-limit=0.01 >small.out 2>small.err
+rc=$?
+[ $rc = 1 ] || bad "--memory-limit=0.01: exit $rc, want 1"
+grep -q "train.memory_limit_gb = 0.01" small.err || bad "the limit is not named: $(cat small.err)"
+grep -Eq "train.micro_batch|data.max_seq_len|train.activation_checkpointing" small.err ||
+    bad "the error names no knob: $(cat small.err)"
+grep -q "^model:" small.err && bad "the model was loaded before the memory check"
+[ -d small/adapter ] && bad "an adapter was written"
+
+[ $fails = 0 ] && echo "all passed"
+exit $((fails > 0))
