@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one go, for a machine with one H100/H200
-# (about 3-5 minutes; every step has its own timeout, 8 minutes at most):
+# (about 5-7 minutes; every step has its own timeout, and the optional ones
+# are skipped when the 8-minute budget is running out):
 #
 #   1. build into build-gpu/ only what the GPU run needs, -j$(nproc), CUDA
 #      targets sm_90 and sm_90a: CMake (Release) when the project configures;
@@ -8,10 +9,18 @@
 #      files) nvcc + cc directly on the few sources the GPU programs use
 #      (build-gpu/min/);
 #   2. every tests/gpu/test_*.c program (each CUDA op against cpu-ref, the
-#      dequantize bit for bit);
+#      dequantize bit for bit, QLoRA training steps against the CPU backend
+#      and a simulated restart bit for bit, the NCCL communicator on one
+#      GPU) and, with the CMake build, every tests/gpu/test_*.sh (qlora train
+#      on the GPU: cuda vs cpu losses, SIGUSR1 -> exit 75 -> resume with
+#      the same adapter bytes);
 #   3. the CUDA benchmarks: bench_cuda_dequant (NF4+DQ vs device copy),
 #      bench_cuda_q4gemm (4-bit + LoRA linear vs cuBLASLt bf16, Llama-3-8B
-#      shapes), bench_cuda_attn (attention fwd+bwd vs the cuBLASLt rate);
+#      shapes), bench_cuda_attn (attention fwd+bwd vs the cuBLASLt rate),
+#      bench_cuda_train (the whole QLoRA step on a Llama-3-8B-shaped model,
+#      with and without activation checkpointing: tokens/s, MFU, peak
+#      memory) and, where torch + transformers + peft import,
+#      bench/torch_cuda_train.py on the same shapes with the tokens/s ratio;
 #   4. JSON: bench/results/gpu-<gpu>-<time>-<bench>.json for each benchmark
 #      and bench/results/gpu-run-<gpu>-<time>.json (GPU, driver, date, commit,
 #      test results, every figure), all copied to $OUT when it is set; then a
@@ -23,9 +32,12 @@
 #
 # Environment: QL_GPU_RUN_MIN=1 forces the nvcc-only build; QL_GPU_RUN_CPU=1
 # also builds and runs the CPU unit tests and bench_cpu (full build only);
-# QL_GPU_QUICK=1 runs one shape per benchmark; QL_GPU_BUILD_DIR (default
-# build-gpu) is the build directory; QL_GIT_COMMIT names the commit measured
-# when the tree has no .git (a copied working tree).
+# QL_GPU_QUICK=1 runs one shape per benchmark (and 4 layers in the training
+# benchmark); QL_GPU_TRAIN_LAYERS (default 16) is the training benchmark's
+# layer count (MFU is per layer; 32 is the whole 8B model); QL_GPU_TORCH=0
+# skips the PyTorch comparison; QL_GPU_BUILD_DIR (default build-gpu) is the
+# build directory; QL_GIT_COMMIT names the commit measured when the tree has
+# no .git (a copied working tree).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$(pwd)
@@ -40,14 +52,18 @@ say() { echo "run.sh: $*" | tee -a "$log"; }
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH=/usr/local/cuda/bin:$PATH
 t0=$(date +%s)
 
-gpu_tests=(test_q4_dequant_cuda test_ops_cuda)
-benches=(bench_cuda_dequant bench_cuda_q4gemm bench_cuda_attn)
+gpu_tests=(test_q4_dequant_cuda test_ops_cuda test_train_cuda)
+full_tests=(test_nccl_comm)          # need MPI: CMake build only
+gpu_scripts=(test_train_qlora_cuda)  # need the qlora binary: CMake build only
+benches=(bench_cuda_train bench_cuda_dequant bench_cuda_q4gemm bench_cuda_attn)
+budget=480
+left() { echo $((budget - ($(date +%s) - t0))); }
 
 # --- build -------------------------------------------------------------------------
 build_full() {
     local targets=()
-    for t in "${gpu_tests[@]}"; do targets+=("gpu_$t"); done
-    targets+=("${benches[@]}")
+    for t in "${gpu_tests[@]}" "${full_tests[@]}"; do targets+=("gpu_$t"); done
+    targets+=("${benches[@]}" qlora)
     if [ "${QL_GPU_RUN_CPU:-0}" = 1 ]; then targets=(all); fi
     timeout 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQL_CUDA=ON \
         -DQL_CUDA_ARCHS="90;90a" >>"$log" 2>&1 &&
@@ -55,15 +71,20 @@ build_full() {
         timeout 360 cmake --build "$build" -j"$jobs" --target "${targets[@]}" >>"$log" 2>&1
 }
 
-# The GPU programs need only these C sources besides their own.
+# The GPU programs need only these C sources besides their own: the ops
+# against cpu-ref, and for the training test and benchmark the model, LoRA,
+# generated weights, the memory estimate and the optimizer, with
+# tests/gpu/min/ standing in for jansson.h, MPI and the model readers.
 min_c_srcs="core/status.c core/dtype.c core/rng.c kernels/rope.c kernels/cpu/quant4.c
-    kernels/cpu/cpu_mem.c kernels/cpu/ref_add.c kernels/cpu/ref_attn.c kernels/cpu/ref_linear.c
-    kernels/cpu/ref_loss.c kernels/cpu/ref_norm.c kernels/cpu/ref_backend.c"
+    kernels/cpu/cpu_mem.c kernels/cpu/cpu_vec.c kernels/cpu/ref_add.c kernels/cpu/ref_attn.c
+    kernels/cpu/ref_linear.c kernels/cpu/ref_loss.c kernels/cpu/ref_norm.c kernels/cpu/ref_backend.c
+    model/llama_load.c model/llama_step.c model/lora.c model/random_source.c model/llama_mem.c
+    train/optim.c train/clip.c tests/gpu/min/min_stubs.c"
 
 build_min() {
     local m=$build/min ok=1
     mkdir -p "$m"
-    local cflags="-O2 -std=c11 -D_GNU_SOURCE -DQL_HAVE_CUDA=1 -DQL_GPU_MIN_BUILD=1 -ffp-contract=off -I$root -I$root/tests"
+    local cflags="-O2 -std=c11 -D_GNU_SOURCE -DQL_HAVE_CUDA=1 -DQL_GPU_MIN_BUILD=1 -ffp-contract=off -I$root -I$root/tests -I$root/tests/gpu/min"
     local gencode="-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90a,code=sm_90a"
     # CUDA sources in parallel (they are the slow part), C ones after.
     ls kernels/cuda/*.cu | xargs -P "$jobs" -I{} sh -c \
@@ -76,11 +97,11 @@ build_min() {
     objs=$(ls "$m"/*.o | grep -v -e '/gpu_' -e '/bench_' | tr '\n' ' ')
     for t in "${gpu_tests[@]}"; do
         cc $cflags -c "tests/gpu/$t.c" -o "$m/gpu_$t.main.o" >>"$log" 2>&1 &&
-            nvcc $gencode -o "$m/gpu_$t" "$m/gpu_$t.main.o" $objs -lcublasLt -lm >>"$log" 2>&1 || ok=0
+            nvcc $gencode -o "$m/gpu_$t" "$m/gpu_$t.main.o" $objs -lcublasLt -lm -lpthread >>"$log" 2>&1 || ok=0
     done
     for b in "${benches[@]}"; do
         cc $cflags -c "bench/$b.c" -o "$m/bench_$b.main.o" >>"$log" 2>&1 &&
-            nvcc $gencode -o "$m/$b" "$m/bench_$b.main.o" $objs -lcublasLt -lm >>"$log" 2>&1 || ok=0
+            nvcc $gencode -o "$m/$b" "$m/bench_$b.main.o" $objs -lcublasLt -lm -lpthread >>"$log" 2>&1 || ok=0
     done
     return $((1 - ok))
 }
@@ -122,7 +143,9 @@ say "GPU: $gpu_name, driver $driver"
 # --- tests ---------------------------------------------------------------------------
 status=0
 test_json=""
-for t in "${gpu_tests[@]}"; do
+run_tests=("${gpu_tests[@]}")
+[ $mode = full ] && run_tests+=("${full_tests[@]}")
+for t in "${run_tests[@]}"; do
     tl=$build/$t.log
     s0=$(date +%s)
     timeout 240 "$bindir/gpu_$t" >"$tl" 2>&1
@@ -142,6 +165,31 @@ if ! grep -q '"result": "[pf]' <<<"$test_json" && ! grep -q timeout <<<"$test_js
     say "nvidia-smi sees '$gpu_name' but CUDA sees no device (every test skipped): built only"
     exit 0
 fi
+# qlora itself on the GPU (needs the CMake build: MPI, HDF5, protobuf-c).
+if [ $mode = full ]; then
+    for t in "${gpu_scripts[@]}"; do
+        tl=$build/$t.log
+        s0=$(date +%s)
+        case $build in /*) bdir=$build ;; *) bdir=$root/$build ;; esac
+        QLORA=$bdir/qlora QL_SOURCE_DIR=$root QL_BUILD_DIR=$bdir \
+            timeout 240 bash "tests/gpu/$t.sh" >"$tl" 2>&1
+        rc=$?
+        case $rc in
+        0) r=passed ;;
+        77) r=skipped ;;
+        124) r=timeout status=1 ;;
+        *) r=failed status=1 ;;
+        esac
+        say "$t: $r ($(($(date +%s) - s0)) s)"
+        [ $r = passed ] || grep -E "FAIL|skip|error" "$tl" | head -20 | tee -a "$log"
+        test_json+="${test_json:+, }{\"name\": \"$t\", \"result\": \"$r\", \"counts\": \"\"}"
+    done
+else
+    for t in "${gpu_scripts[@]}"; do
+        say "$t: not run (the nvcc-only build has no qlora binary)"
+        test_json+="${test_json:+, }{\"name\": \"$t\", \"result\": \"not built\", \"counts\": \"\"}"
+    done
+fi
 unit_tests=skipped
 if [ "${QL_GPU_RUN_CPU:-0}" = 1 ] && [ $mode = full ]; then
     if (cd "$build" && timeout 240 ctest -L unit -j"$jobs" --output-on-failure) >"$build/ctest-unit.log" 2>&1; then
@@ -158,18 +206,58 @@ slug=$(echo "$gpu_name" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '-' | sed 's/-\+/-/g
 quick=()
 [ "${QL_GPU_QUICK:-0}" = 1 ] && quick=(--quick)
 declare -A bench_json
+train_layers=${QL_GPU_TRAIN_LAYERS:-16}
+torch_json=""
+# The same training step through transformers + PEFT, where they import.
+torch_compare() {
+    local tj=$results/gpu-$slug-$stamp-torch_train.json tlayers=$train_layers lim
+    [ "${QL_GPU_QUICK:-0}" = 1 ] && tlayers=4
+    lim=$(($(left) - 60))
+    [ $lim -gt 150 ] && lim=150
+    if [ $lim -lt 45 ]; then
+        say "torch_cuda_train: skipped (the 8-minute budget is spent)"
+        return
+    fi
+    timeout $lim python3 bench/torch_cuda_train.py --layers "$tlayers" --json "$tj" \
+        --qlora-json "${bench_json[bench_cuda_train]}" >"$build/torch_cuda_train.log" 2>&1
+    local rc=$?
+    case $rc in
+    0) torch_json=$tj; say "torch_cuda_train: done" ;;
+    77) say "torch_cuda_train: skipped ($(grep -m1 skip "$build/torch_cuda_train.log"))" ;;
+    *) say "torch_cuda_train failed (exit $rc; see $build/torch_cuda_train.log)"
+       tail -3 "$build/torch_cuda_train.log" | tee -a "$log" ;;
+    esac
+}
+# The training benchmark first (the issue's measure), then the PyTorch
+# comparison, then the kernel benchmarks with what is left of the budget.
 for b in "${benches[@]}"; do
     j=$results/gpu-$slug-$stamp-${b#bench_cuda_}.json
     s0=$(date +%s)
     args=(--json "$j")
     [ "$b" != bench_cuda_dequant ] && args+=("${quick[@]}")
-    if timeout 200 "$bindir/$b" "${args[@]}" >"$build/$b.log" 2>&1 && [ -s "$j" ]; then
+    lim=$(($(left) - 10))
+    [ $lim -gt 200 ] && lim=200
+    if [ "$b" = bench_cuda_train ]; then
+        lim=$(($(left) - 100))
+        [ $lim -gt 200 ] && lim=200
+        # --budget bounds the timed steps; the two loads come on top.
+        args+=(--layers "$train_layers" --budget $((lim - 60)))
+    fi
+    if [ "$lim" -lt 40 ]; then
+        say "$b: skipped (the 8-minute budget is spent)"
+        status=1
+        continue
+    fi
+    if timeout "$lim" "$bindir/$b" "${args[@]}" >"$build/$b.log" 2>&1 && [ -s "$j" ]; then
         bench_json[$b]=$j
         say "$b: done in $(($(date +%s) - s0)) s"
     else
         say "$b failed (see $build/$b.log)"
         tail -5 "$build/$b.log" | tee -a "$log"
         status=1
+    fi
+    if [ "$b" = bench_cuda_train ] && [ "${QL_GPU_TORCH:-1}" != 0 ] && [ -n "${bench_json[$b]:-}" ]; then
+        torch_compare
     fi
 done
 if [ "${QL_GPU_RUN_CPU:-0}" = 1 ] && [ $mode = full ]; then
@@ -191,6 +279,8 @@ summary=$results/gpu-run-$slug-$stamp.json
     echo "  \"total_seconds\": $(($(date +%s) - t0)),"
     echo "  \"gpu_tests\": [$test_json],"
     echo "  \"cpu_unit_tests\": \"$unit_tests\","
+    echo -n "  \"torch_train\": "
+    if [ -n "$torch_json" ]; then sed 's/^/  /' "$torch_json" | sed '1s/^  //' | sed '$ s/$/,/'; else echo "null,"; fi
     n=0
     for b in "${benches[@]}"; do
         n=$((n + 1))
@@ -209,13 +299,17 @@ if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
     cp "$summary" "$OUT/"
     for b in "${benches[@]}"; do [ -n "${bench_json[$b]:-}" ] && cp "${bench_json[$b]}" "$OUT/"; done
+    [ -n "$torch_json" ] && cp "$torch_json" "$OUT/"
     cp "$log" "$build"/*.log "$OUT/" 2>/dev/null
 fi
 
 echo
 echo "== summary: $gpu_name, driver $driver, $stamp, build $mode ${tbuild} s, total $(($(date +%s) - t0)) s"
-for t in "${gpu_tests[@]}"; do
+for t in "${run_tests[@]}"; do
     printf "%-24s %s\n" "$t" "$(grep -E "^[0-9]+ passed, [0-9]+ failed" "$build/$t.log" 2>/dev/null | tail -1)"
+done
+for t in "${gpu_scripts[@]}"; do
+    [ -s "$build/$t.log" ] && printf "%-24s %s\n" "$t" "$(tail -1 "$build/$t.log")"
 done
 for b in "${benches[@]}"; do
     [ -s "$build/$b.log" ] || continue
@@ -224,7 +318,9 @@ for b in "${benches[@]}"; do
     bench_cuda_dequant) sed -n '/^shape/,$p' "$build/$b.log" | grep -v '^wrote' ;;
     bench_cuda_q4gemm) sed -n '/^shape/,$p' "$build/$b.log" | grep -v '^wrote' ;;
     bench_cuda_attn) grep -E "^cuBLASLt" "$build/$b.log"; sed -n '/^ *batch/,$p' "$build/$b.log" | grep -v '^wrote' ;;
+    bench_cuda_train) grep -E "^(device|model):" "$build/$b.log"; sed -n '/^checkpointing/,$p' "$build/$b.log" | grep -v '^wrote' ;;
     esac
 done
+[ -s "$build/torch_cuda_train.log" ] && { echo "-- torch_cuda_train"; grep -E "^(versions|torch|qlora|skip)" "$build/torch_cuda_train.log"; }
 echo "results: $summary${OUT:+ (copied to $OUT)}"
 exit $status

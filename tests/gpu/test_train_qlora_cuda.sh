@@ -99,7 +99,7 @@ EOF
 grep -q "loaded in .* s: reading" gpu.err || bad "no load timing on stderr"
 
 # --- resume bit for bit on the GPU ---------------------------------------------------
-R=(--backend=cuda --train.steps=120 --checkpoint.every_steps=10 --checkpoint.keep_last=20)
+R=(--backend=cuda --train.steps=300 --checkpoint.every_steps=50 --checkpoint.keep_last=20)
 "$QLORA" train cfg.yaml --output_dir=straight "${R[@]}" >straight.out 2>straight.err || bad "straight run exited $?"
 "$QLORA" train cfg.yaml --output_dir=pre "${R[@]}" >pre.out 2>pre.err &
 pid=$!
