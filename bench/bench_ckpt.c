@@ -2,6 +2,7 @@
  *
  *   [mpirun -np R] bench_ckpt [--params N] [--reps K] [--dir DIR]
  *
+ * Before each timed write every dirty page is written back (sync).
  * Each rank holds its slice (ql_dist_slice) of params, AdamW m and v, N
  * float32 each in all (default 42M: a Llama-3-8B-sized adapter, r = 16 on
  * every linear layer). Timed, alternating, K times (the median is kept):
@@ -44,6 +45,13 @@ static void drop_cache(const char *path) {
     close(fd);
 }
 
+/* Every write starts with no dirty pages waiting (sync), so that neither
+ * side pays for the other's writeback. */
+static void settle(ql_comm *c) {
+    sync();
+    ql_comm_barrier(c);
+}
+
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -57,6 +65,92 @@ static double median(double *x, int n) {
 static int die(ql_comm *c, const char *what) {
     fprintf(stderr, "bench_ckpt: rank %d: %s: %s\n", ql_comm_rank(c), what, ql_error_message());
     ql_comm_abort(c, 1);
+}
+
+typedef struct bench {
+    ql_comm *c;
+    int rank, size;
+    int64_t off, len, ck_bytes;
+    size_t bytes;
+    float *v3, *r3;
+    const char *root, *plain;
+    ql_ckpt_meta *meta;
+    const ql_ckpt_io *io;
+} bench;
+
+static int write_ours(bench *b, double *t) {
+    ql_ckpt_slice s = {.offset = b->off,
+                       .length = b->len,
+                       .params = b->v3,
+                       .m = b->v3 + b->len,
+                       .v = b->v3 + 2 * b->len};
+    ql_ckpt_saved saved;
+    /* Like the plain file, which is removed first: the previous
+     * checkpoint's pages are free before the new one is written (in a VM,
+     * pages never touched before cost a host fault each). */
+    if (b->rank == 0) ql_fs_remove_tree(b->root);
+    settle(b->c);
+    double t0 = now();
+    if (ql_ckpt_save(b->c, b->io, b->meta, &s, &saved) != QL_OK) return die(b->c, "save");
+    ql_comm_barrier(b->c);
+    *t = now() - t0;
+    b->ck_bytes = saved.bytes;
+    return 0;
+}
+
+static int write_plain(bench *b, double *t) {
+    remove(b->plain);
+    settle(b->c);
+    double t0 = now();
+    FILE *f = fopen(b->plain, "wb");
+    if (!f || fwrite(b->v3, 1, b->bytes, f) != b->bytes || fflush(f) != 0 || fsync(fileno(f)) != 0)
+        return die(b->c, "plain write");
+    fclose(f);
+    ql_comm_barrier(b->c);
+    *t = now() - t0;
+    return 0;
+}
+
+/* Cold: the files are dropped from the page cache first. */
+static int read_ours(bench *b, double *t) {
+    char step_dir[1300], file[48], path[1400];
+    ql_ckpt_step_name(b->meta->step, file, sizeof file);
+    snprintf(step_dir, sizeof step_dir, "%s/%s", b->root, file);
+    ql_shard_name(b->rank, b->size, file, sizeof file);
+    snprintf(path, sizeof path, "%s/%s", step_dir, file);
+    drop_cache(path);
+    ql_comm_barrier(b->c);
+    double t0 = now();
+    ql_ckpt_meta m;
+    int rng_ok;
+    ql_ckpt_slice in = {.offset = b->off,
+                        .length = b->len,
+                        .params = b->r3,
+                        .m = b->r3 + b->len,
+                        .v = b->r3 + 2 * b->len};
+    if (ql_ckpt_read_meta(b->c, step_dir, &m) != QL_OK) return die(b->c, "read manifest");
+    if (ql_ckpt_load_slice(b->c, step_dir, &m, QL_LOCK_BEST_EFFORT, &in, &rng_ok) != QL_OK)
+        return die(b->c, "load");
+    ql_comm_barrier(b->c);
+    *t = now() - t0;
+    ql_ckpt_meta_free(&m);
+    if (memcmp(b->r3, b->v3, b->bytes) != 0) {
+        fprintf(stderr, "bench_ckpt: rank %d: read back differs\n", b->rank);
+        ql_comm_abort(b->c, 1);
+    }
+    return 0;
+}
+
+static int read_plain(bench *b, double *t) {
+    drop_cache(b->plain);
+    ql_comm_barrier(b->c);
+    double t0 = now();
+    FILE *f = fopen(b->plain, "rb");
+    if (!f || fread(b->r3, 1, b->bytes, f) != b->bytes) return die(b->c, "plain read");
+    fclose(f);
+    ql_comm_barrier(b->c);
+    *t = now() - t0;
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -125,60 +219,28 @@ int main(int argc, char **argv) {
     double *tw = calloc((size_t)reps, sizeof *tw), *tp = calloc((size_t)reps, sizeof *tp);
     double *rw = calloc((size_t)reps, sizeof *rw), *rp = calloc((size_t)reps, sizeof *rp);
     int64_t ck_bytes = 0;
+    bench b = {.c = c,
+               .rank = rank,
+               .size = size,
+               .off = off,
+               .len = len,
+               .bytes = bytes,
+               .v3 = v3,
+               .r3 = r3,
+               .root = root,
+               .plain = plain,
+               .meta = &meta,
+               .io = &io};
     for (int k = 0; k < reps; k++) {
-        /* write: ours */
+        /* Alternate which side goes first, so that neither always inherits
+         * the other's page cache and writeback. */
         meta.step = k + 1;
-        ql_ckpt_slice s = {
-            .offset = off, .length = len, .params = v3, .m = v3 + len, .v = v3 + 2 * len};
-        ql_ckpt_saved saved;
-        ql_comm_barrier(c);
-        double t0 = now();
-        if (ql_ckpt_save(c, &io, &meta, &s, &saved) != QL_OK) return die(c, "save");
-        ql_comm_barrier(c);
-        tw[k] = now() - t0;
-        ck_bytes = saved.bytes;
-        /* write: plain */
-        ql_comm_barrier(c);
-        t0 = now();
-        FILE *f = fopen(plain, "wb");
-        if (!f || fwrite(v3, 1, bytes, f) != bytes || fflush(f) != 0 || fsync(fileno(f)) != 0)
-            return die(c, "plain write");
-        fclose(f);
-        ql_comm_barrier(c);
-        tp[k] = now() - t0;
-
-        /* read: ours, cold */
-        char step_dir[1300], file[48], path[1400];
-        ql_ckpt_step_name(meta.step, file, sizeof file);
-        snprintf(step_dir, sizeof step_dir, "%s/%s", root, file);
-        ql_shard_name(rank, size, file, sizeof file);
-        snprintf(path, sizeof path, "%s/%s", step_dir, file);
-        drop_cache(path);
-        drop_cache(plain);
-        ql_comm_barrier(c);
-        t0 = now();
-        ql_ckpt_meta m;
-        int rng_ok;
-        ql_ckpt_slice in = {
-            .offset = off, .length = len, .params = r3, .m = r3 + len, .v = r3 + 2 * len};
-        if (ql_ckpt_read_meta(c, step_dir, &m) != QL_OK) return die(c, "read manifest");
-        if (ql_ckpt_load_slice(c, step_dir, &m, QL_LOCK_BEST_EFFORT, &in, &rng_ok) != QL_OK)
-            return die(c, "load");
-        ql_comm_barrier(c);
-        rw[k] = now() - t0;
-        ql_ckpt_meta_free(&m);
-        if (memcmp(r3, v3, bytes) != 0) {
-            fprintf(stderr, "bench_ckpt: rank %d: read back differs\n", rank);
-            ql_comm_abort(c, 1);
-        }
-        /* read: plain, cold */
-        ql_comm_barrier(c);
-        t0 = now();
-        f = fopen(plain, "rb");
-        if (!f || fread(r3, 1, bytes, f) != bytes) return die(c, "plain read");
-        fclose(f);
-        ql_comm_barrier(c);
-        rp[k] = now() - t0;
+        int st = k % 2 ? write_plain(&b, &tp[k]) || write_ours(&b, &tw[k])
+                       : write_ours(&b, &tw[k]) || write_plain(&b, &tp[k]);
+        st = st || (k % 2 ? read_plain(&b, &rp[k]) || read_ours(&b, &rw[k])
+                          : read_ours(&b, &rw[k]) || read_plain(&b, &rp[k]));
+        if (st) return 1;
+        ck_bytes = b.ck_bytes;
     }
     if (rank == 0) {
         double w_ours = median(tw, reps), w_plain = median(tp, reps);

@@ -3,12 +3,12 @@
  * that make a damaged checkpoint an error naming the file. */
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ckpt/checksum.h"
 #include "ckpt/ckpt.h"
 #include "ckpt/store.h"
 #include "core/fsutil.h"
@@ -65,19 +65,19 @@ ql_status ql_ckpt_read_meta(ql_comm *c, const char *dir, ql_ckpt_meta *m) {
     return st;
 }
 
-/* The file's SHA-256 against the manifest's (no HDF5 call: safe on a
+/* The file's checksum against the manifest's (no HDF5 call: safe on a
  * second thread). */
 static ql_status check_hash(const char *path, const ql_ckpt_shard *sh) {
     uint8_t sha[QL_SHA256_LEN];
     char hex[QL_SHA256_HEX];
     int64_t bytes;
-    QL_TRY(ql_file_sha256(path, sha, &bytes));
+    QL_TRY(ql_cksum_file(path, sha, &bytes));
     ql_sha256_hex(sha, hex);
-    if (strcmp(hex, sh->sha256) != 0)
+    if (strcmp(hex, sh->checksum) != 0)
         return ql_error(QL_EFORMAT,
-                        "%s: checksum mismatch: SHA-256 %.16s..., the manifest records %.16s... "
+                        "%s: checksum mismatch: %.16s..., the manifest records %.16s... "
                         "(the file is damaged)",
-                        path, hex, sh->sha256);
+                        path, hex, sh->checksum);
     return QL_OK;
 }
 
@@ -133,22 +133,6 @@ out:
     return st;
 }
 
-/* The SHA-256 of one shard, computed on a second thread while the first
- * reads the datasets through HDF5: both passes then cost about one. */
-typedef struct hash_job {
-    const char *path;
-    const ql_ckpt_shard *sh;
-    ql_status st;
-    char msg[QL_ERROR_MAX];
-} hash_job;
-
-static void *hash_thread(void *p) {
-    hash_job *j = p;
-    j->st = check_hash(j->path, j->sh);
-    if (j->st != QL_OK) snprintf(j->msg, sizeof j->msg, "%s", ql_error_message());
-    return NULL;
-}
-
 /* Reads the part of shard i that overlaps [s->offset, s->offset + length). */
 static ql_status read_overlap(const char *dir, const ql_ckpt_meta *m, int i,
                               ql_file_locking locking, ql_ckpt_slice *s) {
@@ -161,25 +145,36 @@ static ql_status read_overlap(const char *dir, const ql_ckpt_meta *m, int i,
     QL_TRY(ql_ckpt_check_shard(dir, m, i, locking, 0));
     char *path = ql_fs_join(dir, sh->file);
     if (!path) return QL_ENOMEM;
-    hash_job job = {.path = path, .sh = sh, .st = QL_OK};
-    pthread_t th;
-    int threaded = pthread_create(&th, NULL, hash_thread, &job) == 0;
-    if (!threaded) hash_thread(&job);
-    ql_status st = QL_OK;
-    if (hi > lo) {
-        ql_shard *f = NULL;
-        st = ql_shard_open(path, locking, &f, NULL);
-        float *dst[3] = {s->params, s->m, s->v};
+    /* One pass: the wanted ranges straight into the slice, the checksum
+     * over the whole file as it is read. */
+    ql_shard *f = NULL;
+    ql_status st = ql_shard_open(path, locking, &f, NULL);
+    int64_t n = hi > lo ? hi - lo : 0, at = hi > lo ? lo - s->offset : 0;
+    float *const dst[3] = {s->params ? s->params + at : NULL, s->m ? s->m + at : NULL,
+                           s->v ? s->v + at : NULL};
+    uint8_t sha[QL_SHA256_LEN];
+    int64_t bytes;
+    if (st == QL_OK) st = ql_shard_read_verify(f, n ? lo - sh->offset : 0, n, dst, sha, &bytes);
+    if (st == QL_EUNSUPPORTED) {
+        /* Not laid out as qlora writes shards: HDF5 reads, a second pass
+         * hashes. */
         static const char *const names[3] = {"params", "adam_m", "adam_v"};
+        st = QL_OK;
         for (int k = 0; st == QL_OK && k < 3; k++)
-            if (dst[k])
-                st =
-                    ql_shard_read(f, names[k], lo - sh->offset, hi - lo, dst[k] + (lo - s->offset));
-        ql_shard_close(f);
+            if (dst[k]) st = ql_shard_read(f, names[k], lo - sh->offset, n, dst[k]);
+        if (st == QL_OK) st = ql_cksum_file(path, sha, &bytes);
     }
-    if (threaded) pthread_join(th, NULL);
+    ql_shard_close(f);
+    if (st == QL_OK) {
+        char hex[QL_SHA256_HEX];
+        ql_sha256_hex(sha, hex);
+        if (strcmp(hex, sh->checksum) != 0)
+            st = ql_error(QL_EFORMAT,
+                          "%s: checksum mismatch: %.16s..., the manifest records %.16s... (the "
+                          "file is damaged)",
+                          path, hex, sh->checksum);
+    }
     free(path);
-    if (job.st != QL_OK) return ql_error(job.st, "%s", job.msg);
     return st;
 }
 

@@ -119,7 +119,7 @@ ql_status ql_manifest_encode(const ql_ckpt_meta *m, uint8_t **buf, size_t *len) 
         ss[i].offset = s->offset;
         ss[i].length = s->length;
         ss[i].bytes = s->bytes;
-        ss[i].sha256 = (char *)s->sha256;
+        ss[i].checksum = (char *)s->checksum;
         ss[i].n_rng = 4;
         ss[i].rng = (uint64_t *)s->rng;
         sp[i] = &ss[i];
@@ -274,8 +274,8 @@ ql_status ql_manifest_decode(const uint8_t *buf, size_t len, const char *path, q
              "%s: shards[%zu] covers [%" PRId64 ", %" PRId64 "): expected to start at %" PRId64
              " within [0, %" PRId64 ")",
              path, i, s->offset, s->offset + s->length, next, m->n_params);
-        NEED(s->sha256 && ql_is_hex(s->sha256, 64),
-             "%s: shards[%zu].sha256: expected 64 hex digits", path, i);
+        NEED(s->checksum && ql_is_hex(s->checksum, 64),
+             "%s: shards[%zu].checksum: expected 64 hex digits", path, i);
         NEED(s->n_rng == 4, "%s: shards[%zu].rng: %zu words, expected 4", path, i, s->n_rng);
         NEED(s->bytes > 0, "%s: shards[%zu].bytes: expected > 0", path, i);
         copy_str(o->file, sizeof o->file, s->file);
@@ -283,7 +283,7 @@ ql_status ql_manifest_decode(const uint8_t *buf, size_t len, const char *path, q
         o->offset = s->offset;
         o->length = s->length;
         o->bytes = s->bytes;
-        copy_str(o->sha256, sizeof o->sha256, s->sha256);
+        copy_str(o->checksum, sizeof o->checksum, s->checksum);
         memcpy(o->rng, s->rng, sizeof o->rng);
         next += s->length;
     }

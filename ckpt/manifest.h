@@ -28,7 +28,7 @@ typedef struct ql_ckpt_shard {
     char file[48]; /* "shard-00000-of-00004.h5" */
     int rank;
     int64_t offset, length, bytes;
-    char sha256[QL_SHA256_HEX];
+    char checksum[QL_SHA256_HEX]; /* ckpt/checksum.h */
     uint64_t rng[4];
 } ql_ckpt_shard;
 

@@ -115,7 +115,7 @@ ql_status ql_ckpt_save(ql_comm *c, const ql_ckpt_io *io, ql_ckpt_meta *meta, con
             sh->offset = all[i].offset;
             sh->length = all[i].length;
             sh->bytes = all[i].bytes;
-            ql_sha256_hex(all[i].sha, sh->sha256);
+            ql_sha256_hex(all[i].sha, sh->checksum);
             memcpy(sh->rng, all[i].rng, sizeof sh->rng);
         }
         meta->n_shards = size;

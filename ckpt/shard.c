@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt/checksum.h"
 #include "ckpt/fault.h"
 #include "ckpt/h5err.h"
 
@@ -108,62 +109,41 @@ typedef struct fsync_job {
     int fd, err;
 } fsync_job;
 
-/* The SHA-256 of the file just written, without reading the datasets back:
- * the file is HDF5's metadata around three contiguous runs of raw float32
- * (little-endian, the bytes of the host arrays on every little-endian
- * machine), so the metadata is read from the file and the runs are hashed
- * from memory, in file order. Half the memory traffic of hashing the file. */
+static void *fsync_thread(void *p) {
+    fsync_job *j = p;
+    j->err = fsync(j->fd) == 0 ? 0 : errno;
+    return NULL;
+}
+
+/* The checksum (ckpt/checksum.h) of the file just written, without reading
+ * the datasets back: the file is HDF5's metadata around three contiguous
+ * runs of raw float32 (little-endian: the bytes of the host arrays on every
+ * little-endian machine), so the runs are hashed from memory and only the
+ * metadata is read from the file. */
 static ql_status hash_written(int fd, const char *path, const float *const vec[3],
                               const haddr_t where[3], int64_t len, int64_t *bytes,
                               uint8_t sha[QL_SHA256_LEN]) {
     struct stat sb;
     if (fstat(fd, &sb) != 0) return ql_error(QL_EIO, "%s: stat: %s", path, strerror(errno));
     uint64_t size = (uint64_t)sb.st_size, run = (uint64_t)len * sizeof(float);
-    int order[3] = {0, 1, 2}, n = 0;
+    ql_cksum_seg segs[3];
+    int n = 0;
     for (int i = 0; i < 3; i++)
-        if (where[i] != HADDR_UNDEF) order[n++] = i;
+        if (where[i] != HADDR_UNDEF)
+            segs[n++] = (ql_cksum_seg){.off = (uint64_t)where[i], .len = run, .mem = vec[i]};
     for (int i = 1; i < n; i++) /* by offset */
-        for (int j = i; j > 0 && where[order[j]] < where[order[j - 1]]; j--) {
-            int t = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = t;
+        for (int j = i; j > 0 && segs[j].off < segs[j - 1].off; j--) {
+            ql_cksum_seg t = segs[j];
+            segs[j] = segs[j - 1];
+            segs[j - 1] = t;
         }
-    ql_sha256 s;
-    ql_sha256_init(&s);
-    uint8_t *buf = NULL;
-    uint64_t pos = 0;
-    for (int k = 0; k <= n; k++) {
-        uint64_t next = k < n ? (uint64_t)where[order[k]] : size;
-        if (next < pos || next > size || (k < n && next + run > size))
-            return ql_error(QL_EINTERNAL, "%s: dataset at %llu overlaps the metadata", path,
-                            (unsigned long long)next);
-        /* metadata between the runs: read it */
-        while (pos < next) {
-            if (!buf && !(buf = ql_malloc(1 << 20, "a read buffer"))) return QL_ENOMEM;
-            size_t want = next - pos < (1u << 20) ? (size_t)(next - pos) : 1u << 20;
-            ssize_t got = pread(fd, buf, want, (off_t)pos);
-            if (got <= 0) {
-                free(buf);
-                return ql_error(QL_EIO, "%s: read error: %s", path, strerror(errno));
-            }
-            ql_sha256_update(&s, buf, (size_t)got);
-            pos += (uint64_t)got;
-        }
-        if (k < n) {
-            ql_sha256_update(&s, vec[order[k]], (size_t)run);
-            pos += run;
-        }
-    }
-    free(buf);
-    ql_sha256_final(&s, sha);
+    for (int i = 0; i < n; i++)
+        if (segs[i].off + run > size || (i > 0 && segs[i - 1].off + run > segs[i].off))
+            return ql_error(QL_EINTERNAL, "%s: dataset at %llu overlaps another or the end", path,
+                            (unsigned long long)segs[i].off);
+    QL_TRY(ql_cksum_segments(fd, path, size, segs, n, sha));
     *bytes = (int64_t)size;
     return QL_OK;
-}
-
-static void *fsync_thread(void *p) {
-    fsync_job *j = p;
-    j->err = fsync(j->fd) == 0 ? 0 : errno;
-    return NULL;
 }
 
 ql_status ql_shard_write(const char *path, const ql_shard_desc *d, const float *params,
@@ -198,44 +178,12 @@ ql_status ql_shard_write(const char *path, const ql_shard_desc *d, const float *
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     ql_status st = hash_written(fd, path, vec, where, d->length, bytes, sha);
 #else
-    ql_status st = ql_file_sha256(path, sha, bytes);
+    ql_status st = ql_cksum_file(path, sha, bytes);
 #endif
     if (threaded) pthread_join(th, NULL);
     close(fd);
     if (st != QL_OK) return st;
     if (job.err) return ql_error(QL_EIO, "%s: fsync failed: %s", path, strerror(job.err));
-    return QL_OK;
-}
-
-ql_status ql_file_sha256(const char *path, uint8_t sha[QL_SHA256_LEN], int64_t *bytes) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ql_error(QL_EIO, "%s: cannot open: %s", path, strerror(errno));
-    enum { BLOCK = 4 << 20 };
-    uint8_t *buf = ql_malloc(BLOCK, "a read buffer");
-    if (!buf) {
-        close(fd);
-        return QL_ENOMEM;
-    }
-    ql_sha256 s;
-    ql_sha256_init(&s);
-    int64_t total = 0;
-    ql_status st = QL_OK;
-    for (;;) {
-        ssize_t n = read(fd, buf, BLOCK);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            st = ql_error(QL_EIO, "%s: read error: %s", path, strerror(errno));
-            break;
-        }
-        if (n == 0) break;
-        ql_sha256_update(&s, buf, (size_t)n);
-        total += n;
-    }
-    free(buf);
-    close(fd);
-    if (st != QL_OK) return st;
-    ql_sha256_final(&s, sha);
-    *bytes = total;
     return QL_OK;
 }
 
@@ -396,6 +344,59 @@ ql_status ql_shard_read(ql_shard *s, const char *dataset, int64_t first, int64_t
     if (ms >= 0) H5Sclose(ms);
     if (rc < 0) return ql_h5_error(QL_EFORMAT, s->path, dataset);
     return QL_OK;
+}
+
+ql_status ql_shard_read_verify(ql_shard *s, int64_t first, int64_t count, float *const dst[3],
+                               uint8_t sha[QL_SHA256_LEN], int64_t *bytes) {
+    if (first < 0 || count < 0 || first > s->d.length - count)
+        return ql_error(QL_EINTERNAL, "%s: [%" PRId64 ":%" PRId64 "] is outside [0, %" PRId64 ")",
+                        s->path, first, first + count, s->d.length);
+    if (count > 0 && ql_ckpt_fault("shard-read", -1))
+        return ql_error(QL_EIO, "%s: reading params failed: injected fault (QL_CKPT_FAULT)",
+                        s->path);
+    ql_cksum_seg segs[3];
+    int n = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (int i = 0; i < 3 && count > 0; i++) {
+        if (!dst[i]) continue;
+        hid_t dcpl = H5Dget_create_plist(s->ds[i]), t = H5Dget_type(s->ds[i]);
+        int ok = dcpl >= 0 && t >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS &&
+                 H5Tequal(t, H5T_IEEE_F32LE) > 0;
+        haddr_t at = ok ? H5Dget_offset(s->ds[i]) : HADDR_UNDEF;
+        if (dcpl >= 0) H5Pclose(dcpl);
+        if (t >= 0) H5Tclose(t);
+        if (at == HADDR_UNDEF) return QL_EUNSUPPORTED;
+        segs[n++] = (ql_cksum_seg){.off = (uint64_t)at + (uint64_t)first * sizeof(float),
+                                   .len = (uint64_t)count * sizeof(float),
+                                   .fill = dst[i]};
+    }
+#else
+    return QL_EUNSUPPORTED;
+#endif
+    for (int i = 1; i < n; i++) /* by offset */
+        for (int j = i; j > 0 && segs[j].off < segs[j - 1].off; j--) {
+            ql_cksum_seg x = segs[j];
+            segs[j] = segs[j - 1];
+            segs[j - 1] = x;
+        }
+    int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        ql_status st = ql_error(QL_EIO, "%s: cannot open: %s", s->path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return st;
+    }
+    for (int i = 0; i < n; i++)
+        if (segs[i].off + segs[i].len > (uint64_t)sb.st_size) {
+            close(fd);
+            return ql_error(QL_EFORMAT,
+                            "%s: a dataset extends past the end of the file (%lld bytes)", s->path,
+                            (long long)sb.st_size);
+        }
+    ql_status st = ql_cksum_segments(fd, s->path, (uint64_t)sb.st_size, segs, n, sha);
+    close(fd);
+    if (st == QL_OK) *bytes = (int64_t)sb.st_size;
+    return st;
 }
 
 void ql_shard_close(ql_shard *s) {

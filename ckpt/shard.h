@@ -33,7 +33,7 @@ typedef struct ql_shard_desc {
 
 /* Creates `path` (which must not exist), writes the three vectors of
  * d->length floats and the attributes, closes the file, fsyncs it and
- * returns its size and SHA-256. On failure the file may be left behind
+ * returns its size and checksum (ckpt/checksum.h). On failure the file may be left behind
  * (it lives in a temporary directory that the caller removes). */
 ql_status ql_shard_write(const char *path, const ql_shard_desc *d, const float *params,
                          const float *m, const float *v, ql_file_locking locking, int64_t *bytes,
@@ -50,8 +50,13 @@ ql_status ql_shard_open(const char *path, ql_file_locking locking, ql_shard **ou
 ql_status ql_shard_read(ql_shard *s, const char *dataset, int64_t first, int64_t count, float *dst);
 void ql_shard_close(ql_shard *s);
 
-/* Size and SHA-256 of a whole file (read in large blocks). */
-ql_status ql_file_sha256(const char *path, uint8_t sha[QL_SHA256_LEN], int64_t *bytes);
+/* In one pass over the file: elements first .. first+count-1 of the three
+ * datasets into dst[0..2] ("params", "adam_m", "adam_v"; NULL: not wanted)
+ * and the checksum of the whole file (ckpt/checksum.h), with its size.
+ * For contiguous little-endian float32 datasets, as qlora writes them;
+ * otherwise QL_EUNSUPPORTED (read with ql_shard_read and ql_cksum_file). */
+ql_status ql_shard_read_verify(ql_shard *s, int64_t first, int64_t count, float *const dst[3],
+                               uint8_t sha[QL_SHA256_LEN], int64_t *bytes);
 
 /* "shard-RRRRR-of-WWWWW.h5" into buf (at least 32 bytes). */
 void ql_shard_name(int rank, int world, char *buf, size_t n);

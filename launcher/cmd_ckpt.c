@@ -231,9 +231,9 @@ static int inspect(const char *dir, int all_tensors, ql_file_locking lk) {
     for (int i = 0; i < m.n_shards; i++) {
         char b[32];
         human((double)m.shards[i].bytes, b, sizeof b);
-        printf("  %s  rank %d  [%" PRId64 ", %" PRId64 ")  %s  sha256 %.16s...\n", m.shards[i].file,
-               m.shards[i].rank, m.shards[i].offset, m.shards[i].offset + m.shards[i].length, b,
-               m.shards[i].sha256);
+        printf("  %s  rank %d  [%" PRId64 ", %" PRId64 ")  %s  checksum %.16s...\n",
+               m.shards[i].file, m.shards[i].rank, m.shards[i].offset,
+               m.shards[i].offset + m.shards[i].length, b, m.shards[i].checksum);
     }
     print_config(m.config_yaml);
     ql_ckpt_meta_free(&m);

@@ -5,7 +5,7 @@
 
 Decodes manifest.pb against proto/manifest.proto (compiled to a descriptor
 set with protoc-c, which every qlora build has), checks the manifest's own
-checksum and every shard's SHA-256, reassembles the flat float32 vectors
+checksum and every shard's checksum, reassembles the flat float32 vectors
 params, adam_m and adam_v from the shards, and prints one JSON object: step,
 world size, data cursor, AdamW t, and per tensor its name, shape and the
 SHA-256 of its float32 bytes. --npz writes every LoRA tensor (by its PEFT
@@ -35,6 +35,14 @@ def manifest_class(proto):
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("qlora.ckpt.Manifest"))
 
 
+def checksum(data):
+    """SHA-256 over the SHA-256 digests of the 16 MiB pieces of a file."""
+    h = hashlib.sha256()
+    for i in range(0, len(data), 16 << 20):
+        h.update(hashlib.sha256(data[i:i + (16 << 20)]).digest())
+    return h.hexdigest()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
@@ -56,8 +64,8 @@ def main():
     for s in m.shards:
         path = os.path.join(a.dir, s.file)
         data = open(path, "rb").read()
-        if len(data) != s.bytes or hashlib.sha256(data).hexdigest() != s.sha256:
-            print(f"{s.file}: size or SHA-256 differs from the manifest", file=sys.stderr)
+        if len(data) != s.bytes or checksum(data) != s.checksum:
+            print(f"{s.file}: size or checksum differs from the manifest", file=sys.stderr)
             ok = False
         with h5py.File(path, "r") as h:
             at = h.attrs

@@ -52,7 +52,7 @@ grep -q '^step: 12$' manifest.txt && grep -q 'file: "shard-00001-of-00002.h5"' m
 "$PY" -c "
 import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[-100] ^= 4; open(p, 'wb').write(b)" $ck/shard-00001-of-00002.h5
 "${READ[@]}" $ck >/dev/null 2>bad.err && bad "a flipped byte went unnoticed"
-grep -q "shard-00001-of-00002.h5: size or SHA-256 differs" bad.err || bad "reader: $(cat bad.err)"
+grep -q "shard-00001-of-00002.h5: size or checksum differs" bad.err || bad "reader: $(cat bad.err)"
 
 [ $fails = 0 ] && echo "passed" || echo "$fails failed"
 [ $fails = 0 ]

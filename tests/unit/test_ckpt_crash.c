@@ -166,6 +166,10 @@ int main(int argc, char **argv) {
         return bad ? 1 : 0;
     }
     int kills = argc == 2 ? atoi(argv[1]) : 60;
+    char self[4096];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (sl <= 0) return 1;
+    self[sl] = 0;
     char tmpl[] = "/tmp/ql_test_ckpt_crash_XXXXXX";
     if (!mkdtemp(tmpl)) return 1;
     char root[600];
@@ -175,7 +179,10 @@ int main(int argc, char **argv) {
     int64_t last = 0, progressed = 0;
     for (int k = 0; k < kills; k++) {
         pid_t pid = fork();
-        if (pid == 0) _exit(writer(root));
+        if (pid == 0) { /* a fresh process: OpenMP's threads do not survive fork */
+            execl(self, self, "--writer", root, (char *)NULL);
+            _exit(127);
+        }
         /* A save takes tens of milliseconds (mostly fsyncs), the writer
          * starts in about one: kills land in every phase of saves. */
         usleep((useconds_t)ql_rng_below(&r, 200000));

@@ -164,7 +164,7 @@ static void write_world(const char *r, int W, int64_t step) {
         uint8_t sha[QL_SHA256_LEN];
         CHECK(ql_shard_write(path2(dir, sh[rk].file), &d, P + off, M + off, V + off,
                              QL_LOCK_BEST_EFFORT, &sh[rk].bytes, sha) == QL_OK);
-        ql_sha256_hex(sha, sh[rk].sha256);
+        ql_sha256_hex(sha, sh[rk].checksum);
         sh[rk].rank = rk;
         sh[rk].offset = off;
         sh[rk].length = len;
