@@ -2,7 +2,7 @@
 # Crash consistency across ranks: 2 ranks under mpirun save checkpoints in a
 # loop (unit_test_ckpt_crash --writer) and are killed with SIGKILL at random
 # instants, one rank (mpirun then ends the other) or both, KILLS times
-# (default 24; scripts/ckpt_crash_soak.sh runs more). After each kill,
+# (default 20; scripts/ckpt_crash_soak.sh runs more). After each kill,
 # unit_test_ckpt_crash --check: every committed step directory verifies,
 # LATEST names one of them, the next start resumes from it (no fallback)
 # and reads back exactly its step's values; committed work never goes
@@ -12,18 +12,27 @@ set -u
 W="$QL_BUILD_DIR/unit_test_ckpt_crash"
 [ -x "$W" ] || { echo "skip: $W not built"; exit 77; }
 command -v mpirun >/dev/null || { echo "skip: no mpirun"; exit 77; }
-KILLS=${KILLS:-24}
+KILLS=${KILLS:-20}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 root=$T/checkpoints
 fails=0 last=0 one=0 all=0
 export OMP_NUM_THREADS=1
 for k in $(seq "$KILLS"); do
+    # leftovers of the last kill (the writers would remove them themselves)
+    rm -rf "$root"/*.tmp-* 2>/dev/null
     mpirun -np 2 --allow-run-as-root --oversubscribe "$W" --writer "$root" >"$T/w.out" 2>&1 &
     mp=$!
-    # mpirun starts the ranks in ~0.2 s; a save takes tens of ms.
-    sleep "0.$(printf '%03d' $((200 + RANDOM % 500)))"
-    ranks=$(pgrep -P $mp -f unit_test_ckpt_crash)
+    # Once the writers are saving (a temporary directory appears; starting
+    # takes 0.2 s to seconds on a busy machine), a random instant within
+    # the next few saves (each takes tens of milliseconds).
+    for _ in $(seq 1000); do
+        ls "$root" 2>/dev/null | grep -q '\.tmp-' && break
+        kill -0 $mp 2>/dev/null || break
+        sleep 0.01
+    done
+    sleep "0.$(printf '%03d' $((RANDOM % 600)))"
+    ranks=$(pgrep -P $mp -f "unit_test_ckpt_crash --writer $root")
     if [ $((RANDOM % 2)) = 0 ]; then
         victim=$(echo "$ranks" | shuf -n1)
         [ -n "$victim" ] && kill -KILL $victim 2>/dev/null
@@ -36,7 +45,12 @@ for k in $(seq "$KILLS"); do
     for _ in $(seq 100); do kill -0 $mp 2>/dev/null || break; sleep 0.05; done
     kill -KILL $mp 2>/dev/null
     wait $mp 2>/dev/null
-    for p in $ranks; do kill -KILL "$p" 2>/dev/null; done
+    # nothing of this job may still write while the checks run
+    for _ in $(seq 100); do
+        left=$(pgrep -f "^$W --writer $root") || break
+        kill -KILL $left 2>/dev/null
+        sleep 0.05
+    done
     out=$("$W" --check "$root" 2>&1)
     if [ $? != 0 ]; then
         echo "FAIL after kill $k: $out"
