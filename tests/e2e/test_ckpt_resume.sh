@@ -13,7 +13,8 @@
 #     (QL_TRACE_SAMPLES) equal the uninterrupted run's;
 #   - a second SIGUSR1 ends the process at once and LATEST still names a
 #     checkpoint that verifies;
-#   - SIGTERM too exits 75 after a checkpoint.
+#   - SIGTERM too exits 75 after a checkpoint;
+#   - checkpoint.every_minutes alone, keep_last; every_steps 0 writes none.
 set -u
 . "$(dirname "$0")/ckpt_lib.sh"
 T=$(mktemp -d)
@@ -77,6 +78,16 @@ rc=$?
 interrupt 1 term TERM 3
 [ $rc = 75 ] || bad "SIGTERM: exit $rc, want 75"
 grep -q "^qlora: SIGTERM: checkpoint of step" term.err || bad "SIGTERM: message: $(tail -n 1 term.err)"
+
+# checkpoint.every_minutes alone (every_steps 0): a tiny interval makes every
+# step boundary due; keep_last 5 keeps the 5 newest.
+train 1 timed --checkpoint.every_steps=0 --checkpoint.every_minutes=0.00001 --checkpoint.keep_last=5
+[ $rc = 0 ] || bad "every_minutes: exit $rc"
+[ "$(grep -c '^checkpoint: step' timed.err)" = 12 ] || bad "every_minutes: $(grep -c '^checkpoint: step' timed.err) checkpoints, want 12"
+[ "$(ls -d timed/checkpoints/step-* | wc -l)" = 5 ] && [ -d timed/checkpoints/step-00000008 ] &&
+    [ ! -d timed/checkpoints/step-00000007 ] || bad "keep_last 5: $(ls timed/checkpoints)"
+train 1 never --checkpoint.every_steps=0
+[ -n "$(ls never/checkpoints | grep step-)" ] && bad "every_steps 0: checkpoints written"
 
 [ $fails = 0 ] && echo "passed" || echo "$fails failed"
 [ $fails = 0 ]
