@@ -22,6 +22,15 @@ static int hash_range(ql_sha256 *s, int fd, uint64_t lo, uint64_t hi, const ql_c
         if (k < n_segs && segs[k].off <= pos) {
             end = segs[k].off + segs[k].len < hi ? segs[k].off + segs[k].len : hi;
             if (segs[k].mem) mem = (const uint8_t *)segs[k].mem + (pos - segs[k].off);
+            if (segs[k].mem && segs[k].store) {
+                for (uint64_t done = 0; done < end - pos;) {
+                    ssize_t put =
+                        pwrite(fd, mem + done, (size_t)(end - pos - done), (off_t)(pos + done));
+                    if (put < 0 && errno == EINTR) continue;
+                    if (put <= 0) return put < 0 ? errno : EIO;
+                    done += (uint64_t)put;
+                }
+            }
             if (segs[k].fill) {
                 uint8_t *dst = (uint8_t *)segs[k].fill + (pos - segs[k].off);
                 for (uint64_t done = 0; done < end - pos;) {
@@ -80,7 +89,7 @@ ql_status ql_cksum_segments(int fd, const char *path, uint64_t size, const ql_ck
     }
     if (err) {
         free(digests);
-        return ql_error(err == ENOMEM ? QL_ENOMEM : QL_EIO, "%s: read error: %s", path,
+        return ql_error(err == ENOMEM ? QL_ENOMEM : QL_EIO, "%s: I/O failed: %s", path,
                         strerror(err));
     }
     ql_sha256_buf(digests, (size_t)pieces * QL_SHA256_LEN, out);

@@ -22,11 +22,14 @@
 
 /* A byte range of the file and where its bytes are: in memory (`mem`), or
  * to be read from the file (mem == NULL); with `fill`, read from the file
- * into `mem` (a load: one pass both reads and hashes). */
+ * into `fill` (a load: one pass both reads and hashes); with `store`, the
+ * bytes of `mem` are first written to the file there (a save: one pass
+ * both writes and hashes; fd must be open for writing). */
 typedef struct ql_cksum_seg {
     uint64_t off, len;
     const void *mem;
     void *fill;
+    int store;
 } ql_cksum_seg;
 
 /* The checksum of a file of `size` bytes whose ranges `segs` (sorted, not

@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,12 @@
 #include "ckpt/h5err.h"
 
 static const char *const VEC_NAMES[3] = {"params", "adam_m", "adam_v"};
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define QL_DIRECT_WRITE 1
+#else
+#define QL_DIRECT_WRITE 0
+#endif
 
 struct ql_shard {
     hid_t file;
@@ -76,15 +81,28 @@ static herr_t put_vec(hid_t file, const char *name, int64_t len, const float *da
     hsize_t n = (hsize_t)len;
     hid_t sp = H5Screate_simple(1, &n, NULL);
     if (sp < 0) return -1;
-    /* Contiguous, and no fill pass: every element is written below. */
+    /* Contiguous, no fill pass. On little-endian hosts the space is
+     * allocated now and the bytes are written after HDF5 closes the file,
+     * by ql_shard_write itself (they are the array's bytes), on several
+     * threads that hash them at the same time; elsewhere HDF5 writes them. */
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     herr_t rc = dcpl < 0 ? -1 : H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+#if QL_DIRECT_WRITE
+    if (rc >= 0) rc = H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+#endif
     hid_t ds =
         rc < 0 ? -1 : H5Dcreate2(file, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     if (ds < 0) rc = -1;
+#if !QL_DIRECT_WRITE
     if (rc >= 0 && len > 0)
         rc = H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    if (rc >= 0 && len > 0) *where = H5Dget_offset(ds);
+#else
+    (void)data;
+#endif
+    if (rc >= 0 && len > 0) {
+        *where = H5Dget_offset(ds);
+        if (*where == HADDR_UNDEF) rc = -1;
+    }
     if (ds >= 0 && H5Dclose(ds) < 0) rc = -1;
     if (dcpl >= 0) H5Pclose(dcpl);
     H5Sclose(sp);
@@ -105,24 +123,13 @@ static herr_t put_all(hid_t f, const ql_shard_desc *d, const float *const vec[3]
     return 0;
 }
 
-typedef struct fsync_job {
-    int fd, err;
-} fsync_job;
-
-static void *fsync_thread(void *p) {
-    fsync_job *j = p;
-    j->err = fsync(j->fd) == 0 ? 0 : errno;
-    return NULL;
-}
-
-/* The checksum (ckpt/checksum.h) of the file just written, without reading
- * the datasets back: the file is HDF5's metadata around three contiguous
- * runs of raw float32 (little-endian: the bytes of the host arrays on every
- * little-endian machine), so the runs are hashed from memory and only the
- * metadata is read from the file. */
-static ql_status hash_written(int fd, const char *path, const float *const vec[3],
-                              const haddr_t where[3], int64_t len, int64_t *bytes,
-                              uint8_t sha[QL_SHA256_LEN]) {
+/* The datasets' bytes into the space HDF5 allocated for them, and the
+ * checksum (ckpt/checksum.h) of the file, in one pass on several threads:
+ * each 16 MiB piece is written from memory and hashed from memory; only
+ * HDF5's metadata between the runs is read back. */
+static ql_status write_and_hash(int fd, const char *path, const float *const vec[3],
+                                const haddr_t where[3], int64_t len, int64_t *bytes,
+                                uint8_t sha[QL_SHA256_LEN]) {
     struct stat sb;
     if (fstat(fd, &sb) != 0) return ql_error(QL_EIO, "%s: stat: %s", path, strerror(errno));
     uint64_t size = (uint64_t)sb.st_size, run = (uint64_t)len * sizeof(float);
@@ -130,18 +137,22 @@ static ql_status hash_written(int fd, const char *path, const float *const vec[3
     int n = 0;
     for (int i = 0; i < 3; i++)
         if (where[i] != HADDR_UNDEF)
-            segs[n++] = (ql_cksum_seg){.off = (uint64_t)where[i], .len = run, .mem = vec[i]};
+            segs[n++] = (ql_cksum_seg){
+                .off = (uint64_t)where[i], .len = run, .mem = vec[i], .store = QL_DIRECT_WRITE};
     for (int i = 1; i < n; i++) /* by offset */
         for (int j = i; j > 0 && segs[j].off < segs[j - 1].off; j--) {
             ql_cksum_seg t = segs[j];
             segs[j] = segs[j - 1];
             segs[j - 1] = t;
         }
-    for (int i = 0; i < n; i++)
-        if (segs[i].off + run > size || (i > 0 && segs[i - 1].off + run > segs[i].off))
-            return ql_error(QL_EINTERNAL, "%s: dataset at %llu overlaps another or the end", path,
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && segs[i - 1].off + run > segs[i].off)
+            return ql_error(QL_EINTERNAL, "%s: dataset at %llu overlaps another", path,
                             (unsigned long long)segs[i].off);
-    QL_TRY(ql_cksum_segments(fd, path, size, segs, n, sha));
+        if (segs[i].off + run > size) size = segs[i].off + run;
+    }
+    ql_status st = ql_cksum_segments(fd, path, size, segs, n, sha);
+    if (st != QL_OK) return ql_error_wrap(st, "writing the shard failed: ");
     *bytes = (int64_t)size;
     return QL_OK;
 }
@@ -167,24 +178,16 @@ ql_status ql_shard_write(const char *path, const ql_shard_desc *d, const float *
     }
     if (H5Fclose(f) < 0) return ql_h5_error(QL_EIO, path, "closing the shard");
 
-    /* fsync and hash at once: the hash reads the page cache while the disk
-     * takes the writes. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ql_error(QL_EIO, "%s: cannot reopen to fsync: %s", path, strerror(errno));
-    fsync_job job = {.fd = fd, .err = 0};
-    pthread_t th;
-    int threaded = pthread_create(&th, NULL, fsync_thread, &job) == 0;
-    if (!threaded) fsync_thread(&job);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    ql_status st = hash_written(fd, path, vec, where, d->length, bytes, sha);
-#else
-    ql_status st = ql_cksum_file(path, sha, bytes);
-#endif
-    if (threaded) pthread_join(th, NULL);
-    close(fd);
-    if (st != QL_OK) return st;
-    if (job.err) return ql_error(QL_EIO, "%s: fsync failed: %s", path, strerror(job.err));
-    return QL_OK;
+    /* The data (written and hashed in one pass), then fsync. The file is
+     * still in the save's temporary directory: nothing has seen it. */
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return ql_error(QL_EIO, "%s: cannot reopen: %s", path, strerror(errno));
+    ql_status st = write_and_hash(fd, path, vec, where, d->length, bytes, sha);
+    if (st == QL_OK && fsync(fd) != 0)
+        st = ql_error(QL_EIO, "%s: fsync failed: %s", path, strerror(errno));
+    if (close(fd) != 0 && st == QL_OK)
+        st = ql_error(QL_EIO, "%s: close failed: %s", path, strerror(errno));
+    return st;
 }
 
 /* --- reading ------------------------------------------------------------ */
