@@ -7,8 +7,10 @@
  *                               offset, length, step (int64), run_id
  *                               (string), rng_state (uint64 [4])
  *
- * A shard is written once into a fresh file, closed, fsynced and hashed; it
- * is never opened for writing again. HDF5's own error printing is off: every
+ * A shard is made once, in a fresh file: HDF5 allocates the datasets and
+ * writes the metadata; the data bytes are then written into that space and
+ * hashed in one pass, and the file fsynced. It is never opened for writing
+ * again. HDF5's own error printing is off: every
  * HDF5 failure becomes one ql_error message that names the file. */
 #ifndef QL_CKPT_SHARD_H
 #define QL_CKPT_SHARD_H
