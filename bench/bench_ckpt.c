@@ -19,12 +19,14 @@
  * them into bench/results/). */
 #include <fcntl.h>
 #include <inttypes.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "ckpt/checksum.h"
 #include "ckpt/ckpt.h"
 #include "ckpt/store.h"
 #include "core/fsutil.h"
@@ -178,6 +180,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     int rank = ql_comm_rank(c), size = ql_comm_size(c);
+    /* As qlora train does (launcher/job.c): ranks sharing a node share its
+     * cores, unless OMP_NUM_THREADS says otherwise. */
+    if (!getenv("OMP_NUM_THREADS") && w.local_size > 1) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int per = (int)(cores / w.local_size);
+        omp_set_num_threads(per > 0 ? per : 1);
+    }
     int64_t off, len;
     ql_dist_slice(n, size, rank, &off, &len);
     float *v3 = malloc((size_t)(3 * len + 1) * sizeof *v3);
@@ -242,6 +251,24 @@ int main(int argc, char **argv) {
         if (st) return 1;
         ck_bytes = b.ck_bytes;
     }
+    /* What the CPU gives here: the checksum over this rank's bytes from
+     * memory (all its threads) and one memcpy of them. */
+    double hash_s, copy_s;
+    {
+        ql_comm_barrier(c);
+        double t0 = now();
+        ql_cksum_seg seg = {.off = 0, .len = bytes, .mem = v3};
+        uint8_t d[QL_SHA256_LEN];
+        ql_cksum_segments(-1, "memory", bytes, &seg, 1, d);
+        hash_s = now() - t0;
+        t0 = now();
+        memcpy(r3, v3, bytes);
+        copy_s = now() - t0;
+        double t2[2] = {hash_s, copy_s};
+        ql_comm_allreduce_sum(c, t2, 2, QL_DT_F64);
+        hash_s = t2[0] / size;
+        copy_s = t2[1] / size;
+    }
     if (rank == 0) {
         double w_ours = median(tw, reps), w_plain = median(tp, reps);
         double r_ours = median(rw, reps), r_plain = median(rp, reps);
@@ -256,12 +283,17 @@ int main(int argc, char **argv) {
                mb / r_ours);
         printf("bytes on disk: %" PRId64 " (plain %.0f, overhead %.4f%%)\n", ck_bytes, mb * 1e6,
                100.0 * ((double)ck_bytes - mb * 1e6) / (mb * 1e6));
+        double per = (double)bytes / 1e6;
+        printf("per rank, from memory: checksum %.0f MB/s (%d thread(s)), memcpy %.0f MB/s\n",
+               per / hash_s, omp_get_max_threads(), per / copy_s);
         printf("{\"ranks\": %d, \"params\": %" PRId64 ", \"reps\": %d, \"bytes\": %" PRId64
                ", \"plain_bytes\": %" PRId64 ", \"write_s\": %.4f, \"plain_write_s\": %.4f, "
                "\"write_ratio\": %.3f, \"read_s\": %.4f, \"plain_read_s\": %.4f, "
-               "\"read_ratio\": %.3f}\n",
+               "\"read_ratio\": %.3f, \"checksum_MBps_per_rank\": %.0f, \"threads_per_rank\": %d, "
+               "\"memcpy_MBps_per_rank\": %.0f}\n",
                size, n, reps, ck_bytes, n * 12, w_ours, w_plain, w_ours / w_plain, r_ours, r_plain,
-               r_ours / r_plain);
+               r_ours / r_plain, (double)bytes / 1e6 / hash_s, omp_get_max_threads(),
+               (double)bytes / 1e6 / copy_s);
         fflush(stdout);
     }
     ql_comm_barrier(c);
