@@ -61,7 +61,15 @@ ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming) {
                             "%s holds %d checkpoint(s) and resume is never; set resume: auto to "
                             "continue from them, or overwrite_output_dir: true to remove them",
                             root, n);
-        if (n > 0 || ql_fs_exists(root)) ql_fs_remove_tree(root);
+        if (n > 0) {
+            /* Not under another run's feet: its lock must be free. */
+            ql_dir_lock l;
+            char warn[512];
+            QL_TRY(ql_dir_lock_acquire(root, (ql_file_locking)c->checkpoint.file_locking, &l, warn,
+                                       sizeof warn));
+            ql_dir_lock_release(&l);
+            ql_fs_remove_tree(root);
+        }
         return QL_OK;
     }
     if (!ql_fs_is_dir(c->resume))
