@@ -45,7 +45,7 @@ static void usage(FILE *f) {
         "  --batch N             prompts decoded together (default 1); with N > 1 each\n"
         "                        completion is printed whole when it ends\n"
         "  --output FILE         also write one JSON line per prompt: index, prompt,\n"
-        "                        completion, prompt_tokens, new_tokens, stop\n"
+        "                        completion, prompt_tokens, new_tokens, stop, ids\n"
         "  --backend NAME        cpu (default), cpu-ref or cuda\n"
         "  --quiet               no model summary or statistics on stderr\n"
         "  --help                this text\n"
@@ -347,6 +347,10 @@ static ql_status write_output(const gen_args *a, const prompt_set *p, const ql_g
                               p->shown[i], "completion", out[i].text, out[i].len, "prompt_tokens",
                               (json_int_t)out[i].prompt_tokens, "new_tokens",
                               (json_int_t)out[i].new_tokens, "stop", ql_gen_stop_name(out[i].stop));
+        json_t *ids = o ? json_array() : NULL;
+        for (int64_t k = 0; ids && k < out[i].new_tokens; k++)
+            json_array_append_new(ids, json_integer(out[i].ids[k]));
+        if (o && ids) json_object_set_new(o, "ids", ids);
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
         json_decref(o);
         if (!s) {

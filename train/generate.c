@@ -226,12 +226,15 @@ static ql_status finish(gen *g, int slot) {
     seq *q = &g->seqs[slot];
     ql_gen_output *o = &g->out[q->prompt];
     o->text = q->text ? q->text : strdup("");
-    if (!o->text) return ql_error(QL_ENOMEM, "out of memory");
     o->len = q->text ? q->len : 0;
+    q->text = NULL; /* o owns it now */
+    if (!o->text) return ql_error(QL_ENOMEM, "out of memory");
     o->new_tokens = (int64_t)q->gen.n;
+    o->ids = ql_malloc((q->gen.n ? q->gen.n : 1) * sizeof *o->ids, "generated ids");
+    if (!o->ids) return QL_ENOMEM;
+    if (q->gen.n) memcpy(o->ids, q->gen.v, q->gen.n * sizeof *o->ids);
     o->stop = q->stop;
     if (g->c->on_done) g->c->on_done(g->c->done_ctx, q->prompt, o);
-    q->text = NULL;
     q->gen.n = 0;
     q->prompt = -1;
     return QL_OK;
@@ -352,6 +355,8 @@ void ql_gen_outputs_free(ql_gen_output *out, int64_t n) {
     if (!out) return;
     for (int64_t i = 0; i < n; i++) {
         free(out[i].text);
+        free(out[i].ids);
         out[i].text = NULL;
+        out[i].ids = NULL;
     }
 }

@@ -61,6 +61,8 @@ void ql_gen_config_default(ql_gen_config *c);
 typedef struct ql_gen_output {
     char *text; /* the completion (malloc'd, NUL-terminated), end token left out */
     size_t len;
+    int32_t *ids; /* its new_tokens token ids (malloc'd; with stop_at_dedent, some of
+                     the last may lie past the end of text) */
     int64_t prompt_tokens, new_tokens;
     ql_gen_stop stop;
 } ql_gen_output;

@@ -336,6 +336,7 @@ static void log_samples(const ql_review *r, int k, FILE *log) {
         const item *t = &r->it[i];
         size_t n;
         const char *s = shown(t, k, &n);
+        while (n > 0 && strchr(" \t\r\n", s[n - 1])) n--; /* trailing blank lines */
         fprintf(log, "--- sample %lld/%lld, %s, %s (%lld tokens, %s%s%s):\n", (long long)i + 1,
                 (long long)(r->o.samples < r->n ? r->o.samples : r->n),
                 k == BASE ? "base model" : "adapter", t->source, (long long)t->ans[k].new_tokens,
@@ -547,7 +548,7 @@ ql_review *ql_review_start(const ql_config *c, ql_llama *m, const ql_token_data 
                            .tokenizer = c->model};
     ql_review *r = NULL;
     if (ql_review_begin(m, valid, &o, log, &r) != QL_OK) {
-        if (log) fprintf(log, "warning: no samples or review sheet: %s\n", ql_error_message());
+        if (log) fprintf(log, "note: no samples or review sheet: %s\n", ql_error_message());
         ql_error_clear();
         return NULL;
     }
@@ -559,7 +560,7 @@ void ql_review_finish(ql_review *r, ql_llama *m, const ql_config *c, int64_t ste
     char *metrics = ql_fs_join(c->output_dir, "metrics.jsonl");
     if (!metrics || ql_review_end(r, m, steps, c->output_dir, metrics, log) != QL_OK) {
         if (log)
-            fprintf(log, "warning: the review was not finished: %s\n",
+            fprintf(log, "note: the review was not finished: %s\n",
                     metrics ? ql_error_message() : "out of memory");
         ql_error_clear();
     }

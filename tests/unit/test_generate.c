@@ -14,7 +14,10 @@
  *   - SmolLM2-135M-Instruct when fetched (scripts/fetch_smollm2.sh): greedy
  *     ql_generate on a code prompt equals argmax recomputation over the full
  *     sequence at every step, and is the same alone and batched with another
- *     prompt. */
+ *     prompt;
+ *   - chat generation prompts: the assistant header of ChatML and Llama 3,
+ *     none for Llama 2 and Mistral (their templates end the user turn with
+ *     " [/INST]"), on the tokenizer fixtures. */
 #include <time.h>
 
 #include "data/tokenizer.h"
@@ -278,6 +281,58 @@ static void sampling_tests(void) {
     ql_sampler_free(&s);
 }
 
+/* ------------------------------------------------------- generation prompts */
+
+/* The assistant header each format's Hugging Face template writes with
+ * add_generation_prompt=True (Meta's Llama 3 template, ChatML; Llama 2 and
+ * Mistral write none: the prompt ends at " [/INST]"). */
+static void chat_prompt_tests(void) {
+    const char *src = getenv("QL_SOURCE_DIR");
+    static const struct {
+        const char *dir;
+        ql_chat_format fmt;
+        const char *want;
+    } cases[] = {
+        {"llama3_style", QL_CHAT_AUTO,
+         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+         "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+        {"qwen2_style", QL_CHAT_AUTO,
+         "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"},
+        {"sp_legacy", QL_CHAT_LLAMA2, "<s>[INST] Hi there [/INST]"},
+        {"sp_legacy", QL_CHAT_MISTRAL, "<s> [INST] Hi there [/INST]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/tests/fixtures/tokenizer/%s", src ? src : ".",
+                 cases[i].dir);
+        ql_tokenizer *tok = NULL;
+        if (ql_tokenizer_load(path, &tok) != QL_OK) {
+            CHECKF(0, "tokenizer %s: %s", path, ql_error_message());
+            continue;
+        }
+        ql_chat_message msg = {.role = QL_ROLE_USER, .content = "Hi there", .len = 8};
+        char *text = NULL;
+        size_t len = 0;
+        ql_status st = ql_gen_render_chat(tok, &msg, 1, cases[i].fmt, &text, &len);
+        CHECKF(st == QL_OK && text && !strcmp(text, cases[i].want) && len == strlen(text),
+               "%s (%s): got '%s' (%s)", cases[i].dir, ql_chat_format_name(cases[i].fmt),
+               text ? text : "", ql_error_message());
+        free(text);
+        /* The ids are the rendering's, special tokens parsed. */
+        ql_ids a = {0}, b = {0};
+        CHECK(ql_gen_prompt_text(tok, "Hi there", 8, 1, cases[i].fmt, &a) == QL_OK);
+        CHECK(ql_tokenizer_encode(tok, cases[i].want, strlen(cases[i].want), QL_TOK_PARSE_SPECIAL,
+                                  &b) == QL_OK);
+        CHECK(a.n == b.n && a.n > 0 && !memcmp(a.v, b.v, a.n * sizeof *a.v));
+        ql_ids_free(&a);
+        ql_ids_free(&b);
+        ql_chat_message two[2] = {msg, {.role = QL_ROLE_ASSISTANT, .content = "Hello", .len = 5}};
+        CHECK(ql_gen_render_chat(tok, two, 2, cases[i].fmt, &text, &len) == QL_EINVAL);
+        ql_error_clear();
+        ql_tokenizer_free(tok);
+    }
+}
+
 /* ------------------------------------------------------------------- SmolLM2 */
 
 static double now(void) {
@@ -373,6 +428,7 @@ static void smollm2_case(void) {
 
 int main(void) {
     sampling_tests();
+    chat_prompt_tests();
     tl_spec llama = tl_default();
     tiny_case(&llama, "gen_llama");
     tl_spec qwen = tl_default();
