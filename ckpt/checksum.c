@@ -68,7 +68,8 @@ ql_status ql_cksum_segments(int fd, const char *path, uint64_t size, const ql_ck
     int64_t pieces = (int64_t)((size + QL_CKSUM_PIECE - 1) / QL_CKSUM_PIECE);
     uint8_t *digests = malloc((size_t)(pieces ? pieces : 1) * QL_SHA256_LEN);
     if (!digests) return ql_error(QL_ENOMEM, "out of memory hashing %s", path);
-    int err = 0;
+    int err = 0, storing = 0;
+    for (int i = 0; i < n_segs; i++) storing |= segs[i].store;
 #pragma omp parallel
     {
         uint8_t *buf = NULL;
@@ -79,6 +80,13 @@ ql_status ql_cksum_segments(int fd, const char *path, uint64_t size, const ql_ck
             uint64_t lo = (uint64_t)p * QL_CKSUM_PIECE;
             uint64_t hi = lo + QL_CKSUM_PIECE < size ? lo + QL_CKSUM_PIECE : size;
             int e = hash_range(&s, fd, lo, hi, segs, n_segs, &buf);
+#ifdef SYNC_FILE_RANGE_WRITE
+            /* Start the disk on this piece now, so that the fsync after
+             * the pass finds little left to do: the writes go to disk while
+             * the other pieces are still being hashed. */
+            if (storing && !e)
+                sync_file_range(fd, (off_t)lo, (off_t)(hi - lo), SYNC_FILE_RANGE_WRITE);
+#endif
             if (e) {
 #pragma omp critical(ql_cksum_err)
                 if (!err) err = e;
