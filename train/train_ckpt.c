@@ -278,7 +278,7 @@ static ql_status resume(ql_train_ckpt *t) {
     }
     if (t->rank == 0 && t->o.log && *note) fprintf(t->o.log, "note: %s\n", note);
     float *p = ql_malloc((size_t)(t->len ? t->len : 1) * sizeof *p, "a parameter slice");
-    ql_status st = p ? QL_OK : QL_ENOMEM;
+    ql_status st = ql_comm_agree(t->o.comm, p ? QL_OK : QL_ENOMEM);
     char why[4096] = "", notes[2048] = "";
     size_t used = 0;
     for (int i = 0; st == QL_OK && i < n; i++) {
