@@ -3,8 +3,9 @@
 #   - an error on one rank of two while saving and while loading: every rank
 #     exits 1 (in bounded time), the message names the rank and the file;
 #   - disk full while a shard is written (output_dir on a 1 MiB tmpfs, when
-#     mount works; and a file-size limit, ulimit -f), and injected ENOSPC
-#     while the manifest and LATEST are written: exit 1 with a message that
+#     mount works; and a file-size limit, ulimit -f), while the manifest and
+#     while LATEST is written (the checkpoints directory on a tmpfs sized to
+#     the page from a first run's files; and injected ENOSPC): exit 1 with a message that
 #     names the file, the previous checkpoint intact and still LATEST's, no
 #     temporary or half-written directory promoted; the next run resumes;
 #   - corruption of the newest checkpoint (a flipped byte, a truncated shard,
@@ -55,8 +56,38 @@ if mount -t tmpfs -o size=1m tmpfs full 2>/dev/null; then
         bad "tmpfs: message: $(grep error full/run.err)"
     last=$(sed -n 's/^checkpoint: step \([0-9]*\) .*/\1/p' full/run.err | tail -n 1)
     previous_intact full/run "$last"
-    echo "tmpfs full: stopped after the checkpoint of step $last: $(grep -o 'failed: HDF5.*' full/run.err | head -c 120)"
+    echo "tmpfs full: stopped after the checkpoint of step $last: $(grep '^qlora: error' full/run.err | cut -c1-240)"
     umount full && mnt=""
+
+    # Exactly full at the manifest, then at LATEST, of the second checkpoint:
+    # OUTPUT_DIR/checkpoints is a tmpfs sized from the pages a first run used.
+    pg=$(getconf PAGESIZE)
+    mount -t tmpfs -o size=8m tmpfs full && mnt=$T/full
+    mkdir -p m0 && ln -s "$T/full" m0/checkpoints
+    train 1 m0 "${OV[@]}" --train.steps=6 --checkpoint.keep_last=5
+    pages() { du -B"$pg" "$1" | cut -f1; }
+    lock=$(pages full/.lock) latest=$(pages full/LATEST)
+    shard=$(pages full/step-00000003/shard-00000-of-00001.h5) man=$(pages full/step-00000003/manifest.pb)
+    umount full && mnt=""
+    for what in manifest LATEST; do
+        n=$((lock + shard + man + latest + shard))
+        [ $what = LATEST ] && n=$((n + man))
+        mount -t tmpfs -o size=$((n * pg)) tmpfs full && mnt=$T/full
+        rm -rf m-$what && mkdir m-$what && ln -s "$T/full" m-$what/checkpoints
+        train 1 m-$what "${OV[@]}" --train.steps=6 --checkpoint.keep_last=5
+        [ $rc = 1 ] || bad "$what full: exit $rc, want 1"
+        want="full/step-00000006.tmp-[^/]*/manifest.pb"
+        [ $what = LATEST ] && want="m-LATEST/checkpoints/LATEST"
+        grep -q "^qlora: error: checkpoint at step 6 failed (the previous one, m-$what/checkpoints/step-00000003, is intact): .*$want.*No space left on device" m-$what.err ||
+            grep -q "^qlora: error: checkpoint at step 6 failed (the previous one, m-$what/checkpoints/step-00000003, is intact): .*No space left on device" m-$what.err ||
+            bad "$what full: message: $(grep error m-$what.err)"
+        [ "$(cat full/LATEST)" = step-00000003 ] || bad "$what full: LATEST is $(cat full/LATEST)"
+        "$Q" ckpt verify full/step-00000003 >/dev/null 2>&1 || bad "$what full: step 3 damaged"
+        ls full | grep -q '\.tmp-' && bad "$what full: temporary directory left"
+        [ $what = manifest ] && [ -d full/step-00000006 ] && bad "manifest full: step 6 promoted"
+        echo "$what full: $(grep '^qlora: error' m-$what.err | cut -c1-240)"
+        umount full && mnt=""
+    done
 else
     echo "note: cannot mount a tmpfs here; the disk-full case runs with ulimit -f only"
 fi
