@@ -39,7 +39,7 @@ for np in 1 4; do
     same_run ref$np usr$np
     echo "np $np: SIGUSR1 at step $at, resumed: $([ $fails = $f0 ] && echo bit-identical || echo DIFFERENT)"
 
-    at=$((4 + RANDOM % 5))
+    at=$((3 + RANDOM % 4))
     interrupt $np kill$np KILL $at
     [ $rc != 0 ] || bad "np $np: SIGKILL: exit 0"
     train $np kill$np
