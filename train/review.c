@@ -458,13 +458,16 @@ static ql_status write_sheet(const ql_review *r, int64_t step, const char *out_d
               "started (%.1f s), the adapter's when it ended (%.1f s).\n\n",
               r->o.model, out_dir, (long long)step, (long long)r->n, r->n == 1 ? "" : "s",
               (long long)r->o.max_new_tokens, r->gen_s[BASE], r->gen_s[ADAPTER]);
+    ql_sandbox_net net = QL_SB_NET_NOT_ASKED;
+    for (int64_t i = 0; i < r->n; i++)
+        if (r->it[i].tested[BASE]) net = r->it[i].res[BASE].net;
     if (tested)
         sb_printf(&b,
                   "**Unit tests** (the record's `test` run after the answer by `%s` in a "
-                  "separate process with time and memory limits, no network): base model "
+                  "separate process with time and memory limits; network %s): base model "
                   "%lld/%lld pass, adapter %lld/%lld.\n\n",
-                  r->python, (long long)pass[BASE], (long long)tested, (long long)pass[ADAPTER],
-                  (long long)tested);
+                  r->python, ql_sandbox_net_name(net), (long long)pass[BASE], (long long)tested,
+                  (long long)pass[ADAPTER], (long long)tested);
     if (r->tests_unavailable) sb_printf(&b, "Unit tests were not run: %s\n\n", r->tests_note);
     sb_printf(&b, "| # | record | base | adapter |\n|---|---|---|---|\n");
     for (int64_t i = 0; i < r->n; i++)
