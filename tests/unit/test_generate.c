@@ -15,6 +15,8 @@
  *     ql_generate on a code prompt equals argmax recomputation over the full
  *     sequence at every step, and is the same alone and batched with another
  *     prompt;
+ *   - SmolLM2 streaming multi-byte text (Japanese, emoji): every streamed piece
+ *     is valid UTF-8 and the pieces concatenate to the final text;
  *   - chat generation prompts: the assistant header of ChatML and Llama 3,
  *     none for Llama 2 and Mistral (their templates end the user turn with
  *     " [/INST]"), on the tokenizer fixtures. */
@@ -341,6 +343,34 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Streamed pieces: each valid UTF-8 on its own, together the final text. */
+typedef struct pieces {
+    char buf[8192];
+    size_t len;
+    int bad_utf8, calls;
+} pieces;
+
+static int valid_utf8(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!k || i + k > n) return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xC0) != 0x80) return 0;
+        i += k;
+    }
+    return 1;
+}
+
+static void on_piece(void *ctx, int64_t prompt, const char *text, size_t len) {
+    pieces *p = ctx;
+    (void)prompt;
+    p->calls++;
+    p->bad_utf8 |= !valid_utf8((const unsigned char *)text, len);
+    if (p->len + len < sizeof p->buf) memcpy(p->buf + p->len, text, len);
+    p->len += len;
+}
+
 static void smollm2_case(void) {
     char dir[1024];
     const char *cache = getenv("QL_CACHE");
@@ -413,6 +443,35 @@ static void smollm2_case(void) {
         printf("SmolLM2: %lld tokens alone in %.2f s; %lld + %lld batched in %.2f s\n",
                (long long)one[0].new_tokens, t1 - t0, (long long)two[0].new_tokens,
                (long long)two[1].new_tokens, t2 - t1);
+    }
+    /* Multi-byte text streamed token by token (the model writes Japanese and
+     * emoji, whose bytes span tokens). */
+    {
+        static const char q[] = "Write the word hello in Japanese, Chinese and Russian, and add "
+                                "two emojis.";
+        ql_ids cp = {0};
+        CHECK(ql_gen_prompt_text(tok, q, strlen(q), 1, QL_CHAT_AUTO, &cp) == QL_OK);
+        ql_gen_config sc;
+        ql_gen_config_default(&sc);
+        sc.max_new_tokens = 40;
+        pieces pc = {.len = 0};
+        ql_gen_output o[1];
+        ql_llama *mm = load(dir, 0, 2);
+        if (mm) {
+            CHECKF(ql_generate(mm, tok, &cp, 1, &sc, on_piece, &pc, o) == QL_OK, "%s",
+                   ql_error_message());
+            int multibyte = 0;
+            for (size_t i = 0; o[0].text && i < o[0].len; i++)
+                multibyte |= (unsigned char)o[0].text[i] >= 0x80;
+            CHECKF(multibyte, "no multi-byte text to test the streaming with: '%s'", o[0].text);
+            CHECKF(!pc.bad_utf8, "a streamed piece is not valid UTF-8");
+            CHECKF(pc.len == o[0].len && o[0].text && !memcmp(pc.buf, o[0].text, pc.len),
+                   "the %d streamed pieces (%zu bytes) are not the final text (%zu bytes)",
+                   pc.calls, pc.len, o[0].len);
+            ql_gen_outputs_free(o, 1);
+            ql_llama_free(mm);
+        }
+        ql_ids_free(&cp);
     }
     ql_gen_outputs_free(one, 1);
     ql_gen_outputs_free(two, 2);
