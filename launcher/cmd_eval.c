@@ -16,6 +16,7 @@
 #include "data/records.h"
 #include "core/fsutil.h"
 #include "data/tokenizer.h"
+#include "launcher/cli_flags.h"
 #include "launcher/commands.h"
 #include "model/llama.h"
 #include "model/peft.h"
@@ -104,20 +105,10 @@ static int parse_args(int argc, char **argv, eval_args *a) {
                                              "--max-seq-len", "--batch",    "--backend",
                                              "--out",         "--baseline", "--drift-threshold"};
         const char *val = NULL;
-        size_t which = 0;
-        for (; which < sizeof valued / sizeof *valued; which++) {
-            size_t n = strlen(valued[which]);
-            if (!strncmp(s, valued[which], n) && (s[n] == '\0' || s[n] == '=')) {
-                if (s[n] == '=')
-                    val = s + n + 1;
-                else if (i + 1 < argc)
-                    val = argv[++i];
-                else
-                    return bad_usage("%s needs a value", s);
-                break;
-            }
-        }
-        if (!val) return bad_usage("unknown flag '%s'", s);
+        int which =
+            ql_cli_valued_flag(argc, argv, &i, valued, sizeof valued / sizeof *valued, &val);
+        if (which == QL_CLI_NO_VALUE) return bad_usage("%s needs a value", s);
+        if (which < 0) return bad_usage("unknown flag '%s'", s);
         switch (which) {
         case 0: a->model = val; break;
         case 1: a->data = val; break;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ckpt/export.h"
+#include "launcher/cli_flags.h"
 #include "launcher/commands.h"
 
 static void usage(FILE *f) {
@@ -82,20 +83,10 @@ static int parse_args(int argc, char **argv, ql_export_opts *o, int *quiet) {
         static const char *const valued[] = {"--out", "--dtype", "--model", "--base-model-name",
                                              "--base-weights"};
         const char *val = NULL;
-        size_t which = 0;
-        for (; which < sizeof valued / sizeof *valued; which++) {
-            size_t n = strlen(valued[which]);
-            if (!strncmp(s, valued[which], n) && (s[n] == '\0' || s[n] == '=')) {
-                if (s[n] == '=')
-                    val = s + n + 1;
-                else if (i + 1 < argc)
-                    val = argv[++i];
-                else
-                    return bad_usage("%s needs a value", s);
-                break;
-            }
-        }
-        if (!val) return bad_usage("unknown flag '%s'", s);
+        int which =
+            ql_cli_valued_flag(argc, argv, &i, valued, sizeof valued / sizeof *valued, &val);
+        if (which == QL_CLI_NO_VALUE) return bad_usage("%s needs a value", s);
+        if (which < 0) return bad_usage("unknown flag '%s'", s);
         switch (which) {
         case 0: o->out_dir = val; break;
         case 1:

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "launcher/cli_flags.h"
 #include "launcher/commands.h"
 #include "model/hf_quantize.h"
 
@@ -109,20 +110,10 @@ int ql_cmd_quantize(int argc, char **argv) {
         static const char *const valued[] = {"--model", "--out", "--quant-type", "--blocksize",
                                              "--max-shard-size"};
         const char *val = NULL;
-        size_t which = 0;
-        for (; which < sizeof valued / sizeof *valued; which++) {
-            size_t n = strlen(valued[which]);
-            if (!strncmp(a, valued[which], n) && (a[n] == '\0' || a[n] == '=')) {
-                if (a[n] == '=')
-                    val = a + n + 1;
-                else if (i + 1 < argc)
-                    val = argv[++i];
-                else
-                    return bad_usage("%s needs a value", a);
-                break;
-            }
-        }
-        if (!val) return bad_usage("unknown flag '%s'", a);
+        int which =
+            ql_cli_valued_flag(argc, argv, &i, valued, sizeof valued / sizeof *valued, &val);
+        if (which == QL_CLI_NO_VALUE) return bad_usage("%s needs a value", a);
+        if (which < 0) return bad_usage("unknown flag '%s'", a);
         switch (which) {
         case 0: o.model_dir = val; break;
         case 1: o.out_dir = val; break;

@@ -1,0 +1,17 @@
+/* Flags that take a value, as every subcommand spells them: "--flag VALUE"
+ * or "--flag=VALUE". */
+#ifndef QL_LAUNCHER_CLI_FLAGS_H
+#define QL_LAUNCHER_CLI_FLAGS_H
+
+#include <stddef.h>
+
+#define QL_CLI_NOT_VALUED (-1) /* argv[*i] is none of the names */
+#define QL_CLI_NO_VALUE (-2)   /* a valued flag ends the command line */
+
+/* Matches argv[*i] against names[0..n-1]. On a match returns its index with
+ * *val set, having moved *i past a separate value; otherwise one of the codes
+ * above. "--flagX" does not match "--flag". */
+int ql_cli_valued_flag(int argc, char **argv, int *i, const char *const *names, size_t n,
+                       const char **val);
+
+#endif
