@@ -42,7 +42,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fails=0
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
-gen() { "$qlora" generate --model "$gguf" --quiet "$@"; }
+# Most checks run on a bitsandbytes directory (loaded as stored, no
+# quantization at each start); the review's run on the GGUF it trained from.
+"$qlora" quantize --model "$hf" --out "$tmp/q" --no-double-quant --quiet || bad "quantize"
+gen() { "$qlora" generate --model "$tmp/q" --quiet "$@"; }
 
 # --- greedy: deterministic, batched == one at a time, stream == output
 p='def add(a, b):
@@ -70,8 +73,7 @@ cmp -s "$tmp/t1" "$tmp/t2" || bad "sampling with one seed differs between runs"
 
 # --- greedy tokens against a numpy forward pass of the same NF4 weights
 # (bitsandbytes directory without double quantization, dequantized in numpy)
-"$qlora" quantize --model "$hf" --out "$tmp/q" --no-double-quant --quiet || bad "quantize"
-gen --model "$tmp/q" --no-chat --max-new-tokens 16 --prompt "$p" --output "$tmp/q.jsonl" >/dev/null ||
+gen --no-chat --max-new-tokens 16 --prompt "$p" --output "$tmp/q.jsonl" >/dev/null ||
     bad "generate on the bitsandbytes directory"
 pids=$("$qlora" tokenize --model "$tmp/q" "$p" | sed -n 2p)
 gids=$("$py" -c 'import json,sys; print(*json.load(open(sys.argv[1]))["ids"])' "$tmp/q.jsonl")
@@ -132,16 +134,29 @@ for r in s:
 EOF
 # The same answers from qlora generate (prompt without its trailing newline,
 # as the review and qlora eval --code feed it; the answer shown leaves off
-# the newline the model writes again).
-while read -r model k comp; do
-    prompt=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readlines()[int(sys.argv[2])-1])["prompt"].rstrip(), end="")' "$tmp/valid.jsonl" "$k")
-    extra=()
-    [ "$model" = adapter ] && extra=(--adapter "$run")
-    gen --no-chat --stop-at-dedent --max-new-tokens 24 --prompt "$prompt" "${extra[@]}" \
-        --output "$tmp/one.jsonl" >/dev/null || bad "generate for sample $model $k"
-    got=$("$py" -c 'import json,sys; c=json.loads(open(sys.argv[1]).read())["completion"]; print(json.dumps(c[1:] if c.startswith("\n") else c))' "$tmp/one.jsonl")
-    [ "$got" = "$comp" ] || bad "sample $model $k: train wrote $comp, generate $got"
-done <"$tmp/samples"
+# the newline the model writes again), both samples in one call per model.
+"$py" - "$tmp/valid.jsonl" >"$tmp/sp.jsonl" <<'EOF'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+for k in (1, 2):  # the first two reviewed records: the first two with tests
+    print(json.dumps({"prompt": recs[k]["prompt"].rstrip()}))
+EOF
+for model in base adapter; do
+    extra=(--model "$gguf")
+    [ "$model" = adapter ] && extra+=(--adapter "$run")
+    gen "${extra[@]}" --no-chat --stop-at-dedent --max-new-tokens 24 --prompts "$tmp/sp.jsonl" \
+        --output "$tmp/$model.jsonl" >/dev/null || bad "generate for the $model samples"
+done
+"$py" - "$tmp/samples" "$tmp/base.jsonl" "$tmp/adapter.jsonl" <<'EOF' || bad "samples differ from qlora generate"
+import json, sys
+got = {m: [json.loads(l)["completion"] for l in open(p)]
+       for m, p in (("base", sys.argv[2]), ("adapter", sys.argv[3]))}
+for line in open(sys.argv[1]):
+    model, k, comp = line.split(" ", 2)
+    c = got[model][int(k) - 2]  # record lines 2 and 3 of valid.jsonl
+    c = c[1:] if c.startswith("\n") else c
+    assert json.loads(comp) == c, (model, k, json.loads(comp), c)
+EOF
 
 # --- qlora eval --code on two records with tests, base and adapter
 rc=0
