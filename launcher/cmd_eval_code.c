@@ -10,6 +10,7 @@
 
 #include "core/fsutil.h"
 #include "data/tokenizer.h"
+#include "launcher/cli_flags.h"
 #include "launcher/commands.h"
 #include "launcher/infer_model.h"
 #include "train/code_eval.h"
@@ -107,20 +108,10 @@ static int parse_args(int argc, char **argv, code_args *a) {
             "--code",   "--model",   "--adapter", "--max-new-tokens", "--batch",  "--limit",
             "--python", "--timeout", "--memory",  "--output",         "--backend"};
         const char *val = NULL;
-        size_t which = 0;
-        for (; which < sizeof valued / sizeof *valued; which++) {
-            size_t n = strlen(valued[which]);
-            if (!strncmp(s, valued[which], n) && (s[n] == '\0' || s[n] == '=')) {
-                if (s[n] == '=')
-                    val = s + n + 1;
-                else if (i + 1 < argc)
-                    val = argv[++i];
-                else
-                    return bad_usage("%s needs a value", s);
-                break;
-            }
-        }
-        if (!val) return bad_usage("unknown flag '%s'", s);
+        int which =
+            ql_cli_valued_flag(argc, argv, &i, valued, sizeof valued / sizeof *valued, &val);
+        if (which == QL_CLI_NO_VALUE) return bad_usage("%s needs a value", s);
+        if (which < 0) return bad_usage("unknown flag '%s'", s);
         double v;
         switch (which) {
         case 0: a->code = val; break;
