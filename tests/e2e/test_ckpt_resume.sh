@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bitwise resume (tiny random Llama, 12 steps, a checkpoint every 3, LoRA
+# Bitwise resume (tiny random Llama, 30 steps, a checkpoint every 3, LoRA
 # dropout on), at 1 and at 4 ranks (mpirun --oversubscribe):
 #   - SIGUSR1 at a random step: a checkpoint of that step, exit 75; the rerun
 #     resumes from it and ends with the metrics (losses, norms, lr, tokens),
@@ -21,6 +21,11 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
 ckpt_setup
+# 30 steps rather than the library's 12: a signal sent after step 7 must
+# land well before the last step even when mpirun forwards it late on a
+# loaded machine (a run that reaches its last step just finishes, exit 0).
+sed -i 's/^  steps: 12$/  steps: 30/' cfg.yaml
+grep -q '^  steps: 30$' cfg.yaml || { echo "FAIL: cfg.yaml has no 'steps: 12' to raise"; exit 1; }
 
 for np in 1 4; do
     QL_TRACE_SAMPLES=1 train $np ref$np
@@ -81,12 +86,12 @@ grep -q "^qlora: SIGTERM: checkpoint of step" term.err || bad "SIGTERM: message:
 
 # checkpoint.every_minutes alone (every_steps 0): a tiny interval makes every
 # step boundary due; keep_last 5 keeps the 5 newest.
-train 1 timed --checkpoint.every_steps=0 --checkpoint.every_minutes=0.00001 --checkpoint.keep_last=5
+train 1 timed --train.steps=12 --checkpoint.every_steps=0 --checkpoint.every_minutes=0.00001 --checkpoint.keep_last=5
 [ $rc = 0 ] || bad "every_minutes: exit $rc"
 [ "$(grep -c '^checkpoint: step' timed.err)" = 12 ] || bad "every_minutes: $(grep -c '^checkpoint: step' timed.err) checkpoints, want 12"
 [ "$(ls -d timed/checkpoints/step-* | wc -l)" = 5 ] && [ -d timed/checkpoints/step-00000008 ] &&
     [ ! -d timed/checkpoints/step-00000007 ] || bad "keep_last 5: $(ls timed/checkpoints)"
-train 1 never --checkpoint.every_steps=0
+train 1 never --train.steps=12 --checkpoint.every_steps=0
 [ -n "$(ls never/checkpoints | grep step-)" ] && bad "every_steps 0: checkpoints written"
 
 [ $fails = 0 ] && echo "passed" || echo "$fails failed"
