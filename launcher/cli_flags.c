@@ -1,6 +1,12 @@
 #include "launcher/cli_flags.h"
 
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "launcher/commands.h"
 
 int ql_cli_valued_flag(int argc, char **argv, int *i, const char *const *names, size_t n,
                        const char **val) {
@@ -17,4 +23,21 @@ int ql_cli_valued_flag(int argc, char **argv, int *i, const char *const *names, 
         return (int)k;
     }
     return QL_CLI_NOT_VALUED;
+}
+
+int ql_cli_number(const char *s, double lo, double hi, int integer, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
+    if (integer && v != (double)(int64_t)v) return -1;
+    *out = v;
+    return 0;
+}
+
+int ql_cli_usage_error(const char *cmd, const char *fmt, const char *arg) {
+    fprintf(stderr, "qlora %s: ", cmd);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n(qlora %s --help lists the flags)\n", cmd);
+    return QL_EXIT_USAGE;
 }

@@ -14,4 +14,12 @@
 int ql_cli_valued_flag(int argc, char **argv, int *i, const char *const *names, size_t n,
                        const char **val);
 
+/* A number in [lo, hi] (an integer when `integer`) spelled by the whole of
+ * `s`: 0 with *out set, else -1. */
+int ql_cli_number(const char *s, double lo, double hi, int integer, double *out);
+
+/* "qlora CMD: " + fmt (one %s: arg) and the --help hint on stderr; returns
+ * the bad-command-line exit code. */
+int ql_cli_usage_error(const char *cmd, const char *fmt, const char *arg);
+
 #endif

@@ -64,10 +64,7 @@ static void usage(FILE *f) {
 }
 
 static int bad_usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "qlora eval: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(qlora eval --help lists the flags)\n");
-    return QL_EXIT_USAGE;
+    return ql_cli_usage_error("eval", fmt, arg);
 }
 
 typedef struct eval_args {

@@ -56,10 +56,7 @@ static void usage(FILE *f) {
 }
 
 static int bad_usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "qlora eval --code: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(qlora eval --code --help lists the flags)\n");
-    return QL_EXIT_USAGE;
+    return ql_cli_usage_error("eval --code", fmt, arg);
 }
 
 typedef struct code_args {
@@ -68,16 +65,6 @@ typedef struct code_args {
     int batch, quiet, no_base, allow_network;
     double timeout, memory_mb;
 } code_args;
-
-static int parse_num(const char *s, double lo, double hi, int integer, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
-    if (integer && v != (double)(int64_t)v) return -1;
-    *out = v;
-    return 0;
-}
 
 static int parse_args(int argc, char **argv, code_args *a) {
     *a = (code_args){.python = "python3",
@@ -118,29 +105,29 @@ static int parse_args(int argc, char **argv, code_args *a) {
         case 1: a->model = val; break;
         case 2: a->adapter = val; break;
         case 3:
-            if (parse_num(val, 1, 1e6, 1, &v))
+            if (ql_cli_number(val, 1, 1e6, 1, &v))
                 return bad_usage("--max-new-tokens must be an integer >= 1, not '%s'", val);
             a->max_new = (int64_t)v;
             break;
         case 4:
-            if (parse_num(val, 1, 64, 1, &v))
+            if (ql_cli_number(val, 1, 64, 1, &v))
                 return bad_usage("--batch must be an integer from 1 to 64, not '%s'", val);
             a->batch = (int)v;
             break;
         case 5:
-            if (parse_num(val, 1, 1e12, 1, &v))
+            if (ql_cli_number(val, 1, 1e12, 1, &v))
                 return bad_usage("--limit must be an integer >= 1, not '%s'", val);
             a->limit = (int64_t)v;
             break;
         case 6: a->python = val; break;
         case 7:
-            if (parse_num(val, 0.1, 86400, 0, &v))
+            if (ql_cli_number(val, 0.1, 86400, 0, &v))
                 return bad_usage("--timeout must be a number of seconds in [0.1, 86400], not '%s'",
                                  val);
             a->timeout = v;
             break;
         case 8:
-            if (parse_num(val, 16, 1 << 20, 0, &v))
+            if (ql_cli_number(val, 16, 1 << 20, 0, &v))
                 return bad_usage("--memory must be a number of MB >= 16, not '%s'", val);
             a->memory_mb = v;
             break;

@@ -42,10 +42,7 @@ static void usage(FILE *f) {
 }
 
 static int bad_usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "qlora export: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(qlora export --help lists the flags)\n");
-    return QL_EXIT_USAGE;
+    return ql_cli_usage_error("export", fmt, arg);
 }
 
 static volatile sig_atomic_t cancel_flag;

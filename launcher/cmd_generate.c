@@ -58,10 +58,7 @@ static void usage(FILE *f) {
 }
 
 static int bad_usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "qlora generate: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(qlora generate --help lists the flags)\n");
-    return QL_EXIT_USAGE;
+    return ql_cli_usage_error("generate", fmt, arg);
 }
 
 typedef struct gen_args {
@@ -70,15 +67,6 @@ typedef struct gen_args {
     int quiet, stop_at_dedent;
     ql_gen_config gc;
 } gen_args;
-
-static int parse_num(const char *s, double lo, double hi, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
-    *out = v;
-    return 0;
-}
 
 static int parse_args(int argc, char **argv, gen_args *a) {
     *a = (gen_args){.backend = "cpu", .chat = -1, .chat_template = "auto"};
@@ -117,27 +105,27 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         case 2: a->prompt = val; break;
         case 3: a->prompts = val; break;
         case 4:
-            if (parse_num(val, 0, 1e9, &v) || v != (double)(int64_t)v)
+            if (ql_cli_number(val, 0, 1e9, 0, &v) || v != (double)(int64_t)v)
                 return bad_usage("--max-new-tokens must be an integer >= 0, not '%s'", val);
             a->gc.max_new_tokens = (int64_t)v;
             break;
         case 5:
-            if (parse_num(val, 0, 1e6, &v))
+            if (ql_cli_number(val, 0, 1e6, 0, &v))
                 return bad_usage("--temperature must be a number >= 0, not '%s'", val);
             a->gc.sampling.temperature = v;
             break;
         case 6:
-            if (parse_num(val, 0, 1e9, &v) || v != (double)(int64_t)v)
+            if (ql_cli_number(val, 0, 1e9, 0, &v) || v != (double)(int64_t)v)
                 return bad_usage("--top-k must be an integer >= 0, not '%s'", val);
             a->gc.sampling.top_k = (int64_t)v;
             break;
         case 7:
-            if (parse_num(val, 0, 1, &v) || v <= 0)
+            if (ql_cli_number(val, 0, 1, 0, &v) || v <= 0)
                 return bad_usage("--top-p must be in (0, 1], not '%s'", val);
             a->gc.sampling.top_p = v;
             break;
         case 8:
-            if (parse_num(val, 0, 1.8e19, &v))
+            if (ql_cli_number(val, 0, 1.8e19, 0, &v))
                 return bad_usage("--seed must be an integer >= 0, not '%s'", val);
             a->gc.seed = strtoull(val, NULL, 10);
             break;
@@ -149,7 +137,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             a->chat_template = val;
             break;
         case 10:
-            if (parse_num(val, 1, 256, &v) || v != (double)(int)v)
+            if (ql_cli_number(val, 1, 256, 0, &v) || v != (double)(int)v)
                 return bad_usage("--batch must be an integer from 1 to 256, not '%s'", val);
             a->gc.batch = (int)v;
             break;

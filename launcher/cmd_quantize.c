@@ -73,10 +73,7 @@ static int parse_size(const char *s, uint64_t *out) {
 }
 
 static int bad_usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "qlora quantize: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(qlora quantize --help lists the flags)\n");
-    return QL_EXIT_USAGE;
+    return ql_cli_usage_error("quantize", fmt, arg);
 }
 
 int ql_cmd_quantize(int argc, char **argv) {
