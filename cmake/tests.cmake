@@ -46,3 +46,13 @@ if(QL_HAVE_CUDA)
   ql_add_c_tests(gpu)
   ql_add_sh_tests(gpu)
 endif()
+# The emulator's own cuBLASLt stand-in against a plain reference.
+if(QL_CUDA_EMU)
+  add_executable(test_emu_cublaslt kernels/cuda/emu/test_emu_cublaslt.cpp
+    kernels/cuda/emu/emu_cublaslt.cpp)
+  target_include_directories(test_emu_cublaslt BEFORE PRIVATE
+    ${CMAKE_SOURCE_DIR}/kernels/cuda/emu/include)
+  set_target_properties(test_emu_cublaslt PROPERTIES CXX_STANDARD 17)
+  add_test(NAME emu_cublaslt COMMAND test_emu_cublaslt)
+  set_tests_properties(emu_cublaslt PROPERTIES LABELS gpu)
+endif()

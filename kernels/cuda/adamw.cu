@@ -31,8 +31,8 @@ extern "C" ql_status ql_adamw_cuda(float *param, const float *grad, float *m, fl
                                    const ql_adamw *h, int64_t step) {
     if (n <= 0) return QL_OK;
     ql_adamw_scalars c = ql_adamw_scalars_for(h, step);
-    k_adamw<<<ql_cuda_grid(n, ADAMW_THREADS), ADAMW_THREADS, 0, ql_cuda_stream()>>>(param, grad, m,
-                                                                                    v, n, c);
+    QL_LAUNCH((ql_cuda_grid(n, ADAMW_THREADS), ADAMW_THREADS, 0, ql_cuda_stream()), k_adamw)
+    (param, grad, m, v, n, c);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

@@ -67,8 +67,8 @@ extern "C" ql_status ql_attn_bwd_cuda(const ql_act *dout, const ql_act *q, const
     QL_TRY(ql_cuda_scratch(QL_SCRATCH_ATTN_D, (size_t)(g.batch * g.H * g.S) * sizeof(float),
                            (void **)&dvec));
     const int64_t rows = g.batch * g.S * g.H;
-    k_attn_dvec<<<ql_cuda_grid(rows * 32, 256), 256, 0, ql_cuda_stream()>>>(
-        g, (const ql_bf16 *)dout, (const ql_bf16 *)out, dvec);
+    QL_LAUNCH((ql_cuda_grid(rows * 32, 256), 256, 0, ql_cuda_stream()), k_attn_dvec)
+    (g, (const ql_bf16 *)dout, (const ql_bf16 *)out, dvec);
     QL_CUDA_LAUNCHED();
     const void *ptrs[] = {dout, q, k, v, dq, dk, dv};
     if (attn_tc_ok(g, ptrs, 7))

@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(AB_THREADS)
               const ql_bf16 *v, const float *lse, const float *dvec, const int32_t *doc,
               ql_bf16 *dq) {
     constexpr int LD = D + 8;
-    extern __shared__ __align__(16) unsigned char att_smem[];
+    QL_DYN_SMEM(att_smem);
     ql_bf16 *Qs = (ql_bf16 *)att_smem;
     ql_bf16 *dOs = Qs + AB_ROWS * LD;
     ql_bf16 *Ks = dOs + AB_ROWS * LD;
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(AB_THREADS)
                 ql_bf16 *dk, ql_bf16 *dv) {
     constexpr int LD = D + 8;
     constexpr int BQ = adkv_cfg<D>::BQ;
-    extern __shared__ __align__(16) unsigned char att_smem[];
+    QL_DYN_SMEM(att_smem);
     ql_bf16 *Ks = (ql_bf16 *)att_smem;
     ql_bf16 *Vs = Ks + AB_ROWS * LD;
     ql_bf16 *Qs = Vs + AB_ROWS * LD;
@@ -326,13 +326,15 @@ static ql_status ab_launch(const attn_geom &g, const ql_bf16 *dout, const ql_bf1
         configured = true;
     }
     const unsigned tiles = (unsigned)((g.S + AB_ROWS - 1) / AB_ROWS);
-    k_attn_dq<D>
-        <<<dim3(tiles, (unsigned)g.H, (unsigned)g.batch), AB_THREADS, smem_dq, ql_cuda_stream()>>>(
-            g, dout, q, k, v, lse, dvec, doc, dq);
+    QL_LAUNCH(
+        (dim3(tiles, (unsigned)g.H, (unsigned)g.batch), AB_THREADS, smem_dq, ql_cuda_stream()),
+        k_attn_dq<D>)
+    (g, dout, q, k, v, lse, dvec, doc, dq);
     QL_CUDA_LAUNCHED();
-    k_attn_dkdv<D>
-        <<<dim3(tiles, (unsigned)g.KV, (unsigned)g.batch), AB_THREADS, smem_kv, ql_cuda_stream()>>>(
-            g, dout, q, k, v, lse, dvec, doc, dk, dv);
+    QL_LAUNCH(
+        (dim3(tiles, (unsigned)g.KV, (unsigned)g.batch), AB_THREADS, smem_kv, ql_cuda_stream()),
+        k_attn_dkdv<D>)
+    (g, dout, q, k, v, lse, dvec, doc, dk, dv);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(AF_THREADS)
     k_attn_fwd(const attn_geom g, const ql_bf16 *q, const ql_bf16 *k, const ql_bf16 *v,
                const int32_t *doc, ql_bf16 *out, float *lse) {
     constexpr int LD = D + 8;
-    extern __shared__ __align__(16) unsigned char att_smem[];
+    QL_DYN_SMEM(att_smem);
     ql_bf16 *Qs = (ql_bf16 *)att_smem;
     ql_bf16 *Ks = Qs + AF_BQ * LD;
     ql_bf16 *Vs = Ks + AF_BK * LD;
@@ -185,7 +185,7 @@ static ql_status af_launch(const attn_geom &g, const ql_bf16 *q, const ql_bf16 *
         configured = true;
     }
     dim3 grid((unsigned)((g.S + AF_BQ - 1) / AF_BQ), (unsigned)g.H, (unsigned)g.batch);
-    k_attn_fwd<D><<<grid, AF_THREADS, smem, ql_cuda_stream()>>>(g, q, k, v, doc, out, lse);
+    QL_LAUNCH((grid, AF_THREADS, smem, ql_cuda_stream()), k_attn_fwd<D>)(g, q, k, v, doc, out, lse);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

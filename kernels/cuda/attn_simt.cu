@@ -114,8 +114,8 @@ __global__ void k_attn_dkdv_simt(const attn_geom g, const ql_bf16 *dout, const q
 ql_status ql_attn_fwd_simt(const attn_geom &g, const ql_bf16 *q, const ql_bf16 *k, const ql_bf16 *v,
                            const int32_t *doc, ql_bf16 *out, float *lse) {
     const int64_t n = g.batch * g.H * g.S;
-    k_attn_fwd_simt<<<ql_cuda_grid(n, AS_THREADS), AS_THREADS, 0, ql_cuda_stream()>>>(
-        g, q, k, v, doc, out, lse);
+    QL_LAUNCH((ql_cuda_grid(n, AS_THREADS), AS_THREADS, 0, ql_cuda_stream()), k_attn_fwd_simt)
+    (g, q, k, v, doc, out, lse);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -124,11 +124,11 @@ ql_status ql_attn_bwd_simt(const attn_geom &g, const ql_bf16 *dout, const ql_bf1
                            const ql_bf16 *k, const ql_bf16 *v, const float *lse, const float *dvec,
                            const int32_t *doc, ql_bf16 *dq, ql_bf16 *dk, ql_bf16 *dv) {
     const int64_t nq = g.batch * g.H * g.S, nk = g.batch * g.KV * g.S;
-    k_attn_dq_simt<<<ql_cuda_grid(nq, AS_THREADS), AS_THREADS, 0, ql_cuda_stream()>>>(
-        g, dout, q, k, v, lse, dvec, doc, dq);
+    QL_LAUNCH((ql_cuda_grid(nq, AS_THREADS), AS_THREADS, 0, ql_cuda_stream()), k_attn_dq_simt)
+    (g, dout, q, k, v, lse, dvec, doc, dq);
     QL_CUDA_LAUNCHED();
-    k_attn_dkdv_simt<<<ql_cuda_grid(nk, AS_THREADS), AS_THREADS, 0, ql_cuda_stream()>>>(
-        g, dout, q, k, v, lse, dvec, doc, dk, dv);
+    QL_LAUNCH((ql_cuda_grid(nk, AS_THREADS), AS_THREADS, 0, ql_cuda_stream()), k_attn_dkdv_simt)
+    (g, dout, q, k, v, lse, dvec, doc, dk, dv);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

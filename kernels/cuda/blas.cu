@@ -122,12 +122,10 @@ static ql_status gemm_simt(int64_t M, int64_t N, int64_t K, float alpha, const q
         return ql_error(QL_EUNSUPPORTED, "CUDA GEMM fallback: [%lld x %lld] is too large",
                         (long long)M, (long long)N);
     dim3 grid((unsigned)gx, (unsigned)gy), block(SIMT_TILE, SIMT_TILE);
-    if (ct == QL_DT_F32)
-        k_gemm_simt<true><<<grid, block, 0, ql_cuda_stream()>>>(M, N, K, alpha, A, lda, ta, B, ldb,
-                                                                tb, beta, C, ldc);
-    else
-        k_gemm_simt<false><<<grid, block, 0, ql_cuda_stream()>>>(M, N, K, alpha, A, lda, ta, B, ldb,
-                                                                 tb, beta, C, ldc);
+    if (ct == QL_DT_F32) QL_LAUNCH((grid, block, 0, ql_cuda_stream()), k_gemm_simt<true>)
+    (M, N, K, alpha, A, lda, ta, B, ldb, tb, beta, C, ldc);
+    else QL_LAUNCH((grid, block, 0, ql_cuda_stream()),
+                   k_gemm_simt<false>)(M, N, K, alpha, A, lda, ta, B, ldb, tb, beta, C, ldc);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

@@ -5,6 +5,18 @@
 
 #include <cuda_runtime.h>
 
+/* Kernel launches and dynamic shared memory go through these macros so that
+ * the same source also runs in the CPU emulator (kernels/cuda/emu/, built
+ * with QL_CUDA_EMU): QL_LAUNCH((grid, block, smem, stream), kernel)(args). */
+#define QL_UNPAREN(...) __VA_ARGS__
+#ifdef QL_CUDA_EMU
+#define QL_LAUNCH(cfg, ...) ql_emu_launch(#__VA_ARGS__, __VA_ARGS__, QL_UNPAREN cfg)
+#define QL_DYN_SMEM(name) unsigned char *const name = QL_EMU_DYN_SMEM()
+#else
+#define QL_LAUNCH(cfg, ...) __VA_ARGS__<<<QL_UNPAREN cfg>>>
+#define QL_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 extern "C" {
 #include "core/status.h"
 }

@@ -15,8 +15,8 @@ __global__ void k_add(const ql_bf16 *x, const ql_bf16 *y, int64_t n, ql_bf16 *ou
 
 extern "C" ql_status ql_add_cuda(const ql_act *x, const ql_act *y, int64_t n, ql_act *out) {
     if (n <= 0) return QL_OK;
-    k_add<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
-        (const ql_bf16 *)x, (const ql_bf16 *)y, n, (ql_bf16 *)out);
+    QL_LAUNCH((ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_add)
+    ((const ql_bf16 *)x, (const ql_bf16 *)y, n, (ql_bf16 *)out);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -30,8 +30,8 @@ __global__ void k_bias_add(ql_bf16 *y, const float *b, int64_t T, int64_t n) {
 
 extern "C" ql_status ql_bias_add_cuda(ql_act *y, const float *b, int64_t T, int64_t n) {
     if (T <= 0 || n <= 0) return QL_OK;
-    k_bias_add<<<ql_cuda_grid(T * n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
-        (ql_bf16 *)y, b, T, n);
+    QL_LAUNCH((ql_cuda_grid(T * n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_bias_add)
+    ((ql_bf16 *)y, b, T, n);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -48,8 +48,8 @@ __global__ void k_swiglu_fwd(const ql_bf16 *gate, const ql_bf16 *up, int64_t n, 
 extern "C" ql_status ql_swiglu_fwd_cuda(const ql_act *gate, const ql_act *up, int64_t n,
                                         ql_act *out) {
     if (n <= 0) return QL_OK;
-    k_swiglu_fwd<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
-        (const ql_bf16 *)gate, (const ql_bf16 *)up, n, (ql_bf16 *)out);
+    QL_LAUNCH((ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_swiglu_fwd)
+    ((const ql_bf16 *)gate, (const ql_bf16 *)up, n, (ql_bf16 *)out);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -71,9 +71,9 @@ __global__ void k_swiglu_bwd(const ql_bf16 *dout, const ql_bf16 *gate, const ql_
 extern "C" ql_status ql_swiglu_bwd_cuda(const ql_act *dout, const ql_act *gate, const ql_act *up,
                                         int64_t n, ql_act *dgate, ql_act *dup) {
     if (n <= 0) return QL_OK;
-    k_swiglu_bwd<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
-        (const ql_bf16 *)dout, (const ql_bf16 *)gate, (const ql_bf16 *)up, n, (ql_bf16 *)dgate,
-        (ql_bf16 *)dup);
+    QL_LAUNCH((ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_swiglu_bwd)
+    ((const ql_bf16 *)dout, (const ql_bf16 *)gate, (const ql_bf16 *)up, n, (ql_bf16 *)dgate,
+     (ql_bf16 *)dup);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -97,8 +97,8 @@ extern "C" ql_status ql_embed_fwd_cuda(const ql_act *table, const int32_t *ids, 
                                        int64_t d, ql_act *out) {
     if (T <= 0 || d <= 0) return QL_OK;
     QL_ASSERT(T <= 0x7fffffff);
-    k_embed_fwd<<<(unsigned)T, ELEM_THREADS, 0, ql_cuda_stream()>>>((const ql_bf16 *)table, ids, d,
-                                                                    (ql_bf16 *)out);
+    QL_LAUNCH(((unsigned)T, ELEM_THREADS, 0, ql_cuda_stream()), k_embed_fwd)
+    ((const ql_bf16 *)table, ids, d, (ql_bf16 *)out);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -118,8 +118,9 @@ __global__ void k_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, 
 ql_status ql_cuda_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
                                   float scale, ql_bf16 *dst, int64_t dcols) {
     if (rows <= 0 || dcols <= 0) return QL_OK;
-    k_f32_to_bf16_pad<<<ql_cuda_grid(rows * dcols, ELEM_THREADS), ELEM_THREADS, 0,
-                        ql_cuda_stream()>>>(src, rows, cols, lds, scale, dst, dcols);
+    QL_LAUNCH((ql_cuda_grid(rows * dcols, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()),
+              k_f32_to_bf16_pad)
+    (src, rows, cols, lds, scale, dst, dcols);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -132,8 +133,8 @@ __global__ void k_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql
 
 ql_status ql_cuda_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out) {
     if (n <= 0) return QL_OK;
-    k_mask_bf16<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(x, mask, n,
-                                                                                      out);
+    QL_LAUNCH((ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_mask_bf16)
+    (x, mask, n, out);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -151,8 +152,8 @@ __global__ void k_combine_f32(const float *a, const float *b, const uint8_t *mas
 ql_status ql_cuda_combine_f32(const float *a, const float *b, const uint8_t *mask, float b_scale,
                               int64_t n, ql_bf16 *out) {
     if (n <= 0) return QL_OK;
-    k_combine_f32<<<ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()>>>(
-        a, b, mask, b_scale, n, out);
+    QL_LAUNCH((ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_combine_f32)
+    (a, b, mask, b_scale, n, out);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

@@ -17,6 +17,12 @@
 
 #include <stdint.h>
 
+#ifdef QL_CUDA_EMU
+/* The CPU emulator (kernels/cuda/emu/) implements the instructions. */
+#define ql_ldmatrix_x4(r, p) ql_emu_ldmatrix_x4(__FILE__, __LINE__, (r), (p), 0)
+#define ql_ldmatrix_x4_trans(r, p) ql_emu_ldmatrix_x4(__FILE__, __LINE__, (r), (p), 1)
+#define ql_mma_bf16(d, a, b0, b1) ql_emu_mma_bf16_16816(__FILE__, __LINE__, (d), (a), (b0), (b1))
+#else
 static __device__ __forceinline__ uint32_t ql_smem_addr(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
 }
@@ -41,6 +47,7 @@ static __device__ __forceinline__ void ql_mma_bf16(float (&d)[4], const uint32_t
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 /* Two floats to a bf16 pair, lo in the low half (the lower address). */
 static __device__ __forceinline__ uint32_t ql_pack_bf16x2(float lo, float hi) {

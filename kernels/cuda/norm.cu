@@ -30,8 +30,8 @@ extern "C" ql_status ql_rmsnorm_fwd_cuda(const ql_act *x, const float *w, float 
                                          int64_t d, ql_act *y, float *rstd) {
     if (T <= 0 || d <= 0) return QL_OK;
     QL_ASSERT(T <= 0x7fffffff);
-    k_rmsnorm_fwd<<<(unsigned)T, NORM_THREADS, 0, ql_cuda_stream()>>>((const ql_bf16 *)x, w, eps, d,
-                                                                      (ql_bf16 *)y, rstd);
+    QL_LAUNCH(((unsigned)T, NORM_THREADS, 0, ql_cuda_stream()), k_rmsnorm_fwd)
+    ((const ql_bf16 *)x, w, eps, d, (ql_bf16 *)y, rstd);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
@@ -59,8 +59,8 @@ extern "C" ql_status ql_rmsnorm_bwd_cuda(const ql_act *dy, const ql_act *x, cons
                                          const float *rstd, int64_t T, int64_t d, ql_act *dx) {
     if (T <= 0 || d <= 0) return QL_OK;
     QL_ASSERT(T <= 0x7fffffff);
-    k_rmsnorm_bwd<<<(unsigned)T, NORM_THREADS, 0, ql_cuda_stream()>>>(
-        (const ql_bf16 *)dy, (const ql_bf16 *)x, w, rstd, d, (ql_bf16 *)dx);
+    QL_LAUNCH(((unsigned)T, NORM_THREADS, 0, ql_cuda_stream()), k_rmsnorm_bwd)
+    ((const ql_bf16 *)dy, (const ql_bf16 *)x, w, rstd, d, (ql_bf16 *)dx);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

@@ -189,9 +189,9 @@ template <bool F32> static ql_status q4_launch(const q4_args *a, void *out, cuda
                         (long long)a->n);
     const bool vec = ((uintptr_t)out % 16 == 0) && ((uintptr_t)a->packed % (EPI / 2) == 0);
     if (vec)
-        k_q4_dequantize<F32, true><<<(unsigned)grid, Q4_THREADS, 0, stream>>>(*a, out);
+        QL_LAUNCH(((unsigned)grid, Q4_THREADS, 0, stream), k_q4_dequantize<F32, true>)(*a, out);
     else
-        k_q4_dequantize<F32, false><<<(unsigned)grid, Q4_THREADS, 0, stream>>>(*a, out);
+        QL_LAUNCH(((unsigned)grid, Q4_THREADS, 0, stream), k_q4_dequantize<F32, false>)(*a, out);
     QL_CUDA_TRY(cudaGetLastError());
     return QL_OK;
 }

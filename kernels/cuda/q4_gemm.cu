@@ -364,8 +364,9 @@ template <bool KN, bool DROP, bool FAST> static ql_status q4g_launch(const q4g_p
     if (gx > 0x7fffffff || gy > 65535)
         return ql_error(QL_EUNSUPPORTED, "fused 4-bit GEMM: %lld tokens x %lld outputs is too many",
                         (long long)p.M, (long long)p.N);
-    k_q4_gemm<KN, DROP, FAST>
-        <<<dim3((unsigned)gx, (unsigned)gy), G_THREADS, 0, ql_cuda_stream()>>>(p);
+    QL_LAUNCH((dim3((unsigned)gx, (unsigned)gy), G_THREADS, 0, ql_cuda_stream()),
+              k_q4_gemm<KN, DROP, FAST>)
+    (p);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

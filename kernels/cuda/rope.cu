@@ -30,8 +30,9 @@ static ql_status rope_launch(ql_act *x, const int32_t *pos, const float *inv_fre
     QL_ASSERT(head_dim % 2 == 0 && head_dim > 0 && n_heads > 0);
     if (T <= 0) return QL_OK;
     const int half = head_dim / 2;
-    k_rope<<<ql_cuda_grid(T * n_heads * half, ROPE_THREADS), ROPE_THREADS, 0, ql_cuda_stream()>>>(
-        (ql_bf16 *)x, pos, inv_freq, T, n_heads, half, sign);
+    QL_LAUNCH((ql_cuda_grid(T * n_heads * half, ROPE_THREADS), ROPE_THREADS, 0, ql_cuda_stream()),
+              k_rope)
+    ((ql_bf16 *)x, pos, inv_freq, T, n_heads, half, sign);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

@@ -68,9 +68,9 @@ extern "C" ql_status ql_sq_sum_f32_cuda(const float *x, int64_t n, double *sum) 
     void *buf;
     QL_TRY(ql_cuda_scratch(QL_SCRATCH_NORM, (size_t)(nb + 1) * sizeof(double), &buf));
     double *partial = (double *)buf, *out = partial + nb;
-    k_sq_partial<<<(unsigned)nb, VEC_THREADS, 0, ql_cuda_stream()>>>(x, n, partial);
+    QL_LAUNCH(((unsigned)nb, VEC_THREADS, 0, ql_cuda_stream()), k_sq_partial)(x, n, partial);
     QL_CUDA_LAUNCHED();
-    k_sq_final<<<1, VEC_THREADS, 0, ql_cuda_stream()>>>(partial, (int)nb, out);
+    QL_LAUNCH((1, VEC_THREADS, 0, ql_cuda_stream()), k_sq_final)(partial, (int)nb, out);
     QL_CUDA_LAUNCHED();
     /* A synchronous copy on the legacy stream: waits for the two kernels. */
     return ql_cuda_download(sum, out, sizeof *sum);
@@ -78,7 +78,8 @@ extern "C" ql_status ql_sq_sum_f32_cuda(const float *x, int64_t n, double *sum) 
 
 extern "C" ql_status ql_scale_f32_cuda(float *x, int64_t n, float s) {
     if (n <= 0) return QL_OK;
-    k_scale_f32<<<ql_cuda_grid(n, VEC_THREADS), VEC_THREADS, 0, ql_cuda_stream()>>>(x, n, s);
+    QL_LAUNCH((ql_cuda_grid(n, VEC_THREADS), VEC_THREADS, 0, ql_cuda_stream()), k_scale_f32)
+    (x, n, s);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

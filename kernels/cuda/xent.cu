@@ -112,8 +112,8 @@ extern "C" ql_status ql_xent_fwd_bwd_cuda(const ql_act *logits, const int32_t *t
     int32_t bad_target = 0;
     QL_CUDA_TRY(
         cudaMemcpyAsync(flag, &init, sizeof init, cudaMemcpyHostToDevice, ql_cuda_stream()));
-    k_xent_check<<<ql_cuda_grid(T, 256), 256, 0, ql_cuda_stream()>>>(targets, T, V,
-                                                                     (unsigned long long *)flag);
+    QL_LAUNCH((ql_cuda_grid(T, 256), 256, 0, ql_cuda_stream()), k_xent_check)
+    (targets, T, V, (unsigned long long *)flag);
     QL_CUDA_LAUNCHED();
     QL_CUDA_TRY(cudaMemcpyAsync(&bad, flag, sizeof bad, cudaMemcpyDeviceToHost, ql_cuda_stream()));
     QL_CUDA_TRY(cudaStreamSynchronize(ql_cuda_stream()));
@@ -125,8 +125,8 @@ extern "C" ql_status ql_xent_fwd_bwd_cuda(const ql_act *logits, const int32_t *t
                         "(use a negative target to ignore a position)",
                         bad_target, (long long)bad, (long long)V);
     }
-    k_xent<<<(unsigned)T, XENT_THREADS, 0, ql_cuda_stream()>>>(
-        (const ql_bf16 *)logits, targets, V, grad_scale, losses, (ql_bf16 *)dlogits);
+    QL_LAUNCH(((unsigned)T, XENT_THREADS, 0, ql_cuda_stream()), k_xent)
+    ((const ql_bf16 *)logits, targets, V, grad_scale, losses, (ql_bf16 *)dlogits);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

@@ -176,7 +176,11 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
     ql_q4 host = tops_q4(out, in, c->type, c->bs, c->dq), dev;
     GTRY(gpu->q4_upload(&host, &dev));
     float *x = rand_bf16(T * in, -1, 1), *dy = rand_bf16(T * out, -1, 1);
-    float *A = tops_rand((int64_t)r * in, -0.1f, 0.1f), *B = tops_rand(out * r, -0.1f, 0.1f);
+    /* A and B exact in bf16 as well: the CUDA path rounds them to bf16 for
+     * its GEMMs, and with few terms (T = 1, in = 64) that rounding alone,
+     * amplified by cancellation, exceeds any tolerance relative to the
+     * result. The comparison is then of the kernels' arithmetic only. */
+    float *A = rand_bf16((int64_t)r * in, -0.1f, 0.1f), *B = rand_bf16(out * r, -0.1f, 0.1f);
     float *dA0 = tops_rand((int64_t)r * in, -1, 1), *dB0 = tops_rand(out * r, -1, 1);
     uint8_t *mask = malloc((size_t)(T * in));
     for (int64_t i = 0; i < T * in; i++) mask[i] = (tops_u32() % 10) != 0; /* p = 0.1 */
@@ -502,10 +506,15 @@ static void test_attn(int64_t batch, int64_t seq, int H, int KV, int D, int docs
     TOPS_CLOSE(o, ro, nq, TOL_ATTN, w2);
     snprintf(w2, sizeof w2, "%s: lse", what);
     CHECK_CLOSE(l, rl, nl, 2e-4, 1e-4, w2);
+    /* dq and dk vanish exactly when each query sees only itself (S = 1):
+     * dP - rowsum(dout * out) is 0 in exact arithmetic but not from a bf16
+     * out. Their tolerance is then relative to dv's scale. */
+    double dv_scale = 0.0;
+    for (int64_t i = 0; i < nk; i++) dv_scale = fmax(dv_scale, fabs((double)rdv[i]));
     snprintf(w2, sizeof w2, "%s: dq", what);
-    TOPS_CLOSE(dq, rdq, nq, TOL_ATTN, w2);
+    tops_close_(dq, rdq, nq, TOL_ATTN, dv_scale, w2, __FILE__, __LINE__);
     snprintf(w2, sizeof w2, "%s: dk", what);
-    TOPS_CLOSE(dk, rdk, nk, TOL_ATTN, w2);
+    tops_close_(dk, rdk, nk, TOL_ATTN, dv_scale, w2, __FILE__, __LINE__);
     snprintf(w2, sizeof w2, "%s: dv", what);
     TOPS_CLOSE(dv, rdv, nk, TOL_ATTN, w2);
 

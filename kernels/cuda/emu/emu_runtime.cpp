@@ -1,0 +1,593 @@
+/* The CPU emulator's engine (kernels/cuda/emu/README.md): kernel launches on
+ * fibers, the block and warp barriers that __syncthreads, shuffles, ldmatrix
+ * and mma.sync need, and the runtime API calls kernels/cuda/ makes.
+ *
+ * Every thread of a block is a ucontext fiber on the calling host thread; the
+ * block's fibers run round-robin, each until it reaches a barrier or ends, and
+ * blocks run one after another. A kernel bug that a GPU would turn into a
+ * hang or undefined behaviour stops the program here with a message naming
+ * the kernel, the block and the source line: threads of one block waiting at
+ * different __syncthreads, a warp collective some lanes of the warp never
+ * reach, a misaligned ldmatrix row. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "cuda_bf16.h"
+#include "cuda_runtime.h"
+
+thread_local ql_emu_thread *ql_emu_cur;
+thread_local ql_emu_block ql_emu_blk;
+
+/* Hopper limits a launch must respect (CUDA C Programming Guide, "Features
+ * and Technical Specifications", compute capability 9.0). */
+enum {
+    MAX_THREADS = 1024,
+    MAX_BLOCK_Z = 64,
+    MAX_GRID_YZ = 65535,
+    SMEM_DEFAULT = 48 * 1024,
+    SMEM_OPTIN = 227 * 1024,
+    STACK_BYTES = 256 * 1024,
+};
+
+[[noreturn]] static void emu_fatal(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "CUDA emulator: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fflush(stderr);
+    abort();
+}
+
+/* --- fibers and barriers ------------------------------------------------------------ */
+
+namespace {
+
+struct barrier {
+    int arrived = 0;
+    uint64_t gen = 0;
+    const char *file = nullptr;
+    int line = 0;
+};
+
+struct warp_state {
+    int size = 0;  /* lanes that exist (the last warp of a block may be short) */
+    int alive = 0; /* lanes that have not returned */
+    barrier bar;
+    uint64_t slot[32];
+    const void *ptr[32];
+    uint32_t frag_a[32][4], frag_b[32][2];
+};
+
+struct fiber {
+    ucontext_t ctx;
+    ql_emu_thread t;
+    int done;
+};
+
+struct grid_run {
+    const char *kernel;
+    ql_emu_body_fn body;
+    void *body_ctx;
+    std::vector<fiber> fibers;
+    std::vector<warp_state> warps;
+    ucontext_t sched;
+    int cur = 0;
+    int alive = 0;
+    barrier block_bar;
+    uint64_t progress = 0;
+};
+
+thread_local grid_run *g_run;
+thread_local std::vector<void *> g_stacks;
+thread_local cudaError_t g_last_error = cudaSuccess;
+
+void *stack_for(size_t i) {
+    while (g_stacks.size() <= i) {
+        /* The lowest page is a guard: a kernel that overflows its stack
+         * faults instead of corrupting its neighbour. */
+        void *p = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) emu_fatal("cannot map a fiber stack");
+        mprotect(p, (size_t)sysconf(_SC_PAGESIZE), PROT_NONE);
+        g_stacks.push_back(p);
+    }
+    return g_stacks[i];
+}
+
+void yield() {
+    grid_run *r = g_run;
+    swapcontext(&r->fibers[(size_t)r->cur].ctx, &r->sched);
+}
+
+const char *where() {
+    static thread_local char buf[160];
+    snprintf(buf, sizeof buf, "kernel %s, block (%u,%u,%u), thread (%u,%u,%u)", g_run->kernel,
+             blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+    return buf;
+}
+
+/* Waits until `count` participants have arrived at b; all of them must call
+ * from the same source line, or the block is divergent. */
+void barrier_wait(barrier &b, int count, const char *what, const char *file, int line) {
+    if (b.arrived == 0) {
+        b.file = file;
+        b.line = line;
+    } else if (b.line != line || strcmp(b.file, file) != 0) {
+        emu_fatal("%s: %s at %s:%d while others of the same %s wait at %s:%d (divergent "
+                  "barrier: undefined behaviour on a GPU)",
+                  where(), what, file, line, what[0] == '_' ? "block" : "warp", b.file, b.line);
+    }
+    g_run->progress++;
+    const uint64_t my = b.gen;
+    if (++b.arrived == count) {
+        b.arrived = 0;
+        b.gen++;
+        return;
+    }
+    while (b.gen == my) yield();
+}
+
+/* A participant left: a barrier the others already wait at may now be full. */
+void barrier_leave(barrier &b, int count) {
+    if (b.arrived > 0 && b.arrived == count) {
+        b.arrived = 0;
+        b.gen++;
+    }
+}
+
+void fiber_main() {
+    grid_run *r = g_run;
+    r->body(r->body_ctx);
+    fiber &f = r->fibers[(size_t)r->cur];
+    f.done = 1;
+    r->progress++;
+    r->alive--;
+    barrier_leave(r->block_bar, r->alive);
+    warp_state &w = r->warps[(size_t)f.t.warp];
+    w.alive--;
+    barrier_leave(w.bar, w.alive);
+    /* uc_link returns to the scheduler. */
+}
+
+warp_state &my_warp_full(const char *what, const char *file, int line) {
+    warp_state &w = g_run->warps[(size_t)ql_emu_cur->warp];
+    if (w.size != 32)
+        emu_fatal("%s: %s at %s:%d in a warp of %d lanes (the instruction needs 32)", where(), what,
+                  file, line, w.size);
+    if (w.alive != 32)
+        emu_fatal("%s: %s at %s:%d after %d lanes of the warp returned (full-warp collective)",
+                  where(), what, file, line, 32 - w.alive);
+    return w;
+}
+
+/* Launches alternate between running a block's threads first to last and
+ * last to first. A missing barrier between one thread's write and another's
+ * read then gives different results on consecutive launches, which the GPU
+ * tests' determinism checks (every op run twice) turn into a failure. */
+thread_local unsigned long long g_launches;
+
+void run_block(grid_run &r, dim3 block, int reverse) {
+    const int n = (int)(block.x * block.y * block.z);
+    r.fibers.assign((size_t)n, fiber());
+    r.warps.assign((size_t)((n + 31) / 32), warp_state());
+    r.alive = n;
+    r.block_bar = barrier();
+    for (int i = 0; i < n; i++) {
+        fiber &f = r.fibers[(size_t)i];
+        f.t.tid.x = (unsigned)i % block.x;
+        f.t.tid.y = ((unsigned)i / block.x) % block.y;
+        f.t.tid.z = (unsigned)i / (block.x * block.y);
+        f.t.lane = i % 32;
+        f.t.warp = i / 32;
+        warp_state &w = r.warps[(size_t)f.t.warp];
+        w.size++;
+        w.alive++;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = stack_for((size_t)i);
+        f.ctx.uc_stack.ss_size = STACK_BYTES;
+        f.ctx.uc_link = &r.sched;
+        makecontext(&f.ctx, fiber_main, 0);
+    }
+    int remaining = n;
+    while (remaining > 0) {
+        const uint64_t before = r.progress;
+        remaining = 0;
+        for (int k = 0; k < n; k++) {
+            const int i = reverse ? n - 1 - k : k;
+            fiber &f = r.fibers[(size_t)i];
+            if (f.done) continue;
+            r.cur = i;
+            ql_emu_cur = &f.t;
+            swapcontext(&r.sched, &f.ctx);
+            remaining += !f.done;
+        }
+        if (remaining > 0 && r.progress == before) {
+            const barrier &b = r.block_bar;
+            emu_fatal("kernel %s, block (%u,%u,%u): %d threads wait forever (block barrier at "
+                      "%s:%d has %d of %d)",
+                      r.kernel, blockIdx.x, blockIdx.y, blockIdx.z, remaining,
+                      b.file ? b.file : "?", b.line, b.arrived, r.alive);
+        }
+    }
+    ql_emu_cur = nullptr;
+}
+
+std::mutex g_attr_mu;
+std::map<const void *, int> g_smem_optin;
+
+} // namespace
+
+void ql_emu_syncthreads(const char *file, int line) {
+    barrier_wait(g_run->block_bar, g_run->alive, "__syncthreads", file, line);
+}
+
+void ql_emu_check_mask(const char *file, int line, unsigned mask) {
+    if (mask != 0xffffffffu)
+        emu_fatal("%s: shuffle at %s:%d with mask %#x: only full-warp masks are emulated", where(),
+                  file, line, mask);
+}
+
+void ql_emu_warp_exchange(const char *file, int line, uint64_t mine, int src, uint64_t *out) {
+    warp_state &w = my_warp_full("__shfl_xor_sync", file, line);
+    const int lane = ql_emu_cur->lane;
+    w.slot[lane] = mine;
+    barrier_wait(w.bar, w.alive, "warp shuffle", file, line);
+    *out = src >= 0 && src < 32 ? w.slot[src] : mine;
+    barrier_wait(w.bar, w.alive, "warp shuffle", file, line);
+}
+
+static uint16_t ld_u16(const void *row, int elem) {
+    uint16_t v;
+    memcpy(&v, (const char *)row + 2 * elem, 2);
+    return v;
+}
+
+void ql_emu_ldmatrix_x4(const char *file, int line, uint32_t r[4], const void *row_addr,
+                        int trans) {
+    warp_state &w = my_warp_full("ldmatrix", file, line);
+    const int lane = ql_emu_cur->lane;
+    if ((uintptr_t)row_addr % 16)
+        emu_fatal("%s: ldmatrix at %s:%d: row address %p is not 16-byte aligned", where(), file,
+                  line, row_addr);
+    w.ptr[lane] = row_addr;
+    barrier_wait(w.bar, w.alive, "ldmatrix", file, line);
+    /* Matrix j's rows come from lanes 8j..8j+7. Without .trans lane l gets
+     * row l/4, elements 2(l%4) and 2(l%4)+1; with .trans it gets the
+     * transpose's, i.e. column l/4 of rows 2(l%4) and 2(l%4)+1. */
+    for (int j = 0; j < 4; j++) {
+        uint32_t lo, hi;
+        if (!trans) {
+            const void *row = w.ptr[8 * j + lane / 4];
+            lo = ld_u16(row, 2 * (lane % 4));
+            hi = ld_u16(row, 2 * (lane % 4) + 1);
+        } else {
+            lo = ld_u16(w.ptr[8 * j + 2 * (lane % 4)], lane / 4);
+            hi = ld_u16(w.ptr[8 * j + 2 * (lane % 4) + 1], lane / 4);
+        }
+        r[j] = lo | hi << 16;
+    }
+    barrier_wait(w.bar, w.alive, "ldmatrix", file, line);
+}
+
+static float bf16_lo(uint32_t v) { return __bfloat162float(__nv_bfloat16{(unsigned short)v}); }
+static float bf16_hi(uint32_t v) {
+    return __bfloat162float(__nv_bfloat16{(unsigned short)(v >> 16)});
+}
+
+void ql_emu_mma_bf16_16816(const char *file, int line, float d[4], const uint32_t a[4], uint32_t b0,
+                           uint32_t b1) {
+    warp_state &w = my_warp_full("mma.sync", file, line);
+    const int lane = ql_emu_cur->lane;
+    memcpy(w.frag_a[lane], a, sizeof w.frag_a[lane]);
+    w.frag_b[lane][0] = b0;
+    w.frag_b[lane][1] = b1;
+    barrier_wait(w.bar, w.alive, "mma.sync", file, line);
+    /* Rebuild A (16x16) and B (16x8) from every lane's fragments (PTX ISA,
+     * "Matrix fragments for mma.m16n8k16" with .bf16): group g = lane/4,
+     * c = lane%4 holds A rows g and g+8 at columns 2c,2c+1 and 2c+8,2c+9,
+     * B rows 2c,2c+1 and 2c+8,2c+9 at column g. */
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; l++) {
+        const int g = l / 4, c = l % 4;
+        const uint32_t *fa = w.frag_a[l], *fb = w.frag_b[l];
+        A[g][2 * c] = bf16_lo(fa[0]), A[g][2 * c + 1] = bf16_hi(fa[0]);
+        A[g + 8][2 * c] = bf16_lo(fa[1]), A[g + 8][2 * c + 1] = bf16_hi(fa[1]);
+        A[g][2 * c + 8] = bf16_lo(fa[2]), A[g][2 * c + 9] = bf16_hi(fa[2]);
+        A[g + 8][2 * c + 8] = bf16_lo(fa[3]), A[g + 8][2 * c + 9] = bf16_hi(fa[3]);
+        B[2 * c][g] = bf16_lo(fb[0]), B[2 * c + 1][g] = bf16_hi(fb[0]);
+        B[2 * c + 8][g] = bf16_lo(fb[1]), B[2 * c + 9][g] = bf16_hi(fb[1]);
+    }
+    barrier_wait(w.bar, w.alive, "mma.sync", file, line);
+    /* Each lane's accumulators: rows g and g+8, columns 2c and 2c+1. The
+     * products of bf16 values are exact in double; one rounding at the end. */
+    const int g = lane / 4, c = lane % 4;
+    for (int i = 0; i < 4; i++) {
+        const int row = g + 8 * (i / 2), col = 2 * c + (i % 2);
+        double s = d[i];
+        for (int k = 0; k < 16; k++) s += (double)A[row][k] * (double)B[k][col];
+        d[i] = (float)s;
+    }
+}
+
+cudaError_t ql_emu_func_set_smem(const void *kernel, int attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > SMEM_OPTIN)
+        return cudaErrorInvalidValue;
+    std::lock_guard<std::mutex> lk(g_attr_mu);
+    g_smem_optin[kernel] = value;
+    return cudaSuccess;
+}
+
+static int launch_ok(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem) {
+    const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
+    const char *why = nullptr;
+    char buf[200];
+    if (!grid.x || !grid.y || !grid.z || !block.x || !block.y || !block.z) {
+        why = "a zero grid or block dimension";
+    } else if (threads > MAX_THREADS || block.z > MAX_BLOCK_Z) {
+        snprintf(buf, sizeof buf, "%llu threads per block (at most %d)", threads, MAX_THREADS);
+        why = buf;
+    } else if (grid.y > MAX_GRID_YZ || grid.z > MAX_GRID_YZ || grid.x > 0x7fffffffu) {
+        snprintf(buf, sizeof buf, "grid (%u,%u,%u) beyond (2^31-1, 65535, 65535)", grid.x, grid.y,
+                 grid.z);
+        why = buf;
+    } else if (smem > SMEM_DEFAULT) {
+        int optin = 0;
+        {
+            std::lock_guard<std::mutex> lk(g_attr_mu);
+            auto it = g_smem_optin.find(kernel);
+            if (it != g_smem_optin.end()) optin = it->second;
+        }
+        if (smem > (size_t)optin) {
+            snprintf(buf, sizeof buf,
+                     "%zu bytes of dynamic shared memory, over 48 KiB without "
+                     "cudaFuncAttributeMaxDynamicSharedMemorySize >= that (set: %d)",
+                     smem, optin);
+            why = buf;
+        }
+    }
+    if (!why) return 1;
+    fprintf(stderr, "CUDA emulator: launch of %s refused: %s\n", name, why);
+    g_last_error = cudaErrorInvalidConfiguration;
+    return 0;
+}
+
+void ql_emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem,
+                     ql_emu_body_fn body, void *ctx) {
+    if (!launch_ok(name, kernel, grid, block, smem)) return;
+    if (g_run) emu_fatal("kernel %s launched from inside kernel %s", name, g_run->kernel);
+    grid_run r;
+    r.kernel = name;
+    r.body = body;
+    r.body_ctx = ctx;
+    std::vector<unsigned char> dyn(smem + 16);
+    unsigned char *dyn_base = dyn.data() + (16 - (uintptr_t)dyn.data() % 16) % 16;
+    g_run = &r;
+    const int reverse = (int)(g_launches++ & 1);
+    ql_emu_blk.dim = block;
+    ql_emu_blk.grid = grid;
+    ql_emu_blk.dyn_smem = smem ? dyn_base : nullptr;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                ql_emu_blk.idx = uint3{x, y, z};
+                if (smem) memset(dyn_base, 0xFF, smem);
+                run_block(r, block, reverse);
+            }
+    g_run = nullptr;
+}
+
+/* --- runtime API ----------------------------------------------------------------------- */
+
+namespace {
+/* Device allocations, so that copies can check which side is the device. */
+std::mutex g_mem_mu;
+std::map<uintptr_t, size_t> g_allocs;
+size_t g_alloc_bytes;
+
+bool on_device(const void *p, size_t bytes) {
+    std::lock_guard<std::mutex> lk(g_mem_mu);
+    const uintptr_t u = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(u);
+    if (it == g_allocs.begin()) return false;
+    --it;
+    return u >= it->first && u + bytes <= it->first + it->second;
+}
+
+size_t total_mem() {
+    /* An H200's 141 GB unless QL_EMU_DEVICE_GB says otherwise (to test
+     * out-of-memory paths). */
+    const char *e = getenv("QL_EMU_DEVICE_GB");
+    const double gb = e && *e ? atof(e) : 141.0;
+    return (size_t)(gb * 1e9);
+}
+} // namespace
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    const char *e = getenv("QL_EMU_DEVICES");
+    *n = e && *e ? atoi(e) : 1;
+    return *n > 0 ? cudaSuccess : cudaErrorNoDevice;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
+    int n = 0;
+    cudaGetDeviceCount(&n);
+    if (device < 0 || device >= n) return cudaErrorInvalidDevice;
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "qlora CUDA emulator (CPU)");
+    p->totalGlobalMem = total_mem();
+    p->major = 9;
+    p->minor = 0;
+    p->multiProcessorCount = 132;
+    p->l2CacheSize = 50 * 1024 * 1024;
+    p->sharedMemPerBlockOptin = SMEM_OPTIN;
+    p->maxThreadsPerBlock = MAX_THREADS;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+    int n = 0;
+    cudaGetDeviceCount(&n);
+    return device >= 0 && device < n ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+cudaError_t cudaDriverGetVersion(int *v) {
+    *v = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int *v) {
+    *v = 0;
+    return cudaSuccess;
+}
+
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument (emulator: see stderr)";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration:
+        return "invalid configuration argument (emulator: see stderr)";
+    default: return "emulated CUDA error";
+    }
+}
+
+cudaError_t cudaGetLastError(void) {
+    const cudaError_t e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    *p = nullptr;
+    std::lock_guard<std::mutex> lk(g_mem_mu);
+    if (g_alloc_bytes + bytes > total_mem()) return cudaErrorMemoryAllocation;
+    /* 256-byte aligned as cudaMalloc's, and filled with 0xFF (NaN in bf16
+     * and fp32) since device memory starts with whatever was there. */
+    void *q = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!q) return cudaErrorMemoryAllocation;
+    memset(q, 0xFF, bytes);
+    g_allocs[(uintptr_t)q] = bytes;
+    g_alloc_bytes += bytes;
+    *p = q;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    std::lock_guard<std::mutex> lk(g_mem_mu);
+    auto it = g_allocs.find((uintptr_t)p);
+    if (it == g_allocs.end()) return cudaErrorInvalidValue;
+    g_alloc_bytes -= it->second;
+    g_allocs.erase(it);
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
+    std::lock_guard<std::mutex> lk(g_mem_mu);
+    *total = total_mem();
+    *free_bytes = *total - g_alloc_bytes;
+    return cudaSuccess;
+}
+
+static cudaError_t copy_checked(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    if (!bytes) return cudaSuccess;
+    const bool dd = on_device(dst, bytes), sd = on_device(src, bytes);
+    const bool want_dd = kind == cudaMemcpyDeviceToDevice || kind == cudaMemcpyHostToDevice;
+    const bool want_sd = kind == cudaMemcpyDeviceToDevice || kind == cudaMemcpyDeviceToHost;
+    if (kind != cudaMemcpyDefault && (dd != want_dd || sd != want_sd)) {
+        fprintf(stderr,
+                "CUDA emulator: cudaMemcpy kind %d of %zu bytes: destination %s device memory, "
+                "source %s\n",
+                (int)kind, bytes, dd ? "is" : "is not", sd ? "is" : "is not");
+        return cudaErrorInvalidValue;
+    }
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    return copy_checked(dst, src, bytes, kind);
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t) {
+    return copy_checked(dst, src, bytes, kind);
+}
+
+cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t) {
+    if (!bytes) return cudaSuccess;
+    if (!on_device(dst, bytes)) {
+        fprintf(stderr, "CUDA emulator: cudaMemsetAsync of %zu bytes outside device memory\n",
+                bytes);
+        return cudaErrorInvalidValue;
+    }
+    memset(dst, byte, bytes);
+    return cudaSuccess;
+}
+
+/* Everything already ran when it was enqueued. */
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+struct CUevent_st {
+    double ms;
+};
+
+static double now_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = new CUevent_st{0.0};
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    if (!e) return cudaErrorInvalidResourceHandle;
+    e->ms = now_ms();
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    return e ? cudaSuccess : cudaErrorInvalidResourceHandle;
+}
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!a || !b) return cudaErrorInvalidResourceHandle;
+    *ms = (float)(b->ms - a->ms);
+    return cudaSuccess;
+}
