@@ -151,6 +151,14 @@ void fiber_main() {
     grid_run *r = g_run;
     r->body(r->body_ctx);
     fiber &f = r->fibers[(size_t)r->cur];
+    /* Lanes already waiting at a warp collective this lane never reached:
+     * without this the barrier would shrink to the survivors and let them
+     * through, so the bug would only show on the launches that run this
+     * lane first. */
+    const barrier &wb = r->warps[(size_t)f.t.warp].bar;
+    if (wb.arrived > 0)
+        emu_fatal("%s: returned while %d lanes of its warp wait at the warp collective at %s:%d",
+                  where(), wb.arrived, wb.file, wb.line);
     f.done = 1;
     r->progress++;
     r->alive--;
