@@ -55,4 +55,16 @@ if(QL_CUDA_EMU)
   set_target_properties(test_emu_cublaslt PROPERTIES CXX_STANDARD 17)
   add_test(NAME emu_cublaslt COMMAND test_emu_cublaslt)
   set_tests_properties(emu_cublaslt PROPERTIES LABELS gpu)
+  # The engine (fibers, barriers, warp exchanges, launch limits) on kernels
+  # written like kernels/cuda/*.cu; no link to qlora_core (QL_CUDA_TRY unused).
+  add_executable(test_emu_engine kernels/cuda/emu/test_emu_engine.cpp
+    kernels/cuda/emu/emu_runtime.cpp)
+  target_include_directories(test_emu_engine BEFORE PRIVATE
+    ${CMAKE_SOURCE_DIR}/kernels/cuda/emu/include)
+  target_include_directories(test_emu_engine PRIVATE ${CMAKE_SOURCE_DIR})
+  target_compile_definitions(test_emu_engine PRIVATE QL_CUDA_EMU=1)
+  target_compile_options(test_emu_engine PRIVATE -ffp-contract=off -fno-strict-aliasing)
+  set_target_properties(test_emu_engine PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON)
+  add_test(NAME emu_engine COMMAND test_emu_engine)
+  set_tests_properties(emu_engine PROPERTIES LABELS gpu)
 endif()
