@@ -5,10 +5,15 @@
  *   1. the same generated model (weights quantized on the host, so both
  *      backends hold the same 4-bit codes), the same packed batches (two
  *      documents in a row, ignored targets, LoRA dropout 0.05 with the same
- *      host-drawn masks) and 6 optimizer steps with clipping: every step's
- *      loss within 1e-2 relative of the CPU's (bf16 activations), the
- *      gradient norms within 5e-2, the loss falling on both, and the
- *      adapters' total update pointing the same way (cosine > 0.95);
+ *      host-drawn masks) and 6 optimizer steps with clipping:
+ *      a. in lockstep (before every step the GPU gets the CPU's adapters):
+ *         the loss within 1e-3 relative and the whole gradient vector
+ *         within 2e-2 (relative L2 error; bf16 activations) at every step;
+ *      b. free-running: every step's loss within 1e-2 of the CPU's, the
+ *         loss falling on both, and the adapters' total update pointing the
+ *         same way (cosine > 0.95). Gradient norms are only printed here:
+ *         Adam at lr 2e-2 turns the 1e-3 gradient noise of bf16 activations
+ *         into a visibly different trajectory within a few steps;
  *   2. the same run twice on the GPU: bit-identical adapters, moments, norms;
  *   3. a simulated restart: 3 steps, the state a checkpoint holds (adapters,
  *      AdamW m/v/t, the dropout stream) copied to the host, model,
@@ -204,7 +209,6 @@ static void test_against_cpu(void) {
         printf("step %d: loss cpu %.6f cuda %.6f (%.1e), grad norm cpu %.5f cuda %.5f (%.1e)\n",
                s + 1, c.loss[s], g.loss[s], dl, c.norm[s], g.norm[s], dn);
         CHECKF(dl <= 1e-2, "step %d: loss %.6f vs cpu %.6f", s + 1, g.loss[s], c.loss[s]);
-        CHECKF(dn <= 5e-2, "step %d: grad norm %.6f vs cpu %.6f", s + 1, g.norm[s], c.norm[s]);
     }
     CHECK(c.loss[STEPS - 1] < c.loss[0] && g.loss[STEPS - 1] < g.loss[0]);
     double dot = 0, ng = 0, nc = 0;
@@ -221,6 +225,61 @@ static void test_against_cpu(void) {
     free(init);
     run_free(&g);
     run_free(&c);
+}
+
+/* 1a: both backends step from the same adapters every time, so their
+ * differences cannot compound: the CPU runs the optimizer, the GPU only the
+ * forward and backward pass from the CPU's current adapters. From step 2 on
+ * LoRA B is non-zero, so the adapters' forward terms are checked as well. */
+static void test_lockstep(void) {
+    ql_llama *mc = load(cpu), *mg = load(gpu);
+    ql_adapters *ac = ql_llama_adapters(mc), *ag = ql_llama_adapters(mg);
+    const int64_t n = ac->n;
+    CHECK(ag->n == n);
+    ql_optim o;
+    GTRY(ql_optim_init(&o, cpu, n));
+    ql_optim_config oc = {.weight_decay = 0.01,
+                          .beta1 = 0.9,
+                          .beta2 = 0.999,
+                          .eps = 1e-8,
+                          .max_grad_norm = 0.5,
+                          .on_nonfinite = QL_NONFINITE_STOP,
+                          .max_nonfinite_in_a_row = 1};
+    float *p = malloc((size_t)n * sizeof(float)), *gc = malloc((size_t)n * sizeof(float));
+    float *gg = malloc((size_t)n * sizeof(float));
+    for (int s = 1; s <= STEPS; s++) {
+        const int k = s % 2;
+        int64_t n_tg = 0, got;
+        for (int t = 0; t < B * S; t++) n_tg += tgt[k][t] >= 0;
+        ql_batch b = {
+            .batch = B, .seq = S, .ids = ids[k], .targets = tgt[k], .pos = pos[k], .doc = doc[k]};
+        GTRY(cpu->download(p, ac->params, (size_t)n * sizeof(float)));
+        GTRY(gpu->upload(ag->params, p, (size_t)n * sizeof(float)));
+        GTRY(ql_optim_zero_grads(&o, ac->grads));
+        GTRY(gpu->zero_f32(ag->grads, n));
+        double lc, lg;
+        GTRY(ql_llama_forward_backward(mc, &b, 1, 1.0f / (float)n_tg, &lc, &got));
+        GTRY(ql_llama_forward_backward(mg, &b, 1, 1.0f / (float)n_tg, &lg, &got));
+        GTRY(cpu->download(gc, ac->grads, (size_t)n * sizeof(float)));
+        GTRY(gpu->download(gg, ag->grads, (size_t)n * sizeof(float)));
+        double err = 0, ref = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const double d = (double)gg[i] - gc[i];
+            err += d * d;
+            ref += (double)gc[i] * gc[i];
+        }
+        const double rel = sqrt(err / ref), dl = fabs(lg - lc) / fabs(lc);
+        printf("lockstep %d: loss cpu %.6f cuda %.6f (%.1e), gradient rel. L2 error %.2e\n", s,
+               lc / (double)n_tg, lg / (double)n_tg, dl, rel);
+        CHECKF(dl <= 1e-3, "lockstep step %d: loss %.6f vs cpu %.6f", s, lg, lc);
+        CHECKF(rel <= 2e-2, "lockstep step %d: gradient relative L2 error %.3e", s, rel);
+        ql_step_result sr;
+        GTRY(ql_optim_step(&o, &oc, s, lc / (double)n_tg, 2e-2, ac->params, ac->grads, &sr));
+    }
+    free(p), free(gc), free(gg);
+    ql_optim_free(&o);
+    ql_llama_free(mc);
+    ql_llama_free(mg);
 }
 
 static void test_determinism_and_resume(void) {
@@ -352,6 +411,7 @@ int main(void) {
     make_batches();
     test_vec_ops();
     test_memory();
+    test_lockstep();
     test_against_cpu();
     test_determinism_and_resume();
     return CHECK_DONE();

@@ -2,7 +2,7 @@
  * fibers, the block and warp barriers that __syncthreads, shuffles, ldmatrix
  * and mma.sync need, and the runtime API calls kernels/cuda/ makes.
  *
- * Every thread of a block is a ucontext fiber on the calling host thread; the
+ * Every thread of a block is a fiber on the calling host thread; the
  * block's fibers run round-robin, each until it reaches a barrier or ends, and
  * blocks run one after another. A kernel bug that a GPU would turn into a
  * hang or undefined behaviour stops the program here with a message naming
@@ -52,7 +52,87 @@ enum {
 
 /* --- fibers and barriers ------------------------------------------------------------ */
 
+extern "C" void ql_emu_fiber_entry(void);
+
 namespace {
+
+/* A fiber's saved context. On x86-64 a switch is ten instructions (the
+ * callee-saved registers, the FP control words and the stack pointer);
+ * swapcontext would also save the signal mask, a system call per switch,
+ * and switches are most of an emulated kernel's time. Elsewhere: ucontext. */
+#if defined(__x86_64__)
+struct fiber_ctx {
+    void *sp;
+};
+} // namespace
+extern "C" void ql_emu_ctx_switch(void **save_sp, void *new_sp);
+extern "C" void ql_emu_ctx_entry(void);
+asm(R"(
+    .text
+    .globl ql_emu_ctx_switch
+    .type ql_emu_ctx_switch,@function
+ql_emu_ctx_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size ql_emu_ctx_switch,.-ql_emu_ctx_switch
+
+    .globl ql_emu_ctx_entry
+    .type ql_emu_ctx_entry,@function
+ql_emu_ctx_entry:
+    andq $-16, %rsp
+    call ql_emu_fiber_entry
+    ud2
+    .size ql_emu_ctx_entry,.-ql_emu_ctx_entry
+)");
+namespace {
+
+void ctx_init(fiber_ctx &c, void *stack, size_t bytes) {
+    /* What ql_emu_ctx_switch pops: control words, r15..rbp, then the
+     * address it returns to. */
+    uint64_t *top = (uint64_t *)((char *)stack + bytes) - 2;
+    uint64_t *sp = top - 8;
+    uint32_t mxcsr;
+    uint16_t fpucw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    sp[0] = (uint64_t)mxcsr | (uint64_t)fpucw << 32;
+    for (int i = 1; i <= 6; i++) sp[i] = 0;
+    sp[7] = (uint64_t)(uintptr_t)ql_emu_ctx_entry;
+    c.sp = sp;
+}
+void ctx_switch(fiber_ctx &from, fiber_ctx &to) { ql_emu_ctx_switch(&from.sp, to.sp); }
+#else
+struct fiber_ctx {
+    ucontext_t uc;
+};
+void ctx_init(fiber_ctx &c, void *stack, size_t bytes) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, ql_emu_fiber_entry, 0);
+}
+void ctx_switch(fiber_ctx &from, fiber_ctx &to) { swapcontext(&from.uc, &to.uc); }
+#endif
 
 struct barrier {
     int arrived = 0;
@@ -65,13 +145,17 @@ struct warp_state {
     int size = 0;  /* lanes that exist (the last warp of a block may be short) */
     int alive = 0; /* lanes that have not returned */
     barrier bar;
-    uint64_t slot[32];
-    const void *ptr[32];
-    uint32_t frag_a[32][4], frag_b[32][2];
+    /* Two of each, alternating between consecutive collectives: a lane that
+     * runs ahead into the next one cannot overwrite what slower lanes still
+     * read, so one barrier per collective is enough. */
+    uint64_t slot[2][32];
+    const void *ptr[2][32];
+    uint32_t frag_a[2][32][4], frag_b[2][32][2];
+    float frag_c[2][32][4];
 };
 
 struct fiber {
-    ucontext_t ctx;
+    fiber_ctx ctx;
     ql_emu_thread t;
     int done;
 };
@@ -82,7 +166,7 @@ struct grid_run {
     void *body_ctx;
     std::vector<fiber> fibers;
     std::vector<warp_state> warps;
-    ucontext_t sched;
+    fiber_ctx sched;
     int cur = 0;
     int alive = 0;
     barrier block_bar;
@@ -108,7 +192,7 @@ void *stack_for(size_t i) {
 
 void yield() {
     grid_run *r = g_run;
-    swapcontext(&r->fibers[(size_t)r->cur].ctx, &r->sched);
+    ctx_switch(r->fibers[(size_t)r->cur].ctx, r->sched);
 }
 
 const char *where() {
@@ -119,8 +203,10 @@ const char *where() {
 }
 
 /* Waits until `count` participants have arrived at b; all of them must call
- * from the same source line, or the block is divergent. */
-void barrier_wait(barrier &b, int count, const char *what, const char *file, int line) {
+ * from the same source line, or the block is divergent. True for the one
+ * that arrived last: it runs on before any other, so it can finish the
+ * collective's work for all of them. */
+bool barrier_wait(barrier &b, int count, const char *what, const char *file, int line) {
     if (b.arrived == 0) {
         b.file = file;
         b.line = line;
@@ -134,9 +220,10 @@ void barrier_wait(barrier &b, int count, const char *what, const char *file, int
     if (++b.arrived == count) {
         b.arrived = 0;
         b.gen++;
-        return;
+        return true;
     }
     while (b.gen == my) yield();
+    return false;
 }
 
 /* A participant left: a barrier the others already wait at may now be full. */
@@ -166,7 +253,6 @@ void fiber_main() {
     warp_state &w = r->warps[(size_t)f.t.warp];
     w.alive--;
     barrier_leave(w.bar, w.alive);
-    /* uc_link returns to the scheduler. */
 }
 
 warp_state &my_warp_full(const char *what, const char *file, int line) {
@@ -202,11 +288,7 @@ void run_block(grid_run &r, dim3 block, int reverse) {
         warp_state &w = r.warps[(size_t)f.t.warp];
         w.size++;
         w.alive++;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = stack_for((size_t)i);
-        f.ctx.uc_stack.ss_size = STACK_BYTES;
-        f.ctx.uc_link = &r.sched;
-        makecontext(&f.ctx, fiber_main, 0);
+        ctx_init(f.ctx, stack_for((size_t)i), STACK_BYTES);
     }
     int remaining = n;
     while (remaining > 0) {
@@ -218,7 +300,7 @@ void run_block(grid_run &r, dim3 block, int reverse) {
             if (f.done) continue;
             r.cur = i;
             ql_emu_cur = &f.t;
-            swapcontext(&r.sched, &f.ctx);
+            ctx_switch(r.sched, f.ctx);
             remaining += !f.done;
         }
         if (remaining > 0 && r.progress == before) {
@@ -237,6 +319,14 @@ std::map<const void *, int> g_smem_optin;
 
 } // namespace
 
+/* A fiber starts here and ends by switching back to the scheduler for good. */
+extern "C" void ql_emu_fiber_entry(void) {
+    fiber_main();
+    grid_run *r = g_run;
+    ctx_switch(r->fibers[(size_t)r->cur].ctx, r->sched);
+    abort(); /* a finished fiber is never resumed */
+}
+
 void ql_emu_syncthreads(const char *file, int line) {
     barrier_wait(g_run->block_bar, g_run->alive, "__syncthreads", file, line);
 }
@@ -249,11 +339,10 @@ void ql_emu_check_mask(const char *file, int line, unsigned mask) {
 
 void ql_emu_warp_exchange(const char *file, int line, uint64_t mine, int src, uint64_t *out) {
     warp_state &w = my_warp_full("__shfl_xor_sync", file, line);
-    const int lane = ql_emu_cur->lane;
-    w.slot[lane] = mine;
+    const int lane = ql_emu_cur->lane, buf = ql_emu_cur->coll++ & 1;
+    w.slot[buf][lane] = mine;
     barrier_wait(w.bar, w.alive, "warp shuffle", file, line);
-    *out = src >= 0 && src < 32 ? w.slot[src] : mine;
-    barrier_wait(w.bar, w.alive, "warp shuffle", file, line);
+    *out = src >= 0 && src < 32 ? w.slot[buf][src] : mine;
 }
 
 static uint16_t ld_u16(const void *row, int elem) {
@@ -265,28 +354,28 @@ static uint16_t ld_u16(const void *row, int elem) {
 void ql_emu_ldmatrix_x4(const char *file, int line, uint32_t r[4], const void *row_addr,
                         int trans) {
     warp_state &w = my_warp_full("ldmatrix", file, line);
-    const int lane = ql_emu_cur->lane;
+    const int lane = ql_emu_cur->lane, buf = ql_emu_cur->coll++ & 1;
     if ((uintptr_t)row_addr % 16)
         emu_fatal("%s: ldmatrix at %s:%d: row address %p is not 16-byte aligned", where(), file,
                   line, row_addr);
-    w.ptr[lane] = row_addr;
+    w.ptr[buf][lane] = row_addr;
     barrier_wait(w.bar, w.alive, "ldmatrix", file, line);
+    const void *const *ptr = w.ptr[buf];
     /* Matrix j's rows come from lanes 8j..8j+7. Without .trans lane l gets
      * row l/4, elements 2(l%4) and 2(l%4)+1; with .trans it gets the
      * transpose's, i.e. column l/4 of rows 2(l%4) and 2(l%4)+1. */
     for (int j = 0; j < 4; j++) {
         uint32_t lo, hi;
         if (!trans) {
-            const void *row = w.ptr[8 * j + lane / 4];
+            const void *row = ptr[8 * j + lane / 4];
             lo = ld_u16(row, 2 * (lane % 4));
             hi = ld_u16(row, 2 * (lane % 4) + 1);
         } else {
-            lo = ld_u16(w.ptr[8 * j + 2 * (lane % 4)], lane / 4);
-            hi = ld_u16(w.ptr[8 * j + 2 * (lane % 4) + 1], lane / 4);
+            lo = ld_u16(ptr[8 * j + 2 * (lane % 4)], lane / 4);
+            hi = ld_u16(ptr[8 * j + 2 * (lane % 4) + 1], lane / 4);
         }
         r[j] = lo | hi << 16;
     }
-    barrier_wait(w.bar, w.alive, "ldmatrix", file, line);
 }
 
 static float bf16_lo(uint32_t v) { return __bfloat162float(__nv_bfloat16{(unsigned short)v}); }
@@ -297,36 +386,40 @@ static float bf16_hi(uint32_t v) {
 void ql_emu_mma_bf16_16816(const char *file, int line, float d[4], const uint32_t a[4], uint32_t b0,
                            uint32_t b1) {
     warp_state &w = my_warp_full("mma.sync", file, line);
-    const int lane = ql_emu_cur->lane;
-    memcpy(w.frag_a[lane], a, sizeof w.frag_a[lane]);
-    w.frag_b[lane][0] = b0;
-    w.frag_b[lane][1] = b1;
-    barrier_wait(w.bar, w.alive, "mma.sync", file, line);
-    /* Rebuild A (16x16) and B (16x8) from every lane's fragments (PTX ISA,
-     * "Matrix fragments for mma.m16n8k16" with .bf16): group g = lane/4,
-     * c = lane%4 holds A rows g and g+8 at columns 2c,2c+1 and 2c+8,2c+9,
-     * B rows 2c,2c+1 and 2c+8,2c+9 at column g. */
-    float A[16][16], B[16][8];
-    for (int l = 0; l < 32; l++) {
-        const int g = l / 4, c = l % 4;
-        const uint32_t *fa = w.frag_a[l], *fb = w.frag_b[l];
-        A[g][2 * c] = bf16_lo(fa[0]), A[g][2 * c + 1] = bf16_hi(fa[0]);
-        A[g + 8][2 * c] = bf16_lo(fa[1]), A[g + 8][2 * c + 1] = bf16_hi(fa[1]);
-        A[g][2 * c + 8] = bf16_lo(fa[2]), A[g][2 * c + 9] = bf16_hi(fa[2]);
-        A[g + 8][2 * c + 8] = bf16_lo(fa[3]), A[g + 8][2 * c + 9] = bf16_hi(fa[3]);
-        B[2 * c][g] = bf16_lo(fb[0]), B[2 * c + 1][g] = bf16_hi(fb[0]);
-        B[2 * c + 8][g] = bf16_lo(fb[1]), B[2 * c + 9][g] = bf16_hi(fb[1]);
+    const int lane = ql_emu_cur->lane, buf = ql_emu_cur->coll++ & 1;
+    memcpy(w.frag_a[buf][lane], a, sizeof w.frag_a[buf][lane]);
+    w.frag_b[buf][lane][0] = b0;
+    w.frag_b[buf][lane][1] = b1;
+    memcpy(w.frag_c[buf][lane], d, sizeof w.frag_c[buf][lane]);
+    if (barrier_wait(w.bar, w.alive, "mma.sync", file, line)) {
+        /* The last lane in computes the warp's product. Rebuild A (16x16)
+         * and B (16x8) from the fragments (PTX ISA, "Matrix fragments for
+         * mma.m16n8k16" with .bf16): lane l, g = l/4, c = l%4, holds A rows
+         * g and g+8 at columns 2c,2c+1 and 2c+8,2c+9, B rows 2c,2c+1 and
+         * 2c+8,2c+9 at column g, and C rows g and g+8 at columns 2c,2c+1. */
+        float A[16][16], B[16][8];
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 4, c = l % 4;
+            const uint32_t *fa = w.frag_a[buf][l], *fb = w.frag_b[buf][l];
+            A[g][2 * c] = bf16_lo(fa[0]), A[g][2 * c + 1] = bf16_hi(fa[0]);
+            A[g + 8][2 * c] = bf16_lo(fa[1]), A[g + 8][2 * c + 1] = bf16_hi(fa[1]);
+            A[g][2 * c + 8] = bf16_lo(fa[2]), A[g][2 * c + 9] = bf16_hi(fa[2]);
+            A[g + 8][2 * c + 8] = bf16_lo(fa[3]), A[g + 8][2 * c + 9] = bf16_hi(fa[3]);
+            B[2 * c][g] = bf16_lo(fb[0]), B[2 * c + 1][g] = bf16_hi(fb[0]);
+            B[2 * c + 8][g] = bf16_lo(fb[1]), B[2 * c + 9][g] = bf16_hi(fb[1]);
+        }
+        /* Products of bf16 values are exact in double; one rounding. */
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 4, c = l % 4;
+            for (int i = 0; i < 4; i++) {
+                const int row = g + 8 * (i / 2), col = 2 * c + (i % 2);
+                double s = w.frag_c[buf][l][i];
+                for (int k = 0; k < 16; k++) s += (double)A[row][k] * (double)B[k][col];
+                w.frag_c[buf][l][i] = (float)s;
+            }
+        }
     }
-    barrier_wait(w.bar, w.alive, "mma.sync", file, line);
-    /* Each lane's accumulators: rows g and g+8, columns 2c and 2c+1. The
-     * products of bf16 values are exact in double; one rounding at the end. */
-    const int g = lane / 4, c = lane % 4;
-    for (int i = 0; i < 4; i++) {
-        const int row = g + 8 * (i / 2), col = 2 * c + (i % 2);
-        double s = d[i];
-        for (int k = 0; k < 16; k++) s += (double)A[row][k] * (double)B[k][col];
-        d[i] = (float)s;
-    }
+    memcpy(d, w.frag_c[buf][lane], sizeof w.frag_c[buf][lane]);
 }
 
 cudaError_t ql_emu_func_set_smem(const void *kernel, int attr, int value) {

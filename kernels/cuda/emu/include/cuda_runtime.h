@@ -133,6 +133,7 @@ static inline cudaError_t cudaFuncSetAttribute(F *kernel, cudaFuncAttribute a, i
 struct ql_emu_thread {
     uint3 tid;
     int lane, warp;
+    unsigned coll; /* warp collectives so far: picks the exchange buffer */
 };
 struct ql_emu_block {
     uint3 idx;
