@@ -48,6 +48,8 @@ if(QL_HAVE_CUDA)
 endif()
 # The emulator's own cuBLASLt stand-in against a plain reference.
 if(QL_CUDA_EMU)
+  # A step on the emulated device takes seconds, not milliseconds.
+  set_property(TEST gpu_test_train_qlora_cuda APPEND PROPERTY ENVIRONMENT QL_GPU_RESUME_STEPS=30)
   add_executable(test_emu_cublaslt kernels/cuda/emu/test_emu_cublaslt.cpp
     kernels/cuda/emu/emu_cublaslt.cpp)
   target_include_directories(test_emu_cublaslt BEFORE PRIVATE

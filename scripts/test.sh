@@ -2,7 +2,8 @@
 # Runs the whole test suite: the format check, every CTest label in the
 # release build (build/, made by scripts/setup.sh; GPU tests skip without a
 # GPU), then the unit tests again under AddressSanitizer and
-# UndefinedBehaviorSanitizer (build-asan/).
+# UndefinedBehaviorSanitizer (build-asan/), then the GPU tests on the CUDA
+# emulator (build-emu/: kernels/cuda/*.cu run on the CPU, kernels/cuda/emu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -24,3 +25,8 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQL_SANITIZE=ON -DQL
 cmake --build build-asan -j"$jobs" >/dev/null || cmake --build build-asan
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest -L unit --output-on-failure -j"$jobs")
+
+echo "== CUDA emulator build: the GPU tests with kernels/cuda on the CPU"
+cmake -S . -B build-emu -DCMAKE_BUILD_TYPE=Release -DQL_CUDA_EMU=ON -DQL_CUDA=OFF >/dev/null
+cmake --build build-emu -j"$jobs" >/dev/null || cmake --build build-emu
+(cd build-emu && ctest -L gpu --output-on-failure -j"$jobs")

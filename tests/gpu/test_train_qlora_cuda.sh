@@ -10,6 +10,8 @@
 #     (cmp) and the same loss column as a run that was never interrupted;
 #   - a memory limit below the estimate stops before the model loads, naming
 #     train.micro_batch / data.max_seq_len / checkpointing.
+# QL_GPU_RESUME_STEPS (default 300) sets the resume runs' length; the CUDA
+# emulator build (kernels/cuda/emu) runs 30, a checkpoint every 5.
 # Exit 77 when this machine has no GPU that CUDA can use (or no Python with
 # numpy and safetensors to write the model).
 set -u
@@ -99,7 +101,8 @@ EOF
 grep -q "loaded in .* s: reading" gpu.err || bad "no load timing on stderr"
 
 # --- resume bit for bit on the GPU ---------------------------------------------------
-R=(--backend=cuda --train.steps=300 --checkpoint.every_steps=50 --checkpoint.keep_last=20)
+steps=${QL_GPU_RESUME_STEPS:-300}
+R=(--backend=cuda --train.steps="$steps" --checkpoint.every_steps=$((steps / 6)) --checkpoint.keep_last=20)
 "$QLORA" train cfg.yaml --output_dir=straight "${R[@]}" >straight.out 2>straight.err || bad "straight run exited $?"
 "$QLORA" train cfg.yaml --output_dir=pre "${R[@]}" >pre.out 2>pre.err &
 pid=$!
