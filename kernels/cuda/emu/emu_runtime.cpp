@@ -266,13 +266,24 @@ warp_state &my_warp_full(const char *what, const char *file, int line) {
     return w;
 }
 
-/* Launches alternate between running a block's threads first to last and
- * last to first. A missing barrier between one thread's write and another's
- * read then gives different results on consecutive launches, which the GPU
- * tests' determinism checks (every op run twice) turn into a failure. */
-thread_local unsigned long long g_launches;
+/* Every block runs its threads in a fresh pseudo-random order (a fixed seed,
+ * so a failing run repeats). A missing barrier between one thread's write
+ * and another's read then gives different results from one launch to the
+ * next, which the GPU tests' determinism checks (every op run twice, same
+ * bits demanded) turn into a failure. A fixed alternation would not do: an
+ * op that launches a kernel twice would repeat the same pair of orders. */
+thread_local uint64_t g_order_rng = 0x9e3779b97f4a7c15ull;
 
-void run_block(grid_run &r, dim3 block, int reverse) {
+uint64_t order_next() {
+    uint64_t x = g_order_rng; /* xorshift64* */
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    g_order_rng = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+void run_block(grid_run &r, dim3 block) {
     const int n = (int)(block.x * block.y * block.z);
     r.fibers.assign((size_t)n, fiber());
     r.warps.assign((size_t)((n + 31) / 32), warp_state());
@@ -290,12 +301,20 @@ void run_block(grid_run &r, dim3 block, int reverse) {
         w.alive++;
         ctx_init(f.ctx, stack_for((size_t)i), STACK_BYTES);
     }
+    std::vector<int> order((size_t)n);
+    for (int i = 0; i < n; i++) order[(size_t)i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        const int j = (int)(order_next() % (uint64_t)(i + 1));
+        const int t = order[(size_t)i];
+        order[(size_t)i] = order[(size_t)j];
+        order[(size_t)j] = t;
+    }
     int remaining = n;
     while (remaining > 0) {
         const uint64_t before = r.progress;
         remaining = 0;
         for (int k = 0; k < n; k++) {
-            const int i = reverse ? n - 1 - k : k;
+            const int i = order[(size_t)k];
             fiber &f = r.fibers[(size_t)i];
             if (f.done) continue;
             r.cur = i;
@@ -475,7 +494,6 @@ void ql_emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block
     std::vector<unsigned char> dyn(smem + 16);
     unsigned char *dyn_base = dyn.data() + (16 - (uintptr_t)dyn.data() % 16) % 16;
     g_run = &r;
-    const int reverse = (int)(g_launches++ & 1);
     ql_emu_blk.dim = block;
     ql_emu_blk.grid = grid;
     ql_emu_blk.dyn_smem = smem ? dyn_base : nullptr;
@@ -484,7 +502,7 @@ void ql_emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block
             for (unsigned x = 0; x < grid.x; x++) {
                 ql_emu_blk.idx = uint3{x, y, z};
                 if (smem) memset(dyn_base, 0xFF, smem);
-                run_block(r, block, reverse);
+                run_block(r, block);
             }
     g_run = nullptr;
 }

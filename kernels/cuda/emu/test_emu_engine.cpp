@@ -2,7 +2,7 @@
  * as the ones in kernels/cuda/ are: block barriers and shared memory, warp
  * shuffles, ldmatrix + mma.sync with the PTX ISA's fragment layouts, the
  * fatal diagnostics (in fork()ed children), Hopper launch limits, copy
- * directions, memory poison and the alternating thread schedule. Every
+ * directions, memory poison and the shuffled thread schedule. Every
  * expected value is computed here on the host, independently of the engine.
  * Exit status 0 when every check passes. */
 #include <cuda_bf16.h>
@@ -421,7 +421,7 @@ static void test_copies_and_poison() {
     cudaFree(bad);
 }
 
-/* --- 7. the alternating schedule ----------------------------------------------------------------
+/* --- 7. the shuffled schedule -------------------------------------------------------------------
  */
 /* Thread i reads its neighbour's slot with no barrier after the writes. The
  * emulator runs a block's threads first to last on one launch and last to
