@@ -69,6 +69,17 @@ ql_status ql_cuda_mem_info(size_t *used, size_t *total);
 ql_status ql_cuda_q4_upload(const ql_q4 *host, ql_q4 *dev);
 void ql_cuda_q4_free(ql_q4 *dev);
 
+/* Quantizes the float32 row-major [rows, cols] matrix at dev_w (device
+ * memory) into *dev_out, byte for byte what ql_q4_quantize gives on the host:
+ * packed codes and absmax, or with double quantization absmax codes, nested
+ * absmax, the offset and the dynamic map. *dev_out is laid out as
+ * ql_cuda_q4_upload leaves it (buffers allocated with ql_cuda_malloc, shape
+ * and offset in the struct; release with ql_cuda_q4_free). Enqueued on the
+ * default stream; with double quantization it waits for the kernels, since
+ * the offset comes back to the host struct. Bad arguments are QL_EINVAL. */
+ql_status ql_cuda_q4_quantize(const float *dev_w, int64_t rows, int64_t cols, ql_qtype type,
+                              int blocksize, int double_quant, ql_q4 *dev_out);
+
 /* out[rows, cols] = dequantized W in out_dtype (QL_DT_BF16 or QL_DT_F32),
  * bit-identical to ql_q4_dequantize (then round-to-nearest-even for bf16).
  * dev_w's buffers and dev_out are device pointers; asynchronous on `stream`.
