@@ -90,6 +90,13 @@ typedef struct ql_backend {
     /* Copies a host ql_q4 into backend memory (dst's buffers are allocated). */
     ql_status (*q4_upload)(const ql_q4 *host, ql_q4 *dst);
     void (*q4_free)(ql_q4 *dst);
+    /* Quantizes a float32 row-major [rows, cols] host matrix into backend
+     * memory on the device: the same bytes as ql_q4_quantize followed by
+     * q4_upload, without the host quantization (a large model loads in
+     * seconds). NULL on the CPU backends: the caller quantizes on the host
+     * and calls q4_upload. Waits until dst is complete; free with q4_free. */
+    ql_status (*q4_quantize_upload)(const float *host_w, int64_t rows, int64_t cols, ql_qtype type,
+                                    int blocksize, int double_quant, ql_q4 *dst);
     ql_status (*sync)(void);
 
     /* --- 4-bit linear layers with LoRA --------------------------------------- */

@@ -82,6 +82,10 @@ typedef struct ql_llama_options {
     int64_t max_batch, max_seq; /* capacity of the activation buffers */
     int64_t logit_rows;         /* rows of logits per lm_head chunk; 0 = ql_llama_logit_rows */
     int quiet;                  /* no load summary on stderr */
+    /* 1: quantize on the host even when the backend can quantize on its
+     * device (q4_quantize_upload); the environment variable
+     * QL_QUANTIZE_ON_HOST=1 does the same. Both give the same bytes. */
+    int quantize_on_host;
 } ql_llama_options;
 
 /* Sensible defaults: CPU backend, NF4 + double quant, block 64, r 16,
@@ -113,10 +117,11 @@ ql_status ql_llama_load_source(struct ql_model_source *src, const ql_llama_optio
 void ql_llama_free(ql_llama *m);
 
 /* What loading took and holds: seconds in all, reading tensors, quantizing
- * on the host and copying the 4-bit weights to the backend; bytes of backend
+ * on the host, uploading float32 weights and quantizing them on the device,
+ * and copying host-quantized 4-bit weights to the backend; bytes of backend
  * memory the model holds (weights, adapters, gradients, activations). */
 typedef struct ql_llama_load_info {
-    double total_s, read_s, quantize_s, upload_s;
+    double total_s, read_s, quantize_s, gpu_quantize_s, upload_s;
     size_t backend_bytes;
 } ql_llama_load_info;
 void ql_llama_load_stats(const ql_llama *m, ql_llama_load_info *i);

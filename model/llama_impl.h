@@ -77,8 +77,9 @@ struct ql_llama {
     size_t n_allocs, cap_allocs;
     size_t backend_bytes;
     /* load timing (seconds): the whole load, reading tensors from the
-     * source, quantizing on the host, copying 4-bit weights to the backend */
-    double load_s, read_s, quantize_s, upload_s;
+     * source, quantizing on the host, uploading float32 and quantizing on the
+     * device, copying host-quantized 4-bit weights to the backend */
+    double load_s, read_s, quantize_s, gpu_quantize_s, upload_s;
 };
 
 /* A backend buffer owned by the model (freed by ql_llama_free). */

@@ -19,6 +19,12 @@
 #define LOGIT_BUDGET ((int64_t)1 << 23)
 #define LOGIT_BUDGET_DEVICE ((int64_t)1 << 26)
 
+/* Set to anything but "" or "0". */
+static int env_flag(const char *name) {
+    const char *v = getenv(name);
+    return v && v[0] && strcmp(v, "0") != 0;
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -252,6 +258,20 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
         QL_TRY(s->get_f32(s, name, host));
         double t1 = now_s();
         m->read_s += t1 - t0;
+        if (m->be->q4_quantize_upload && !m->opt.quantize_on_host) {
+            /* The host ql_q4 is never built: the float32 matrix goes to the
+             * device and is quantized there, to the same bytes. */
+            ql_status st = m->be->q4_quantize_upload(host, out, in, m->opt.quant_type,
+                                                     m->opt.blocksize, m->opt.double_quant, dst);
+            m->gpu_quantize_s += now_s() - t1;
+            if (st != QL_OK) {
+                memset(dst, 0, sizeof *dst);
+                return ql_error_wrap(st, "quantizing '%s' on backend %s: ", name, m->be->name);
+            }
+            m->backend_bytes += q4_bytes(dst);
+            m->base_params += in * out;
+            return QL_OK;
+        }
         QL_TRY(ql_q4_quantize(host, out, in, m->opt.quant_type, m->opt.blocksize,
                               m->opt.double_quant, &hq));
         m->quantize_s += now_s() - t1;
@@ -465,6 +485,7 @@ ql_status ql_llama_load_source(ql_model_source *src, const ql_llama_options *o, 
     if (st == QL_OK) {
         m->be = o->be;
         m->opt = *o;
+        if (env_flag("QL_QUANTIZE_ON_HOST")) m->opt.quantize_on_host = 1;
         st = init_shapes(m, src);
     }
     if (st == QL_OK) st = setup_adapters(m);
@@ -497,6 +518,7 @@ void ql_llama_load_stats(const ql_llama *m, ql_llama_load_info *i) {
     i->total_s = m->load_s;
     i->read_s = m->read_s;
     i->quantize_s = m->quantize_s;
+    i->gpu_quantize_s = m->gpu_quantize_s;
     i->upload_s = m->upload_s;
     i->backend_bytes = m->backend_bytes;
 }
@@ -554,10 +576,12 @@ void ql_llama_describe(const ql_llama *m, FILE *f) {
     fprintf(f, "\n  backend %s: %.1f MiB (capacity %" PRId64 " x %" PRId64 " tokens%s)\n",
             m->be->name, (double)m->backend_bytes / (1024.0 * 1024.0), m->opt.max_batch,
             m->opt.max_seq, m->opt.checkpoint_activations ? ", activation checkpointing" : "");
-    /* Quantization runs on the host (OpenMP) and each weight is uploaded
-     * once; the split says which part a large model waits for. */
+    /* Quantization runs on the device when the backend can (the float32
+     * upload is counted there), else on the host (OpenMP) followed by one
+     * upload of the 4-bit weight; the split says which part a large model
+     * waits for. */
     fprintf(f,
-            "  loaded in %.1f s: reading %.1f s, quantizing on the host %.1f s, copying to the "
-            "backend %.1f s\n",
-            m->load_s, m->read_s, m->quantize_s, m->upload_s);
+            "  loaded in %.1f s: reading %.1f s, quantizing on the host %.1f s, quantizing on "
+            "the GPU %.1f s (float32 upload included), copying to the backend %.1f s\n",
+            m->load_s, m->read_s, m->quantize_s, m->gpu_quantize_s, m->upload_s);
 }

@@ -5,6 +5,9 @@
  * norm weights, losses and saved statistics are fp32, as backend.h says.
  * Every op is enqueued on the legacy default stream; `sync` waits for it.
  * Which device: the current one (ql_cuda_set_device), device 0 by default. */
+#include <stdint.h>
+#include <string.h>
+
 #include "kernels/cuda/cuda_ops.h"
 
 static ql_status alloc_cuda(size_t bytes, void **out) {
@@ -32,6 +35,32 @@ static ql_status q4_upload_cuda(const ql_q4 *host, ql_q4 *dst) {
 
 static void q4_free_cuda(ql_q4 *dst) { ql_cuda_q4_free(dst); }
 
+/* The float32 matrix goes up once and is freed after quantizing: the model
+ * keeps only the 4-bit buffers, and the staging costs one matrix of float32
+ * of device memory at a time. */
+static ql_status q4_quantize_upload_cuda(const float *host_w, int64_t rows, int64_t cols,
+                                         ql_qtype type, int blocksize, int double_quant,
+                                         ql_q4 *dst) {
+    memset(dst, 0, sizeof *dst);
+    if (rows <= 0 || cols <= 0 || rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
+        return ql_error(QL_EINVAL, "4-bit quantize on CUDA: shape [%lld, %lld] is not valid",
+                        (long long)rows, (long long)cols);
+    size_t bytes = (size_t)(rows * cols) * sizeof(float);
+    void *dev_w = NULL;
+    QL_TRY(alloc_cuda(bytes, &dev_w));
+    ql_status st = ql_cuda_upload(dev_w, host_w, bytes);
+    if (st == QL_OK)
+        st = ql_cuda_q4_quantize((const float *)dev_w, rows, cols, type, blocksize, double_quant,
+                                 dst);
+    if (st == QL_OK) st = ql_cuda_sync();
+    if (st != QL_OK) {
+        ql_cuda_q4_free(dst);
+        memset(dst, 0, sizeof *dst);
+    }
+    ql_cuda_free(dev_w);
+    return st;
+}
+
 static ql_status sync_cuda(void) { return ql_cuda_sync(); }
 
 static const ql_backend cuda_table = {
@@ -43,6 +72,7 @@ static const ql_backend cuda_table = {
     download_cuda,
     q4_upload_cuda,
     q4_free_cuda,
+    q4_quantize_upload_cuda,
     sync_cuda,
     ql_q4_dequantize_cuda,
     ql_q4_lora_fwd_cuda,
