@@ -9,7 +9,7 @@
 #      files) nvcc + cc directly on the few sources the GPU programs use
 #      (build-gpu/min/);
 #   2. every tests/gpu/test_*.c program (each CUDA op against cpu-ref, the
-#      dequantize bit for bit, QLoRA training steps against the CPU backend
+#      dequantize and quantize bit for bit, QLoRA steps against the CPU backend
 #      and a simulated restart bit for bit, the NCCL communicator on one
 #      GPU) and, with the CMake build, every tests/gpu/test_*.sh (qlora train
 #      on the GPU: cuda vs cpu losses, SIGUSR1 -> exit 75 -> resume with
@@ -52,7 +52,7 @@ say() { echo "run.sh: $*" | tee -a "$log"; }
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH=/usr/local/cuda/bin:$PATH
 t0=$(date +%s)
 
-gpu_tests=(test_q4_dequant_cuda test_ops_cuda test_train_cuda)
+gpu_tests=(test_q4_dequant_cuda test_q4_quantize_cuda test_ops_cuda test_train_cuda)
 full_tests=(test_nccl_comm)          # need MPI: CMake build only
 gpu_scripts=(test_train_qlora_cuda)  # need the qlora binary: CMake build only
 benches=(bench_cuda_train bench_cuda_dequant bench_cuda_q4gemm bench_cuda_attn)
