@@ -18,9 +18,10 @@
  *   (checked from the largest exponent and the block count), every partial
  *   sum in any order is exactly representable, so a parallel sum is the
  *   host's sum bit for bit. Weights that come from bf16 have 8 significant
- *   bits, which leaves 45 bits of headroom. Otherwise (values spread over
- *   more than about 2^50, or an infinite absmax) one thread adds them in
- *   index order, as the host does.
+ *   bits, which leaves 45 bits for the block count and the ratio of the
+ *   largest to the smallest nonzero absmax. Otherwise (magnitudes too far
+ *   apart, or an infinite absmax) one thread adds them in index order, as
+ *   the host does.
  * - The absmax codes use ql_dynmap_encode on the same map; the nested scale is
  *   fmaxf over |absmax - offset| again (order-free) and its reciprocal an
  *   IEEE division.
