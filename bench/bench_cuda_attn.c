@@ -1,7 +1,7 @@
 /* CUDA causal attention, forward + backward, against the same FLOPs at the
  * cuBLASLt bf16 rate measured in the same run.
  *
- *   bench_cuda_attn [--json PATH] [--reps N] [--quick]
+ *   bench_cuda_attn [--json PATH] [--reps N] [--quick] [--tiny]
  *
  * Llama-3-8B heads (32 query heads, 8 kv heads, head_dim 128), 16384 tokens
  * as 8 rows of 2048 or 2 rows of 8192, causal mask, no document mask (and
@@ -10,12 +10,18 @@
  * half the pairs), backward 2.5 times that (five products). The kernels do
  * more (the deterministic backward computes Q·Kᵀ and dO·Vᵀ twice); that is
  * their cost. Goal: (fwd + bwd FLOPs / time) >= 0.6 of the cuBLASLt rate of
- * an 8192³ bf16 product. Median of --reps calls after two warm-ups. */
+ * an 8192³ bf16 product. Median of --reps calls after two warm-ups.
+ *
+ * --tiny (for the CUDA emulator: the same kernels, nothing meaningful timed):
+ * 8 query heads and 2 kv heads, 256 tokens as 2 rows of 128 or 1 row of 256
+ * (documents of 64), cuBLASLt on 256³, at most 2 reps. */
 #include "cuda_bench_util.h"
 
 #ifdef QL_HAVE_CUDA
 
 const ql_backend *ql_backend_cuda_impl(void);
+
+static int n_heads = 32, n_kv = 8; /* 8 and 2 under --tiny */
 
 typedef struct job {
     const ql_backend *be;
@@ -46,8 +52,8 @@ static result run_case(const ql_backend *be, int64_t batch, int64_t seq, int doc
     job j;
     memset(&j, 0, sizeof j);
     j.be = be;
-    j.s = (ql_attn_shape){batch, seq, 32, 8, 128};
-    const int64_t nq = batch * seq * 32 * 128, nk = batch * seq * 8 * 128;
+    j.s = (ql_attn_shape){batch, seq, n_heads, n_kv, 128};
+    const int64_t nq = batch * seq * n_heads * 128, nk = batch * seq * n_kv * 128;
     j.q = bench_dev_random(nq, 2, -2, 2);
     j.k = bench_dev_random(nk, 2, -2, 2);
     j.v = bench_dev_random(nk, 2, -1, 1);
@@ -56,7 +62,7 @@ static result run_case(const ql_backend *be, int64_t batch, int64_t seq, int doc
     BTRY(ql_cuda_malloc((size_t)nq * 2, &j.dq));
     BTRY(ql_cuda_malloc((size_t)nk * 2, &j.dk));
     BTRY(ql_cuda_malloc((size_t)nk * 2, &j.dv));
-    BTRY(ql_cuda_malloc((size_t)(batch * 32 * seq) * 4, (void **)&j.lse));
+    BTRY(ql_cuda_malloc((size_t)(batch * n_heads * seq) * 4, (void **)&j.lse));
     if (doc_len > 0) {
         int32_t *h = malloc((size_t)(batch * seq) * 4);
         for (int64_t i = 0; i < batch * seq; i++) h[i] = (int32_t)((i % seq) / doc_len);
@@ -70,7 +76,8 @@ static result run_case(const ql_backend *be, int64_t batch, int64_t seq, int doc
     r.docs = doc_len;
     r.fwd_ms = bench_time_ms(run_fwd, &j, 2, reps);
     r.bwd_ms = bench_time_ms(run_bwd, &j, 2, reps);
-    const double fwd_flops = 4.0 * (double)batch * 32.0 * (double)seq * (double)seq * 128.0 / 2.0;
+    const double fwd_flops =
+        4.0 * (double)batch * n_heads * (double)seq * (double)seq * 128.0 / 2.0;
     r.tflops = 3.5 * fwd_flops / ((r.fwd_ms + r.bwd_ms) * 1e-3) / 1e12;
     r.ratio = r.tflops / cublas;
     ql_cuda_free(j.q), ql_cuda_free(j.k), ql_cuda_free(j.v), ql_cuda_free(j.dout);
@@ -81,7 +88,7 @@ static result run_case(const ql_backend *be, int64_t batch, int64_t seq, int doc
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int reps = 5, quick = 0;
+    int reps = 5, quick = 0, tiny = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
@@ -89,12 +96,20 @@ int main(int argc, char **argv) {
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1;
+        else if (!strcmp(argv[i], "--tiny"))
+            tiny = 1;
         else {
-            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick] [--tiny]\n", argv[0]);
             return 2;
         }
     }
+    if (tiny && reps > 2) reps = 2;
     if (reps < 1) reps = 1;
+    /* Tokens per case (rows x seq) and the cuBLASLt cube: shrunk by 64 and 32 under --tiny. */
+    const int64_t tokens = tiny ? 256 : 16384, cube = tiny ? 256 : 8192;
+    const int64_t long_seq = tiny ? 256 : 8192, short_seq = tiny ? 128 : 2048;
+    const int doc_len = tiny ? 64 : 512;
+    if (tiny) n_heads = 8, n_kv = 2;
     if (ql_cuda_device_count() == 0) {
         printf("no CUDA device\n");
         return 0;
@@ -108,18 +123,19 @@ int main(int argc, char **argv) {
     BTRY(ql_cuda_get_device_info(0, &info));
     printf("device: %s, %d SMs, driver %d, runtime %d\n", info.name, info.sm_count,
            info.driver_version, info.runtime_version);
-    const double cublas = bench_cublas_tflops(8192, reps);
-    printf("cuBLASLt bf16 8192^3: %.1f TFLOP/s\n", cublas);
+    const double cublas = bench_cublas_tflops(cube, reps);
+    printf("cuBLASLt bf16 %lld^3: %.1f TFLOP/s\n", (long long)cube, cublas);
 
     result res[3];
     int n = 0;
-    res[n++] = run_case(be, 8, 2048, 0, reps, cublas);
+    res[n++] = run_case(be, tokens / short_seq, short_seq, 0, reps, cublas);
     if (!quick) {
-        res[n++] = run_case(be, 2, 8192, 0, reps, cublas);
-        res[n++] = run_case(be, 2, 8192, 512, reps, cublas);
+        res[n++] = run_case(be, tokens / long_seq, long_seq, 0, reps, cublas);
+        res[n++] = run_case(be, tokens / long_seq, long_seq, doc_len, reps, cublas);
     }
 
-    printf("\ncausal attention fwd+bwd, H=32 KV=8 D=128, 16384 tokens; median of %d\n", reps);
+    printf("\ncausal attention fwd+bwd, H=%d KV=%d D=128, %lld tokens; median of %d\n", n_heads,
+           n_kv, (long long)tokens, reps);
     printf("%6s %6s %6s %9s %9s %9s %7s %6s\n", "batch", "seq", "docs", "fwd ms", "bwd ms",
            "TFLOP/s", "ratio", "goal");
     for (int i = 0; i < n; i++)
@@ -131,17 +147,19 @@ int main(int argc, char **argv) {
         FILE *f = bench_json_open(json, "cuda_attn", &info);
         fprintf(f,
                 "  \"method\": \"median of %d calls after 2 warm-up calls, CUDA events; FLOPs "
-                "3.5 x 4*B*H*S^2*D/2 (causal fwd + bwd); ratio against cuBLASLt bf16 8192^3 "
+                "3.5 x 4*B*H*S^2*D/2 (causal fwd + bwd); ratio against cuBLASLt bf16 %lld^3 "
                 "in the same run\",\n",
-                reps);
+                reps, (long long)cube);
+        if (tiny) fprintf(f, "  \"tiny\": true,\n");
         fprintf(f, "  \"cublas_bf16_tflops\": %.2f,\n  \"results\": [\n", cublas);
         for (int i = 0; i < n; i++)
             fprintf(f,
-                    "    {\"batch\": %lld, \"seq\": %lld, \"heads\": 32, \"kv_heads\": 8, "
+                    "    {\"batch\": %lld, \"seq\": %lld, \"heads\": %d, \"kv_heads\": %d, "
                     "\"head_dim\": 128, \"doc_len\": %d, \"fwd_ms\": %.4f, \"bwd_ms\": %.4f, "
                     "\"tflops\": %.2f, \"ratio\": %.4f, \"goal\": 0.6}%s\n",
-                    (long long)res[i].batch, (long long)res[i].seq, res[i].docs, res[i].fwd_ms,
-                    res[i].bwd_ms, res[i].tflops, res[i].ratio, i + 1 < n ? "," : "");
+                    (long long)res[i].batch, (long long)res[i].seq, n_heads, n_kv, res[i].docs,
+                    res[i].fwd_ms, res[i].bwd_ms, res[i].tflops, res[i].ratio,
+                    i + 1 < n ? "," : "");
         fprintf(f, "  ]\n}\n");
         fclose(f);
         printf("wrote %s\n", json);

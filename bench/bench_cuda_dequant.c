@@ -1,7 +1,7 @@
 /* CUDA NF4 + double-quant dequantize bandwidth against a device-to-device
  * cudaMemcpy of the same number of output bytes, measured side by side.
  *
- *   bench_cuda_dequant [--json PATH] [--reps N]
+ *   bench_cuda_dequant [--json PATH] [--reps N] [--tiny]
  *
  * Effective bandwidth = (bytes read + bytes written) / time. For the
  * dequantize that is packed nibbles + absmax codes + nested absmax + output;
@@ -10,7 +10,9 @@
  * is at least three times the L2 cache (so nothing is served from L2), timed
  * with CUDA events; the figure is the median over reps batches, dequantize
  * and copy batches alternating. Shapes: 4096x4096 and 28672x4096 (Llama-3-8B
- * MLP), output bf16 (the CUDA activation dtype) and float32.
+ * MLP), output bf16 (the CUDA activation dtype) and float32. --tiny (for the
+ * CUDA emulator: the same kernels, nothing meaningful timed) takes 256x256 and
+ * 1792x256, 3 reps and one set of buffers.
  *
  * Without a device (or a build without CUDA) it prints "no CUDA device" and
  * exits 0. */
@@ -28,6 +30,8 @@
 
 #define MAX_SETS 8
 #define GOAL 0.85
+
+static int max_sets = MAX_SETS; /* 1 under --tiny */
 
 typedef struct result {
     int64_t rows, cols;
@@ -90,7 +94,7 @@ static result run_shape(int64_t rows, int64_t cols, ql_dtype dt, int reps,
     size_t want = 3 * (size_t)info->l2_bytes;
     int sets = (int)((want + set_bytes - 1) / set_bytes);
     if (sets < 1) sets = 1;
-    if (sets > MAX_SETS) sets = MAX_SETS;
+    if (sets > max_sets) sets = max_sets;
     int per_batch = 10 * sets;
 
     ql_q4 dq[MAX_SETS];
@@ -152,17 +156,20 @@ static result run_shape(int64_t rows, int64_t cols, ql_dtype dt, int reps,
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int reps = 15;
+    int reps = 15, tiny = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tiny"))
+            tiny = 1;
         else {
-            fprintf(stderr, "usage: %s [--json PATH] [--reps N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--tiny]\n", argv[0]);
             return 2;
         }
     }
+    if (tiny) reps = reps < 3 ? reps : 3, max_sets = 1;
     if (reps < 1) reps = 1;
     if (ql_cuda_device_count() == 0) {
         printf("no CUDA device\n");
@@ -174,7 +181,9 @@ int main(int argc, char **argv) {
     printf("device: %s, %d SMs, L2 %d MiB, driver %d, runtime %d\n", info.name, info.sm_count,
            info.l2_bytes >> 20, info.driver_version, info.runtime_version);
 
-    static const int64_t shapes[][2] = {{4096, 4096}, {28672, 4096}};
+    static const int64_t full_shapes[][2] = {{4096, 4096}, {28672, 4096}};
+    static const int64_t tiny_shapes[][2] = {{256, 256}, {1792, 256}};
+    const int64_t(*shapes)[2] = tiny ? tiny_shapes : full_shapes;
     static const ql_dtype dts[] = {QL_DT_BF16, QL_DT_F32};
     result res[4];
     int nres = 0;
@@ -212,6 +221,7 @@ int main(int argc, char **argv) {
                 "  \"method\": \"median of %d batches of back-to-back launches, CUDA events, "
                 "working set >= 3x L2\",\n",
                 reps);
+        if (tiny) fprintf(f, "  \"tiny\": true,\n");
         fprintf(f, "  \"results\": [\n");
         for (int i = 0; i < nres; i++)
             fprintf(f,

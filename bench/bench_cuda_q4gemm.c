@@ -1,7 +1,7 @@
 /* The CUDA 4-bit linear layer (NF4 + double quant, LoRA r = 16) against
  * cuBLASLt bf16 on the same shapes, measured side by side.
  *
- *   bench_cuda_q4gemm [--json PATH] [--reps N] [--quick]
+ *   bench_cuda_q4gemm [--json PATH] [--reps N] [--quick] [--tiny]
  *
  * Shapes are Llama-3-8B's linear layers [out x in]: 4096x4096 (q, o),
  * 6144x4096 (q|k|v fused), 28672x4096 (gate|up fused), 4096x14336 (down), at
@@ -16,7 +16,9 @@
  * Rates count only the base product's 2·T·in·out FLOPs, so the LoRA work of
  * fused/dequant is a cost they carry. Goal: fused >= 0.95 of cublas at 4096
  * tokens, 0.97 at 16384 (forward and dX). Median of --reps timed calls after
- * two warm-up calls, CUDA events.
+ * two warm-up calls, CUDA events. --tiny (for the CUDA emulator: the same
+ * kernels, nothing meaningful timed) divides every dimension by 16 and the
+ * tokens by 64 (256x256 at 64 tokens, ...), at most 3 reps.
  *
  * Without a device it prints "no CUDA device" and exits 0. */
 #include "cuda_bench_util.h"
@@ -137,7 +139,7 @@ static double tflops(const result *r, int k) {
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int reps = 7, quick = 0;
+    int reps = 7, quick = 0, tiny = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
@@ -145,11 +147,14 @@ int main(int argc, char **argv) {
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1;
+        else if (!strcmp(argv[i], "--tiny"))
+            tiny = 1;
         else {
-            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick] [--tiny]\n", argv[0]);
             return 2;
         }
     }
+    if (tiny && reps > 3) reps = 3;
     if (reps < 1) reps = 1;
     if (ql_cuda_device_count() == 0) {
         printf("no CUDA device\n");
@@ -165,11 +170,17 @@ int main(int argc, char **argv) {
     printf("device: %s, %d SMs, driver %d, runtime %d\n", info.name, info.sm_count,
            info.driver_version, info.runtime_version);
 
-    static const shape shapes[] = {{4096, 4096, "q/o 4096x4096"},
-                                   {6144, 4096, "qkv 6144x4096"},
-                                   {28672, 4096, "gate|up 28672x4096"},
-                                   {4096, 14336, "down 4096x14336"}};
-    static const int64_t tokens[] = {4096, 16384};
+    static const shape full_shapes[] = {{4096, 4096, "q/o 4096x4096"},
+                                        {6144, 4096, "qkv 6144x4096"},
+                                        {28672, 4096, "gate|up 28672x4096"},
+                                        {4096, 14336, "down 4096x14336"}};
+    static const shape tiny_shapes[] = {{256, 256, "q/o 256x256"},
+                                        {384, 256, "qkv 384x256"},
+                                        {1792, 256, "gate|up 1792x256"},
+                                        {256, 896, "down 256x896"}};
+    static const int64_t full_tokens[] = {4096, 16384}, tiny_tokens[] = {64, 256};
+    const shape *shapes = tiny ? tiny_shapes : full_shapes;
+    const int64_t *tokens = tiny ? tiny_tokens : full_tokens;
     const int n_shapes = quick ? 1 : 4, n_tokens = quick ? 1 : 2;
     result res[16];
     int n = 0;
@@ -198,6 +209,7 @@ int main(int argc, char **argv) {
                 "count 2*T*in*out (the base product); fused/dequant are the cuda backend's "
                 "q4_lora_fwd/bwd with LoRA r=%d included\",\n",
                 reps, RANK);
+        if (tiny) fprintf(f, "  \"tiny\": true,\n");
         fprintf(f, "  \"results\": [\n");
         for (int i = 0; i < n; i++) {
             const double goal = res[i].T >= 16384 ? 0.97 : 0.95;

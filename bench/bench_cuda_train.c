@@ -6,7 +6,7 @@
  * without activation checkpointing.
  *
  *   bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] [--warmup W]
- *                    [--budget SECONDS] [--json PATH] [--quick]
+ *                    [--budget SECONDS] [--json PATH] [--quick] [--tiny]
  *
  * A step is what the trainer does per optimizer step with one micro-batch:
  * zero the gradients, forward + backward (lm_head and loss in chunks), the
@@ -31,6 +31,11 @@
  * of the backend), the device's used memory (cudaMemGetInfo), and
  * model/llama_mem.c's estimate for the same configuration.
  *
+ * --tiny (for the CUDA emulator: the same code, nothing meaningful timed): a
+ * model of the same form with hidden 256, 2 heads / 1 kv head of 128,
+ * intermediate 896, vocab 4096, at most 2 layers of 128 tokens, lm_head in
+ * chunks of 64 rows, 1 warm-up and 2 timed steps, cuBLASLt on 256³.
+ *
  * Without a device it prints "no CUDA device" and exits 0. */
 #include <math.h>
 #include <time.h>
@@ -54,17 +59,17 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void llama3_8b(ql_hf_config *c, int layers) {
+static void llama3_8b(ql_hf_config *c, int layers, int tiny) {
     memset(c, 0, sizeof *c);
     snprintf(c->model_type, sizeof c->model_type, "llama");
     snprintf(c->architecture, sizeof c->architecture, "LlamaForCausalLM");
-    c->hidden_size = 4096;
-    c->intermediate_size = 14336;
+    c->hidden_size = tiny ? 256 : 4096;
+    c->intermediate_size = tiny ? 896 : 14336;
     c->num_hidden_layers = layers;
-    c->num_attention_heads = 32;
-    c->num_key_value_heads = 8;
+    c->num_attention_heads = tiny ? 2 : 32;
+    c->num_key_value_heads = tiny ? 1 : 8;
     c->head_dim = 128;
-    c->vocab_size = 128256;
+    c->vocab_size = tiny ? 4096 : 128256;
     c->max_position_embeddings = 8192;
     c->rms_norm_eps = 1e-5;
     c->rope_theta = 500000.0;
@@ -73,13 +78,15 @@ static void llama3_8b(ql_hf_config *c, int layers) {
 }
 
 /* FLOPs of one step under the 4N convention (see the top of the file). */
-static double step_flops(int layers, int64_t B, int64_t S) {
-    const double d = 4096, kv = 1024, im = 14336, V = 128256, T = (double)(B * S);
+static double step_flops(const ql_hf_config *c, int layers, int64_t B, int64_t S) {
+    const double d = c->hidden_size, kv = c->num_key_value_heads * c->head_dim;
+    const double im = c->intermediate_size, V = c->vocab_size, T = (double)(B * S);
     const double lin = 2 * d * d + 2 * d * kv + 3 * d * im;
     const double lora = RANK * ((d + d) + 2 * (d + kv) + (d + d) + 2 * (d + im) + (im + d));
     const double dense = 4 * T * (layers * lin + V * d);
     const double adapters = 6 * T * layers * lora;
-    const double attn = 6.0 * (double)B * (double)S * (double)S * 128 * 32 * layers;
+    const double attn =
+        6.0 * (double)B * (double)S * (double)S * c->head_dim * c->num_attention_heads * layers;
     return dense + adapters + attn;
 }
 
@@ -91,12 +98,12 @@ typedef struct result {
     int steps;
 } result;
 
-static void run(const ql_backend *be, int layers, int64_t B, int64_t S, int ckpt, int warm,
-                int steps, double budget, double peak_flops, double cublas, result *r) {
+static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S, int ckpt,
+                int warm, int steps, double budget, double peak_flops, double cublas, result *r) {
     memset(r, 0, sizeof *r);
     r->ckpt = ckpt;
     ql_hf_config cfg;
-    llama3_8b(&cfg, layers);
+    llama3_8b(&cfg, layers, tiny);
     ql_random_source_opts ro = {.seed = 1,
                                 .std = 0.02f,
                                 .q4 = 1,
@@ -114,6 +121,7 @@ static void run(const ql_backend *be, int layers, int64_t B, int64_t S, int ckpt
     o.max_batch = B;
     o.max_seq = S;
     o.quiet = 1;
+    if (tiny) o.logit_rows = 64; /* several lm_head chunks, as at full size */
     ql_mem_estimate est;
     BTRY(ql_llama_mem_estimate(&cfg, &o, 1, 1, &est));
     r->estimate = est.total;
@@ -138,7 +146,7 @@ static void run(const ql_backend *be, int layers, int64_t B, int64_t S, int ckpt
     uint64_t x = 12345;
     for (int64_t t = 0; t < T; t++) {
         x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-        ids[t] = (int32_t)((x >> 33) % 128256);
+        ids[t] = (int32_t)((x >> 33) % (uint64_t)cfg.vocab_size);
     }
     for (int64_t t = 0; t < T; t++) tg[t] = (t + 1) % S ? ids[t + 1] : -100;
     int64_t n_tg = T - B;
@@ -178,12 +186,12 @@ static void run(const ql_backend *be, int layers, int64_t B, int64_t S, int ckpt
     r->steps = timed;
     r->step_s = bench_median(times, timed);
     r->tokens_per_s = (double)T / r->step_s;
-    double fl = step_flops(layers, B, S);
+    double fl = step_flops(&cfg, layers, B, S);
     r->tflops = fl / r->step_s / 1e12;
     r->mfu = fl / r->step_s / peak_flops;
     r->mfu_cublas = cublas > 0 ? r->tflops / cublas : 0;
     /* The full model at the same MFU. */
-    r->full_tokens_per_s = r->mfu * peak_flops / (step_flops(FULL_LAYERS, B, S) / (double)T);
+    r->full_tokens_per_s = r->mfu * peak_flops / (step_flops(&cfg, FULL_LAYERS, B, S) / (double)T);
     free(times);
     free(ids);
     free(tg);
@@ -193,7 +201,7 @@ static void run(const ql_backend *be, int layers, int64_t B, int64_t S, int ckpt
 }
 
 int main(int argc, char **argv) {
-    int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0;
+    int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0, tiny = 0;
     int64_t B = 1, S = 2048;
     double budget = 150;
     const char *json = NULL;
@@ -215,14 +223,18 @@ int main(int argc, char **argv) {
             json = argv[++i];
         else if (!strcmp(a, "--quick"))
             quick = 1;
+        else if (!strcmp(a, "--tiny"))
+            tiny = 1;
         else {
             fprintf(stderr,
                     "usage: bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] "
-                    "[--warmup W] [--budget SECONDS] [--json PATH] [--quick]\n");
+                    "[--warmup W] [--budget SECONDS] [--json PATH] [--quick] [--tiny]\n");
             return 2;
         }
     }
     if (quick) layers = layers > 4 ? 4 : layers, steps = steps > 3 ? 3 : steps, warm = 1;
+    if (tiny) layers = layers > 2 ? 2 : layers, S = S > 128 ? 128 : S;
+    if (tiny) steps = steps > 2 ? 2 : steps, warm = warm > 1 ? 1 : warm;
     if (layers < 1 || S < 2 || B < 1 || steps < 1 || warm < 0) {
         fprintf(stderr, "bench_cuda_train: bad sizes\n");
         return 2;
@@ -241,17 +253,19 @@ int main(int argc, char **argv) {
     int hopper =
         strstr(info.name, "H100") || strstr(info.name, "H200") || strstr(info.name, "H800");
     double peak = hopper ? 989.4e12 : 0;
-    double cublas = bench_cublas_tflops(8192, 10);
+    const int64_t cube = tiny ? 256 : 8192;
+    const char *model_name = tiny ? "tiny Llama (hidden 256)" : "Llama-3-8B";
+    double cublas = bench_cublas_tflops(cube, tiny ? 2 : 10);
     if (!peak) peak = cublas * 1e12; /* another GPU: against what cuBLASLt reaches */
-    printf("device: %s, %d SMs; cuBLASLt bf16 8192^3: %.0f TFLOP/s; MFU against %.1f TFLOP/s\n",
-           info.name, info.sm_count, cublas, peak / 1e12);
-    printf("model: Llama-3-8B shapes, %d of %d layers, NF4 + double quant (random), LoRA r %d on "
+    printf("device: %s, %d SMs; cuBLASLt bf16 %lld^3: %.0f TFLOP/s; MFU against %.1f TFLOP/s\n",
+           info.name, info.sm_count, (long long)cube, cublas, peak / 1e12);
+    printf("model: %s shapes, %d of %d layers, NF4 + double quant (random), LoRA r %d on "
            "all 7 projections, %lld x %lld tokens per step\n",
-           layers, FULL_LAYERS, RANK, (long long)B, (long long)S);
+           model_name, layers, FULL_LAYERS, RANK, (long long)B, (long long)S);
 
     result res[2];
     for (int ck = 0; ck < 2; ck++) {
-        run(be, layers, B, S, ck, warm, steps, budget, peak, cublas, &res[ck]);
+        run(be, layers, tiny, B, S, ck, warm, steps, budget, peak, cublas, &res[ck]);
         result *r = &res[ck];
         printf("%s: load %.1f s (upload %.1f s); %.1f ms/step (median of %d), %.0f tokens/s, "
                "%.0f TFLOP/s, MFU %.1f%% (%.1f%% of cuBLASLt); full 32 layers at this MFU: %.0f "
@@ -275,12 +289,13 @@ int main(int argc, char **argv) {
     if (json) {
         FILE *f = bench_json_open(json, "cuda_train", &info);
         fprintf(f,
-                "  \"method\": \"Llama-3-8B shapes, %d layers, random NF4+DQ weights, LoRA r=%d "
+                "  \"method\": \"%s shapes, %d layers, random NF4+DQ weights, LoRA r=%d "
                 "alpha 32 on q,k,v,o,gate,up,down, batch %lld x %lld tokens; a step = zero grads, "
                 "forward+backward, device norm and clipping, AdamW; median of the timed steps "
                 "after %d warm-up; FLOPs 4N (N = base linears + lm_head) + LoRA 6r(in+out) + "
                 "attention 6*S^2*D*H per layer, no credit for recompute; MFU vs %.1f TFLOP/s\",\n",
-                layers, RANK, (long long)B, (long long)S, warm, peak / 1e12);
+                model_name, layers, RANK, (long long)B, (long long)S, warm, peak / 1e12);
+        if (tiny) fprintf(f, "  \"tiny\": true,\n");
         fprintf(f, "  \"layers\": %d,\n  \"seq\": %lld,\n  \"batch\": %lld,\n", layers,
                 (long long)S, (long long)B);
         fprintf(f, "  \"peak_tflops\": %.1f,\n  \"cublas_8192_tflops\": %.1f,\n", peak / 1e12,
