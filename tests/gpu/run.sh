@@ -38,13 +38,25 @@
 # skips the PyTorch comparison; QL_GPU_BUILD_DIR (default build-gpu) is the
 # build directory; QL_GIT_COMMIT names the commit measured when the tree has
 # no .git (a copied working tree).
+#
+# A rehearsal without a GPU: QL_GPU_RUN_EMU=1 builds the same targets on the
+# CUDA emulator (kernels/cuda/emu, -DQL_CUDA_EMU=ON; default build dir
+# build-gpu-emu), runs every test, the benchmarks with --tiny and no PyTorch,
+# and writes the JSON ("emulated": true) under <build>/results-emu/, never
+# bench/results/; its tests get 720 s each and its budget is three times
+# 480 s, not counting the build. About 5 minutes on 2 cores after the build:
+#
+#   QL_GPU_RUN_EMU=1 QL_GPU_BUILD_DIR=/tmp/b OUT=/tmp/b/out bash tests/gpu/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$(pwd)
+emu=${QL_GPU_RUN_EMU:-0}
 build="${QL_GPU_BUILD_DIR:-build-gpu}"
+[ "$emu" = 1 ] && build="${QL_GPU_BUILD_DIR:-build-gpu-emu}"
 jobs=$(nproc 2>/dev/null || echo 4)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 results=bench/results
+[ "$emu" = 1 ] && results=$build/results-emu
 mkdir -p "$results" "$build"
 log=$build/run-$stamp.log
 : >"$log"
@@ -65,10 +77,11 @@ build_full() {
     for t in "${gpu_tests[@]}" "${full_tests[@]}"; do targets+=("gpu_$t"); done
     targets+=("${benches[@]}" qlora)
     if [ "${QL_GPU_RUN_CPU:-0}" = 1 ]; then targets=(all); fi
-    timeout 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQL_CUDA=ON \
-        -DQL_CUDA_ARCHS="90;90a" >>"$log" 2>&1 &&
+    local cuda=(-DQL_CUDA=ON -DQL_CUDA_ARCHS="90;90a") limit=360
+    [ "$emu" = 1 ] && cuda=(-DQL_CUDA_EMU=ON -DQL_CUDA=OFF) limit=3600
+    timeout 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${cuda[@]}" >>"$log" 2>&1 &&
         grep -q "CUDA backend ON" "$log" &&
-        timeout 360 cmake --build "$build" -j"$jobs" --target "${targets[@]}" >>"$log" 2>&1
+        timeout $limit cmake --build "$build" -j"$jobs" --target "${targets[@]}" >>"$log" 2>&1
 }
 
 # The GPU programs need only these C sources besides their own: the ops
@@ -110,7 +123,7 @@ mode=full
 if [ "${QL_GPU_RUN_MIN:-0}" != 1 ] && build_full; then
     bindir=$build
     say "built $build (CMake, GPU targets) in $(($(date +%s) - t0)) s"
-elif command -v nvcc >/dev/null; then
+elif [ "$emu" != 1 ] && command -v nvcc >/dev/null; then
     mode=min
     [ "${QL_GPU_RUN_MIN:-0}" = 1 ] || say "CMake build not possible here (see $log); nvcc-only build"
     if ! build_min; then
@@ -130,7 +143,15 @@ tbuild=$(($(date +%s) - t0))
 # --- is there a GPU? ---------------------------------------------------------------
 gpu_name=none
 driver=none
-if command -v nvidia-smi >/dev/null 2>&1; then
+tlimit=240 # per test
+if [ "$emu" = 1 ]; then
+    gpu_name="qlora CUDA emulator (CPU)"
+    driver=emulator
+    # The emulator's 2-core build says nothing about a GPU run's budget; its
+    # tests and tiny benchmarks are slower than a GPU's full ones.
+    budget=$((budget * 3 + tbuild)) tlimit=720
+    export QL_GPU_RESUME_STEPS=${QL_GPU_RESUME_STEPS:-30} QL_GPU_TORCH=0
+elif command -v nvidia-smi >/dev/null 2>&1; then
     gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
     driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
 fi
@@ -148,7 +169,7 @@ run_tests=("${gpu_tests[@]}")
 for t in "${run_tests[@]}"; do
     tl=$build/$t.log
     s0=$(date +%s)
-    timeout 240 "$bindir/gpu_$t" >"$tl" 2>&1
+    timeout $tlimit "$bindir/gpu_$t" >"$tl" 2>&1
     rc=$?
     case $rc in
     0) r=passed ;;
@@ -172,7 +193,7 @@ if [ $mode = full ]; then
         s0=$(date +%s)
         case $build in /*) bdir=$build ;; *) bdir=$root/$build ;; esac
         QLORA=$bdir/qlora QL_SOURCE_DIR=$root QL_BUILD_DIR=$bdir \
-            timeout 240 bash "tests/gpu/$t.sh" >"$tl" 2>&1
+            timeout $tlimit bash "tests/gpu/$t.sh" >"$tl" 2>&1
         rc=$?
         case $rc in
         0) r=passed ;;
@@ -205,6 +226,8 @@ fi
 slug=$(echo "$gpu_name" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '-' | sed 's/-\+/-/g; s/-$//')
 quick=()
 [ "${QL_GPU_QUICK:-0}" = 1 ] && quick=(--quick)
+tiny=()
+[ "$emu" = 1 ] && tiny=(--tiny)
 declare -A bench_json
 train_layers=${QL_GPU_TRAIN_LAYERS:-16}
 torch_json=""
@@ -233,7 +256,7 @@ torch_compare() {
 for b in "${benches[@]}"; do
     j=$results/gpu-$slug-$stamp-${b#bench_cuda_}.json
     s0=$(date +%s)
-    args=(--json "$j")
+    args=(--json "$j" "${tiny[@]}")
     [ "$b" != bench_cuda_dequant ] && args+=("${quick[@]}")
     lim=$(($(left) - 10))
     [ $lim -gt 200 ] && lim=200
@@ -272,6 +295,7 @@ summary=$results/gpu-run-$slug-$stamp.json
     echo "  \"date\": \"$stamp\","
     echo "  \"gpu\": \"$gpu_name\","
     echo "  \"driver\": \"$driver\","
+    echo "  \"emulated\": $([ "$emu" = 1 ] && echo true || echo false),"
     echo "  \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null || echo "${QL_GIT_COMMIT:-unknown}")\","
     echo "  \"git_dirty\": $(git diff --quiet HEAD -- kernels tests/gpu bench 2>/dev/null && echo false || echo true),"
     echo "  \"build\": \"$mode\","
