@@ -60,7 +60,16 @@ results=bench/results
 mkdir -p "$results" "$build"
 log=$build/run-$stamp.log
 : >"$log"
+# A previous run's logs would stand in the table for a step skipped this time.
+rm -f "$build"/test_*.log "$build"/bench_*.log "$build"/torch_cuda_train.log "$build"/ctest-unit.log
 say() { echo "run.sh: $*" | tee -a "$log"; }
+# This run's logs reach $OUT on every exit, a failed build's included.
+save_logs() {
+    [ -n "${OUT:-}" ] || return
+    mkdir -p "$OUT" && cp "$log" "$OUT/"
+    find "$build" -maxdepth 1 -name '*.log' ! -name 'run-*' -exec cp {} "$OUT/" \;
+}
+trap save_logs EXIT
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH=/usr/local/cuda/bin:$PATH
 t0=$(date +%s)
 
@@ -178,8 +187,11 @@ for t in "${run_tests[@]}"; do
     *) r=failed status=1 ;;
     esac
     counts=$(grep -E "^[0-9]+ passed, [0-9]+ failed" "$tl" | tail -1)
-    say "$t: $r ($counts, $(($(date +%s) - s0)) s)"
-    [ $r = passed ] || grep -E "CHECK failed|: element|differ|error" "$tl" | head -20 | tee -a "$log"
+    why=$counts
+    [ -z "$why" ] && [ $r = skipped ] && why=$(tail -1 "$tl")
+    say "$t: $r ($why, $(($(date +%s) - s0)) s)"
+    [ $r = passed ] || [ $r = skipped ] ||
+        { grep -E "CHECK failed|: element|differ|error" "$tl" || tail -3 "$tl"; } | head -20 | tee -a "$log"
     test_json+="${test_json:+, }{\"name\": \"$t\", \"result\": \"$r\", \"counts\": \"$counts\"}"
 done
 if ! grep -q '"result": "[pf]' <<<"$test_json" && ! grep -q timeout <<<"$test_json"; then
@@ -324,19 +336,20 @@ if [ -n "${OUT:-}" ]; then
     cp "$summary" "$OUT/"
     for b in "${benches[@]}"; do [ -n "${bench_json[$b]:-}" ] && cp "${bench_json[$b]}" "$OUT/"; done
     [ -n "$torch_json" ] && cp "$torch_json" "$OUT/"
-    cp "$log" "$build"/*.log "$OUT/" 2>/dev/null
 fi
 
 echo
 echo "== summary: $gpu_name, driver $driver, $stamp, build $mode ${tbuild} s, total $(($(date +%s) - t0)) s"
 for t in "${run_tests[@]}"; do
-    printf "%-24s %s\n" "$t" "$(grep -E "^[0-9]+ passed, [0-9]+ failed" "$build/$t.log" 2>/dev/null | tail -1)"
+    printf "%-24s %s\n" "$t" "$({ grep -E "^[0-9]+ passed, [0-9]+ failed" "$build/$t.log" ||
+        tail -1 "$build/$t.log"; } 2>/dev/null | tail -1)"
 done
 for t in "${gpu_scripts[@]}"; do
     [ -s "$build/$t.log" ] && printf "%-24s %s\n" "$t" "$(tail -1 "$build/$t.log")"
 done
 for b in "${benches[@]}"; do
-    [ -s "$build/$b.log" ] || continue
+    [ -s "$build/$b.log" ] || { echo "-- $b: not run"; continue; }
+    [ -n "${bench_json[$b]:-}" ] || { echo "-- $b: failed (see $build/$b.log)"; continue; }
     echo "-- $b"
     case $b in
     bench_cuda_dequant) sed -n '/^shape/,$p' "$build/$b.log" | grep -v '^wrote' ;;
