@@ -510,19 +510,29 @@ void ql_emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block
 /* --- runtime API ----------------------------------------------------------------------- */
 
 namespace {
-/* Device allocations, so that copies can check which side is the device. */
+/* Device allocations, so that copies can check which side is the device and
+ * the emulated NCCL which device a buffer belongs to. */
+struct alloc_rec {
+    size_t bytes;
+    int device;
+};
 std::mutex g_mem_mu;
-std::map<uintptr_t, size_t> g_allocs;
-size_t g_alloc_bytes;
+std::map<uintptr_t, alloc_rec> g_allocs;
+std::map<int, size_t> g_alloc_bytes; /* per device */
 
-bool on_device(const void *p, size_t bytes) {
+/* The device holding [p, p + bytes) in one allocation, or -1. */
+int device_of(const void *p, size_t bytes) {
     std::lock_guard<std::mutex> lk(g_mem_mu);
     const uintptr_t u = (uintptr_t)p;
     auto it = g_allocs.upper_bound(u);
-    if (it == g_allocs.begin()) return false;
+    if (it == g_allocs.begin()) return -1;
     --it;
-    return u >= it->first && u + bytes <= it->first + it->second;
+    const bool inside = u >= it->first && u - it->first <= it->second.bytes &&
+                        bytes <= it->second.bytes - (u - it->first);
+    return inside ? it->second.device : -1;
 }
+
+bool on_device(const void *p, size_t bytes) { return device_of(p, bytes) >= 0; }
 
 size_t total_mem() {
     /* An H200's 141 GB unless QL_EMU_DEVICE_GB says otherwise (to test
@@ -531,7 +541,37 @@ size_t total_mem() {
     const double gb = e && *e ? atof(e) : 141.0;
     return (size_t)(gb * 1e9);
 }
+
+/* The calling thread's current device, as CUDA keeps it. */
+thread_local int g_device = 0;
 } // namespace
+
+struct CUstream_st {
+    unsigned flags;
+    int device;
+    int pending; /* cudaStreamQuery answers cudaErrorNotReady once */
+};
+
+namespace {
+std::mutex g_stream_mu;
+std::map<cudaStream_t, int> g_streams; /* live streams (value unused) */
+} // namespace
+
+extern "C" {
+
+int ql_emu_device_of(const void *p, size_t bytes) { return device_of(p, bytes); }
+
+int ql_emu_stream_valid(cudaStream_t s) {
+    if (!s) return 1;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    return g_streams.count(s) ? 1 : 0;
+}
+
+void ql_emu_stream_mark_pending(cudaStream_t s) {
+    if (!s) return;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (g_streams.count(s)) s->pending = 1;
+}
 
 cudaError_t cudaGetDeviceCount(int *n) {
     const char *e = getenv("QL_EMU_DEVICES");
@@ -558,7 +598,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
 cudaError_t cudaSetDevice(int device) {
     int n = 0;
     cudaGetDeviceCount(&n);
-    return device >= 0 && device < n ? cudaSuccess : cudaErrorInvalidDevice;
+    if (device < 0 || device >= n) return cudaErrorInvalidDevice;
+    g_device = device;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device) {
+    if (!device) return cudaErrorInvalidValue;
+    *device = g_device;
+    return cudaSuccess;
 }
 
 cudaError_t cudaDriverGetVersion(int *v) {
@@ -581,6 +629,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     }
     return "cudaErrorUnknown";
 }
@@ -592,6 +641,9 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration:
         return "invalid configuration argument (emulator: see stderr)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
     default: return "emulated CUDA error";
     }
 }
@@ -605,14 +657,15 @@ cudaError_t cudaGetLastError(void) {
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     *p = nullptr;
     std::lock_guard<std::mutex> lk(g_mem_mu);
-    if (g_alloc_bytes + bytes > total_mem()) return cudaErrorMemoryAllocation;
+    size_t &used = g_alloc_bytes[g_device];
+    if (used + bytes > total_mem()) return cudaErrorMemoryAllocation;
     /* 256-byte aligned as cudaMalloc's, and filled with 0xFF (NaN in bf16
      * and fp32) since device memory starts with whatever was there. */
     void *q = aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (!q) return cudaErrorMemoryAllocation;
     memset(q, 0xFF, bytes);
-    g_allocs[(uintptr_t)q] = bytes;
-    g_alloc_bytes += bytes;
+    g_allocs[(uintptr_t)q] = alloc_rec{bytes, g_device};
+    used += bytes;
     *p = q;
     return cudaSuccess;
 }
@@ -622,7 +675,7 @@ cudaError_t cudaFree(void *p) {
     std::lock_guard<std::mutex> lk(g_mem_mu);
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) return cudaErrorInvalidValue;
-    g_alloc_bytes -= it->second;
+    g_alloc_bytes[it->second.device] -= it->second.bytes;
     g_allocs.erase(it);
     free(p);
     return cudaSuccess;
@@ -631,7 +684,7 @@ cudaError_t cudaFree(void *p) {
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
     std::lock_guard<std::mutex> lk(g_mem_mu);
     *total = total_mem();
-    *free_bytes = *total - g_alloc_bytes;
+    *free_bytes = *total - g_alloc_bytes[g_device];
     return cudaSuccess;
 }
 
@@ -673,7 +726,47 @@ cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t) {
 
 /* Everything already ran when it was enqueued. */
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
+    if (!s) return cudaErrorInvalidValue;
+    *s = nullptr;
+    if (flags & ~(unsigned)cudaStreamNonBlocking) return cudaErrorInvalidValue;
+    cudaStream_t n = new CUstream_st{flags, g_device, 0};
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    g_streams[n] = 1;
+    *s = n;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    auto it = s ? g_streams.find(s) : g_streams.end();
+    if (it == g_streams.end()) return cudaErrorInvalidResourceHandle;
+    g_streams.erase(it);
+    delete s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+    if (!s) return cudaSuccess;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (!g_streams.count(s)) return cudaErrorInvalidResourceHandle;
+    if (s->pending) {
+        s->pending = 0;
+        return cudaErrorNotReady;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (!s) return cudaSuccess;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (!g_streams.count(s)) return cudaErrorInvalidResourceHandle;
+    s->pending = 0;
+    return cudaSuccess;
+}
+
+} /* extern "C" */
 
 struct CUevent_st {
     double ms;
@@ -685,9 +778,27 @@ static double now_ms() {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+extern "C" {
+
 cudaError_t cudaEventCreate(cudaEvent_t *e) {
     *e = new CUevent_st{0.0};
     return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
+    if (!e || (flags & ~(unsigned)cudaEventDisableTiming)) return cudaErrorInvalidValue;
+    return cudaEventCreate(e);
+}
+
+/* Work is complete when enqueued: an event is reached once recorded, and a
+ * stream waiting for one waits for nothing. */
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+    return e ? cudaSuccess : cudaErrorInvalidResourceHandle;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
+    if (!e || !ql_emu_stream_valid(s)) return cudaErrorInvalidResourceHandle;
+    return flags ? cudaErrorInvalidValue : cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
@@ -710,3 +821,5 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = (float)(b->ms - a->ms);
     return cudaSuccess;
 }
+
+} /* extern "C" */

@@ -8,8 +8,10 @@
  * speed, and its float results differ from a GPU's in the last bits (host
  * libm, a different mma summation order).
  *
- * Only what kernels/cuda/ needs is here; anything else fails to compile,
- * which is the point: a new intrinsic must be emulated on purpose. */
+ * The host runtime API is in cuda_runtime_api.h, which C code can include;
+ * this header adds the device side (C++). Only what kernels/cuda/ needs is
+ * here; anything else fails to compile, which is the point: a new intrinsic
+ * must be emulated on purpose. */
 #ifndef QL_EMU_CUDA_RUNTIME_H
 #define QL_EMU_CUDA_RUNTIME_H
 
@@ -21,7 +23,7 @@
 #include <tuple>
 #include <utility>
 
-#include "library_types.h"
+#include "cuda_runtime_api.h"
 
 /* --- qualifiers ------------------------------------------------------------------ */
 #define __global__
@@ -61,66 +63,7 @@ static inline float4 make_float4(float x, float y, float z, float w) {
     return v;
 }
 
-/* --- runtime API types ----------------------------------------------------------------- */
-typedef enum cudaError {
-    cudaSuccess = 0,
-    cudaErrorInvalidValue = 1,
-    cudaErrorMemoryAllocation = 2,
-    cudaErrorInvalidConfiguration = 9,
-    cudaErrorInsufficientDriver = 35,
-    cudaErrorNoDevice = 100,
-    cudaErrorInvalidDevice = 101,
-    cudaErrorInvalidResourceHandle = 400,
-} cudaError_t;
-
-typedef struct CUstream_st *cudaStream_t;
-typedef struct CUevent_st *cudaEvent_t;
-
-enum cudaMemcpyKind {
-    cudaMemcpyHostToHost = 0,
-    cudaMemcpyHostToDevice = 1,
-    cudaMemcpyDeviceToHost = 2,
-    cudaMemcpyDeviceToDevice = 3,
-    cudaMemcpyDefault = 4,
-};
-
-enum cudaFuncAttribute {
-    cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
-};
-
-struct cudaDeviceProp {
-    char name[256];
-    size_t totalGlobalMem;
-    int major, minor;
-    int multiProcessorCount;
-    int l2CacheSize;
-    size_t sharedMemPerBlockOptin;
-    int maxThreadsPerBlock;
-};
-
-cudaError_t cudaGetDeviceCount(int *n);
-cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device);
-cudaError_t cudaSetDevice(int device);
-cudaError_t cudaDriverGetVersion(int *v);
-cudaError_t cudaRuntimeGetVersion(int *v);
-const char *cudaGetErrorName(cudaError_t e);
-const char *cudaGetErrorString(cudaError_t e);
-cudaError_t cudaGetLastError(void);
-cudaError_t cudaMalloc(void **p, size_t bytes);
-cudaError_t cudaFree(void *p);
-cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total);
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t s);
-cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t s);
-cudaError_t cudaDeviceSynchronize(void);
-cudaError_t cudaStreamSynchronize(cudaStream_t s);
-cudaError_t cudaEventCreate(cudaEvent_t *e);
-cudaError_t cudaEventDestroy(cudaEvent_t e);
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
-cudaError_t cudaEventSynchronize(cudaEvent_t e);
-cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
-
+/* --- runtime API: the host side is cuda_runtime_api.h (C) ---------------------------- */
 /* Records the kernel's opt-in dynamic shared memory; a launch asking for
  * more than 48 KiB without it fails as on the device. */
 cudaError_t ql_emu_func_set_smem(const void *kernel, int attr, int value);

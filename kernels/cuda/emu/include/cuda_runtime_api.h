@@ -1,0 +1,113 @@
+/* CPU emulator of the CUDA subset kernels/cuda/ and dist/comm_nccl.c use (see
+ * kernels/cuda/emu/README.md): the host runtime API, in C as the toolkit's
+ * cuda_runtime_api.h is, so that C code (dist/comm_nccl.c) can include it.
+ * cuda_runtime.h adds the device side, which is C++.
+ *
+ * Names and values are NVIDIA's, so that a value that leaks into a log reads
+ * the same as on a GPU. Only what the project calls is declared: anything
+ * else fails to compile, and a new call must be emulated on purpose. */
+#ifndef QL_EMU_CUDA_RUNTIME_API_H
+#define QL_EMU_CUDA_RUNTIME_API_H
+
+#include <stddef.h>
+
+#include "library_types.h"
+
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInsufficientDriver = 35,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
+} cudaError_t;
+
+typedef struct CUstream_st *cudaStream_t;
+typedef struct CUevent_st *cudaEvent_t;
+
+typedef enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4,
+} cudaMemcpyKind;
+
+typedef enum cudaFuncAttribute {
+    cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+} cudaFuncAttribute;
+
+/* cudaStreamCreateWithFlags */
+#define cudaStreamDefault 0x00
+#define cudaStreamNonBlocking 0x01
+/* cudaEventCreateWithFlags */
+#define cudaEventDefault 0x00
+#define cudaEventDisableTiming 0x02
+
+typedef struct cudaDeviceProp {
+    char name[256];
+    size_t totalGlobalMem;
+    int major, minor;
+    int multiProcessorCount;
+    int l2CacheSize;
+    size_t sharedMemPerBlockOptin;
+    int maxThreadsPerBlock;
+} cudaDeviceProp;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* QL_EMU_DEVICES devices (default 1); the current device is the calling
+ * thread's, as in CUDA, and starts at 0. */
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDevice(int *device);
+cudaError_t cudaDriverGetVersion(int *v);
+cudaError_t cudaRuntimeGetVersion(int *v);
+const char *cudaGetErrorName(cudaError_t e);
+const char *cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t s);
+cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t s);
+cudaError_t cudaDeviceSynchronize(void);
+/* Streams: work runs when it is enqueued, so a stream is always complete,
+ * except that the emulated NCCL marks one pending (below). */
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamQuery(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags);
+cudaError_t cudaEventCreate(cudaEvent_t *e);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags);
+cudaError_t cudaEventQuery(cudaEvent_t e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
+
+/* --- the emulator's own, for emu_nccl.cpp ---------------------------------- */
+/* The device whose allocation holds [p, p + bytes), or -1 when no single
+ * cudaMalloc allocation does (host memory, a freed or overrun buffer). */
+int ql_emu_device_of(const void *p, size_t bytes);
+/* 1 for the null stream and for streams created and not yet destroyed. */
+int ql_emu_stream_valid(cudaStream_t s);
+/* The next cudaStreamQuery(s) answers cudaErrorNotReady once, as a GPU's
+ * stream does while a collective is still running on it: callers that poll
+ * take that path too. cudaStreamSynchronize clears it. */
+void ql_emu_stream_mark_pending(cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
