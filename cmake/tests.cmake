@@ -69,4 +69,18 @@ if(QL_CUDA_EMU)
   set_target_properties(test_emu_engine PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON)
   add_test(NAME emu_engine COMMAND test_emu_engine)
   set_tests_properties(emu_engine PROPERTIES LABELS gpu)
+  # The emulated NCCL against NCCL's documented behaviour, alone and at 2
+  # ranks, with two emulated devices per process.
+  add_executable(test_emu_nccl kernels/cuda/emu/test_emu_nccl.cpp kernels/cuda/emu/emu_nccl.cpp
+    kernels/cuda/emu/emu_runtime.cpp)
+  target_include_directories(test_emu_nccl BEFORE PRIVATE
+    ${CMAKE_SOURCE_DIR}/kernels/cuda/emu/include)
+  target_compile_definitions(test_emu_nccl PRIVATE QL_CUDA_EMU=1)
+  target_link_libraries(test_emu_nccl PRIVATE MPI::MPI_C)
+  set_target_properties(test_emu_nccl PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON)
+  add_test(NAME emu_nccl COMMAND test_emu_nccl)
+  add_test(NAME emu_nccl_np2 COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} 2
+           --allow-run-as-root --oversubscribe -x QL_EMU_DEVICES $<TARGET_FILE:test_emu_nccl>)
+  set_tests_properties(emu_nccl emu_nccl_np2 PROPERTIES LABELS gpu TIMEOUT 120
+    ENVIRONMENT "QL_EMU_DEVICES=2")
 endif()
