@@ -50,6 +50,22 @@ endif()
 if(QL_CUDA_EMU)
   # A step on the emulated device takes seconds, not milliseconds.
   set_property(TEST gpu_test_train_qlora_cuda APPEND PROPERTY ENVIRONMENT QL_GPU_RESUME_STEPS=30)
+  # The NCCL device communicator over the emulator's MPI-backed NCCL, each
+  # rank with an emulated device of its own (tests/gpu/run.sh runs the same
+  # program at one rank on a real GPU).
+  foreach(np 2 3)
+    add_test(NAME gpu_test_nccl_comm_np${np} COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG}
+             ${np} --allow-run-as-root --oversubscribe -x QL_EMU_DEVICES
+             $<TARGET_FILE:gpu_test_nccl_comm>)
+    set_tests_properties(gpu_test_nccl_comm_np${np} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77
+      TIMEOUT 300 ENVIRONMENT "QL_EMU_DEVICES=${np};OMP_NUM_THREADS=1")
+  endforeach()
+  # Two ranks on one device: NCCL's duplicate-GPU refusal must reach both.
+  add_test(NAME gpu_test_nccl_comm_shared_device COMMAND ${MPIEXEC_EXECUTABLE}
+           ${MPIEXEC_NUMPROC_FLAG} 2 --allow-run-as-root --oversubscribe -x QL_EMU_DEVICES
+           -x QL_TEST_NCCL_SHARED_DEVICE $<TARGET_FILE:gpu_test_nccl_comm>)
+  set_tests_properties(gpu_test_nccl_comm_shared_device PROPERTIES LABELS gpu SKIP_RETURN_CODE 77
+    TIMEOUT 300 ENVIRONMENT "QL_EMU_DEVICES=1;QL_TEST_NCCL_SHARED_DEVICE=1;OMP_NUM_THREADS=1")
   add_executable(test_emu_cublaslt kernels/cuda/emu/test_emu_cublaslt.cpp
     kernels/cuda/emu/emu_cublaslt.cpp)
   target_include_directories(test_emu_cublaslt BEFORE PRIVATE

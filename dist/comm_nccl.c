@@ -43,7 +43,9 @@ static double now_s(void) {
 static ql_status nccl_fail(ql_comm *c, const char *what, ncclResult_t r) {
     c->broken = 1;
     nccl_state *s = c->nccl;
-    const char *last = s && s->comm ? ncclGetLastError(s->comm) : NULL;
+    /* NULL is a valid argument: the reason matters most when there is no
+     * communicator yet (a failed ncclCommInitRankConfig). */
+    const char *last = ncclGetLastError(s ? s->comm : NULL);
     return ql_error(QL_EBACKEND, "rank %d: NCCL %s failed: %s%s%s", c->rank, what,
                     ncclGetErrorString(r), last && *last ? ": " : "", last ? last : "");
 }
@@ -94,6 +96,17 @@ static ql_status wait_done(ql_comm *c, const char *what, int stream_too) {
     do {                                                                                           \
         ncclResult_t r_ = (call);                                                                  \
         if (r_ != ncclSuccess && r_ != ncclInProgress) return nccl_fail((c), (what), r_);          \
+    } while (0)
+/* The same inside ncclGroupStart/End: a failure closes the group first, or
+ * every later NCCL call of this thread would be queued into it. */
+#define NCCL_ENQ_GROUP(c, what, call)                                                              \
+    do {                                                                                           \
+        ncclResult_t r_ = (call);                                                                  \
+        if (r_ != ncclSuccess && r_ != ncclInProgress) {                                           \
+            ql_status st_ = nccl_fail((c), (what), r_);                                            \
+            ncclGroupEnd();                                                                        \
+            return st_;                                                                            \
+        }                                                                                          \
     } while (0)
 
 static ncclDataType_t nccl_type(ql_dtype dt) {
@@ -159,6 +172,9 @@ ql_status ql_comm_open_device(ql_comm *host, ql_comm **out) {
     }
     st = ql_comm_agree(host, st);
     if (st != QL_OK) {
+        /* Another rank may have no communicator: finalizing would wait for
+         * it until the timeout. Abort instead. */
+        c->broken = 1;
         ql_nccl_close(c);
         free(c);
         return st;
@@ -198,9 +214,9 @@ ql_status ql_nccl_reduce_scatter_sum(ql_comm *c, const void *in, void *out, int6
         int64_t off, len;
         ql_dist_slice(n, c->size, r, &off, &len);
         if (len == 0) continue; /* the same on every rank */
-        NCCL_ENQ(c, "ncclReduce",
-                 ncclReduce((const char *)in + (size_t)off * es, out, (size_t)len, nccl_type(dt),
-                            ncclSum, r, s->comm, s->stream));
+        NCCL_ENQ_GROUP(c, "ncclReduce",
+                       ncclReduce((const char *)in + (size_t)off * es, out, (size_t)len,
+                                  nccl_type(dt), ncclSum, r, s->comm, s->stream));
     }
     NCCL_ENQ(c, "ncclGroupEnd", ncclGroupEnd());
     return wait_done(c, "reduce-scatter", 1);
@@ -216,9 +232,9 @@ ql_status ql_nccl_allgather(ql_comm *c, const void *in, void *out, int64_t n, ql
         ql_dist_slice(n, c->size, r, &off, &len);
         if (len == 0) continue;
         char *dst = (char *)out + (size_t)off * es;
-        NCCL_ENQ(c, "ncclBroadcast",
-                 ncclBroadcast(r == c->rank ? in : dst, dst, (size_t)len, nccl_type(dt), r, s->comm,
-                               s->stream));
+        NCCL_ENQ_GROUP(c, "ncclBroadcast",
+                       ncclBroadcast(r == c->rank ? in : dst, dst, (size_t)len, nccl_type(dt), r,
+                                     s->comm, s->stream));
     }
     NCCL_ENQ(c, "ncclGroupEnd", ncclGroupEnd());
     return wait_done(c, "all-gather", 1);
