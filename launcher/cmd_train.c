@@ -284,6 +284,8 @@ static int run(const ql_config *c, ql_job *j) {
             st = QL_OK;
         }
         if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
+        if (r0 && dcomm)
+            fprintf(stderr, "gradients: NCCL over %d ranks (device memory)\n", j->size);
     }
 
     /* The data first: a bad line should not wait for the model to load. */

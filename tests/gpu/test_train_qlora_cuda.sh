@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `qlora train` on the GPU end to end, on the tiny random Llama of
-# tests/fixtures/make_tiny_hf_model.py (the records of test_train_tiny.sh):
+# tests/fixtures/make_tiny_hf_model.py (the records of test_train_tiny.sh;
+# tests/gpu/tiny_train.sh writes them):
 #   - backend auto picks cuda here, and --dry-run estimates against the GPU;
 #   - 20 steps on cuda and on cpu from the same config: every step's loss
 #     within 3e-2 relative (bf16 activations on the GPU), falling on both;
@@ -26,41 +27,8 @@ cd "$T" || exit 1
 fails=0
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-"$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null || exit 1
-"$PY" - <<'EOF' || exit 1
-import json, random
-r = random.Random(0)
-with open("train.jsonl", "w") as f:
-    for i in range(48):
-        n, start, step = r.randint(8, 24), r.randint(0, 96), 3
-        ids = [(start + step * t) % 97 for t in range(n)]
-        rec = {"input_ids": ids}
-        if i % 3 == 0:
-            rec["labels"] = [-100] * (n // 2) + ids[n // 2:]
-        f.write(json.dumps(rec) + "\n")
-EOF
-cat >cfg.yaml <<'EOF'
-model: model
-output_dir: run
-seed: 1234
-backend: auto
-data:
-  train: train.jsonl
-  max_seq_len: 32
-lora:
-  r: 8
-  alpha: 32
-  dropout: 0.1
-train:
-  steps: 20
-  global_batch: 8
-  micro_batch: 2
-  lr: 1.0e-2
-  warmup_steps: 2
-  log_every: 1
-checkpoint:
-  every_steps: 0
-EOF
+. "$QL_SOURCE_DIR/tests/gpu/tiny_train.sh"
+tiny_train_files || exit 1
 
 "$QLORA" train cfg.yaml --dry-run >dry.out 2>dry.err
 rc=$?

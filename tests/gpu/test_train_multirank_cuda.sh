@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `qlora train --backend=cuda` on 2 ranks under mpirun, the gradients going
+# through the NCCL device communicator (dist/comm_nccl.c), on the tiny model
+# and records of test_train_qlora_cuda.sh (tests/gpu/tiny_train.sh), without
+# dropout (each rank draws its own masks):
+#   - rank 0 says the gradients go through NCCL over 2 ranks;
+#   - against the 1-rank cuda run of the same global batch: the same steps,
+#     every loss within 1e-4 relative (the fp32 gradients are summed in
+#     another order: per rank, then across ranks);
+#   - the 2-rank run twice: the same adapter bytes and the same losses.
+# Runs on the CUDA emulator (kernels/cuda/emu: each rank an MPI process with
+# its own emulated device, NCCL over MPI) or on a machine whose nvidia-smi
+# lists at least 2 GPUs; exit 77 elsewhere, or without mpirun or a Python
+# with numpy and safetensors.
+set -u
+: "${QLORA:?}" "${QL_SOURCE_DIR:?}"
+[ -x "$QLORA" ] || { echo "skip: $QLORA is not built"; exit 77; }
+command -v mpirun >/dev/null || { echo "skip: no mpirun"; exit 77; }
+PY="$QL_SOURCE_DIR/.venv/bin/python"
+[ -x "$PY" ] || PY=python3
+"$PY" -c 'import numpy, safetensors' 2>/dev/null || { echo "skip: no python with numpy and safetensors"; exit 77; }
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+fails=0
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "$QL_SOURCE_DIR/tests/gpu/tiny_train.sh"
+tiny_train_files || exit 1
+
+# Two emulated devices, so that the ranks do not share one (NCCL refuses).
+export QL_EMU_DEVICES=2 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
+MPI=(mpirun --allow-run-as-root --oversubscribe -x QL_EMU_DEVICES -x OMP_NUM_THREADS
+    -x OMP_WAIT_POLICY -np 2)
+"$QLORA" train cfg.yaml --dry-run --backend=cuda >dry.out 2>dry.err
+if ! grep -q "the memory of GPU" dry.out; then
+    echo "skip: no GPU visible to CUDA"
+    exit 77
+fi
+if ! grep -q "CUDA emulator" dry.out; then
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+    [ "${gpus:-0}" -ge 2 ] || { echo "skip: ${gpus:-0} GPU(s); 2 ranks need 2"; exit 77; }
+fi
+
+A=(--backend=cuda --train.steps=6 --lora.dropout=0)
+"$QLORA" train cfg.yaml --output_dir=one "${A[@]}" >one.out 2>one.err || {
+    bad "1-rank run exited $?"
+    tail -5 one.err
+}
+for run in two again; do
+    timeout 300 "${MPI[@]}" "$QLORA" train cfg.yaml --output_dir=$run "${A[@]}" >$run.out 2>$run.err || {
+        bad "2-rank run ($run) exited $?"
+        tail -20 $run.err
+    }
+done
+grep -q "^gradients: NCCL over 2 ranks" two.err ||
+    bad "the 2-rank run does not say it reduces over NCCL: $(grep -E 'gradients|note' two.err)"
+
+"$PY" - one/metrics.jsonl two/metrics.jsonl <<'EOF' || bad "1 rank vs 2 ranks"
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+ok = len(a) == len(b) == 6
+if not ok:
+    print(f"{len(a)} and {len(b)} steps, want 6")
+worst = 0.0
+for x, y in zip(a, b):
+    d = abs(x["loss"] - y["loss"]) / abs(x["loss"])
+    worst = max(worst, d)
+    if x["step"] != y["step"] or d > 1e-4:
+        print(f"step {x['step']}/{y['step']}: loss 1 rank {x['loss']:.8f}, 2 ranks {y['loss']:.8f}")
+        ok = False
+    if y.get("world") != 2:
+        print(f"step {y['step']}: world {y.get('world')}, want 2"); ok = False
+print(f"1 vs 2 ranks: worst relative loss difference {worst:.2e} over {len(b)} steps")
+sys.exit(0 if ok else 1)
+EOF
+cmp -s two/adapter/adapter_model.safetensors again/adapter/adapter_model.safetensors ||
+    bad "two 2-rank runs wrote different adapters"
+"$PY" - two/metrics.jsonl again/metrics.jsonl <<'EOF' || bad "two 2-rank runs differ"
+import json, sys
+col = lambda p: [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, open(p))]
+a, b = col(sys.argv[1]), col(sys.argv[2])
+if a != b:
+    print("first difference:", next(((x, y) for x, y in zip(a, b) if x != y), (len(a), len(b))))
+    sys.exit(1)
+EOF
+
+[ $fails = 0 ] && echo "all passed"
+exit $((fails > 0))
