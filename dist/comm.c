@@ -209,6 +209,27 @@ ql_status ql_comm_reduce_scatter_sum(ql_comm *c, const void *in, void *out, int6
     return st;
 }
 
+int ql_comm_can_overlap(const ql_comm *c) { return c->kind == QL_COMM_NCCL; }
+
+ql_status ql_comm_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out, int64_t n,
+                                           int64_t lo, int64_t hi, ql_dtype dt) {
+    QL_ASSERT(n >= 0 && lo >= 0 && lo <= hi && hi <= n && summable(dt));
+#ifdef QL_HAVE_NCCL
+    if (c->kind == QL_COMM_NCCL) return ql_nccl_reduce_scatter_sum_start(c, in, out, n, lo, hi, dt);
+#endif
+    (void)in, (void)out;
+    return ql_error(QL_EINTERNAL, "ql_comm_reduce_scatter_sum_start: this communicator cannot "
+                                  "overlap (check ql_comm_can_overlap)");
+}
+
+ql_status ql_comm_wait(ql_comm *c) {
+#ifdef QL_HAVE_NCCL
+    if (c->kind == QL_COMM_NCCL) return ql_nccl_wait(c);
+#endif
+    (void)c;
+    return QL_OK;
+}
+
 ql_status ql_comm_allgather(ql_comm *c, const void *in, void *out, int64_t n, ql_dtype dt) {
     QL_ASSERT(n >= 0);
     if (c->kind == QL_COMM_SELF) {

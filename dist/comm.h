@@ -105,4 +105,17 @@ int ql_comm_device_memory(const ql_comm *c);
  * no device is visible. */
 ql_status ql_comm_bind_device(const ql_comm *c, int *device);
 
+/* Overlap (device communicators that support it: ql_comm_can_overlap):
+ * starts the part [lo, hi) of ql_comm_reduce_scatter_sum(c, in, out, n, dt)
+ * once the work already queued on the compute stream has finished, and
+ * returns without waiting. The elements are those the whole call produces,
+ * bit for bit. ql_comm_wait returns when every started part is done; until
+ * then the caller must not touch in[lo, hi) or out. Parts of one
+ * reduce-scatter must not overlap, and every rank starts the same parts in
+ * the same order. */
+int ql_comm_can_overlap(const ql_comm *c);
+ql_status ql_comm_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out, int64_t n,
+                                           int64_t lo, int64_t hi, ql_dtype dt);
+ql_status ql_comm_wait(ql_comm *c);
+
 #endif

@@ -48,6 +48,11 @@ void ql_nccl_close(ql_comm *c);
 ql_status ql_nccl_reduce_scatter_sum(ql_comm *c, const void *in, void *out, int64_t n, ql_dtype dt);
 ql_status ql_nccl_allgather(ql_comm *c, const void *in, void *out, int64_t n, ql_dtype dt);
 ql_status ql_nccl_allreduce_sum(ql_comm *c, void *buf, int64_t count, ql_dtype dt);
+/* The overlap pair of dist/comm.h: a part queued behind the compute stream
+ * (an event, not a device-wide wait), and the wait for every queued part. */
+ql_status ql_nccl_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out, int64_t n,
+                                           int64_t lo, int64_t hi, ql_dtype dt);
+ql_status ql_nccl_wait(ql_comm *c);
 #endif
 
 #endif

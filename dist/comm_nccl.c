@@ -32,6 +32,7 @@ typedef struct nccl_state {
     ncclComm_t comm;
     cudaStream_t stream;
     int device;
+    cudaEvent_t queued; /* overlap: the compute stream's work so far */
 } nccl_state;
 
 static double now_s(void) {
@@ -199,6 +200,7 @@ void ql_nccl_close(ql_comm *c) {
         }
         s->comm = NULL;
     }
+    if (s->queued) cudaEventDestroy(s->queued);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s);
     c->nccl = NULL;
@@ -247,6 +249,41 @@ ql_status ql_nccl_allreduce_sum(ql_comm *c, void *buf, int64_t count, ql_dtype d
              ncclAllReduce(buf, buf, (size_t)count, nccl_type(dt), ncclSum, s->comm, s->stream));
     return wait_done(c, "all-reduce", 1);
 }
+
+/* One part of ql_nccl_reduce_scatter_sum: for each owner, the grouped
+ * ncclReduce of its slice restricted to [lo, hi). A ring reduction adds an
+ * element's contributions in ring order whatever the message's extent, so
+ * the parts should give the whole call's bits (the emulator's rank-order sums
+ * do by construction; on GPUs tests/gpu/run.sh has yet to show it). The NCCL stream waits for an
+ * event on the legacy default stream (where every op of the cuda backend runs), not for the whole
+ * device: the backward pass queued after this keeps running. */
+ql_status ql_nccl_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out, int64_t n,
+                                           int64_t lo, int64_t hi, ql_dtype dt) {
+    nccl_state *s = c->nccl;
+    const size_t es = ql_dtype_size(dt);
+    cudaError_t e = cudaSuccess;
+    if (!s->queued) e = cudaEventCreateWithFlags(&s->queued, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(s->queued, (cudaStream_t)0);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(s->stream, s->queued, 0);
+    if (e != cudaSuccess) return cuda_fail(c, "queueing a reduce-scatter part", e);
+    NCCL_ENQ(c, "ncclGroupStart", ncclGroupStart());
+    for (int r = 0; r < c->size; r++) {
+        int64_t off, len;
+        ql_dist_slice(n, c->size, r, &off, &len);
+        const int64_t a = lo > off ? lo : off, b = hi < off + len ? hi : off + len;
+        if (a >= b) continue; /* the same on every rank */
+        void *dst = r == c->rank ? (char *)out + (size_t)(a - off) * es : out;
+        NCCL_ENQ_GROUP(c, "ncclReduce",
+                       ncclReduce((const char *)in + (size_t)a * es, dst, (size_t)(b - a),
+                                  nccl_type(dt), ncclSum, r, s->comm, s->stream));
+    }
+    NCCL_ENQ(c, "ncclGroupEnd", ncclGroupEnd());
+    /* A non-blocking communicator takes no further call until the enqueue
+     * itself has finished (not the transfer: the stream is not waited for). */
+    return wait_done(c, "reduce-scatter part", 0);
+}
+
+ql_status ql_nccl_wait(ql_comm *c) { return wait_done(c, "reduce-scatter", 1); }
 
 #else
 /* This build has no NCCL: dist/comm.c answers ql_comm_open_device. */

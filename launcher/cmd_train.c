@@ -119,6 +119,14 @@ static ql_status llama_fwd_bwd(void *ctx, const ql_batch *b, int backward, float
     return ql_llama_forward_backward(ctx, b, backward, grad_scale, loss_sum, n_targets);
 }
 
+static void llama_set_layer_done(void *ctx, ql_status (*fn)(void *fctx, int layer), void *fctx) {
+    ql_llama_set_layer_done(ctx, fn, fctx);
+}
+
+static void llama_layer_grad_range(void *ctx, int layer, int64_t *lo, int64_t *hi) {
+    ql_llama_layer_grad_range(ctx, layer, lo, hi);
+}
+
 static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
                                       const ql_dataset *ds) {
     ql_llama_options o;
@@ -338,7 +346,9 @@ static int run(const ql_config *c, ql_job *j) {
                          .params = a->params,
                          .grads = a->grads,
                          .n = a->n,
-                         .fwd_bwd = llama_fwd_bwd};
+                         .fwd_bwd = llama_fwd_bwd,
+                         .set_layer_done = llama_set_layer_done,
+                         .layer_grad_range = llama_layer_grad_range};
     char *metrics = ql_fs_join(c->output_dir, "metrics.jsonl");
     char *adapter = ql_fs_join(c->output_dir, "adapter");
     if (!metrics || !adapter) st = ql_error(QL_ENOMEM, "out of memory");

@@ -149,6 +149,18 @@ void ql_llama_describe(const ql_llama *m, FILE *f);
 ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward, float grad_scale,
                                     double *loss_sum, int64_t *n_targets);
 
+/* Called by ql_llama_forward_backward once the backward pass of a layer has
+ * been queued (layers L-1 down to 0): that layer's adapter gradients, the
+ * elements [lo, hi) of the flat vector (ql_llama_layer_grad_range), receive
+ * nothing more in this call. The trainer sets it for a step's last
+ * micro-batch to start reducing gradients while the lower layers' backward
+ * runs. An error from it ends the call. NULL (the default): none. */
+typedef ql_status (*ql_llama_layer_done_fn)(void *ctx, int layer);
+void ql_llama_set_layer_done(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx);
+/* Layer i's adapter elements: the flat vector's [lo, hi), lo == hi when the
+ * layer has no adapter. Layers are in order: layer i + 1's range follows. */
+void ql_llama_layer_grad_range(const ql_llama *m, int layer, int64_t *lo, int64_t *hi);
+
 /* Logits of every position into host memory [batch * seq, vocab] (tests, eval). */
 ql_status ql_llama_logits(ql_llama *m, const ql_batch *b, float *logits);
 

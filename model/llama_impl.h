@@ -46,8 +46,10 @@ struct ql_llama {
 
     /* adapters */
     ql_adapters ad;
-    int *adapter_of; /* [L * QL_N_PROJ]: index of the A tensor, -1 when none */
-    ql_rng rng;      /* dropout */
+    int *adapter_of;                   /* [L * QL_N_PROJ]: index of the A tensor, -1 when none */
+    ql_rng rng;                        /* dropout */
+    ql_llama_layer_done_fn layer_done; /* ql_llama_set_layer_done */
+    void *layer_done_ctx;
 
     /* activations */
     ql_act **xs;         /* [L + 1] residual stream: layer inputs and the last output */

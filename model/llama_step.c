@@ -217,6 +217,24 @@ static int chunk_has_targets(const int32_t *targets, int64_t n) {
     return 0;
 }
 
+void ql_llama_set_layer_done(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx) {
+    m->layer_done = fn;
+    m->layer_done_ctx = ctx;
+}
+
+void ql_llama_layer_grad_range(const ql_llama *m, int layer, int64_t *lo, int64_t *hi) {
+    *lo = *hi = 0;
+    int first = 1;
+    for (int i = 0; i < m->ad.n_tensors; i++) {
+        const ql_adapter_tensor *t = &m->ad.tensors[i];
+        if (t->layer != layer) continue;
+        const int64_t a = t->offset, b = t->offset + t->rows * t->cols;
+        if (first || a < *lo) *lo = a;
+        if (first || b > *hi) *hi = b;
+        first = 0;
+    }
+}
+
 ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward, float grad_scale,
                                     double *loss_sum, int64_t *n_targets) {
     const ql_backend *be = m->be;
@@ -241,6 +259,7 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
         ql_act *dy = m->dy, *dx = m->dx;
         for (int i = (int)m->L - 1; i >= 0; i--) {
             QL_TRY(layer_bwd(m, i, dy, i > 0 ? dx : NULL));
+            if (m->layer_done) QL_TRY(m->layer_done(m->layer_done_ctx, i));
             ql_act *tmp = dy;
             dy = dx;
             dx = tmp;

@@ -42,6 +42,12 @@ ql_status ql_optim_init_dist(ql_optim *o, const ql_backend *be, int64_t n, ql_co
     o->off = 0;
     o->len = n;
     if (comm) ql_dist_slice(n, ql_comm_size(comm), ql_comm_rank(comm), &o->off, &o->len);
+    const char *ov = getenv("QL_OVERLAP");
+    o->overlap = dcomm && comm && ql_comm_size(comm) > 1 && ql_comm_can_overlap(dcomm) &&
+                 !(ov && !strcmp(ov, "0"));
+    o->ready_lo = o->sent_lo = n;
+    const char *bb = getenv("QL_OVERLAP_BUCKET_BYTES");
+    o->bucket_bytes = bb && *bb ? strtoll(bb, NULL, 10) : QL_OPTIM_BUCKET_BYTES;
     /* The CPU backends' memory is the host's: no copies needed. */
     o->host_memory = !strncmp(be->name, "cpu", 3);
     /* A host copy of the gradient only where the step needs one: a device
@@ -71,7 +77,26 @@ void ql_optim_free(ql_optim *o) {
     memset(o, 0, sizeof *o);
 }
 
+int ql_optim_can_overlap(const ql_optim *o) { return o->overlap; }
+
+/* Starts reducing [lo, hi) on the device communicator's stream. */
+static ql_status start_part(ql_optim *o, float *grads, int64_t lo, int64_t hi) {
+    ql_status st =
+        ql_comm_reduce_scatter_sum_start(o->dcomm, grads, grads + o->off, o->n, lo, hi, QL_DT_F32);
+    o->sent_lo = lo;
+    return st;
+}
+
+ql_status ql_optim_grads_ready(ql_optim *o, float *grads, int64_t lo, int64_t hi) {
+    if (!o->overlap || lo >= hi || hi != o->ready_lo) return QL_OK;
+    o->ready_lo = lo;
+    if (lo == 0 || (o->sent_lo - lo) * (int64_t)sizeof(float) >= o->bucket_bytes)
+        return start_part(o, grads, lo, o->sent_lo);
+    return QL_OK;
+}
+
 ql_status ql_optim_zero_grads(ql_optim *o, float *grads) {
+    o->ready_lo = o->sent_lo = o->n;
     if (o->host_memory) {
         memset(grads, 0, (size_t)o->n * sizeof *grads);
         return QL_OK;
@@ -106,8 +131,15 @@ static ql_status reduce_grads(ql_optim *o, float *grads, float **g, double *comm
     if (o->host_memory) {
         st = ql_comm_reduce_scatter_sum(o->comm, grads, grads + o->off, o->n, QL_DT_F32);
     } else if (o->dcomm) {
-        /* NCCL on device memory; the slice stays on the device. */
-        st = ql_comm_reduce_scatter_sum(o->dcomm, grads, grads + o->off, o->n, QL_DT_F32);
+        /* NCCL on device memory; the slice stays on the device. Parts the
+         * backward pass started (ql_optim_grads_ready): start the rest, wait. */
+        if (o->sent_lo < o->n) {
+            st = o->sent_lo > 0 ? start_part(o, grads, 0, o->sent_lo) : QL_OK;
+            if (st == QL_OK) st = ql_comm_wait(o->dcomm);
+            o->ready_lo = o->sent_lo = o->n;
+        } else {
+            st = ql_comm_reduce_scatter_sum(o->dcomm, grads, grads + o->off, o->n, QL_DT_F32);
+        }
         if (st == QL_OK && o->staged)
             st = o->be->download(o->host, grads + o->off, (size_t)o->len * sizeof(float));
         if (o->staged) *g = o->host;

@@ -57,6 +57,11 @@ typedef struct ql_optim {
     int64_t nonfinite_in_a_row, nonfinite_total;
     ql_comm *comm;  /* NULL or one rank: a single process */
     ql_comm *dcomm; /* a device communicator (NCCL) for backend memory, or NULL */
+    /* Overlap (ql_optim_grads_ready): the gradient's elements [ready_lo, n)
+     * are final, [sent_lo, n) are being reduced; both n when nothing is. */
+    int overlap;
+    int64_t ready_lo, sent_lo;
+    int64_t bucket_bytes; /* QL_OPTIM_BUCKET_BYTES, or QL_OVERLAP_BUCKET_BYTES */
 } ql_optim;
 
 typedef struct ql_step_result {
@@ -75,6 +80,23 @@ ql_status ql_optim_init(ql_optim *o, const ql_backend *be, int64_t n);
 ql_status ql_optim_init_dist(ql_optim *o, const ql_backend *be, int64_t n, ql_comm *comm,
                              ql_comm *dcomm);
 void ql_optim_free(ql_optim *o);
+
+/* Overlapping the gradient reduction with the backward pass. During a
+ * step's last micro-batch the caller reports each range of the gradient
+ * that has become final (ql_llama_set_layer_done: layers from the last
+ * down, so ranges arrive from the end of the vector towards its start).
+ * With a device communicator that can overlap (NCCL), finished ranges are
+ * reduce-scattered in buckets of at least QL_OPTIM_BUCKET_BYTES on the
+ * communicator's own stream while the lower layers' backward pass runs;
+ * ql_optim_step then starts what is left and waits. Each element is summed
+ * exactly as the whole reduce-scatter would, so the result is the same bits.
+ * Without such a communicator (or with QL_OVERLAP=0) ql_optim_can_overlap is
+ * 0 and ql_optim_grads_ready does nothing. QL_OVERLAP_BUCKET_BYTES overrides
+ * the bucket size (tests use 1: a bucket per layer). A range that does not continue
+ * the previous one downwards is left to ql_optim_step. */
+#define QL_OPTIM_BUCKET_BYTES ((int64_t)25 << 20)
+int ql_optim_can_overlap(const ql_optim *o);
+ql_status ql_optim_grads_ready(ql_optim *o, float *grads, int64_t lo, int64_t hi);
 
 /* grads = 0, before a step's micro-batches accumulate into them. */
 ql_status ql_optim_zero_grads(ql_optim *o, float *grads);

@@ -40,6 +40,14 @@ typedef struct loop {
     ql_batcher vb;
 } loop;
 
+/* A layer's gradients are final (the step's last micro-batch). */
+static ql_status on_layer_done(void *ctx, int layer) {
+    loop *L = ctx;
+    int64_t lo, hi;
+    L->m->layer_grad_range(L->m->ctx, layer, &lo, &hi);
+    return ql_optim_grads_ready(&L->o, L->m->grads, lo, hi);
+}
+
 /* Forward/backward over this rank's micro-batches of one step. */
 static ql_status accumulate(loop *L, int64_t first, int64_t n_tg, double *loss_sum,
                             int64_t *tokens) {
@@ -54,7 +62,12 @@ static ql_status accumulate(loop *L, int64_t first, int64_t n_tg, double *loss_s
         double ls = 0;
         ql_batch batch;
         QL_TRY(ql_batcher_fill(&L->b, first + j, rows, &batch, &tok));
-        QL_TRY(L->m->fwd_bwd(L->m->ctx, &batch, 1, scale, &ls, &got_tg));
+        const int hook = j + M >= G && L->m->set_layer_done && L->m->layer_grad_range &&
+                         ql_optim_can_overlap(&L->o);
+        if (hook) L->m->set_layer_done(L->m->ctx, on_layer_done, L);
+        ql_status st = L->m->fwd_bwd(L->m->ctx, &batch, 1, scale, &ls, &got_tg);
+        if (hook) L->m->set_layer_done(L->m->ctx, NULL, NULL);
+        QL_TRY(st);
         *loss_sum += ls;
         *tokens += tok;
     }
