@@ -137,16 +137,20 @@ typedef struct run_out {
     int64_t n;
 } run_out;
 
+static ql_optim_config optim_config(void) {
+    return (ql_optim_config){.weight_decay = 0.01,
+                             .beta1 = 0.9,
+                             .beta2 = 0.999,
+                             .eps = 1e-8,
+                             .max_grad_norm = 0.5,
+                             .on_nonfinite = QL_NONFINITE_STOP,
+                             .max_nonfinite_in_a_row = 1};
+}
+
 /* Steps first..last (1-based) on model m with optimizer o. */
 static void steps(ql_llama *m, ql_optim *o, int first, int last, run_out *out) {
     ql_adapters *a = ql_llama_adapters(m);
-    ql_optim_config oc = {.weight_decay = 0.01,
-                          .beta1 = 0.9,
-                          .beta2 = 0.999,
-                          .eps = 1e-8,
-                          .max_grad_norm = 0.5,
-                          .on_nonfinite = QL_NONFINITE_STOP,
-                          .max_nonfinite_in_a_row = 1};
+    const ql_optim_config oc = optim_config();
     for (int s = first; s <= last; s++) {
         int k = s % 2;
         int64_t n_tg = 0;
@@ -238,13 +242,7 @@ static void test_lockstep(void) {
     CHECK(ag->n == n);
     ql_optim o;
     GTRY(ql_optim_init(&o, cpu, n));
-    ql_optim_config oc = {.weight_decay = 0.01,
-                          .beta1 = 0.9,
-                          .beta2 = 0.999,
-                          .eps = 1e-8,
-                          .max_grad_norm = 0.5,
-                          .on_nonfinite = QL_NONFINITE_STOP,
-                          .max_nonfinite_in_a_row = 1};
+    const ql_optim_config oc = optim_config();
     float *p = malloc((size_t)n * sizeof(float)), *gc = malloc((size_t)n * sizeof(float));
     float *gg = malloc((size_t)n * sizeof(float));
     for (int s = 1; s <= STEPS; s++) {

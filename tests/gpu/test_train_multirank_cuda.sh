@@ -27,19 +27,9 @@ bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 . "$QL_SOURCE_DIR/tests/gpu/tiny_train.sh"
 tiny_train_files || exit 1
 
-# Two emulated devices, so that the ranks do not share one (NCCL refuses).
-export QL_EMU_DEVICES=2 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
+two_gpus_or_skip
 MPI=(mpirun --allow-run-as-root --oversubscribe -x QL_EMU_DEVICES -x OMP_NUM_THREADS
     -x OMP_WAIT_POLICY -np 2)
-"$QLORA" train cfg.yaml --dry-run --backend=cuda >dry.out 2>dry.err
-if ! grep -q "the memory of GPU" dry.out; then
-    echo "skip: no GPU visible to CUDA"
-    exit 77
-fi
-if ! grep -q "CUDA emulator" dry.out; then
-    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
-    [ "${gpus:-0}" -ge 2 ] || { echo "skip: ${gpus:-0} GPU(s); 2 ranks need 2"; exit 77; }
-fi
 
 A=(--backend=cuda --train.steps=6 --lora.dropout=0)
 "$QLORA" train cfg.yaml --output_dir=one "${A[@]}" >one.out 2>one.err || {

@@ -41,3 +41,17 @@ checkpoint:
   every_steps: 0
 CFGEOF
 }
+
+# For the 2-rank tests: two emulated devices (NCCL refuses two ranks on one)
+# and one OpenMP thread per rank; exits the test with 77 unless CUDA sees a
+# GPU and it is the emulator or nvidia-smi lists at least 2. Needs cfg.yaml.
+two_gpus_or_skip() {
+    export QL_EMU_DEVICES=2 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
+    "$QLORA" train cfg.yaml --dry-run --backend=cuda >dry.out 2>dry.err
+    grep -q "the memory of GPU" dry.out || { echo "skip: no GPU visible to CUDA"; exit 77; }
+    if ! grep -q "CUDA emulator" dry.out; then
+        local gpus
+        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+        [ "${gpus:-0}" -ge 2 ] || { echo "skip: ${gpus:-0} GPU(s); 2 ranks need 2"; exit 77; }
+    fi
+}
