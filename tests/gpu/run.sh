@@ -75,7 +75,8 @@ t0=$(date +%s)
 
 gpu_tests=(test_q4_dequant_cuda test_q4_quantize_cuda test_ops_cuda test_train_cuda)
 full_tests=(test_nccl_comm)          # need MPI: CMake build only
-gpu_scripts=(test_train_qlora_cuda)  # need the qlora binary: CMake build only
+# need the qlora binary: CMake build only (the 2-rank ones skip on one GPU)
+gpu_scripts=(test_train_qlora_cuda test_train_multirank_cuda test_train_overlap_cuda)
 benches=(bench_cuda_train bench_cuda_dequant bench_cuda_q4gemm bench_cuda_attn)
 budget=480
 left() { echo $((budget - ($(date +%s) - t0))); }
