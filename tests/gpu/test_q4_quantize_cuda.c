@@ -28,6 +28,8 @@
 
 #ifdef QL_HAVE_CUDA
 
+const ql_backend *ql_backend_cuda_impl(void);
+
 static ql_rng rng;
 
 static float bits_f32(uint32_t u) {
@@ -505,7 +507,9 @@ int main(void) {
     check_errors();
     printf("%d quantizations compared\n", cases_run);
 
-    const ql_backend *be = ql_backend_cuda();
+    /* The table itself, not ql_backend_cuda() (kernels/backend.c), which the
+     * nvcc-only build of tests/gpu/run.sh does not have. */
+    const ql_backend *be = ql_backend_cuda_impl();
     CHECKF(be && be->q4_quantize_upload, "the cuda backend has no q4_quantize_upload: %s",
            be ? "NULL op" : ql_error_message());
     if (be && be->q4_quantize_upload) {
