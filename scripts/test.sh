@@ -3,7 +3,9 @@
 # release build (build/, made by scripts/setup.sh; GPU tests skip without a
 # GPU), then the unit tests again under AddressSanitizer and
 # UndefinedBehaviorSanitizer (build-asan/), then the GPU tests on the CUDA
-# emulator (build-emu/: kernels/cuda/*.cu run on the CPU, kernels/cuda/emu).
+# emulator (build-emu/: kernels/cuda/*.cu run on the CPU, kernels/cuda/emu),
+# and, where nvcc is, the nvcc-only build of tests/gpu/run.sh (what a GPU
+# machine without our Debian packages builds; it must compile and link).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -30,3 +32,8 @@ echo "== CUDA emulator build: the GPU tests with kernels/cuda on the CPU"
 cmake -S . -B build-emu -DCMAKE_BUILD_TYPE=Release -DQL_CUDA_EMU=ON -DQL_CUDA=OFF >/dev/null
 cmake --build build-emu -j"$jobs" >/dev/null || cmake --build build-emu
 (cd build-emu && ctest -L gpu --output-on-failure -j"$jobs")
+
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+    echo "== tests/gpu/run.sh's nvcc-only build (QL_GPU_RUN_MIN=1; no GPU here: build only)"
+    QL_GPU_RUN_MIN=1 QL_GPU_BUILD_DIR=build-gpu-min bash tests/gpu/run.sh
+fi
