@@ -75,13 +75,5 @@ release_job() {
 # records of arithmetic progressions mod 97 (as test_train_tiny.sh).
 make_tiny_model_and_data() {
     "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null || return 1
-    "$PY" - <<'EOF'
-import json, random
-r = random.Random(0)
-with open("train.jsonl", "w") as f:
-    for i in range(48):
-        n, start, step = r.randint(8, 24), r.randint(0, 96), 3
-        ids = [(start + step * t) % 97 for t in range(n)]
-        f.write(json.dumps({"input_ids": ids}) + "\n")
-EOF
+    "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_records.py" train.jsonl 48 --no-labels
 }

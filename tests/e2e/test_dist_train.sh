@@ -29,18 +29,7 @@ MPI=(mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS -x OMP_WAIT_P
 "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null || exit 1
 # 96 records of arithmetic progressions mod 97, lengths 8..24; every third
 # masks its first half. Packed into rows of 48 tokens: about 30 rows.
-"$PY" - <<'EOF' || exit 1
-import json, random
-r = random.Random(0)
-with open("train.jsonl", "w") as f:
-    for i in range(96):
-        n, start = r.randint(8, 24), r.randint(0, 96)
-        ids = [(start + 3 * t) % 97 for t in range(n)]
-        rec = {"input_ids": ids}
-        if i % 3 == 0:
-            rec["labels"] = [-100] * (n // 2) + ids[n // 2:]
-        f.write(json.dumps(rec) + "\n")
-EOF
+"$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_records.py" train.jsonl 96 || exit 1
 cat >cfg.yaml <<'EOF'
 model: model
 seed: 1234

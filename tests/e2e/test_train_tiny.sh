@@ -28,18 +28,7 @@ bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null || exit 1
 # 48 records of arithmetic progressions mod 97 (learnable), lengths 8..24;
 # every third record masks its first half with -100.
-"$PY" - <<'EOF' || exit 1
-import json, random
-r = random.Random(0)
-with open("train.jsonl", "w") as f:
-    for i in range(48):
-        n, start, step = r.randint(8, 24), r.randint(0, 96), 3
-        ids = [(start + step * t) % 97 for t in range(n)]
-        rec = {"input_ids": ids}
-        if i % 3 == 0:
-            rec["labels"] = [-100] * (n // 2) + ids[n // 2:]
-        f.write(json.dumps(rec) + "\n")
-EOF
+"$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_records.py" train.jsonl || exit 1
 
 cat >cfg.yaml <<'EOF'
 model: model

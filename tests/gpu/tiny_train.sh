@@ -6,18 +6,7 @@
 # $QL_SOURCE_DIR. Returns non-zero when a file could not be written.
 tiny_train_files() {
     "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null || return 1
-    "$PY" - <<'PYEOF' || return 1
-import json, random
-r = random.Random(0)
-with open("train.jsonl", "w") as f:
-    for i in range(48):
-        n, start, step = r.randint(8, 24), r.randint(0, 96), 3
-        ids = [(start + step * t) % 97 for t in range(n)]
-        rec = {"input_ids": ids}
-        if i % 3 == 0:
-            rec["labels"] = [-100] * (n // 2) + ids[n // 2:]
-        f.write(json.dumps(rec) + "\n")
-PYEOF
+    "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_records.py" train.jsonl || return 1
     cat >cfg.yaml <<'CFGEOF'
 model: model
 output_dir: run
