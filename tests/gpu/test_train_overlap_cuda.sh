@@ -11,18 +11,8 @@
 # least 2 GPUs; exit 77 elsewhere, or without mpirun or a Python with numpy
 # and safetensors.
 set -u
-: "${QLORA:?}" "${QL_SOURCE_DIR:?}"
-[ -x "$QLORA" ] || { echo "skip: $QLORA is not built"; exit 77; }
 command -v mpirun >/dev/null || { echo "skip: no mpirun"; exit 77; }
-PY="$QL_SOURCE_DIR/.venv/bin/python"
-[ -x "$PY" ] || PY=python3
-"$PY" -c 'import numpy, safetensors' 2>/dev/null || { echo "skip: no python with numpy and safetensors"; exit 77; }
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
-fails=0
-bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
-. "$QL_SOURCE_DIR/tests/gpu/tiny_train.sh"
+. "${QL_SOURCE_DIR:?}/tests/gpu/tiny_train.sh"
 tiny_train_files || exit 1
 
 two_gpus_or_skip

@@ -16,18 +16,8 @@
 # Exit 77 when this machine has no GPU that CUDA can use (or no Python with
 # numpy and safetensors to write the model).
 set -u
-: "${QLORA:?}" "${QL_SOURCE_DIR:?}"
-[ -x "$QLORA" ] || { echo "skip: $QLORA is not built"; exit 77; }
-PY="$QL_SOURCE_DIR/.venv/bin/python"
-[ -x "$PY" ] || PY=python3
-"$PY" -c 'import numpy, safetensors' 2>/dev/null || { echo "skip: no python with numpy and safetensors"; exit 77; }
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
-fails=0
-bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+. "${QL_SOURCE_DIR:?}/tests/gpu/tiny_train.sh"
 
-. "$QL_SOURCE_DIR/tests/gpu/tiny_train.sh"
 tiny_train_files || exit 1
 
 "$QLORA" train cfg.yaml --dry-run >dry.out 2>dry.err

@@ -2,8 +2,24 @@
 # tests/fixtures/make_tiny_hf_model.py, 48 records of arithmetic progressions
 # mod 97 (lengths 8..24, every third with its first half masked) and a
 # 20-step config, written into the current directory as model/,
-# train.jsonl and cfg.yaml. Needs $PY (numpy, safetensors) and
-# $QL_SOURCE_DIR. Returns non-zero when a file could not be written.
+# train.jsonl and cfg.yaml (tiny_train_files). Returns non-zero when a
+# file could not be written.
+#
+# Sourcing it also does what every such test does first: checks $QLORA (and
+# exits 77 without it or without a Python with numpy and safetensors, in
+# $PY), moves into a fresh temporary directory removed at exit, and defines
+# bad() and $fails.
+: "${QLORA:?}" "${QL_SOURCE_DIR:?}"
+[ -x "$QLORA" ] || { echo "skip: $QLORA is not built"; exit 77; }
+PY="$QL_SOURCE_DIR/.venv/bin/python"
+[ -x "$PY" ] || PY=python3
+"$PY" -c 'import numpy, safetensors' 2>/dev/null || { echo "skip: no python with numpy and safetensors"; exit 77; }
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+fails=0
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
 tiny_train_files() {
     "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_hf_model.py" model --dtype f32 >/dev/null || return 1
     "$PY" "$QL_SOURCE_DIR/tests/fixtures/make_tiny_records.py" train.jsonl || return 1
