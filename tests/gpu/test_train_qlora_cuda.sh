@@ -23,7 +23,7 @@ tiny_train_files || exit 1
 "$QLORA" train cfg.yaml --dry-run >dry.out 2>dry.err
 rc=$?
 if ! grep -q "^dry run: backend cuda" dry.out; then
-    echo "skip: backend auto is not cuda here (no GPU visible to CUDA)"
+    echo "skip: the dry run did not pick backend cuda (no GPU visible to CUDA, or it failed; its last lines:)"
     cat dry.out dry.err | tail -3
     exit 77
 fi
