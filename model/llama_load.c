@@ -236,6 +236,15 @@ static ql_status upload_act(ql_llama *m, const ql_model_source *s, const char *n
     return st;
 }
 
+/* A host 4-bit matrix to the backend; hq is freed. */
+static ql_status upload_q4(ql_llama *m, ql_q4 *hq, ql_q4 *dst) {
+    double t0 = now_s();
+    ql_status st = m->be->q4_upload(hq, dst);
+    m->upload_s += now_s() - t0;
+    ql_q4_free(hq);
+    return st;
+}
+
 static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, ql_proj p,
                              float *host, ql_q4 *dst) {
     char name[256];
@@ -243,6 +252,8 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
     int64_t in, out;
     ql_proj_shape(&m->cfg, p, &in, &out);
     ql_q4 hq;
+    ql_status st;
+    const char *doing = "uploading";
     double t0 = now_s();
     if (s->is_q4 && s->is_q4(s, name)) {
         QL_TRY(s->get_q4(s, name, &hq));
@@ -254,6 +265,7 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
                             "] in 4-bit, expected [%" PRId64 ", %" PRId64 "]",
                             s->path, name, hq.rows, hq.cols, out, in);
         }
+        st = upload_q4(m, &hq, dst);
     } else {
         QL_TRY(s->get_f32(s, name, host));
         double t1 = now_s();
@@ -261,28 +273,20 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
         if (m->be->q4_quantize_upload && !m->opt.quantize_on_host) {
             /* The host ql_q4 is never built: the float32 matrix goes to the
              * device and is quantized there, to the same bytes. */
-            ql_status st = m->be->q4_quantize_upload(host, out, in, m->opt.quant_type,
-                                                     m->opt.blocksize, m->opt.double_quant, dst);
+            doing = "quantizing on the device";
+            st = m->be->q4_quantize_upload(host, out, in, m->opt.quant_type, m->opt.blocksize,
+                                           m->opt.double_quant, dst);
             m->gpu_quantize_s += now_s() - t1;
-            if (st != QL_OK) {
-                memset(dst, 0, sizeof *dst);
-                return ql_error_wrap(st, "quantizing '%s' on backend %s: ", name, m->be->name);
-            }
-            m->backend_bytes += q4_bytes(dst);
-            m->base_params += in * out;
-            return QL_OK;
+        } else {
+            QL_TRY(ql_q4_quantize(host, out, in, m->opt.quant_type, m->opt.blocksize,
+                                  m->opt.double_quant, &hq));
+            m->quantize_s += now_s() - t1;
+            st = upload_q4(m, &hq, dst);
         }
-        QL_TRY(ql_q4_quantize(host, out, in, m->opt.quant_type, m->opt.blocksize,
-                              m->opt.double_quant, &hq));
-        m->quantize_s += now_s() - t1;
     }
-    double t2 = now_s();
-    ql_status st = m->be->q4_upload(&hq, dst);
-    m->upload_s += now_s() - t2;
-    ql_q4_free(&hq);
     if (st != QL_OK) {
         memset(dst, 0, sizeof *dst);
-        return ql_error_wrap(st, "uploading '%s': ", name);
+        return ql_error_wrap(st, "%s '%s' on backend %s: ", doing, name, m->be->name);
     }
     m->backend_bytes += q4_bytes(dst);
     m->base_params += in * out;
