@@ -56,7 +56,7 @@ extern "C" void ql_emu_fiber_entry(void);
 
 namespace {
 
-/* A fiber's saved context. On x86-64 a switch is ten instructions (the
+/* A fiber's saved context. On x86-64 a switch is about twenty instructions (the
  * callee-saved registers, the FP control words and the stack pointer);
  * swapcontext would also save the signal mask, a system call per switch,
  * and switches are most of an emulated kernel's time. Elsewhere: ucontext. */
