@@ -5,17 +5,23 @@
  *
  * Shapes are Llama-3-8B's linear layers [out x in]: 4096x4096 (q, o),
  * 6144x4096 (q|k|v fused), 28672x4096 (gate|up fused), 4096x14336 (down), at
- * 4096 and 16384 tokens, forward (y = x·Wᵀ) and the dX transpose (dx = dy·W).
+ * 256, 1024, 4096 and 16384 tokens, forward (y = x·Wᵀ) and the dX transpose
+ * (dx = dy·W).
  *
  *   cublas    cuBLASLt bf16 on a W already dequantized to bf16: the ceiling.
  *   fused     the cuda backend's q4_lora_fwd / q4_lora_bwd as the model calls
  *             them, W decoded inside the GEMM; includes the LoRA work (x·Aᵀ,
  *             and in the backward dy·B, dA and dB as well).
- *   dequant   the same ops on the baseline path (W dequantized whole, then
- *             cuBLASLt).
+ *   dequant   the same ops on the dequant path (W dequantized to bf16 beside
+ *             B or A, then one cuBLASLt GEMM).
+ *   auto      whichever of the two the default rule picks for T
+ *             (ql_cuda_q4_path_for: fused below QL_CUDA_Q4_FUSED_MAX_T,
+ *             512 unless set): what training runs.
  * Rates count only the base product's 2·T·in·out FLOPs, so the LoRA work of
- * fused/dequant is a cost they carry. Goal: fused >= 0.95 of cublas at 4096
- * tokens, 0.97 at 16384 (forward and dX). Median of --reps timed calls after
+ * fused/dequant is a cost they carry. Goal: auto >= 0.95 of cublas at 4096
+ * tokens, 0.97 at 16384 (forward and dX). The last lines name, per token
+ * count, which path was faster on how many shapes: the data for the rule's
+ * threshold. Median of --reps timed calls after
  * two warm-up calls, CUDA events. --tiny (for the CUDA emulator: the same
  * kernels, nothing meaningful timed) divides every dimension by 16 and the
  * tokens by 64 (256x256 at 64 tokens, ...), at most 3 reps.
@@ -67,6 +73,7 @@ typedef struct result {
     int64_t out, in, T;
     const char *dir;
     double ms[3]; /* cublas, fused, dequant */
+    int auto_k;   /* 1 or 2: the path ql_cuda_q4_path_for(T) takes */
 } result;
 
 /* A random NF4 + double-quant weight: random codes are as good as real ones
@@ -119,12 +126,13 @@ static void run_shape(const ql_backend *be, const shape *s, int64_t T, int reps,
         r->in = s->in;
         r->T = T;
         r->dir = d ? "dx" : "fwd";
+        r->auto_k = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED ? 1 : 2;
         r->ms[0] = bench_time_ms(d ? run_cublas_bwd : run_cublas_fwd, &j, 2, reps);
         ql_cuda_q4_set_path(QL_CUDA_Q4_FUSED);
         r->ms[1] = bench_time_ms(d ? run_op_bwd : run_op_fwd, &j, 2, reps);
         ql_cuda_q4_set_path(QL_CUDA_Q4_DEQUANT_BLAS);
         r->ms[2] = bench_time_ms(d ? run_op_bwd : run_op_fwd, &j, 2, reps);
-        ql_cuda_q4_set_path(QL_CUDA_Q4_FUSED);
+        ql_cuda_q4_set_path(QL_CUDA_Q4_AUTO);
     }
     ql_cuda_free(A), ql_cuda_free(B), ql_cuda_free(j.x), ql_cuda_free(j.dy), ql_cuda_free(j.y);
     ql_cuda_free(j.dx), ql_cuda_free(j.wbf), ql_cuda_free(j.xa), ql_cuda_free(j.dA);
@@ -178,11 +186,12 @@ int main(int argc, char **argv) {
                                         {384, 256, "qkv 384x256"},
                                         {1792, 256, "gate|up 1792x256"},
                                         {256, 896, "down 256x896"}};
-    static const int64_t full_tokens[] = {4096, 16384}, tiny_tokens[] = {64, 256};
+    static const int64_t full_tokens[] = {4096, 256, 1024, 16384},
+                         tiny_tokens[] = {64, 16, 32, 256};
     const shape *shapes = tiny ? tiny_shapes : full_shapes;
     const int64_t *tokens = tiny ? tiny_tokens : full_tokens;
-    const int n_shapes = quick ? 1 : 4, n_tokens = quick ? 1 : 2;
-    result res[16];
+    const int n_shapes = quick ? 1 : 4, n_tokens = quick ? 1 : 4;
+    result res[32];
     int n = 0;
     for (int t = 0; t < n_tokens; t++)
         for (int s = 0; s < n_shapes; s++) {
@@ -193,13 +202,26 @@ int main(int argc, char **argv) {
     printf("\n4-bit linear (NF4+DQ, LoRA r=%d) vs cuBLASLt bf16; TFLOP/s of the base product, "
            "median of %d\n",
            RANK, reps);
-    printf("%-20s %6s %4s %9s %9s %9s %7s %6s\n", "shape", "T", "dir", "cublas", "fused", "dequant",
-           "ratio", "goal");
+    printf("%-20s %6s %4s %9s %9s %9s %9s %7s %6s\n", "shape", "T", "dir", "cublas", "fused",
+           "dequant", "auto", "ratio", "goal");
     for (int i = 0; i < n; i++) {
         const double goal = res[i].T >= 16384 ? 0.97 : 0.95;
-        printf("%-20s %6lld %4s %9.1f %9.1f %9.1f %7.3f %6.2f\n", res[i].shape_name,
+        printf("%-20s %6lld %4s %9.1f %9.1f %9.1f %9.1f %7.3f %6.2f\n", res[i].shape_name,
                (long long)res[i].T, res[i].dir, tflops(&res[i], 0), tflops(&res[i], 1),
-               tflops(&res[i], 2), tflops(&res[i], 1) / tflops(&res[i], 0), goal);
+               tflops(&res[i], 2), tflops(&res[i], res[i].auto_k),
+               tflops(&res[i], res[i].auto_k) / tflops(&res[i], 0), goal);
+    }
+    /* Which path won at each token count (the rule's threshold should sit
+     * between the last T where fused wins and the first where it loses). */
+    for (int t = 0; t < n_tokens; t++) {
+        int fused_wins = 0, total = 0;
+        for (int i = 0; i < n; i++)
+            if (res[i].T == tokens[t]) fused_wins += res[i].ms[1] < res[i].ms[2], total++;
+        printf("T = %6lld: fused faster on %d of %d (shape, dir); the rule takes %s "
+               "(QL_CUDA_Q4_FUSED_MAX_T = %lld)\n",
+               (long long)tokens[t], fused_wins, total,
+               ql_cuda_q4_path_for(tokens[t]) == QL_CUDA_Q4_FUSED ? "fused" : "dequant",
+               (long long)ql_cuda_q4_fused_max_tokens());
     }
 
     if (json) {
@@ -213,15 +235,18 @@ int main(int argc, char **argv) {
         fprintf(f, "  \"results\": [\n");
         for (int i = 0; i < n; i++) {
             const double goal = res[i].T >= 16384 ? 0.97 : 0.95;
-            fprintf(f,
-                    "    {\"shape\": \"%s\", \"out\": %lld, \"in\": %lld, \"tokens\": %lld, "
-                    "\"dir\": \"%s\", \"cublas_ms\": %.4f, \"fused_ms\": %.4f, "
-                    "\"dequant_ms\": %.4f, \"cublas_tflops\": %.2f, \"fused_tflops\": %.2f, "
-                    "\"dequant_tflops\": %.2f, \"ratio\": %.4f, \"goal\": %.2f}%s\n",
-                    res[i].shape_name, (long long)res[i].out, (long long)res[i].in,
-                    (long long)res[i].T, res[i].dir, res[i].ms[0], res[i].ms[1], res[i].ms[2],
-                    tflops(&res[i], 0), tflops(&res[i], 1), tflops(&res[i], 2),
-                    tflops(&res[i], 1) / tflops(&res[i], 0), goal, i + 1 < n ? "," : "");
+            fprintf(
+                f,
+                "    {\"shape\": \"%s\", \"out\": %lld, \"in\": %lld, \"tokens\": %lld, "
+                "\"dir\": \"%s\", \"cublas_ms\": %.4f, \"fused_ms\": %.4f, "
+                "\"dequant_ms\": %.4f, \"cublas_tflops\": %.2f, \"fused_tflops\": %.2f, "
+                "\"dequant_tflops\": %.2f, \"auto_path\": \"%s\", \"fused_ratio\": %.4f, "
+                "\"ratio\": %.4f, \"goal\": %.2f}%s\n",
+                res[i].shape_name, (long long)res[i].out, (long long)res[i].in, (long long)res[i].T,
+                res[i].dir, res[i].ms[0], res[i].ms[1], res[i].ms[2], tflops(&res[i], 0),
+                tflops(&res[i], 1), tflops(&res[i], 2), res[i].auto_k == 1 ? "fused" : "dequant",
+                tflops(&res[i], 1) / tflops(&res[i], 0),
+                tflops(&res[i], res[i].auto_k) / tflops(&res[i], 0), goal, i + 1 < n ? "," : "");
         }
         fprintf(f, "  ]\n}\n");
         fclose(f);

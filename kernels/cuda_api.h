@@ -7,7 +7,9 @@
  * own description (kernels/cuda/cuda_util.h, QL_CUDA_TRY).
  *
  * The functions exist only in builds with the CUDA backend (QL_HAVE_CUDA=1);
- * code that must also build without it guards its calls with that macro. */
+ * code that must also build without it guards its calls with that macro.
+ * The exception is the 4-bit path rule (ql_cuda_q4_*path*, *fused_max*,
+ * check_env: kernels/cuda_q4_path.c), plain C in every build. */
 #ifndef QL_CUDA_API_H
 #define QL_CUDA_API_H
 
@@ -87,6 +89,10 @@ ql_status ql_cuda_q4_quantize(const float *dev_w, int64_t rows, int64_t cols, ql
  * take the vectorised path. */
 ql_status ql_cuda_q4_dequantize(const ql_q4 *dev_w, ql_dtype out_dtype, void *dev_out,
                                 void *stream);
+/* The same with output rows ldo >= cols elements apart: W written into the
+ * left columns of a wider matrix; the elements between rows are untouched. */
+ql_status ql_cuda_q4_dequantize_ld(const ql_q4 *dev_w, ql_dtype out_dtype, void *dev_out,
+                                   int64_t ldo, void *stream);
 
 /* --- dense GEMM and the 4-bit linear paths (benchmarks, tests) ------------------ */
 /* Row-major C[M,N] = alpha·op(A)·op(B) + beta·C, A and B bf16, fp32
@@ -102,14 +108,32 @@ ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const 
 /* 1: every ql_cuda_gemm_bf16 takes the plain tiled kernel (tests). */
 void ql_cuda_gemm_force_fallback(int on);
 
-/* Which implementation the cuda backend's q4_lora_fwd/bwd use: the fused
- * kernel (NF4 decoded in the GEMM main loop, LoRA as extra K columns; the
- * default), or the baseline that dequantizes W whole to bf16 and calls
- * cuBLASLt. The environment variable QL_CUDA_Q4_PATH=dequant selects the
- * baseline at start-up. */
-typedef enum ql_cuda_q4_path { QL_CUDA_Q4_FUSED = 0, QL_CUDA_Q4_DEQUANT_BLAS = 1 } ql_cuda_q4_path;
+/* Which implementation the cuda backend's q4_lora_fwd/bwd use:
+ *   FUSED    NF4 decoded in the GEMM main loop, LoRA as extra K columns
+ *            (kernels/cuda/q4_gemm.cu): W is read once, as 4 bits;
+ *   DEQUANT  W dequantized whole to bf16, then one cuBLASLt GEMM with the
+ *            LoRA term as extra K columns (its wgmma kernels);
+ *   AUTO     (the default) FUSED below ql_cuda_q4_fused_max_tokens() tokens
+ *            in the call, DEQUANT from there on: a rule on T alone, so the
+ *            same micro-batch always takes the same path (resume is bit-exact).
+ * Environment, read once: QL_CUDA_Q4_PATH=fused|dequant|auto,
+ * QL_CUDA_Q4_FUSED_MAX_T=N (default 512; kernels/cuda_q4_path.c says why).
+ * These live in kernels/cuda_q4_path.c, plain C in every build, so the
+ * memory estimate follows the same rule. */
+typedef enum ql_cuda_q4_path {
+    QL_CUDA_Q4_FUSED = 0,
+    QL_CUDA_Q4_DEQUANT_BLAS = 1,
+    QL_CUDA_Q4_AUTO = 2
+} ql_cuda_q4_path;
 void ql_cuda_q4_set_path(ql_cuda_q4_path p);
 ql_cuda_q4_path ql_cuda_q4_get_path(void);
+int64_t ql_cuda_q4_fused_max_tokens(void);
+void ql_cuda_q4_set_fused_max_tokens(int64_t t); /* tests, benchmarks; < 0: the environment's */
+/* FUSED or DEQUANT_BLAS: what a call with T tokens runs. */
+ql_cuda_q4_path ql_cuda_q4_path_for(int64_t T);
+/* QL_EINVAL naming the variable when one of the two is set to something
+ * else than the values above (they would otherwise mean the default). */
+ql_status ql_cuda_q4_check_env(void);
 
 /* Frees the CUDA backend's cached scratch buffers and cuBLASLt state. */
 void ql_cuda_release_cache(void);

@@ -27,9 +27,7 @@
 #include "train/train_ckpt.h"
 #include "train/train_eval_store.h"
 #include "train/trainer.h"
-#ifdef QL_HAVE_CUDA
 #include "kernels/cuda_api.h"
-#endif
 
 static void usage(FILE *f) {
     fprintf(f, "usage: qlora train CONFIG.yaml [--key=value ...] [--dry-run] [--memory-limit=GB]\n"
@@ -203,6 +201,9 @@ static size_t gpu_memory(int device, char *name, size_t n) {
  * it does not fit. The model's config only; nothing large is allocated. */
 static ql_status memory_plan(const ql_config *c, const ql_job *j, int cuda, int device,
                              int64_t max_seq, FILE *print) {
+    /* The estimate follows the 4-bit path rule: a mistyped variable is an
+     * error here, not a silent default. */
+    if (cuda) QL_TRY(ql_cuda_q4_check_env());
     ql_hf_config hc;
     QL_TRY(ql_model_config_load(c->model, &hc));
     ql_mem_estimate e;

@@ -4,6 +4,7 @@
 
 #include <string.h>
 
+#include "kernels/cuda_api.h"
 #include "model/lora.h"
 
 #define GIB_F (1024.0 * 1024.0 * 1024.0)
@@ -26,6 +27,33 @@ static int has_bias(const ql_hf_config *c, ql_proj p) {
     if (p <= QL_PROJ_V) return c->qkv_bias || c->attention_bias;
     if (p == QL_PROJ_O) return c->attention_bias;
     return c->mlp_bias;
+}
+
+/* The CUDA dequant path's scratch (kernels/cuda/q4_lora.cu), taken by calls
+ * of at least ql_cuda_q4_fused_max_tokens() tokens: W in bf16 with B's
+ * columns or A's rows beside it, [x | s·xa] or [dy | s·dy·B], and under
+ * dropout two fp32 [T, in] products for dx. */
+static size_t dequant_path_bytes(const ql_hf_config *c, const ql_llama_options *o, int64_t cap) {
+    const int r = o->lora.r;
+    const int64_t rpad = (r + 15) / 16 * 16;
+    int64_t w_elems = 0, cat_elems = 0, f32_elems = 0;
+    for (int p = 0; p < QL_N_PROJ; p++) {
+        int64_t in, out, w, cat = 0;
+        ql_proj_shape(c, (ql_proj)p, &in, &out);
+        if (r > 0 && ((o->lora.targets >> p) & 1u)) {
+            w = out * (in + rpad) > (out + rpad) * in ? out * (in + rpad) : (out + rpad) * in;
+            cat = cap * ((in > out ? in : out) + rpad);
+            if (o->lora.dropout > 0.0f && cap * in > f32_elems) f32_elems = cap * in;
+        } else {
+            w = out * in;
+        }
+        if (w > w_elems) w_elems = w;
+        if (cat > cat_elems) cat_elems = cat;
+    }
+    size_t b = grown((size_t)w_elems * 2);
+    if (cat_elems) b += grown((size_t)cat_elems * 2);
+    if (f32_elems) b += 2 * grown((size_t)f32_elems * 4);
+    return b;
 }
 
 ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o, int device,
@@ -109,6 +137,8 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
             e->workspace += grown((size_t)(cap * rpad) * 2) + grown((size_t)(cap * rpad) * 4);
             if (o->lora.dropout > 0.0f) e->workspace += grown((size_t)(cap * max_in) * 2);
         }
+        if (ql_cuda_q4_path_for(cap) == QL_CUDA_Q4_DEQUANT_BLAS)
+            e->workspace += dequant_path_bytes(c, o, cap);
         e->workspace += grown((size_t)(cap * H) * 4) + grown(1025 * 8) + grown(16);
         e->workspace += (size_t)32 << 20;
         /* The CUDA context and module images, cuBLASLt's handle, NCCL's

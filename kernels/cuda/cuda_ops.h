@@ -34,9 +34,10 @@ enum {
     QL_SCRATCH_LORA_T,   /* bf16 [T, rpad]: s·xa (fwd) or s·(dy·B) (bwd) */
     QL_SCRATCH_LORA_G,   /* fp32 [T, rpad]: dy·B (bwd); bf16 xa for dB */
     QL_SCRATCH_XDROP,    /* bf16 [T, in]: x ⊙ dropout mask */
-    QL_SCRATCH_DEQUANT,  /* bf16 whole W, the dequantize + cuBLASLt path */
-    QL_SCRATCH_F32_OUT,  /* fp32 [T, n], the dequantize + cuBLASLt path */
-    QL_SCRATCH_F32_OUT2, /* fp32 [T, n], its dropout LoRA term */
+    QL_SCRATCH_DEQUANT,  /* bf16 W whole with LoRA's B columns or A rows: the dequant path */
+    QL_SCRATCH_CONCAT,   /* bf16 [T, k + rpad]: [x | s·xa] or [dy | s·dy·B], the dequant path */
+    QL_SCRATCH_F32_OUT,  /* fp32 [T, in]: the dequant path's dx under dropout */
+    QL_SCRATCH_F32_OUT2, /* fp32 [T, in]: its masked LoRA term */
     QL_SCRATCH_ATTN_D,   /* fp32 [batch, heads, seq]: rowsum(dout ⊙ out) */
     QL_SCRATCH_FLAG,     /* small: error flags read back by the host */
     QL_SCRATCH_NORM,     /* fp64 block sums of sq_sum_f32 (kernels/cuda/vec.cu) */
@@ -81,9 +82,10 @@ typedef struct ql_q4_gemm_args {
 ql_status ql_cuda_q4_gemm(const ql_q4_gemm_args *a);
 
 /* --- small kernels shared by the LoRA code (kernels/cuda/elem.cu) ----------------- */
-/* dst[rows, dcols] (bf16) = src[rows, cols] (fp32) · scale, columns cols..dcols-1 zero. */
+/* dst[rows, dcols] (bf16, row stride ldd >= dcols) = src[rows, cols] (fp32) ·
+ * scale, columns cols..dcols-1 zero; columns dcols..ldd-1 not touched. */
 ql_status ql_cuda_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
-                                  float scale, ql_bf16 *dst, int64_t dcols);
+                                  float scale, ql_bf16 *dst, int64_t dcols, int64_t ldd);
 /* out[n] = mask[n] ? x[n] : 0 (bf16, exact). */
 ql_status ql_cuda_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out);
 /* out[n] (bf16) = a[n] + (mask == NULL || mask[n] ? b[n]·b_scale : 0), fp32 in. */

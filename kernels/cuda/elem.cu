@@ -106,21 +106,22 @@ extern "C" ql_status ql_embed_fwd_cuda(const ql_act *table, const int32_t *ids, 
 /* --- LoRA helpers ------------------------------------------------------------------- */
 
 __global__ void k_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
-                                  float scale, ql_bf16 *dst, int64_t dcols) {
+                                  float scale, ql_bf16 *dst, int64_t dcols, int64_t ldd) {
     const int64_t total = rows * dcols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / dcols, c = i % dcols;
-        dst[i] = c < cols ? ql_bf16_bits(src[r * lds + c] * scale) : (ql_bf16)0;
+        dst[r * ldd + c] = c < cols ? ql_bf16_bits(src[r * lds + c] * scale) : (ql_bf16)0;
     }
 }
 
 ql_status ql_cuda_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
-                                  float scale, ql_bf16 *dst, int64_t dcols) {
+                                  float scale, ql_bf16 *dst, int64_t dcols, int64_t ldd) {
     if (rows <= 0 || dcols <= 0) return QL_OK;
+    QL_ASSERT(ldd >= dcols && dcols >= cols);
     QL_LAUNCH((ql_cuda_grid(rows * dcols, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()),
               k_f32_to_bf16_pad)
-    (src, rows, cols, lds, scale, dst, dcols);
+    (src, rows, cols, lds, scale, dst, dcols, ldd);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

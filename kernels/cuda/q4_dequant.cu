@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "kernels/cuda_api.h"
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/nf4.h"
 #include "kernels/quant4.h"
@@ -43,6 +44,7 @@ struct q4_args {
     const float *nested;     /* double quant: one scale per 256 blocks */
     int64_t n;
     int64_t n_blocks;
+    int64_t cols, ldo; /* output row stride in elements; ldo == cols: contiguous */
     float offset;
     int bs_shift; /* log2(blocksize) */
     int type;     /* ql_qtype */
@@ -77,19 +79,26 @@ static __device__ __forceinline__ unsigned q4_item_code(uint32_t w, int j) {
     return (w >> (8 * (j >> 1) + ((j & 1) ? 0 : 4))) & 15u;
 }
 
+/* Where element e of W goes in the output. */
+static __device__ __forceinline__ int64_t q4_dst(const q4_args &a, int64_t e) {
+    return a.ldo == a.cols ? e : (e / a.cols) * a.ldo + e % a.cols;
+}
+
+/* Item e (its first element's index in W). VEC: the item is one row's
+ * (the launch checks cols % EPI == 0 when the output is strided). */
 template <bool F32, bool VEC>
-static __device__ __forceinline__ void q4_store_item(void *tile_out, int i, uint32_t w, float am,
-                                                     const float *s_code) {
+static __device__ __forceinline__ void q4_store_item(const q4_args &a, void *out, int64_t e,
+                                                     uint32_t w, float am, const float *s_code) {
     if (F32) {
         float v[4];
 #pragma unroll
         for (int j = 0; j < 4; j++) v[j] = __fmul_rn(s_code[q4_item_code(w, j)], am);
-        float *o = (float *)tile_out + (int64_t)i * 4;
+        float *o = (float *)out;
         if (VEC) {
-            *(float4 *)o = make_float4(v[0], v[1], v[2], v[3]);
+            *(float4 *)(o + q4_dst(a, e)) = make_float4(v[0], v[1], v[2], v[3]);
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; j++) o[j] = v[j];
+            for (int j = 0; j < 4; j++) o[q4_dst(a, e + j)] = v[j];
         }
     } else {
         uint32_t p[4];
@@ -99,14 +108,14 @@ static __device__ __forceinline__ void q4_store_item(void *tile_out, int i, uint
             float hi = __fmul_rn(s_code[q4_item_code(w, 2 * k + 1)], am);
             p[k] = q4_bf16_bits(lo) | (q4_bf16_bits(hi) << 16);
         }
-        uint16_t *o = (uint16_t *)tile_out + (int64_t)i * 8;
+        uint16_t *o = (uint16_t *)out;
         if (VEC) {
-            *(uint4 *)o = make_uint4(p[0], p[1], p[2], p[3]);
+            *(uint4 *)(o + q4_dst(a, e)) = make_uint4(p[0], p[1], p[2], p[3]);
         } else {
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                o[2 * k] = (uint16_t)(p[k] & 0xffffu);
-                o[2 * k + 1] = (uint16_t)(p[k] >> 16);
+                o[q4_dst(a, e + 2 * k)] = (uint16_t)(p[k] & 0xffffu);
+                o[q4_dst(a, e + 2 * k + 1)] = (uint16_t)(p[k] >> 16);
             }
         }
     }
@@ -157,12 +166,12 @@ __global__ void __launch_bounds__(Q4_THREADS)
     __syncthreads();
 
     /* 3. Decode and store whole items. */
-    void *tile_out = F32 ? (void *)((float *)out + e0) : (void *)((uint16_t *)out + e0);
 #pragma unroll
     for (int u = 0; u < Q4_ITEMS; u++) {
         int i = u * Q4_THREADS + tid;
         if (i < lim)
-            q4_store_item<F32, VEC>(tile_out, i, w[u], s_amax[(i * EPI) >> a.bs_shift], s_code);
+            q4_store_item<F32, VEC>(a, out, e0 + (int64_t)i * EPI, w[u],
+                                    s_amax[(i * EPI) >> a.bs_shift], s_code);
     }
 
     /* 4. The last n % EPI elements, one per thread, in the tile that has them. */
@@ -173,9 +182,9 @@ __global__ void __launch_bounds__(Q4_THREADS)
             float v =
                 __fmul_rn(s_code[ql_q4_nibble(a.packed, e)], s_amax[(int)((e - e0) >> a.bs_shift)]);
             if (F32)
-                ((float *)out)[e] = v;
+                ((float *)out)[q4_dst(a, e)] = v;
             else
-                ((uint16_t *)out)[e] = (uint16_t)q4_bf16_bits(v);
+                ((uint16_t *)out)[q4_dst(a, e)] = (uint16_t)q4_bf16_bits(v);
         }
     }
 }
@@ -187,7 +196,8 @@ template <bool F32> static ql_status q4_launch(const q4_args *a, void *out, cuda
     if (grid > 0x7fffffff)
         return ql_error(QL_EUNSUPPORTED, "4-bit dequantize: %lld elements is too many for one grid",
                         (long long)a->n);
-    const bool vec = ((uintptr_t)out % 16 == 0) && ((uintptr_t)a->packed % (EPI / 2) == 0);
+    const bool vec = ((uintptr_t)out % 16 == 0) && ((uintptr_t)a->packed % (EPI / 2) == 0) &&
+                     (a->ldo == a->cols || (a->cols % EPI == 0 && a->ldo % EPI == 0));
     if (vec)
         QL_LAUNCH(((unsigned)grid, Q4_THREADS, 0, stream), k_q4_dequantize<F32, true>)(*a, out);
     else
@@ -198,6 +208,11 @@ template <bool F32> static ql_status q4_launch(const q4_args *a, void *out, cuda
 
 extern "C" ql_status ql_cuda_q4_dequantize(const ql_q4 *w, ql_dtype out_dtype, void *dev_out,
                                            void *stream) {
+    return ql_cuda_q4_dequantize_ld(w, out_dtype, dev_out, w->cols, stream);
+}
+
+ql_status ql_cuda_q4_dequantize_ld(const ql_q4 *w, ql_dtype out_dtype, void *dev_out, int64_t ldo,
+                                   void *stream) {
     if (out_dtype != QL_DT_BF16 && out_dtype != QL_DT_F32)
         return ql_error(QL_EUNSUPPORTED,
                         "4-bit dequantize on CUDA: output dtype %s (BF16 or F32 expected)",
@@ -213,6 +228,9 @@ extern "C" ql_status ql_cuda_q4_dequantize(const ql_q4 *w, ql_dtype out_dtype, v
                         (long long)w->n_blocks, (long long)w->n, w->blocksize);
     if (w->type != QL_QTYPE_NF4 && w->type != QL_QTYPE_FP4)
         return ql_error(QL_EINVAL, "4-bit dequantize: unknown quant type %d", (int)w->type);
+    if (ldo < w->cols)
+        return ql_error(QL_EINVAL, "4-bit dequantize: output row stride %lld < %lld columns",
+                        (long long)ldo, (long long)w->cols);
     if (!dev_out || !w->packed ||
         (w->double_quant ? !w->absmax_q || !w->nested_absmax : !w->absmax))
         return ql_error(QL_EINVAL, "4-bit dequantize: a device buffer is NULL");
@@ -225,6 +243,8 @@ extern "C" ql_status ql_cuda_q4_dequantize(const ql_q4 *w, ql_dtype out_dtype, v
     a.nested = w->nested_absmax;
     a.n = w->n;
     a.n_blocks = w->n_blocks;
+    a.cols = w->cols;
+    a.ldo = ldo;
     a.offset = w->nested_offset;
     a.type = (int)w->type;
     a.dq = w->double_quant ? 1 : 0;

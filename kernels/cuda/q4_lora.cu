@@ -8,33 +8,25 @@
  * Forward:
  *   xa = x'·Aᵀ (fp32 out, cuBLASLt); x' = x ⊙ mask with drop_scale as alpha
  *   E = bf16(s·xa) [T, rpad]
- *   y = [x | E]·[W | B]ᵀ in one fused kernel (q4_gemm.cu)
+ *   y = [x | E]·[W | B]ᵀ in one GEMM
  * Backward:
  *   G = dy·B (fp32), E = bf16(s·G)
- *   dx = [dy | E]·[W ; A] in the fused kernel; under dropout the E·A part is
- *        kept apart and added only where the mask kept x, times drop_scale
+ *   dx = [dy | E]·[W ; A] in one GEMM; under dropout the E·A part is kept
+ *        apart and added only where the mask kept x, times drop_scale
  *   dA += drop_scale · Eᵀ·x',   dB += s · dyᵀ·bf16(xa)   (cuBLASLt, beta = 1)
  *
- * The baseline path (ql_cuda_q4_set_path(QL_CUDA_Q4_DEQUANT_BLAS), or
- * QL_CUDA_Q4_PATH=dequant) dequantizes W whole into a bf16 scratch buffer and
- * uses cuBLASLt for the base product, accumulating base and LoRA in fp32
- * before one rounding to bf16. */
+ * "One GEMM" is, by ql_cuda_q4_path_for(T) (kernels/cuda_q4_path.c):
+ *   fused    the kernel of q4_gemm.cu, W decoded tile by tile in its main loop;
+ *   dequant  W dequantized to bf16 into a scratch matrix that has B's columns
+ *            (forward: [W | B], row stride in + rpad) or A's rows (backward:
+ *            [W ; A]) beside it, the activations copied beside E the same
+ *            way, then one cuBLASLt GEMM. Both round once, from fp32.
+ * Under dropout the dequant path's dx sums the two products in fp32 scratch
+ * and rounds once in ql_cuda_combine_f32. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/cuda_ops.h"
-
-static int g_path = -1;
-
-extern "C" void ql_cuda_q4_set_path(ql_cuda_q4_path p) { g_path = (int)p; }
-
-extern "C" ql_cuda_q4_path ql_cuda_q4_get_path(void) {
-    if (g_path < 0) {
-        const char *e = getenv("QL_CUDA_Q4_PATH");
-        g_path = (e && strcmp(e, "dequant") == 0) ? QL_CUDA_Q4_DEQUANT_BLAS : QL_CUDA_Q4_FUSED;
-    }
-    return (ql_cuda_q4_path)g_path;
-}
 
 extern "C" ql_status ql_q4_dequantize_cuda(const ql_q4 *w, ql_act *out) {
     return ql_cuda_q4_dequantize(w, QL_DT_BF16, out, ql_cuda_stream());
@@ -51,21 +43,25 @@ template <typename T> static ql_status scratch(int slot, int64_t n, T **out) {
     return QL_OK;
 }
 
-/* bf16 [rpad, in] copy of A, rows r.. zero. */
-static ql_status lora_a_bf16(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 **out) {
-    QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, out));
-    QL_TRY(ql_cuda_f32_to_bf16_pad(l->A, l->r, in, in, 1.0f, *out, in));
+/* bf16 [rpad, in] copy of A into dst, rows r.. zero. */
+static ql_status lora_a_bf16_to(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 *dst) {
+    QL_TRY(ql_cuda_f32_to_bf16_pad(l->A, l->r, in, in, 1.0f, dst, in, in));
     if (rpad > l->r)
-        QL_CUDA_TRY(cudaMemsetAsync(*out + (int64_t)l->r * in, 0,
+        QL_CUDA_TRY(cudaMemsetAsync(dst + (int64_t)l->r * in, 0,
                                     (size_t)((rpad - l->r) * in) * sizeof(ql_bf16),
                                     ql_cuda_stream()));
     return QL_OK;
 }
 
+static ql_status lora_a_bf16(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 **out) {
+    QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, out));
+    return lora_a_bf16_to(l, in, rpad, *out);
+}
+
 /* bf16 [out, rpad] copy of B, columns r.. zero. */
 static ql_status lora_b_bf16(const ql_lora *l, int64_t out_f, int64_t rpad, ql_bf16 **out) {
     QL_TRY(scratch(QL_SCRATCH_LORA_B, out_f * rpad, out));
-    return ql_cuda_f32_to_bf16_pad(l->B, out_f, l->r, l->r, 1.0f, *out, rpad);
+    return ql_cuda_f32_to_bf16_pad(l->B, out_f, l->r, l->r, 1.0f, *out, rpad, rpad);
 }
 
 /* The LoRA branch's input x' (x ⊙ mask, exact in bf16) and the factor
@@ -83,6 +79,16 @@ static ql_status lora_input(const ql_lora *l, const ql_bf16 *x, int64_t T, int64
     return QL_OK;
 }
 
+/* cat[T, k + rpad] = [a | ·]: a [T, k] copied into the left columns; the
+ * caller writes the right ones. */
+static ql_status concat_left(const ql_bf16 *a, int64_t T, int64_t k, int64_t rpad, ql_bf16 **cat) {
+    QL_TRY(scratch(QL_SCRATCH_CONCAT, T * (k + rpad), cat));
+    QL_CUDA_TRY(cudaMemcpy2DAsync(*cat, (size_t)(k + rpad) * sizeof(ql_bf16), a,
+                                  (size_t)k * sizeof(ql_bf16), (size_t)k * sizeof(ql_bf16),
+                                  (size_t)T, cudaMemcpyDeviceToDevice, ql_cuda_stream()));
+    return QL_OK;
+}
+
 /* ---------------------------------------------------------------------------------- forward */
 
 extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
@@ -93,23 +99,25 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const int r = lora_rank(lora);
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
-    const bool fused = ql_cuda_q4_get_path() == QL_CUDA_Q4_FUSED;
+    const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
 
-    ql_bf16 *Bb = NULL, *E = NULL;
     if (r) {
-        ql_bf16 *Ab;
         const ql_bf16 *xin;
         float alpha;
+        ql_bf16 *Ab;
         QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
-        QL_TRY(lora_b_bf16(lora, out, rpad, &Bb));
         QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
         /* xa[T, r] = alpha · x'·Aᵀ, A stored [N = r, K = in]. */
         QL_TRY(ql_cuda_gemm(T, r, in, alpha, xin, in, 0, Ab, in, 1, 0.0f, xa, QL_DT_F32, r));
-        QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
-        QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, E, rpad));
     }
 
     if (fused) {
+        ql_bf16 *Bb = NULL, *E = NULL;
+        if (r) {
+            QL_TRY(lora_b_bf16(lora, out, rpad, &Bb));
+            QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
+            QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, E, rpad, rpad));
+        }
         ql_q4_gemm_args a;
         memset(&a, 0, sizeof a);
         a.w = w;
@@ -127,18 +135,51 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         return ql_cuda_q4_gemm(&a);
     }
 
+    /* y = [x | E]·[W | B]ᵀ, K = in + rpad. */
+    const int64_t K = in + rpad;
     ql_bf16 *Wb;
-    QL_TRY(scratch(QL_SCRATCH_DEQUANT, w->n, &Wb));
-    QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
+    QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * (r ? K : in), &Wb));
+    QL_TRY(ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, Wb, r ? K : in, ql_cuda_stream()));
     if (!r) return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, y, QL_DT_BF16, out);
-    float *acc;
-    QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * out, &acc));
-    QL_TRY(ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, acc, QL_DT_F32, out));
-    QL_TRY(ql_cuda_gemm(T, out, rpad, 1.0f, E, rpad, 0, Bb, rpad, 1, 1.0f, acc, QL_DT_F32, out));
-    return ql_cuda_combine_f32(acc, NULL, NULL, 0.0f, T * out, y);
+    QL_TRY(ql_cuda_f32_to_bf16_pad(lora->B, out, r, r, 1.0f, Wb + in, rpad, K));
+    ql_bf16 *cat;
+    QL_TRY(concat_left(x, T, in, rpad, &cat));
+    QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, cat + in, rpad, K));
+    return ql_cuda_gemm(T, out, K, 1.0f, cat, K, 0, Wb, K, 1, 0.0f, y, QL_DT_BF16, out);
 }
 
 /* --------------------------------------------------------------------------------- backward */
+
+/* dx without LoRA, or with it and no dropout, on the dequant path:
+ * dx = [dy | E]·[W ; A], E already in cat's right columns. */
+static ql_status dx_dequant(const ql_q4 *w, const ql_lora *lora, int r, int64_t rpad,
+                            const ql_bf16 *dy, const ql_bf16 *cat, int64_t T, ql_bf16 *dx) {
+    const int64_t in = w->cols, out = w->rows, K = out + (r ? rpad : 0);
+    ql_bf16 *Wb;
+    QL_TRY(scratch(QL_SCRATCH_DEQUANT, K * in, &Wb));
+    QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
+    if (!r) return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
+    QL_TRY(lora_a_bf16_to(lora, in, rpad, Wb + out * in));
+    return ql_cuda_gemm(T, in, K, 1.0f, cat, K, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
+}
+
+/* dx under dropout on the dequant path: dy·W and E·A in fp32, summed where
+ * the mask kept x (times drop_scale), one rounding. */
+static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, int64_t rpad,
+                                    const ql_bf16 *dy, const ql_bf16 *E, int64_t lde, int64_t T,
+                                    ql_bf16 *dx) {
+    const int64_t in = w->cols, out = w->rows;
+    ql_bf16 *Wb, *Ab;
+    float *acc, *low;
+    QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
+    QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
+    QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
+    QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
+    QL_TRY(scratch(QL_SCRATCH_F32_OUT2, T * in, &low));
+    QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in));
+    QL_TRY(ql_cuda_gemm(T, in, rpad, 1.0f, E, lde, 0, Ab, in, 0, 0.0f, low, QL_DT_F32, in));
+    return ql_cuda_combine_f32(acc, low, lora->drop_mask, lora->drop_scale, T * in, dx);
+}
 
 extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
                                          const float *xa, const ql_act *dy_, int64_t T, ql_act *dx_,
@@ -149,9 +190,12 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const int r = lora_rank(lora);
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
-    const bool fused = ql_cuda_q4_get_path() == QL_CUDA_Q4_FUSED;
+    const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
 
-    ql_bf16 *Ab = NULL, *E = NULL;
+    /* E = bf16(s·dy·B) [T, rpad], row stride lde: its own scratch on the
+     * fused path, the right columns of [dy | E] on the dequant path. */
+    ql_bf16 *E = NULL, *cat = NULL;
+    int64_t lde = rpad;
     if (r) {
         ql_bf16 *Bb;
         float *G;
@@ -159,12 +203,19 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         /* G[T, rpad] = dy·B, B stored [K = out, N = rpad]; pad columns come out 0. */
         QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &G));
         QL_TRY(ql_cuda_gemm(T, rpad, out, 1.0f, dy, out, 0, Bb, rpad, 0, 0.0f, G, QL_DT_F32, rpad));
-        QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
-        QL_TRY(ql_cuda_f32_to_bf16_pad(G, T, rpad, rpad, lora->scale, E, rpad));
-        if (dx) QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
+        if (fused) {
+            QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
+        } else {
+            QL_TRY(concat_left(dy, T, out, rpad, &cat));
+            E = cat + out;
+            lde = out + rpad;
+        }
+        QL_TRY(ql_cuda_f32_to_bf16_pad(G, T, rpad, rpad, lora->scale, E, rpad, lde));
     }
 
     if (dx && fused) {
+        ql_bf16 *Ab = NULL;
+        if (r) QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
         ql_q4_gemm_args a;
         memset(&a, 0, sizeof a);
         a.w = w;
@@ -182,38 +233,22 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         a.C = dx;
         a.ldc = in;
         QL_TRY(ql_cuda_q4_gemm(&a));
+    } else if (dx && r && lora->drop_mask) {
+        QL_TRY(dx_dequant_dropout(w, lora, rpad, dy, E, lde, T, dx));
     } else if (dx) {
-        ql_bf16 *Wb;
-        QL_TRY(scratch(QL_SCRATCH_DEQUANT, w->n, &Wb));
-        QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
-        if (!r) {
-            QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in));
-        } else {
-            float *acc, *low = NULL;
-            QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
-            QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in));
-            if (lora->drop_mask) {
-                QL_TRY(scratch(QL_SCRATCH_F32_OUT2, T * in, &low));
-                QL_TRY(ql_cuda_gemm(T, in, rpad, 1.0f, E, rpad, 0, Ab, in, 0, 0.0f, low, QL_DT_F32,
-                                    in));
-            } else {
-                QL_TRY(ql_cuda_gemm(T, in, rpad, 1.0f, E, rpad, 0, Ab, in, 0, 1.0f, acc, QL_DT_F32,
-                                    in));
-            }
-            QL_TRY(ql_cuda_combine_f32(acc, low, lora->drop_mask, lora->drop_scale, T * in, dx));
-        }
+        QL_TRY(dx_dequant(w, lora, r, rpad, dy, cat, T, dx));
     }
     if (!r) return QL_OK;
 
-    /* dA[r, in] += alpha · Eᵀ·x': E stored [K = T, M = r] (row stride rpad). */
+    /* dA[r, in] += alpha · Eᵀ·x': E stored [K = T, M = r] (row stride lde). */
     const ql_bf16 *xin;
     float alpha;
     QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
-    QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, rpad, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
+    QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, lde, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
     /* dB[out, r] += s · dyᵀ·bf16(xa): dy stored [K = T, M = out]. G is no longer
      * needed, so its slot holds bf16(xa) [T, rpad]. */
     ql_bf16 *xab;
     QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &xab));
-    QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, 1.0f, xab, rpad));
+    QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, 1.0f, xab, rpad, rpad));
     return ql_cuda_gemm(out, r, T, lora->scale, dy, out, 1, xab, rpad, 0, 1.0f, dB, QL_DT_F32, r);
 }

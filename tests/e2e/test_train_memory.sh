@@ -81,6 +81,18 @@ if "GPU, micro-batch 1 x 2048 tokens, activations in bf16" not in text:
     print("not estimated for the GPU at 1 x 2048"); sys.exit(1)
 EOF
 
+# A mistyped 4-bit path variable is refused by name, not taken as the default.
+QL_CUDA_Q4_PATH=fusd "$QLORA" train cfg.yaml --model=l3 --backend=cuda --memory-limit=80 \
+    --dry-run >env.out 2>env.err
+rc=$?
+[ $rc != 0 ] || bad "QL_CUDA_Q4_PATH=fusd: exit 0"
+grep -q 'QL_CUDA_Q4_PATH="fusd": expected fused, dequant or auto' env.err ||
+    { bad "QL_CUDA_Q4_PATH=fusd: no message naming it"; cat env.err; }
+QL_CUDA_Q4_FUSED_MAX_T=lots "$QLORA" train cfg.yaml --model=l3 --backend=cuda --memory-limit=80 \
+    --dry-run >env.out 2>env.err
+[ $? != 0 ] && grep -q 'QL_CUDA_Q4_FUSED_MAX_T="lots"' env.err ||
+    { bad "QL_CUDA_Q4_FUSED_MAX_T=lots: not refused by name"; cat env.err; }
+
 # Too small: the dry run and the real run.
 "$QLORA" train cfg.yaml --dry-run --memory-limit=0.0012 >small.out 2>small.err
 rc=$?

@@ -256,6 +256,58 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
     ql_cuda_q4_set_path(QL_CUDA_Q4_FUSED);
 }
 
+/* AUTO takes the fused kernel below ql_cuda_q4_fused_max_tokens() tokens and
+ * the dequant path from there on: its forward and backward outputs are
+ * those of the path the rule names, bit for bit (the two paths differ in
+ * the last bits, so a wrong choice shows). */
+static void test_auto_path(void) {
+    const int64_t out = 256, in = 128, T = 48;
+    const int r = 8;
+    ql_q4 host = tops_q4(out, in, QL_QTYPE_NF4, 64, 1), dev;
+    GTRY(gpu->q4_upload(&host, &dev));
+    float *x = rand_bf16(T * in, -1, 1), *dy = rand_bf16(T * out, -1, 1);
+    float *A = rand_bf16((int64_t)r * in, -0.1f, 0.1f), *B = rand_bf16(out * r, -0.1f, 0.1f);
+    void *gx = up_act(x, T * in), *gdy = up_act(dy, T * out);
+    void *gA = up_raw(A, (size_t)(r * in) * 4), *gB = up_raw(B, (size_t)(out * r) * 4);
+    ql_lora dl = {gA, gB, r, 2.0f, NULL, 1.0f};
+    void *gy = dev_poisoned((size_t)(T * out) * 2), *gxa = dev_poisoned((size_t)(T * r) * 4);
+    void *gdx = dev_poisoned((size_t)(T * in) * 2);
+    void *gdA = dev_poisoned((size_t)(r * in) * 4), *gdB = dev_poisoned((size_t)(out * r) * 4);
+    const size_t ybytes = (size_t)(T * out) * 2, dxbytes = (size_t)(T * in) * 2;
+    void *y[4], *dx[4];
+    /* fused, dequant, auto with T below the limit, auto with T at it */
+    const ql_cuda_q4_path paths[4] = {QL_CUDA_Q4_FUSED, QL_CUDA_Q4_DEQUANT_BLAS, QL_CUDA_Q4_AUTO,
+                                      QL_CUDA_Q4_AUTO};
+    const int64_t limits[4] = {-1, -1, T + 1, T};
+    for (int k = 0; k < 4; k++) {
+        ql_cuda_q4_set_path(paths[k]);
+        ql_cuda_q4_set_fused_max_tokens(limits[k]);
+        GTRY(gpu->zero_f32(gdA, (int64_t)r * in));
+        GTRY(gpu->zero_f32(gdB, out * r));
+        GTRY(gpu->q4_lora_fwd(&dev, &dl, gx, T, gy, gxa));
+        GTRY(gpu->q4_lora_bwd(&dev, &dl, gx, gxa, gdy, T, gdx, gdA, gdB));
+        y[k] = down_bytes(gy, ybytes);
+        dx[k] = down_bytes(gdx, dxbytes);
+    }
+    CHECKF(memcmp(y[0], y[1], ybytes) != 0 || memcmp(dx[0], dx[1], dxbytes) != 0,
+           "q4_lora auto: fused and dequant paths gave the same bits; the test cannot tell them "
+           "apart");
+    CHECKF(!memcmp(y[2], y[0], ybytes) && !memcmp(dx[2], dx[0], dxbytes),
+           "q4_lora auto, T = %lld below the limit %lld: not the fused path's bits", (long long)T,
+           (long long)T + 1);
+    CHECKF(!memcmp(y[3], y[1], ybytes) && !memcmp(dx[3], dx[1], dxbytes),
+           "q4_lora auto, T = %lld at the limit: not the dequant path's bits", (long long)T);
+    n_ops_run += 4;
+    for (int k = 0; k < 4; k++) free(y[k]), free(dx[k]);
+    ql_cuda_q4_set_path(QL_CUDA_Q4_FUSED);
+    ql_cuda_q4_set_fused_max_tokens(-1);
+    gpu->free(gx), gpu->free(gdy), gpu->free(gA), gpu->free(gB), gpu->free(gy), gpu->free(gxa);
+    gpu->free(gdx), gpu->free(gdA), gpu->free(gdB);
+    free(x), free(dy), free(A), free(B);
+    gpu->q4_free(&dev);
+    ql_q4_free(&host);
+}
+
 /* --- dense matmul ------------------------------------------------------------------------------
  */
 
@@ -574,6 +626,7 @@ int main(void) {
         test_lora(&cases[i], QL_CUDA_Q4_FUSED);
         test_lora(&cases[i], QL_CUDA_Q4_DEQUANT_BLAS);
     }
+    test_auto_path();
 
     test_matmul(100, 256, 300, 0);
     test_matmul(33, 77, 45, 0);

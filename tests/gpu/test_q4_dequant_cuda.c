@@ -3,7 +3,8 @@
  * bitsandbytes allows, odd element counts, blocks straddling rows, an all-zero
  * block, several tiles, misaligned buffers (the scalar path), float32 and
  * bf16 output. The output buffer is poisoned with 0xFF (NaN in both dtypes)
- * before every run, and guard bytes after it must stay untouched.
+ * before every run, and guard bytes after it must stay untouched. Strided
+ * output (rows ldo apart) leaves the gaps between rows untouched.
  *
  * Exits 77 (skipped) when no CUDA device is visible. */
 #include <stdint.h>
@@ -161,6 +162,62 @@ static void check_misaligned_packed(void) {
     ql_q4_free(&q);
 }
 
+/* Output rows ldo elements apart (the dequant path writes W beside LoRA's B):
+ * W's elements bit-identical, the columns between rows left as they were.
+ * cols % 8 == 0 with ldo % 8 == 0 takes the 16-byte stores; else scalar. */
+static void check_strided(int64_t rows, int64_t cols, int64_t ldo, ql_dtype dt) {
+    char what[128];
+    snprintf(what, sizeof what, "strided [%lld,%lld] ldo=%lld %s", (long long)rows, (long long)cols,
+             (long long)ldo, ql_dtype_name(dt));
+    float *w = make_weights(rows, cols, 64, -1);
+    ql_q4 q, d;
+    memset(&d, 0, sizeof d);
+    if (!w || ql_q4_quantize(w, rows, cols, QL_QTYPE_NF4, 64, 1, &q) != QL_OK) {
+        CHECKF(0, "%s: quantize: %s", what, ql_error_message());
+        free(w);
+        return;
+    }
+    float *ref = malloc((size_t)q.n * sizeof(float));
+    ql_q4_dequantize(&q, ref);
+    CHECK(ql_cuda_q4_upload(&q, &d) == QL_OK);
+    const size_t esz = ql_dtype_size(dt), bytes = (size_t)(rows * ldo) * esz;
+    uint8_t *host = malloc(bytes);
+    void *dev = NULL;
+    CHECK(ql_cuda_malloc(bytes, &dev) == QL_OK);
+    CHECK(ql_cuda_memset(dev, 0xFF, bytes, NULL) == QL_OK);
+    CHECKF(ql_cuda_q4_dequantize_ld(&d, dt, dev, ldo, NULL) == QL_OK, "%s: %s", what,
+           ql_error_message());
+    CHECK(ql_cuda_sync() == QL_OK && ql_cuda_download(host, dev, bytes) == QL_OK);
+    int64_t bad = 0, gap_bad = 0;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < ldo; j++) {
+            const uint8_t *p = host + (size_t)(i * ldo + j) * esz;
+            if (j >= cols) {
+                for (size_t b = 0; b < esz; b++) gap_bad += p[b] != 0xFF;
+                continue;
+            }
+            const float want = ref[i * cols + j];
+            if (dt == QL_DT_F32) {
+                uint32_t got;
+                memcpy(&got, p, 4);
+                bad += got != ql_bits_from_f32(want);
+            } else {
+                uint16_t got;
+                memcpy(&got, p, 2);
+                bad += got != ql_f32_to_bf16(want);
+            }
+        }
+    CHECKF(bad == 0, "%s: %lld elements differ", what, (long long)bad);
+    CHECKF(gap_bad == 0, "%s: %lld bytes between rows were written", what, (long long)gap_bad);
+    /* A stride below the row length is refused. */
+    CHECK(ql_cuda_q4_dequantize_ld(&d, dt, dev, cols - 1, NULL) == QL_EINVAL);
+    cases_run++;
+    ql_cuda_free(dev);
+    ql_cuda_q4_free(&d);
+    ql_q4_free(&q);
+    free(host), free(ref), free(w);
+}
+
 static void check_errors(void) {
     /* An unsupported dtype is refused before any launch. */
     float w[64];
@@ -220,6 +277,10 @@ int main(void) {
     /* A single element. */
     check_case(1, 1, QL_QTYPE_NF4, 64, 1, -1, 1);
     check_misaligned_packed();
+    check_strided(40, 64, 80, QL_DT_BF16); /* 16-byte stores, [W | B] of r = 16 */
+    check_strided(40, 64, 80, QL_DT_F32);
+    check_strided(33, 77, 93, QL_DT_BF16);    /* rows straddle items: scalar stores */
+    check_strided(300, 256, 264, QL_DT_BF16); /* several tiles */
     check_errors();
     printf("%d dequantize runs compared\n", cases_run);
     return CHECK_DONE();
