@@ -331,7 +331,39 @@ struct coll {
 };
 thread_local std::vector<coll> g_queue;
 
+/* The bytes of this rank's memory that o writes. */
+span written(const coll &o) {
+    const size_t es = type_size(o.t);
+    switch (o.kind) {
+    case REDUCE: return o.c->rank == o.root ? span_of(o.recv, o.count * es) : span{0, 0};
+    case BROADCAST: return span_of(o.recv, o.bytes);
+    case ALL_GATHER: return span_of(o.recv, o.bytes * (size_t)o.c->nranks);
+    default: return span_of(o.recv, o.count * es);
+    }
+}
+
+ncclResult_t run_now(const coll &o);
+
+/* On a stream of its own (not the legacy one) the result is computed now,
+ * in a copy of the output, and lands when the program synchronises with
+ * that stream (emu_runtime.cpp, ql_emu_stream_defer): reading it earlier
+ * reads the old bytes. The stream's earlier results land first, in order. */
 ncclResult_t run(const coll &o) {
+    ql_emu_stream_land(o.stream);
+    const span w = written(o);
+    if (!o.stream || w.lo == w.hi) return run_now(o);
+    std::vector<char> stage((size_t)(w.hi - w.lo));
+    memcpy(stage.data(), (const void *)w.lo, stage.size());
+    coll moved = o;
+    moved.recv = stage.data();
+    const uintptr_t snd = (uintptr_t)o.send;
+    if (snd >= w.lo && snd < w.hi) moved.send = stage.data() + (snd - w.lo); /* in place */
+    const ncclResult_t r = run_now(moved);
+    if (r == ncclSuccess) ql_emu_stream_defer(o.stream, (void *)w.lo, stage.data(), stage.size());
+    return r;
+}
+
+ncclResult_t run_now(const coll &o) {
     ncclComm_t c = o.c;
     if (!live(c))
         return fail(ncclInvalidUsage, "%s: the communicator was destroyed before ncclGroupEnd",

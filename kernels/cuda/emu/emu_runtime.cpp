@@ -18,6 +18,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <deque>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -546,15 +547,36 @@ size_t total_mem() {
 thread_local int g_device = 0;
 } // namespace
 
+/* A result that the emulated NCCL computed at enqueue time but that lands
+ * in device memory only when the program synchronises with its stream (see
+ * ql_emu_stream_defer): code that reads it without the event wait or
+ * synchronisation a GPU needs reads the old bytes, as it might on a GPU. */
+struct emu_deferred {
+    char *dst;
+    std::vector<char> bytes;
+};
+
 struct CUstream_st {
     unsigned flags;
     int device;
-    int pending; /* cudaStreamQuery answers cudaErrorNotReady once */
+    int pending;                       /* cudaStreamQuery answers cudaErrorNotReady once */
+    std::deque<emu_deferred> deferred; /* not landed yet, oldest first */
+    uint64_t posted, landed;           /* deferred writes ever queued / landed */
 };
 
 namespace {
 std::mutex g_stream_mu;
 std::map<cudaStream_t, int> g_streams; /* live streams (value unused) */
+
+/* Lands s's deferred writes up to number `upto` (g_stream_mu held). */
+void land(cudaStream_t s, uint64_t upto) {
+    while (s->landed < upto && !s->deferred.empty()) {
+        emu_deferred &d = s->deferred.front();
+        memcpy(d.dst, d.bytes.data(), d.bytes.size());
+        s->deferred.pop_front();
+        s->landed++;
+    }
+}
 } // namespace
 
 extern "C" {
@@ -571,6 +593,24 @@ void ql_emu_stream_mark_pending(cudaStream_t s) {
     if (!s) return;
     std::lock_guard<std::mutex> lk(g_stream_mu);
     if (g_streams.count(s)) s->pending = 1;
+}
+
+void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (!s || !g_streams.count(s)) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    s->deferred.push_back(
+        emu_deferred{(char *)dst, std::vector<char>((const char *)src, (const char *)src + bytes)});
+    s->posted++;
+}
+
+void ql_emu_stream_land(cudaStream_t s) {
+    if (!s) return;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (g_streams.count(s)) land(s, s->posted);
 }
 
 cudaError_t cudaGetDeviceCount(int *n) {
@@ -625,6 +665,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidPitchValue: return "cudaErrorInvalidPitchValue";
     case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
@@ -641,6 +682,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration:
         return "invalid configuration argument (emulator: see stderr)";
+    case cudaErrorInvalidPitchValue: return "invalid pitch argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorNotReady: return "device not ready";
@@ -709,8 +751,22 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
+                            cudaStream_t s) {
+    ql_emu_stream_land(s); /* in stream order, after its earlier work */
     return copy_checked(dst, src, bytes, kind);
+}
+
+/* Row by row, each row checked as one copy; pitches below the width are
+ * refused as CUDA does. */
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width, size_t height, cudaMemcpyKind kind, cudaStream_t) {
+    if (dpitch < width || spitch < width) return cudaErrorInvalidPitchValue;
+    for (size_t r = 0; r < height; r++) {
+        cudaError_t e =
+            copy_checked((char *)dst + r * dpitch, (const char *)src + r * spitch, width, kind);
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t) {
@@ -724,14 +780,18 @@ cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t) {
     return cudaSuccess;
 }
 
-/* Everything already ran when it was enqueued. */
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+/* Everything already ran when it was enqueued; deferred results land. */
+cudaError_t cudaDeviceSynchronize(void) {
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    for (auto &kv : g_streams) land(kv.first, kv.first->posted);
+    return cudaSuccess;
+}
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
     if (!s) return cudaErrorInvalidValue;
     *s = nullptr;
     if (flags & ~(unsigned)cudaStreamNonBlocking) return cudaErrorInvalidValue;
-    cudaStream_t n = new CUstream_st{flags, g_device, 0};
+    cudaStream_t n = new CUstream_st{flags, g_device, 0, {}, 0, 0};
     std::lock_guard<std::mutex> lk(g_stream_mu);
     g_streams[n] = 1;
     *s = n;
@@ -742,6 +802,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     std::lock_guard<std::mutex> lk(g_stream_mu);
     auto it = s ? g_streams.find(s) : g_streams.end();
     if (it == g_streams.end()) return cudaErrorInvalidResourceHandle;
+    land(s, s->posted); /* CUDA finishes a destroyed stream's work */
     g_streams.erase(it);
     delete s;
     return cudaSuccess;
@@ -755,6 +816,7 @@ cudaError_t cudaStreamQuery(cudaStream_t s) {
         s->pending = 0;
         return cudaErrorNotReady;
     }
+    land(s, s->posted);
     return cudaSuccess;
 }
 
@@ -763,6 +825,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     std::lock_guard<std::mutex> lk(g_stream_mu);
     if (!g_streams.count(s)) return cudaErrorInvalidResourceHandle;
     s->pending = 0;
+    land(s, s->posted);
     return cudaSuccess;
 }
 
@@ -770,7 +833,16 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
 
 struct CUevent_st {
     double ms;
+    cudaStream_t stream; /* recorded on (NULL: the legacy stream) */
+    uint64_t seq;        /* the stream's deferred writes before the record */
 };
+
+/* Everything recorded before e on its stream lands. */
+static void reach(cudaEvent_t e) {
+    if (!e->stream) return;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (g_streams.count(e->stream)) land(e->stream, e->seq);
+}
 
 static double now_ms() {
     struct timespec ts;
@@ -781,7 +853,7 @@ static double now_ms() {
 extern "C" {
 
 cudaError_t cudaEventCreate(cudaEvent_t *e) {
-    *e = new CUevent_st{0.0};
+    *e = new CUevent_st{0.0, nullptr, 0};
     return cudaSuccess;
 }
 
@@ -793,12 +865,17 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
 /* Work is complete when enqueued: an event is reached once recorded, and a
  * stream waiting for one waits for nothing. */
 cudaError_t cudaEventQuery(cudaEvent_t e) {
-    return e ? cudaSuccess : cudaErrorInvalidResourceHandle;
+    if (!e) return cudaErrorInvalidResourceHandle;
+    reach(e);
+    return cudaSuccess;
 }
 
+/* The waiting stream's later work runs now, so what it waits for lands now. */
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
     if (!e || !ql_emu_stream_valid(s)) return cudaErrorInvalidResourceHandle;
-    return flags ? cudaErrorInvalidValue : cudaSuccess;
+    if (flags) return cudaErrorInvalidValue;
+    reach(e);
+    return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
@@ -806,14 +883,24 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
     return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     if (!e) return cudaErrorInvalidResourceHandle;
     e->ms = now_ms();
+    e->stream = nullptr;
+    e->seq = 0;
+    if (s) {
+        std::lock_guard<std::mutex> lk(g_stream_mu);
+        if (!g_streams.count(s)) return cudaErrorInvalidResourceHandle;
+        e->stream = s;
+        e->seq = s->posted;
+    }
     return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-    return e ? cudaSuccess : cudaErrorInvalidResourceHandle;
+    if (!e) return cudaErrorInvalidResourceHandle;
+    reach(e);
+    return cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {

@@ -18,6 +18,7 @@ typedef enum cudaError {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidPitchValue = 12,
     cudaErrorInsufficientDriver = 35,
     cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
@@ -78,6 +79,8 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t s);
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width, size_t height, cudaMemcpyKind kind, cudaStream_t s);
 cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t s);
 cudaError_t cudaDeviceSynchronize(void);
 /* Streams: work runs when it is enqueued, so a stream is always complete,
@@ -105,6 +108,15 @@ int ql_emu_stream_valid(cudaStream_t s);
  * stream does while a collective is still running on it: callers that poll
  * take that path too. cudaStreamSynchronize clears it. */
 void ql_emu_stream_mark_pending(cudaStream_t s);
+/* bytes of src land at dst when the program next synchronises with s: a
+ * cudaStreamSynchronize, a cudaStreamQuery that answers cudaSuccess, a
+ * cudaDeviceSynchronize, or a wait for (cudaStreamWaitEvent,
+ * cudaEventSynchronize, cudaEventQuery) an event recorded on s after this
+ * call; also before s's next copy or collective, in order. The null stream:
+ * at once. src is copied. */
+void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t bytes);
+/* Every deferred write of s lands now. */
+void ql_emu_stream_land(cudaStream_t s);
 
 #ifdef __cplusplus
 }
