@@ -222,6 +222,25 @@ ql_status ql_comm_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out
                                   "overlap (check ql_comm_can_overlap)");
 }
 
+ql_status ql_comm_allgather_start(ql_comm *c, const void *in, void *out, int64_t n, int64_t lo,
+                                  int64_t hi, ql_dtype dt, int *part) {
+    QL_ASSERT(n >= 0 && lo >= 0 && lo <= hi && hi <= n);
+#ifdef QL_HAVE_NCCL
+    if (c->kind == QL_COMM_NCCL) return ql_nccl_allgather_start(c, in, out, n, lo, hi, dt, part);
+#endif
+    (void)in, (void)out, (void)dt, (void)part;
+    return ql_error(QL_EINTERNAL, "ql_comm_allgather_start: this communicator cannot overlap "
+                                  "(check ql_comm_can_overlap)");
+}
+
+ql_status ql_comm_join(ql_comm *c, int part) {
+#ifdef QL_HAVE_NCCL
+    if (c->kind == QL_COMM_NCCL) return ql_nccl_join(c, part);
+#endif
+    (void)c, (void)part;
+    return QL_OK;
+}
+
 ql_status ql_comm_wait(ql_comm *c) {
 #ifdef QL_HAVE_NCCL
     if (c->kind == QL_COMM_NCCL) return ql_nccl_wait(c);

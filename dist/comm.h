@@ -116,6 +116,18 @@ ql_status ql_comm_bind_device(const ql_comm *c, int *device);
 int ql_comm_can_overlap(const ql_comm *c);
 ql_status ql_comm_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out, int64_t n,
                                            int64_t lo, int64_t hi, ql_dtype dt);
+/* The same for ql_comm_allgather(c, in, out, n, dt) restricted to the
+ * elements [lo, hi) of out (in is this rank's slice, as there). *part
+ * names the part for ql_comm_join. Until joined or waited for, out[lo, hi)
+ * must not be read or written, nor this rank's slice of `in` written. */
+ql_status ql_comm_allgather_start(ql_comm *c, const void *in, void *out, int64_t n, int64_t lo,
+                                  int64_t hi, ql_dtype dt, int *part);
+/* The compute stream (not the host) waits for all-gather part `part` and
+ * every part started before it: work queued on it afterwards sees their
+ * elements. Cheap; the host does not block. */
+ql_status ql_comm_join(ql_comm *c, int part);
+/* The host waits for every started part of either kind (a time limit
+ * applies: dist.timeout_s). */
 ql_status ql_comm_wait(ql_comm *c);
 
 #endif

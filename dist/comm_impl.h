@@ -52,6 +52,9 @@ ql_status ql_nccl_allreduce_sum(ql_comm *c, void *buf, int64_t count, ql_dtype d
  * (an event, not a device-wide wait), and the wait for every queued part. */
 ql_status ql_nccl_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out, int64_t n,
                                            int64_t lo, int64_t hi, ql_dtype dt);
+ql_status ql_nccl_allgather_start(ql_comm *c, const void *in, void *out, int64_t n, int64_t lo,
+                                  int64_t hi, ql_dtype dt, int *part);
+ql_status ql_nccl_join(ql_comm *c, int part);
 ql_status ql_nccl_wait(ql_comm *c);
 #endif
 

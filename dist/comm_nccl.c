@@ -33,6 +33,8 @@ typedef struct nccl_state {
     cudaStream_t stream;
     int device;
     cudaEvent_t queued; /* overlap: the compute stream's work so far */
+    cudaEvent_t *parts; /* all-gather part k is done when parts[k] is reached */
+    int n_parts, cap_parts;
 } nccl_state;
 
 static double now_s(void) {
@@ -201,6 +203,8 @@ void ql_nccl_close(ql_comm *c) {
         s->comm = NULL;
     }
     if (s->queued) cudaEventDestroy(s->queued);
+    for (int k = 0; k < s->cap_parts; k++) cudaEventDestroy(s->parts[k]);
+    free(s->parts);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s);
     c->nccl = NULL;
@@ -250,6 +254,16 @@ ql_status ql_nccl_allreduce_sum(ql_comm *c, void *buf, int64_t count, ql_dtype d
     return wait_done(c, "all-reduce", 1);
 }
 
+/* The NCCL stream waits for the compute stream's queued work. */
+static ql_status behind_compute(ql_comm *c, const char *what) {
+    nccl_state *s = c->nccl;
+    cudaError_t e = cudaSuccess;
+    if (!s->queued) e = cudaEventCreateWithFlags(&s->queued, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(s->queued, (cudaStream_t)0);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(s->stream, s->queued, 0);
+    return e == cudaSuccess ? QL_OK : cuda_fail(c, what, e);
+}
+
 /* One part of ql_nccl_reduce_scatter_sum: for each owner, the grouped
  * ncclReduce of its slice restricted to [lo, hi). A ring reduction adds an
  * element's contributions in ring order whatever the message's extent, so
@@ -261,11 +275,7 @@ ql_status ql_nccl_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out
                                            int64_t lo, int64_t hi, ql_dtype dt) {
     nccl_state *s = c->nccl;
     const size_t es = ql_dtype_size(dt);
-    cudaError_t e = cudaSuccess;
-    if (!s->queued) e = cudaEventCreateWithFlags(&s->queued, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventRecord(s->queued, (cudaStream_t)0);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(s->stream, s->queued, 0);
-    if (e != cudaSuccess) return cuda_fail(c, "queueing a reduce-scatter part", e);
+    QL_TRY(behind_compute(c, "queueing a reduce-scatter part"));
     NCCL_ENQ(c, "ncclGroupStart", ncclGroupStart());
     for (int r = 0; r < c->size; r++) {
         int64_t off, len;
@@ -283,7 +293,57 @@ ql_status ql_nccl_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out
     return wait_done(c, "reduce-scatter part", 0);
 }
 
-ql_status ql_nccl_wait(ql_comm *c) { return wait_done(c, "reduce-scatter", 1); }
+/* One part of ql_nccl_allgather: each owner broadcasts the piece of its
+ * slice inside [lo, hi). A broadcast copies bytes, so parts give the whole
+ * call's result exactly. An event after the part lets the compute stream
+ * wait for it alone (ql_nccl_join). */
+ql_status ql_nccl_allgather_start(ql_comm *c, const void *in, void *out, int64_t n, int64_t lo,
+                                  int64_t hi, ql_dtype dt, int *part) {
+    nccl_state *s = c->nccl;
+    const size_t es = ql_dtype_size(dt);
+    if (s->n_parts == s->cap_parts) {
+        int cap = s->cap_parts ? 2 * s->cap_parts : 16;
+        cudaEvent_t *p = realloc(s->parts, (size_t)cap * sizeof *p);
+        if (!p) return ql_error(QL_ENOMEM, "rank %d: the all-gather part events", c->rank);
+        s->parts = p;
+        for (; s->cap_parts < cap; s->cap_parts++) {
+            cudaError_t e = cudaEventCreateWithFlags(&p[s->cap_parts], cudaEventDisableTiming);
+            if (e != cudaSuccess) return cuda_fail(c, "cudaEventCreateWithFlags", e);
+        }
+    }
+    QL_TRY(behind_compute(c, "queueing an all-gather part"));
+    NCCL_ENQ(c, "ncclGroupStart", ncclGroupStart());
+    for (int r = 0; r < c->size; r++) {
+        int64_t off, len;
+        ql_dist_slice(n, c->size, r, &off, &len);
+        const int64_t a = lo > off ? lo : off, b = hi < off + len ? hi : off + len;
+        if (a >= b) continue; /* the same on every rank */
+        char *dst = (char *)out + (size_t)a * es;
+        const void *src = r == c->rank ? (const char *)in + (size_t)(a - off) * es : dst;
+        NCCL_ENQ_GROUP(
+            c, "ncclBroadcast",
+            ncclBroadcast(src, dst, (size_t)(b - a), nccl_type(dt), r, s->comm, s->stream));
+    }
+    NCCL_ENQ(c, "ncclGroupEnd", ncclGroupEnd());
+    QL_TRY(wait_done(c, "all-gather part", 0));
+    cudaError_t e = cudaEventRecord(s->parts[s->n_parts], s->stream);
+    if (e != cudaSuccess) return cuda_fail(c, "cudaEventRecord", e);
+    *part = s->n_parts++;
+    return QL_OK;
+}
+
+ql_status ql_nccl_join(ql_comm *c, int part) {
+    nccl_state *s = c->nccl;
+    QL_ASSERT(part >= 0 && part < s->n_parts);
+    cudaError_t e = cudaStreamWaitEvent((cudaStream_t)0, s->parts[part], 0);
+    return e == cudaSuccess ? QL_OK : cuda_fail(c, "waiting for an all-gather part", e);
+}
+
+ql_status ql_nccl_wait(ql_comm *c) {
+    ql_status st = wait_done(c, "reduce-scatter or all-gather", 1);
+    if (st == QL_OK) ((nccl_state *)c->nccl)->n_parts = 0;
+    return st;
+}
 
 #else
 /* This build has no NCCL: dist/comm.c answers ql_comm_open_device. */

@@ -121,6 +121,10 @@ static void llama_set_layer_done(void *ctx, ql_status (*fn)(void *fctx, int laye
     ql_llama_set_layer_done(ctx, fn, fctx);
 }
 
+static void llama_set_layer_start(void *ctx, ql_status (*fn)(void *fctx, int layer), void *fctx) {
+    ql_llama_set_layer_start(ctx, fn, fctx);
+}
+
 static void llama_layer_grad_range(void *ctx, int layer, int64_t *lo, int64_t *hi) {
     ql_llama_layer_grad_range(ctx, layer, lo, hi);
 }
@@ -349,6 +353,7 @@ static int run(const ql_config *c, ql_job *j) {
                          .n = a->n,
                          .fwd_bwd = llama_fwd_bwd,
                          .set_layer_done = llama_set_layer_done,
+                         .set_layer_start = llama_set_layer_start,
                          .layer_grad_range = llama_layer_grad_range};
     char *metrics = ql_fs_join(c->output_dir, "metrics.jsonl");
     char *adapter = ql_fs_join(c->output_dir, "adapter");

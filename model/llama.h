@@ -157,9 +157,21 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
  * runs. An error from it ends the call. NULL (the default): none. */
 typedef ql_status (*ql_llama_layer_done_fn)(void *ctx, int layer);
 void ql_llama_set_layer_done(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx);
+/* Called by the forward pass just before layer i (0 up to L-1) is queued
+ * (not again for a checkpointed layer's recomputation): the trainer makes
+ * the device wait there for that layer's adapters to arrive from the
+ * previous step's all-gather (ql_optim_params_needed). An error from it
+ * ends the call. NULL (the default): none. */
+void ql_llama_set_layer_start(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx);
 /* Layer i's adapter elements: the flat vector's [lo, hi), lo == hi when the
  * layer has no adapter. Layers are in order: layer i + 1's range follows. */
 void ql_llama_layer_grad_range(const ql_llama *m, int layer, int64_t *lo, int64_t *hi);
+
+/* Seconds the last ql_llama_forward_backward spent waiting in its one
+ * device wait (the per-token losses' copy): near 0 when the device had
+ * finished before the host had queued everything — launch-bound, where CUDA
+ * graphs would help — and most of the call when the host ran ahead. */
+double ql_llama_last_wait_s(const ql_llama *m);
 
 /* Logits of every position into host memory [batch * seq, vocab] (tests, eval). */
 ql_status ql_llama_logits(ql_llama *m, const ql_batch *b, float *logits);

@@ -50,6 +50,9 @@ struct ql_llama {
     ql_rng rng;                        /* dropout */
     ql_llama_layer_done_fn layer_done; /* ql_llama_set_layer_done */
     void *layer_done_ctx;
+    ql_llama_layer_done_fn layer_start; /* ql_llama_set_layer_start */
+    void *layer_start_ctx;
+    double last_wait_s; /* ql_llama_last_wait_s */
 
     /* activations */
     ql_act **xs;         /* [L + 1] residual stream: layer inputs and the last output */

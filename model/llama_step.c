@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "model/llama_impl.h"
 
 /* --------------------------------------------------------------- the batch */
@@ -206,6 +207,7 @@ ql_status ql_llama_forward_layers(ql_llama *m, int keep) {
     QL_TRY(m->be->embed_fwd(m->embed, m->ids, m->T, m->d, m->xs[0]));
     for (int i = 0; i < m->L; i++) {
         ql_llama_acts *a = &m->acts[keep && m->n_acts > 1 ? i : 0];
+        if (m->layer_start) QL_TRY(m->layer_start(m->layer_start_ctx, i));
         QL_TRY(layer_fwd(m, i, m->xs[i], m->xs[i + 1], a));
     }
     return m->be->rmsnorm_fwd(m->xs[m->L], m->norm_f, m->eps, m->T, m->d, m->fnorm, m->rstd_f);
@@ -220,6 +222,13 @@ static int chunk_has_targets(const int32_t *targets, int64_t n) {
 void ql_llama_set_layer_done(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx) {
     m->layer_done = fn;
     m->layer_done_ctx = ctx;
+}
+
+double ql_llama_last_wait_s(const ql_llama *m) { return m->last_wait_s; }
+
+void ql_llama_set_layer_start(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx) {
+    m->layer_start = fn;
+    m->layer_start_ctx = ctx;
 }
 
 void ql_llama_layer_grad_range(const ql_llama *m, int layer, int64_t *lo, int64_t *hi) {
@@ -268,7 +277,9 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
     /* The per-token losses come back only now, after the backward pass has
      * been queued: on a device backend this copy is the micro-batch's one
      * wait, and the device never idles between forward and backward. */
+    const double w0 = ql_clock_s();
     QL_TRY(be->download(m->h_losses, m->losses, (size_t)T * sizeof(float)));
+    m->last_wait_s = ql_clock_s() - w0;
     double sum = 0.0;
     int64_t n = 0;
     for (int64_t t = 0; t < T; t++)

@@ -50,6 +50,16 @@ ql_status ql_optim_init_dist(ql_optim *o, const ql_backend *be, int64_t n, ql_co
     o->bucket_bytes = bb && *bb ? strtoll(bb, NULL, 10) : QL_OPTIM_BUCKET_BYTES;
     /* The CPU backends' memory is the host's: no copies needed. */
     o->host_memory = !strncmp(be->name, "cpu", 3);
+    if (o->overlap) {
+        o->gather_lo = ql_malloc((QL_OPTIM_MAX_GATHER_PARTS + 1) * sizeof *o->gather_lo,
+                                 "the all-gather parts");
+        o->gather_id =
+            ql_malloc(QL_OPTIM_MAX_GATHER_PARTS * sizeof *o->gather_id, "the all-gather parts");
+        if (!o->gather_lo || !o->gather_id) {
+            ql_optim_free(o);
+            return QL_ENOMEM;
+        }
+    }
     /* A host copy of the gradient only where the step needs one: a device
      * backend without the vector ops, or several ranks reducing through MPI
      * in host memory (no device communicator). */
@@ -74,6 +84,8 @@ void ql_optim_free(ql_optim *o) {
         if (o->v) o->be->free(o->v);
     }
     free(o->host);
+    free(o->gather_lo);
+    free(o->gather_id);
     memset(o, 0, sizeof *o);
 }
 
@@ -181,12 +193,50 @@ static ql_status global_norm(ql_optim *o, const float *g, const float *dev_slice
     return QL_OK;
 }
 
+/* Overlap: the all-gather in parts of about the bucket size (at most
+ * QL_OPTIM_MAX_GATHER_PARTS), from element 0 up, started behind AdamW. */
+static ql_status start_gather(ql_optim *o, float *params) {
+    int64_t part = o->bucket_bytes / (int64_t)sizeof(float);
+    const int64_t least = (o->n + QL_OPTIM_MAX_GATHER_PARTS - 1) / QL_OPTIM_MAX_GATHER_PARTS;
+    if (part < least) part = least;
+    if (part < 1) part = 1;
+    o->n_gather = o->joined = 0;
+    o->gathering = 1;
+    for (int64_t lo = 0; lo < o->n; lo += part) {
+        const int64_t hi = o->n - lo < part ? o->n : lo + part;
+        o->gather_lo[o->n_gather] = lo;
+        o->gather_lo[o->n_gather + 1] = hi;
+        QL_TRY(ql_comm_allgather_start(o->dcomm, params + o->off, params, o->n, lo, hi, QL_DT_F32,
+                                       &o->gather_id[o->n_gather]));
+        o->n_gather++;
+    }
+    return QL_OK;
+}
+
+ql_status ql_optim_params_needed(ql_optim *o, int64_t lo, int64_t hi) {
+    (void)lo;
+    if (!o->gathering) return QL_OK;
+    int k = o->joined; /* parts [joined, k) start below hi */
+    while (k < o->n_gather && o->gather_lo[k] < hi) k++;
+    if (k > o->joined) {
+        QL_TRY(ql_comm_join(o->dcomm, o->gather_id[k - 1]));
+        o->joined = k;
+    }
+    if (o->joined < o->n_gather) return QL_OK;
+    o->gathering = 0;
+    return ql_comm_wait(o->dcomm);
+}
+
+ql_status ql_optim_params_sync(ql_optim *o) { return ql_optim_params_needed(o, 0, o->n); }
+
 /* Every rank's updated slice into every rank's params. */
 static ql_status gather_params(ql_optim *o, float *params, double *comm_s) {
     if (ranks(o) == 1) return QL_OK;
     double t0 = now_s();
     ql_status st;
-    if (o->host_memory) {
+    if (o->overlap) {
+        st = start_gather(o, params);
+    } else if (o->host_memory) {
         st = ql_comm_allgather(o->comm, params + o->off, params, o->n, QL_DT_F32);
     } else if (o->dcomm) {
         st = ql_comm_allgather(o->dcomm, params + o->off, params, o->n, QL_DT_F32);
@@ -203,7 +253,8 @@ static ql_status gather_params(ql_optim *o, float *params, double *comm_s) {
 ql_status ql_optim_step(ql_optim *o, const ql_optim_config *c, int64_t step, double loss, double lr,
                         float *params, float *grads, ql_step_result *r) {
     memset(r, 0, sizeof *r);
-    float *g; /* the summed slice in host memory when staged, else NULL */
+    QL_TRY(ql_optim_params_sync(o)); /* AdamW rewrites this rank's slice */
+    float *g;                        /* the summed slice in host memory when staged, else NULL */
     QL_TRY(reduce_grads(o, grads, &g, &r->comm_s));
     QL_TRY(global_norm(o, g, grads + o->off, &r->grad_norm, &r->comm_s));
     r->clip_coef = 1.0f;

@@ -62,6 +62,12 @@ typedef struct ql_optim {
     int overlap;
     int64_t ready_lo, sent_lo;
     int64_t bucket_bytes; /* QL_OPTIM_BUCKET_BYTES, or QL_OVERLAP_BUCKET_BYTES */
+    /* The parameters' all-gather in flight (ql_optim_params_needed): part k
+     * covers [gather_lo[k], gather_lo[k + 1]) and is the communicator's
+     * part gather_id[k]; parts below `joined` are joined. */
+    int gathering, n_gather, joined;
+    int64_t *gather_lo; /* [QL_OPTIM_MAX_GATHER_PARTS + 1] */
+    int *gather_id;     /* [QL_OPTIM_MAX_GATHER_PARTS] */
 } ql_optim;
 
 typedef struct ql_step_result {
@@ -97,6 +103,26 @@ void ql_optim_free(ql_optim *o);
 #define QL_OPTIM_BUCKET_BYTES ((int64_t)25 << 20)
 int ql_optim_can_overlap(const ql_optim *o);
 ql_status ql_optim_grads_ready(ql_optim *o, float *grads, int64_t lo, int64_t hi);
+
+/* Overlapping the parameters' all-gather with the next step's start. When
+ * ql_optim_can_overlap, ql_optim_step returns with the all-gather started
+ * in parts of about the bucket size (at most QL_OPTIM_MAX_GATHER_PARTS),
+ * from the start of the vector (layer 0) up, each queued behind AdamW. The
+ * caller then says which elements it is about to use:
+ * ql_optim_params_needed(lo, hi) before a layer's forward pass makes the
+ * compute stream wait for the parts up to hi (a device-side wait; layer 0
+ * waits for the first part only). Once every part is joined the host
+ * also waits for the all-gather to finish (the time limit applies), so that
+ * a failed peer is an error, not a compute stream stuck behind it.
+ * ql_optim_params_sync joins and waits for everything: before anything else
+ * reads other ranks' elements (evaluation, the end of training); the next
+ * ql_optim_step calls it too. This rank's own slice [off, off + len) is
+ * final on the compute stream as soon as ql_optim_step returns (a
+ * checkpoint may read it at once). Without overlap both do nothing: the
+ * all-gather finished inside ql_optim_step. */
+#define QL_OPTIM_MAX_GATHER_PARTS 64
+ql_status ql_optim_params_needed(ql_optim *o, int64_t lo, int64_t hi);
+ql_status ql_optim_params_sync(ql_optim *o);
 
 /* grads = 0, before a step's micro-batches accumulate into them. */
 ql_status ql_optim_zero_grads(ql_optim *o, float *grads);

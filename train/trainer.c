@@ -48,6 +48,14 @@ static ql_status on_layer_done(void *ctx, int layer) {
     return ql_optim_grads_ready(&L->o, L->m->grads, lo, hi);
 }
 
+/* A layer's adapters are about to be used (the forward pass). */
+static ql_status on_layer_start(void *ctx, int layer) {
+    loop *L = ctx;
+    int64_t lo, hi;
+    L->m->layer_grad_range(L->m->ctx, layer, &lo, &hi);
+    return ql_optim_params_needed(&L->o, lo, hi);
+}
+
 /* Forward/backward over this rank's micro-batches of one step. */
 static ql_status accumulate(loop *L, int64_t first, int64_t n_tg, double *loss_sum,
                             int64_t *tokens) {
@@ -57,6 +65,10 @@ static ql_status accumulate(loop *L, int64_t first, int64_t n_tg, double *loss_s
     first += L->shard_off;
     *loss_sum = 0;
     *tokens = 0;
+    /* The previous step's all-gather: joined layer by layer by the first
+     * forward pass, or whole here when the model cannot say. */
+    const int start_hook = L->m->set_layer_start && L->m->layer_grad_range;
+    if (!start_hook) QL_TRY(ql_optim_params_sync(&L->o));
     for (int64_t j = 0; j < G; j += M) {
         int64_t rows = G - j < M ? G - j : M, tok, got_tg = 0;
         double ls = 0;
@@ -65,8 +77,10 @@ static ql_status accumulate(loop *L, int64_t first, int64_t n_tg, double *loss_s
         const int hook = j + M >= G && L->m->set_layer_done && L->m->layer_grad_range &&
                          ql_optim_can_overlap(&L->o);
         if (hook) L->m->set_layer_done(L->m->ctx, on_layer_done, L);
+        if (start_hook) L->m->set_layer_start(L->m->ctx, on_layer_start, L);
         ql_status st = L->m->fwd_bwd(L->m->ctx, &batch, 1, scale, &ls, &got_tg);
         if (hook) L->m->set_layer_done(L->m->ctx, NULL, NULL);
+        if (start_hook) L->m->set_layer_start(L->m->ctx, NULL, NULL);
         QL_TRY(st);
         *loss_sum += ls;
         *tokens += tok;
@@ -109,7 +123,7 @@ static ql_status evaluate(loop *L, int64_t step, ql_train_result *r) {
     double t0 = ql_now(), loss_sum = 0;
     int64_t n_tg = 0, tokens = 0, M = L->c->train.micro_batch, first, n;
     ql_dist_slice(L->v_rows.n_rows, L->world, L->rank, &first, &n);
-    ql_status st = QL_OK;
+    ql_status st = ql_optim_params_sync(&L->o);
     for (int64_t g = first; g < first + n && st == QL_OK; g += M) {
         ql_batch batch;
         int64_t tok, got = 0;
@@ -189,6 +203,8 @@ static ql_status boundary(loop *L, const ql_train_opts *o, const ql_train_result
                           double elapsed, int *halt) {
     *halt = 0;
     if (!o->hooks || !o->hooks->boundary) return QL_OK;
+    /* No ql_optim_params_sync: a checkpoint reads this rank's own slice,
+     * which AdamW wrote on the compute stream; the all-gather only reads it. */
     ql_train_state s = {.step = step,
                         .cursor = ql_batcher_cursor(&L->b),
                         .samples_seen = L->b.next,
@@ -393,6 +409,8 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
         !(c->train.eval_every > 0 && r->steps % c->train.eval_every == 0))
         st = evaluate(&L, r->steps, r);
 out:
+    /* The caller exports the parameters next (after a failure the job ends). */
+    if (st == QL_OK) st = ql_optim_params_sync(&L.o);
     ql_progress_end(&L.p);
     r->elapsed_s = ql_now() - t0 + before;
     {

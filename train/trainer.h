@@ -40,10 +40,13 @@ typedef struct ql_train_model {
     /* As ql_llama_forward_backward. */
     ql_status (*fwd_bwd)(void *ctx, const ql_batch *b, int backward, float grad_scale,
                          double *loss_sum, int64_t *n_targets);
-    /* Optional (NULL: the model cannot say): as ql_llama_set_layer_done and
-     * ql_llama_layer_grad_range. The loop uses them on a step's last
-     * micro-batch to overlap the gradient reduction (ql_optim_grads_ready). */
+    /* Optional (NULL: the model cannot say): as ql_llama_set_layer_done,
+     * ql_llama_set_layer_start and ql_llama_layer_grad_range. The loop uses
+     * them to overlap the gradient reduction with a step's last backward
+     * pass (ql_optim_grads_ready) and the parameters' all-gather with the
+     * next step's forward pass (ql_optim_params_needed). */
     void (*set_layer_done)(void *ctx, ql_status (*fn)(void *fctx, int layer), void *fctx);
+    void (*set_layer_start)(void *ctx, ql_status (*fn)(void *fctx, int layer), void *fctx);
     void (*layer_grad_range)(void *ctx, int layer, int64_t *lo, int64_t *hi);
 } ql_train_model;
 

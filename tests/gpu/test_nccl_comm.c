@@ -161,6 +161,40 @@ int main(void) {
     bad = first_diff(back, 0, N, want_owned, 0);
     CHECKF(bad < 0, "rank %d: in-place all-gather differs at element %lld", rank, (long long)bad);
 
+    /* overlap (ql_comm_can_overlap): the in-place all-gather in uneven
+     * parts that straddle slices, each joined by the compute stream before
+     * the download; then the in-place reduce-scatter in parts, from the
+     * end down as the backward pass starts them, then ql_comm_wait. The same
+     * bits as the whole calls. On the emulator a part's result lands only at
+     * the join or wait, so a missing one would read the 0xff fill. */
+    CHECK(ql_comm_can_overlap(dev));
+    CHECK(ql_cuda_memset(a, 0xff, bytes, NULL) == QL_OK);
+    CHECK(ql_cuda_upload((float *)a + off, h, (size_t)len * sizeof(float)) == QL_OK);
+    static const int64_t cuts[] = {0, 1, 777, N / 3 + 5, N / 2, N - 2, N};
+    int parts[6], n_parts = 0;
+    for (int k = 0; k + 1 < (int)(sizeof cuts / sizeof cuts[0]); k++)
+        CHECK(ql_comm_allgather_start(dev, (float *)a + off, a, N, cuts[k], cuts[k + 1], QL_DT_F32,
+                                      &parts[n_parts++]) == QL_OK);
+    for (int k = 0; k < n_parts; k++) {
+        CHECK(ql_comm_join(dev, parts[k]) == QL_OK);
+        const int64_t lo = cuts[k], hi = cuts[k + 1];
+        CHECK(ql_cuda_download(back, (float *)a + lo, (size_t)(hi - lo) * sizeof(float)) == QL_OK);
+        bad = first_diff(back, lo, hi, want_owned, 0);
+        CHECKF(bad < 0, "rank %d: all-gather part %d [%lld, %lld) differs at element %lld", rank, k,
+               (long long)lo, (long long)hi, (long long)bad);
+    }
+    CHECK(ql_comm_wait(dev) == QL_OK);
+    for (int64_t i = 0; i < N; i++) h[i] = contrib(rank, i);
+    CHECK(ql_cuda_upload(a, h, bytes) == QL_OK);
+    for (int k = (int)(sizeof cuts / sizeof cuts[0]) - 1; k > 0; k--)
+        CHECK(ql_comm_reduce_scatter_sum_start(dev, a, (float *)a + off, N, cuts[k - 1], cuts[k],
+                                               QL_DT_F32) == QL_OK);
+    CHECK(ql_comm_wait(dev) == QL_OK);
+    CHECK(ql_cuda_download(back, (float *)a + off, (size_t)len * sizeof(float)) == QL_OK);
+    bad = first_diff(back, off, off + len, want_sum, size);
+    CHECKF(bad < 0, "rank %d: reduce-scatter in parts differs at element %lld", rank,
+           (long long)bad);
+
     /* all-reduce (in place, the API's only form), float32 */
     for (int64_t i = 0; i < N; i++) h[i] = contrib(rank, i);
     CHECK(ql_cuda_upload(b, h, bytes) == QL_OK);

@@ -6,7 +6,11 @@
 # (QL_OVERLAP_BUCKET_BYTES=1, so every layer's range is reduced on its own as
 # soon as its backward is queued): the same adapter bytes, the same losses
 # and gradient norms. Gradient accumulation (2 micro-batches per rank) checks
-# that only the last micro-batch starts the reduction.
+# that only the last micro-batch starts the reduction. The same runs check
+# the all-gather's overlap with the next step's forward pass
+# (ql_optim_params_needed: 64 parts, joined layer by layer): on the emulator
+# a collective's result lands only when the program waits for it, so a
+# missing or short wait leaves stale parameters and a different adapter.
 # Runs on the CUDA emulator (kernels/cuda/emu) or where nvidia-smi lists at
 # least 2 GPUs; exit 77 elsewhere, or without mpirun or a Python with numpy
 # and safetensors.

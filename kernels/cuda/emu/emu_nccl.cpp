@@ -342,15 +342,29 @@ span written(const coll &o) {
     }
 }
 
+/* The bytes of this rank's memory that o reads. */
+span read_by(const coll &o) {
+    const size_t es = type_size(o.t);
+    switch (o.kind) {
+    case BROADCAST: return o.c->rank == o.root ? span_of(o.send, o.bytes) : span{0, 0};
+    case ALL_GATHER: return span_of(o.send, o.bytes);
+    case REDUCE_SCATTER: return span_of(o.send, o.count * es * (size_t)o.c->nranks);
+    default: return span_of(o.send, o.count * es);
+    }
+}
+
 ncclResult_t run_now(const coll &o);
 
 /* On a stream of its own (not the legacy one) the result is computed now,
  * in a copy of the output, and lands when the program synchronises with
  * that stream (emu_runtime.cpp, ql_emu_stream_defer): reading it earlier
- * reads the old bytes. The stream's earlier results land first, in order. */
+ * reads the old bytes. Earlier results of the stream that this operation
+ * reads or overwrites land first, in order (stream order); others stay
+ * pending. */
 ncclResult_t run(const coll &o) {
-    ql_emu_stream_land(o.stream);
-    const span w = written(o);
+    const span w = written(o), rd = read_by(o);
+    ql_emu_stream_land_touching(o.stream, (const void *)rd.lo, (size_t)(rd.hi - rd.lo));
+    ql_emu_stream_land_touching(o.stream, (const void *)w.lo, (size_t)(w.hi - w.lo));
     if (!o.stream || w.lo == w.hi) return run_now(o);
     std::vector<char> stage((size_t)(w.hi - w.lo));
     memcpy(stage.data(), (const void *)w.lo, stage.size());

@@ -613,6 +613,19 @@ void ql_emu_stream_land(cudaStream_t s) {
     if (g_streams.count(s)) land(s, s->posted);
 }
 
+void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes) {
+    if (!s || !bytes) return;
+    std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (!g_streams.count(s)) return;
+    const char *lo = (const char *)p, *hi = lo + bytes;
+    uint64_t upto = s->landed;
+    for (size_t i = 0; i < s->deferred.size(); i++) {
+        const emu_deferred &d = s->deferred[i];
+        if (d.dst < hi && lo < d.dst + d.bytes.size()) upto = s->landed + i + 1;
+    }
+    land(s, upto);
+}
+
 cudaError_t cudaGetDeviceCount(int *n) {
     const char *e = getenv("QL_EMU_DEVICES");
     *n = e && *e ? atoi(e) : 1;

@@ -117,6 +117,10 @@ void ql_emu_stream_mark_pending(cudaStream_t s);
 void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t bytes);
 /* Every deferred write of s lands now. */
 void ql_emu_stream_land(cudaStream_t s);
+/* s's deferred writes land, in order, up to the last one that touches
+ * [p, p + bytes): what a later operation of s that reads or writes those
+ * bytes must see. */
+void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes);
 
 #ifdef __cplusplus
 }
