@@ -94,6 +94,7 @@ typedef struct result {
     int ckpt;
     double step_s, tokens_per_s, tflops, mfu, mfu_cublas, full_tokens_per_s;
     double load_s, load_upload_s, first_loss, last_loss;
+    double wait_fraction; /* median share of a step the host waited for the device */
     size_t peak, device_used, estimate, estimate_reserve;
     int steps;
 } result;
@@ -158,6 +159,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
                           .on_nonfinite = QL_NONFINITE_SKIP,
                           .max_nonfinite_in_a_row = 1000};
     double *times = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *times);
+    double *waits = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *waits);
     int timed = 0;
     double t_start = now_s();
     for (int s = 0; s < warm + steps; s++) {
@@ -171,7 +173,10 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
         double dt = now_s() - t0;
         if (s == 0) r->first_loss = loss / (double)n_tg;
         r->last_loss = loss / (double)n_tg;
-        if (s >= warm) times[timed++] = dt;
+        if (s >= warm) {
+            waits[timed] = ql_llama_last_wait_s(m) / dt;
+            times[timed++] = dt;
+        }
         printf("  %s step %d: %.1f ms, loss %.4f, grad norm %.4g\n",
                ckpt ? "checkpointing" : "plain", s + 1, dt * 1e3, loss / (double)n_tg,
                sr.grad_norm);
@@ -185,6 +190,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
     r->device_used = ms.device_used;
     r->steps = timed;
     r->step_s = bench_median(times, timed);
+    r->wait_fraction = bench_median(waits, timed);
     r->tokens_per_s = (double)T / r->step_s;
     double fl = step_flops(&cfg, layers, B, S);
     r->tflops = fl / r->step_s / 1e12;
@@ -193,6 +199,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
     /* The full model at the same MFU. */
     r->full_tokens_per_s = r->mfu * peak_flops / (step_flops(&cfg, FULL_LAYERS, B, S) / (double)T);
     free(times);
+    free(waits);
     free(ids);
     free(tg);
     ql_optim_free(&opt);
@@ -285,6 +292,12 @@ int main(int argc, char **argv) {
                res[ck].full_tokens_per_s, res[ck].peak / 1073741824.0,
                res[ck].estimate / 1073741824.0);
     printf("goals: MFU >= 50%% without checkpointing, >= 36%% with it\n");
+    /* Near 0: the device finished before the host had queued the step, so
+     * launches, not kernels, set the pace (CUDA graphs would pay off). */
+    printf("host waited for the device %.0f%% / %.0f%% of a step (off / on): %s\n",
+           100 * res[0].wait_fraction, 100 * res[1].wait_fraction,
+           res[0].wait_fraction < 0.1 ? "launch-bound, the host is the pace"
+                                      : "the device is the pace, launches are hidden");
 
     if (json) {
         FILE *f = bench_json_open(json, "cuda_train", &info);
@@ -309,10 +322,12 @@ int main(int argc, char **argv) {
                 "\"tokens_per_s\": %.1f, \"tflops\": %.1f, \"mfu\": %.4f, \"mfu_of_cublas\": "
                 "%.4f, \"full_model_tokens_per_s\": %.1f, \"peak_bytes\": %zu, "
                 "\"device_used_bytes\": %zu, \"estimate_bytes\": %zu, \"load_s\": %.2f, "
-                "\"first_loss\": %.5f, \"last_loss\": %.5f, \"goal_mfu\": %.2f}%s\n",
+                "\"first_loss\": %.5f, \"last_loss\": %.5f, \"host_wait_fraction\": %.3f, "
+                "\"goal_mfu\": %.2f}%s\n",
                 ck ? "true" : "false", r->steps, r->step_s * 1e3, r->tokens_per_s, r->tflops,
                 r->mfu, r->mfu_cublas, r->full_tokens_per_s, r->peak, r->device_used, r->estimate,
-                r->load_s, r->first_loss, r->last_loss, ck ? 0.36 : 0.50, ck ? "" : ",");
+                r->load_s, r->first_loss, r->last_loss, r->wait_fraction, ck ? 0.36 : 0.50,
+                ck ? "" : ",");
         }
         fprintf(f, "  ]\n}\n");
         fclose(f);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "model/llama_impl.h"
 #include "model/source.h"
 
@@ -23,12 +24,6 @@
 static int env_flag(const char *name) {
     const char *v = getenv(name);
     return v && v[0] && strcmp(v, "0") != 0;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int64_t ql_llama_logit_rows(const ql_llama_options *o, ql_dtype act_dtype, int64_t vocab) {
@@ -238,9 +233,9 @@ static ql_status upload_act(ql_llama *m, const ql_model_source *s, const char *n
 
 /* A host 4-bit matrix to the backend; hq is freed. */
 static ql_status upload_q4(ql_llama *m, ql_q4 *hq, ql_q4 *dst) {
-    double t0 = now_s();
+    double t0 = ql_clock_s();
     ql_status st = m->be->q4_upload(hq, dst);
-    m->upload_s += now_s() - t0;
+    m->upload_s += ql_clock_s() - t0;
     ql_q4_free(hq);
     return st;
 }
@@ -254,10 +249,10 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
     ql_q4 hq;
     ql_status st;
     const char *doing = "uploading";
-    double t0 = now_s();
+    double t0 = ql_clock_s();
     if (s->is_q4 && s->is_q4(s, name)) {
         QL_TRY(s->get_q4(s, name, &hq));
-        m->read_s += now_s() - t0;
+        m->read_s += ql_clock_s() - t0;
         if (hq.rows != out || hq.cols != in) {
             ql_q4_free(&hq);
             return ql_error(QL_EFORMAT,
@@ -268,7 +263,7 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
         st = upload_q4(m, &hq, dst);
     } else {
         QL_TRY(s->get_f32(s, name, host));
-        double t1 = now_s();
+        double t1 = ql_clock_s();
         m->read_s += t1 - t0;
         if (m->be->q4_quantize_upload && !m->opt.quantize_on_host) {
             /* The host ql_q4 is never built: the float32 matrix goes to the
@@ -276,11 +271,11 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
             doing = "quantizing on the device";
             st = m->be->q4_quantize_upload(host, out, in, m->opt.quant_type, m->opt.blocksize,
                                            m->opt.double_quant, dst);
-            m->gpu_quantize_s += now_s() - t1;
+            m->gpu_quantize_s += ql_clock_s() - t1;
         } else {
             QL_TRY(ql_q4_quantize(host, out, in, m->opt.quant_type, m->opt.blocksize,
                                   m->opt.double_quant, &hq));
-            m->quantize_s += now_s() - t1;
+            m->quantize_s += ql_clock_s() - t1;
             st = upload_q4(m, &hq, dst);
         }
     }
@@ -481,7 +476,7 @@ static ql_status init_shapes(ql_llama *m, const ql_model_source *s) {
 ql_status ql_llama_load_source(ql_model_source *src, const ql_llama_options *o, ql_llama **out) {
     *out = NULL;
     QL_TRY(check_options(o));
-    double t0 = now_s();
+    double t0 = ql_clock_s();
     ql_status st = check_config(src, o);
     if (st == QL_OK) st = check_present(src);
     ql_llama *m = NULL;
@@ -502,7 +497,7 @@ ql_status ql_llama_load_source(ql_model_source *src, const ql_llama_options *o, 
         ql_llama_free(m);
         return st;
     }
-    m->load_s = now_s() - t0;
+    m->load_s = ql_clock_s() - t0;
     if (!o->quiet) ql_llama_describe(m, stderr);
     *out = m;
     return QL_OK;
