@@ -11,9 +11,9 @@
 #   2. every tests/gpu/test_*.c program (each CUDA op against cpu-ref, the
 #      dequantize and quantize bit for bit, QLoRA steps against the CPU backend
 #      and a simulated restart bit for bit, the NCCL communicator on one
-#      GPU) and, with the CMake build, every tests/gpu/test_*.sh (qlora train
-#      on the GPU: cuda vs cpu losses, SIGUSR1 -> exit 75 -> resume with
-#      the same adapter bytes);
+#      GPU) and, with the CMake build or a carried bundle (below), every
+#      tests/gpu/test_*.sh (qlora train on the GPU: cuda vs cpu losses,
+#      SIGUSR1 -> exit 75 -> resume with the same adapter bytes);
 #   3. the CUDA benchmarks: bench_cuda_dequant (NF4+DQ vs device copy),
 #      bench_cuda_q4gemm (4-bit + LoRA linear vs cuBLASLt bf16, Llama-3-8B
 #      shapes), bench_cuda_attn (attention fwd+bwd vs the cuBLASLt rate),
@@ -38,6 +38,14 @@
 # skips the PyTorch comparison; QL_GPU_BUILD_DIR (default build-gpu) is the
 # build directory; QL_GIT_COMMIT names the commit measured when the tree has
 # no .git (a copied working tree).
+#
+# The bundle: an image without those development files cannot build qlora
+# itself. scripts/gpu_bundle.sh builds it here with its shared libraries
+# into .gpubundle/ (git-ignored; about 15 MB); carried with the call
+# (carry [".gpubundle"]), the nvcc-only run uses that binary for the
+# tests/gpu/test_*.sh scripts when the sources it was built from hash to
+# those present and it starts there. The JSON's "qlora_bundle" says what
+# happened.
 #
 # A rehearsal without a GPU: QL_GPU_RUN_EMU=1 builds the same targets on the
 # CUDA emulator (kernels/cuda/emu, -DQL_CUDA_EMU=ON; default build dir
@@ -150,6 +158,39 @@ else
 fi
 tbuild=$(($(date +%s) - t0))
 
+# --- the qlora binary of scripts/gpu_bundle.sh, where CMake could not build one ---------
+# Used only when its source hash is that of the files here and it starts
+# (the bundled libraries are Debian 12's: an older glibc refuses them).
+qlora_bin=""
+[ $mode = full ] && qlora_bin=$bindir/qlora
+bundle_note=""
+if [ $mode = min ] && [ -s .gpubundle/qlora-bundle.tar.xz ]; then
+    ub=$build/bundle
+    rm -rf "$ub" && mkdir -p "$ub" && tar -C "$ub" -xJf .gpubundle/qlora-bundle.tar.xz
+    want=$(sed -n 's/^sources //p' "$ub/MANIFEST")
+    have=$(xargs -a "$ub/FILES" -d '\n' sha256sum 2>/dev/null | sha256sum | cut -c1-64)
+    # The CUDA libraries: the loader's, or the toolkit's, or PyTorch's wheels.
+    cudalibs=""
+    for f in libcudart.so.13 libcublasLt.so.13 libnccl.so.2; do
+        p=$(ldconfig -p 2>/dev/null | awk -v f="$f" '$1 == f {print $NF; exit}')
+        [ -n "$p" ] || p=$(find /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/lib \
+            $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) \
+            -name "$f" 2>/dev/null | head -1)
+        [ -n "$p" ] && cudalibs=$cudalibs${cudalibs:+:}$(dirname "$p")
+    done
+    if [ "$want" != "$have" ]; then
+        bundle_note="stale (built from other sources: rerun scripts/gpu_bundle.sh)"
+    elif LD_LIBRARY_PATH=$ub/lib:$cudalibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        "$ub/qlora" --version >>"$log" 2>&1; then
+        qlora_bin=$ub/qlora
+        export LD_LIBRARY_PATH=$ub/lib:$cudalibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        bundle_note="used ($(sed -n 1p "$ub/MANIFEST"))"
+    else
+        bundle_note="does not start here (see $log)"
+    fi
+    say "qlora bundle: $bundle_note"
+fi
+
 # --- is there a GPU? ---------------------------------------------------------------
 gpu_name=none
 driver=none
@@ -199,13 +240,14 @@ if ! grep -q '"result": "[pf]' <<<"$test_json" && ! grep -q timeout <<<"$test_js
     say "nvidia-smi sees '$gpu_name' but CUDA sees no device (every test skipped): built only"
     exit 0
 fi
-# qlora itself on the GPU (needs the CMake build: MPI, HDF5, protobuf-c).
-if [ $mode = full ]; then
+# qlora itself on the GPU (the CMake build's, or the bundle's).
+if [ -n "$qlora_bin" ]; then
     for t in "${gpu_scripts[@]}"; do
         tl=$build/$t.log
         s0=$(date +%s)
         case $build in /*) bdir=$build ;; *) bdir=$root/$build ;; esac
-        QLORA=$bdir/qlora QL_SOURCE_DIR=$root QL_BUILD_DIR=$bdir \
+        case $qlora_bin in /*) qb=$qlora_bin ;; *) qb=$root/$qlora_bin ;; esac
+        QLORA=$qb QL_SOURCE_DIR=$root QL_BUILD_DIR=$bdir \
             timeout $tlimit bash "tests/gpu/$t.sh" >"$tl" 2>&1
         rc=$?
         case $rc in
@@ -220,7 +262,7 @@ if [ $mode = full ]; then
     done
 else
     for t in "${gpu_scripts[@]}"; do
-        say "$t: not run (the nvcc-only build has no qlora binary)"
+        say "$t: not run (the nvcc-only build has no qlora binary; bundle: ${bundle_note:-none})"
         test_json+="${test_json:+, }{\"name\": \"$t\", \"result\": \"not built\", \"counts\": \"\"}"
     done
 fi
@@ -312,6 +354,7 @@ summary=$results/gpu-run-$slug-$stamp.json
     echo "  \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null || echo "${QL_GIT_COMMIT:-unknown}")\","
     echo "  \"git_dirty\": $(git diff --quiet HEAD -- kernels tests/gpu bench 2>/dev/null && echo false || echo true),"
     echo "  \"build\": \"$mode\","
+    echo "  \"qlora_bundle\": \"${bundle_note:-not used}\","
     echo "  \"build_seconds\": $tbuild,"
     echo "  \"total_seconds\": $(($(date +%s) - t0)),"
     echo "  \"gpu_tests\": [$test_json],"
