@@ -264,13 +264,25 @@ static ql_status behind_compute(ql_comm *c, const char *what) {
     return e == cudaSuccess ? QL_OK : cuda_fail(c, what, e);
 }
 
+/* Rank r's slice [off, ...) of n elements, cut to [lo, hi): [a, b). 0 when
+ * empty, which is the same on every rank. */
+static int owner_piece(const ql_comm *c, int64_t n, int r, int64_t lo, int64_t hi, int64_t *off,
+                       int64_t *a, int64_t *b) {
+    int64_t len;
+    ql_dist_slice(n, c->size, r, off, &len);
+    *a = lo > *off ? lo : *off;
+    *b = hi < *off + len ? hi : *off + len;
+    return *a < *b;
+}
+
 /* One part of ql_nccl_reduce_scatter_sum: for each owner, the grouped
  * ncclReduce of its slice restricted to [lo, hi). A ring reduction adds an
  * element's contributions in ring order whatever the message's extent, so
  * the parts should give the whole call's bits (the emulator's rank-order sums
- * do by construction; on GPUs tests/gpu/run.sh has yet to show it). The NCCL stream waits for an
- * event on the legacy default stream (where every op of the cuda backend runs), not for the whole
- * device: the backward pass queued after this keeps running. */
+ * do by construction; on GPUs tests/gpu/run.sh has yet to show it). The
+ * NCCL stream waits for an event on the legacy default stream (where every
+ * op of the cuda backend runs), not for the whole device: the backward pass
+ * queued after this keeps running. */
 ql_status ql_nccl_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out, int64_t n,
                                            int64_t lo, int64_t hi, ql_dtype dt) {
     nccl_state *s = c->nccl;
@@ -278,10 +290,8 @@ ql_status ql_nccl_reduce_scatter_sum_start(ql_comm *c, const void *in, void *out
     QL_TRY(behind_compute(c, "queueing a reduce-scatter part"));
     NCCL_ENQ(c, "ncclGroupStart", ncclGroupStart());
     for (int r = 0; r < c->size; r++) {
-        int64_t off, len;
-        ql_dist_slice(n, c->size, r, &off, &len);
-        const int64_t a = lo > off ? lo : off, b = hi < off + len ? hi : off + len;
-        if (a >= b) continue; /* the same on every rank */
+        int64_t off, a, b;
+        if (!owner_piece(c, n, r, lo, hi, &off, &a, &b)) continue;
         void *dst = r == c->rank ? (char *)out + (size_t)(a - off) * es : out;
         NCCL_ENQ_GROUP(c, "ncclReduce",
                        ncclReduce((const char *)in + (size_t)a * es, dst, (size_t)(b - a),
@@ -314,10 +324,8 @@ ql_status ql_nccl_allgather_start(ql_comm *c, const void *in, void *out, int64_t
     QL_TRY(behind_compute(c, "queueing an all-gather part"));
     NCCL_ENQ(c, "ncclGroupStart", ncclGroupStart());
     for (int r = 0; r < c->size; r++) {
-        int64_t off, len;
-        ql_dist_slice(n, c->size, r, &off, &len);
-        const int64_t a = lo > off ? lo : off, b = hi < off + len ? hi : off + len;
-        if (a >= b) continue; /* the same on every rank */
+        int64_t off, a, b;
+        if (!owner_piece(c, n, r, lo, hi, &off, &a, &b)) continue;
         char *dst = (char *)out + (size_t)a * es;
         const void *src = r == c->rank ? (const char *)in + (size_t)(a - off) * es : dst;
         NCCL_ENQ_GROUP(
