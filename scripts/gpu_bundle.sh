@@ -27,7 +27,8 @@ command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] ||
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQL_CUDA=ON -DQL_CUDA_ARCHS="90;90a" >/dev/null
 cmake --build "$build" -j"$(nproc)" --target qlora >/dev/null
-ldd "$build/qlora" | grep -q libcublasLt ||
+deps=$(ldd "$build/qlora")
+grep -q libcublasLt <<<"$deps" ||
     { echo "gpu_bundle: $build/qlora has no CUDA backend (see CMake's output)" >&2; exit 1; }
 
 stage=$(mktemp -d)
@@ -37,7 +38,7 @@ cp "$build/qlora" "$stage/"
 # Everything ldd resolves except what every GPU machine brings itself.
 skip='/(libc|libm|libpthread|libdl|librt|libresolv|libutil|ld-linux-x86-64|libgcc_s|libstdc\+\+)\.so'
 skip+='|lib(cudart|cublas|cublasLt|nccl|cuda)\.so'
-ldd "$build/qlora" | awk '$3 ~ /^\// {print $3}' | grep -v -E "$skip" |
+awk '$3 ~ /^\// {print $3}' <<<"$deps" | grep -v -E "$skip" |
     while read -r lib; do cp -L "$lib" "$stage/lib/"; done
 
 # The sources the binary was built from, hashed as run.sh will hash them.
