@@ -166,8 +166,8 @@ qlora_bin=""
 bundle_note=""
 if [ $mode = min ] && [ -s .gpubundle/qlora-bundle.tar.xz ]; then
     ub=$build/bundle
-    rm -rf "$ub" && mkdir -p "$ub" && tar -C "$ub" -xJf .gpubundle/qlora-bundle.tar.xz
-    want=$(sed -n 's/^sources //p' "$ub/MANIFEST")
+    rm -rf "$ub" && mkdir -p "$ub" && tar -C "$ub" -xJf .gpubundle/qlora-bundle.tar.xz >>"$log" 2>&1
+    want=$(sed -n 's/^sources //p' "$ub/MANIFEST" 2>/dev/null)
     have=$(xargs -a "$ub/FILES" -d '\n' sha256sum 2>/dev/null | sha256sum | cut -c1-64)
     # The CUDA libraries: the loader's, or the toolkit's, or PyTorch's wheels.
     cudalibs=""
@@ -178,7 +178,9 @@ if [ $mode = min ] && [ -s .gpubundle/qlora-bundle.tar.xz ]; then
             -name "$f" 2>/dev/null | head -1)
         [ -n "$p" ] && cudalibs=$cudalibs${cudalibs:+:}$(dirname "$p")
     done
-    if [ "$want" != "$have" ]; then
+    if [ -z "$want" ]; then
+        bundle_note="could not be unpacked (see $log)"
+    elif [ "$want" != "$have" ]; then
         bundle_note="stale (built from other sources: rerun scripts/gpu_bundle.sh)"
     elif LD_LIBRARY_PATH=$ub/lib:$cudalibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
         "$ub/qlora" --version >>"$log" 2>&1; then
