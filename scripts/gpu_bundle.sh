@@ -12,9 +12,11 @@
 #
 #   scripts/gpu_bundle.sh [BUILD_DIR]     (default build-bundle)
 #
-# Writes .gpubundle/qlora-bundle.tar.xz (about 15 MB: qlora, lib/) and
-# .gpubundle/MANIFEST (the commit, the source hash, the files hashed). The
-# CUDA libraries (cudart, cuBLASLt, NCCL) are the GPU machine's own.
+# Writes .gpubundle/qlora-bundle.tar.xz (about 13 MB: qlora, lib/),
+# .gpubundle/MANIFEST (the commit, the source hash, the files hashed), and
+# .gpubundle/py/bitsandbytes (pinned, from PyPI, its CUDA 13 libraries only:
+# about 9 MB) for the PyTorch baseline. The CUDA libraries (cudart,
+# cuBLASLt, NCCL) are the GPU machine's own.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -52,6 +54,23 @@ hash=$(xargs -a "$stage/FILES" -d '\n' sha256sum | sha256sum | cut -c1-64)
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release && echo "$PRETTY_NAME"), $(ldd --version | head -1)"
 } >"$stage/MANIFEST"
 tar -C "$stage" -cJf "$out/qlora-bundle.tar.xz" qlora lib FILES MANIFEST
+
+# bitsandbytes for bench/torch_cuda_train.py's PEFT + bitsandbytes baseline
+# (the GPU image has PyTorch, transformers and PEFT but not it): the wheel's
+# Python package with only its CPU and CUDA 13 libraries, into py/.
+bnb=0.50.2
+wheels=$(mktemp -d)
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_24_x86_64 -d "$wheels" "bitsandbytes==$bnb"
+rm -rf "$out/py" && mkdir -p "$out/py"
+python3 - "$wheels"/bitsandbytes-*.whl "$out/py" <<'PYEOF'
+import re, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+for name in z.namelist():
+    if not re.search(r"libbitsandbytes_(?!cpu|cuda13)", name):
+        z.extract(name, sys.argv[2])
+PYEOF
+rm -rf "$wheels"
 cp "$stage/MANIFEST" "$stage/FILES" "$out/"
 echo "gpu_bundle: $out/qlora-bundle.tar.xz ($(du -h "$out/qlora-bundle.tar.xz" | cut -f1)," \
     "$(ls "$stage/lib" | wc -l) libraries); $(sed -n 2p "$out/MANIFEST")"

@@ -298,6 +298,8 @@ torch_compare() {
         say "torch_cuda_train: skipped (the 8-minute budget is spent)"
         return
     fi
+    # bitsandbytes carried by scripts/gpu_bundle.sh: PEFT + bitsandbytes QLoRA.
+    [ -d .gpubundle/py/bitsandbytes ] && export PYTHONPATH=$root/.gpubundle/py${PYTHONPATH:+:$PYTHONPATH}
     timeout $lim python3 bench/torch_cuda_train.py --layers "$tlayers" --json "$tj" \
         --qlora-json "${bench_json[bench_cuda_train]}" >"$build/torch_cuda_train.log" 2>&1
     local rc=$?
