@@ -47,7 +47,7 @@ def to_nf4(model, bnb, torch, dev):
                 q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False,
                                       compute_dtype=torch.bfloat16, compress_statistics=True,
                                       quant_type="nf4", device="meta")
-                q.weight = bnb.nn.Params4bit(lin.weight.data.to("cpu"), requires_grad=False,
+                q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False,
                                              compress_statistics=True, quant_type="nf4")
                 setattr(parent, n, q.to(dev))
                 del lin
