@@ -410,9 +410,9 @@ static int run(const ql_config *c, ql_job *j) {
         ql_review_free(rv);
         free(metrics);
         free(adapter);
+        ql_comm_close(dcomm); /* before the buffers its collectives use */
         ql_llama_free(m);
         ql_dataset_free(&ds);
-        ql_comm_close(dcomm);
         return QL_EXIT_REQUEUE;
     }
     ql_train_ckpt_close(ck);
@@ -462,9 +462,11 @@ static int run(const ql_config *c, ql_job *j) {
     }
     free(metrics);
     free(adapter);
+    /* The device communicator first: closing it finishes (or, past the
+     * time limit, aborts) any collective on the model's buffers. */
+    ql_comm_close(dcomm);
     ql_llama_free(m);
     ql_dataset_free(&ds);
-    ql_comm_close(dcomm);
     return rc;
 }
 

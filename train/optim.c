@@ -229,6 +229,13 @@ ql_status ql_optim_params_needed(ql_optim *o, int64_t lo, int64_t hi) {
 
 ql_status ql_optim_params_sync(ql_optim *o) { return ql_optim_params_needed(o, 0, o->n); }
 
+ql_status ql_optim_drain(ql_optim *o) {
+    if (!o->overlap || !o->dcomm) return QL_OK;
+    o->gathering = 0;
+    o->ready_lo = o->sent_lo = o->n;
+    return ql_comm_wait(o->dcomm);
+}
+
 /* Every rank's updated slice into every rank's params. */
 static ql_status gather_params(ql_optim *o, float *params, double *comm_s) {
     if (ranks(o) == 1) return QL_OK;

@@ -123,6 +123,11 @@ ql_status ql_optim_grads_ready(ql_optim *o, float *grads, int64_t lo, int64_t hi
 #define QL_OPTIM_MAX_GATHER_PARTS 64
 ql_status ql_optim_params_needed(ql_optim *o, int64_t lo, int64_t hi);
 ql_status ql_optim_params_sync(ql_optim *o);
+/* The end of training, also after a failure: the host waits (with the time
+ * limit, which aborts the communicator) for every overlapped part still in
+ * flight, reduce-scatter or all-gather, so that no collective outlives the
+ * buffers it reads and writes. */
+ql_status ql_optim_drain(ql_optim *o);
 
 /* grads = 0, before a step's micro-batches accumulate into them. */
 ql_status ql_optim_zero_grads(ql_optim *o, float *grads);

@@ -409,8 +409,13 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
         !(c->train.eval_every > 0 && r->steps % c->train.eval_every == 0))
         st = evaluate(&L, r->steps, r);
 out:
-    /* The caller exports the parameters next (after a failure the job ends). */
-    if (st == QL_OK) st = ql_optim_params_sync(&L.o);
+    /* The caller exports the parameters next; after a failure the buffers
+     * are freed next: no overlapped collective may still be running. */
+    {
+        ql_status ds = st == QL_OK ? ql_optim_params_sync(&L.o) : QL_OK;
+        if (ds == QL_OK) ds = ql_optim_drain(&L.o);
+        if (st == QL_OK) st = ds;
+    }
     ql_progress_end(&L.p);
     r->elapsed_s = ql_now() - t0 + before;
     {

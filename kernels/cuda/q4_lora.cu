@@ -192,8 +192,8 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     if (T <= 0) return QL_OK;
     const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
 
-    /* E = bf16(s·dy·B) [T, rpad], row stride lde: its own scratch on the
-     * fused path, the right columns of [dy | E] on the dequant path. */
+    /* E = bf16(s·dy·B) [T, rpad], row stride lde: the right columns of
+     * [dy | E] where the dequant path's one GEMM reads it, else its own. */
     ql_bf16 *E = NULL, *cat = NULL;
     int64_t lde = rpad;
     if (r) {
@@ -203,7 +203,7 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         /* G[T, rpad] = dy·B, B stored [K = out, N = rpad]; pad columns come out 0. */
         QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &G));
         QL_TRY(ql_cuda_gemm(T, rpad, out, 1.0f, dy, out, 0, Bb, rpad, 0, 0.0f, G, QL_DT_F32, rpad));
-        if (fused) {
+        if (fused || !dx || lora->drop_mask) {
             QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
         } else {
             QL_TRY(concat_left(dy, T, out, rpad, &cat));

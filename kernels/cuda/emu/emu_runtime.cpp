@@ -727,6 +727,9 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
 
 cudaError_t cudaFree(void *p) {
     if (!p) return cudaSuccess;
+    /* CUDA's cudaFree waits for the device: pending results land before
+     * the memory goes (none may land in freed memory later). */
+    cudaDeviceSynchronize();
     std::lock_guard<std::mutex> lk(g_mem_mu);
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) return cudaErrorInvalidValue;
@@ -772,8 +775,9 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 /* Row by row, each row checked as one copy; pitches below the width are
  * refused as CUDA does. */
 cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
-                              size_t width, size_t height, cudaMemcpyKind kind, cudaStream_t) {
+                              size_t width, size_t height, cudaMemcpyKind kind, cudaStream_t s) {
     if (dpitch < width || spitch < width) return cudaErrorInvalidPitchValue;
+    ql_emu_stream_land(s); /* in stream order, after its earlier work */
     for (size_t r = 0; r < height; r++) {
         cudaError_t e =
             copy_checked((char *)dst + r * dpitch, (const char *)src + r * spitch, width, kind);
@@ -782,8 +786,9 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t) {
+cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t s) {
     if (!bytes) return cudaSuccess;
+    ql_emu_stream_land(s); /* in stream order, after its earlier work */
     if (!on_device(dst, bytes)) {
         fprintf(stderr, "CUDA emulator: cudaMemsetAsync of %zu bytes outside device memory\n",
                 bytes);
