@@ -163,7 +163,10 @@ typedef struct ql_backend {
                            ql_act *out);
     /* Cross-entropy of logits[T,V] against targets[T]; a target < 0 (-100 in HF)
      * is ignored: loss 0, gradient 0. losses[T] (fp32) per token. If dlogits is
-     * not NULL it receives grad_scale·(softmax − onehot) (it may alias logits). */
+     * not NULL it receives grad_scale·(softmax − onehot) (it may alias logits).
+     * A target >= V is QL_EINVAL naming the token: from this call on the CPU
+     * backends; on CUDA from the next download or sync (no host wait inside a
+     * step; that token's loss is NaN and its gradient 0 meanwhile). */
     ql_status (*xent_fwd_bwd)(const ql_act *logits, const int32_t *targets, int64_t T, int64_t V,
                               float grad_scale, float *losses, ql_act *dlogits);
 

@@ -26,7 +26,8 @@ static ql_status upload_cuda(void *dst, const void *host_src, size_t bytes) {
 }
 
 static ql_status download_cuda(void *host_dst, const void *src, size_t bytes) {
-    return bytes ? ql_cuda_download(host_dst, src, bytes) : QL_OK;
+    QL_TRY(bytes ? ql_cuda_download(host_dst, src, bytes) : QL_OK);
+    return ql_cuda_xent_check();
 }
 
 static ql_status q4_upload_cuda(const ql_q4 *host, ql_q4 *dst) {
@@ -61,7 +62,10 @@ static ql_status q4_quantize_upload_cuda(const float *host_w, int64_t rows, int6
     return st;
 }
 
-static ql_status sync_cuda(void) { return ql_cuda_sync(); }
+static ql_status sync_cuda(void) {
+    QL_TRY(ql_cuda_sync());
+    return ql_cuda_xent_check();
+}
 
 static const ql_backend cuda_table = {
     "cuda",
@@ -134,6 +138,7 @@ ql_status ql_cuda_scratch(int slot, size_t bytes, void **out) {
 
 extern "C" void ql_cuda_release_cache(void) {
     (void)cudaDeviceSynchronize();
+    ql_cuda_xent_forget();
     for (int i = 0; i < QL_SCRATCH_COUNT; i++) {
         ql_cuda_free(g_scratch[i].p);
         g_scratch[i].p = NULL;

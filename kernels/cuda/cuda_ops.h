@@ -39,7 +39,7 @@ enum {
     QL_SCRATCH_F32_OUT,  /* fp32 [T, in]: the dequant path's dx under dropout */
     QL_SCRATCH_F32_OUT2, /* fp32 [T, in]: its masked LoRA term */
     QL_SCRATCH_ATTN_D,   /* fp32 [batch, heads, seq]: rowsum(dout ⊙ out) */
-    QL_SCRATCH_FLAG,     /* small: error flags read back by the host */
+    QL_SCRATCH_FLAG,     /* small: the cross-entropy target check's word (xent.cu) */
     QL_SCRATCH_NORM,     /* fp64 block sums of sq_sum_f32 (kernels/cuda/vec.cu) */
     QL_SCRATCH_COUNT
 };
@@ -91,6 +91,13 @@ ql_status ql_cuda_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql
 /* out[n] (bf16) = a[n] + (mask == NULL || mask[n] ? b[n]·b_scale : 0), fp32 in. */
 ql_status ql_cuda_combine_f32(const float *a, const float *b, const uint8_t *mask, float b_scale,
                               int64_t n, ql_bf16 *out);
+
+/* The cross-entropy target check of the calls since the last one
+ * (kernels/cuda/xent.cu): QL_EINVAL naming the first target outside the
+ * vocabulary. Waits for the device; the backend's download and sync call it
+ * after their own wait. _forget drops pending checks (their word is freed). */
+extern "C" ql_status ql_cuda_xent_check(void);
+extern "C" void ql_cuda_xent_forget(void);
 
 /* --- the ops ------------------------------------------------------------------------ */
 #define QL_CUDA_DECLARE(ret, name, args) extern "C" ret name##_cuda args;

@@ -42,8 +42,8 @@ __global__ void __launch_bounds__(XENT_THREADS)
     const ql_bf16 *lt = logits + t * V;
     const int32_t y = targets[t];
     ql_bf16 *dt = dlogits ? dlogits + t * V : NULL;
-    if (y < 0) {
-        if (threadIdx.x == 0) losses[t] = 0.0f;
+    if (y < 0 || y >= V) { /* ignored, or an error reported at the next wait: no gradient */
+        if (threadIdx.x == 0) losses[t] = y < 0 ? 0.0f : __uint_as_float(0x7fc00000u);
         if (dt)
             for (int64_t j = threadIdx.x; j < V; j += XENT_THREADS) dt[j] = 0;
         return;
@@ -92,39 +92,70 @@ __global__ void __launch_bounds__(XENT_THREADS)
     }
 }
 
-/* The smallest t with targets[t] >= V (an integer minimum: the same result
- * in any order), or T when there is none. */
-__global__ void k_xent_check(const int32_t *targets, int64_t T, int64_t V,
+/* Targets outside the vocabulary, found without a host wait inside the step:
+ * each call gets a sequence number q since the last check, and the check
+ * kernel keeps min((q << 32) | t) over bad targets in one device word (an
+ * integer minimum: the same in any order), so the word names the first bad
+ * token of the first call that had one. The host reads it when it waits for
+ * the device anyway (the backend's download and sync: ql_cuda_xent_check).
+ * The model checks its targets on the host before uploading them, so in
+ * training this only guards direct callers of the op. */
+#define XENT_PENDING_MAX 1024
+static struct {
+    const int32_t *targets;
+    int64_t T, V;
+} g_pending[XENT_PENDING_MAX];
+static int g_n_pending;
+static unsigned long long *g_first_bad; /* the QL_SCRATCH_FLAG word, while calls are pending */
+
+__global__ void k_xent_check(const int32_t *targets, int64_t T, int64_t V, unsigned long long seq,
                              unsigned long long *first_bad) {
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < T;
          t += (int64_t)gridDim.x * blockDim.x)
-        if (targets[t] >= V) atomicMin(first_bad, (unsigned long long)t);
+        if (targets[t] >= V) atomicMin(first_bad, (seq << 32) | (unsigned long long)t);
 }
+
+extern "C" ql_status ql_cuda_xent_check(void) {
+    if (g_n_pending == 0) return QL_OK;
+    unsigned long long bad = ~0ull;
+    const int n = g_n_pending;
+    g_n_pending = 0;
+    QL_CUDA_TRY(cudaMemcpy(&bad, g_first_bad, sizeof bad, cudaMemcpyDeviceToHost));
+    if (bad == ~0ull) return QL_OK;
+    const int q = (int)(bad >> 32);
+    const int64_t t = (int64_t)(bad & 0xffffffffull);
+    QL_ASSERT(q < n);
+    int32_t target = 0;
+    QL_CUDA_TRY(
+        cudaMemcpy(&target, g_pending[q].targets + t, sizeof target, cudaMemcpyDeviceToHost));
+    return ql_error(QL_EINVAL,
+                    "cross-entropy: target %d at token %lld is outside the vocabulary of %lld "
+                    "(use a negative target to ignore a position)",
+                    target, (long long)t, (long long)g_pending[q].V);
+}
+
+extern "C" void ql_cuda_xent_forget(void) { g_n_pending = 0; }
 
 extern "C" ql_status ql_xent_fwd_bwd_cuda(const ql_act *logits, const int32_t *targets, int64_t T,
                                           int64_t V, float grad_scale, float *losses,
                                           ql_act *dlogits) {
     if (T <= 0) return QL_OK;
     QL_ASSERT(V > 0 && T <= 0x7fffffff);
-    void *flag;
-    QL_TRY(ql_cuda_scratch(QL_SCRATCH_FLAG, 2 * sizeof(unsigned long long), &flag));
-    unsigned long long init = (unsigned long long)T, bad = 0;
-    int32_t bad_target = 0;
-    QL_CUDA_TRY(
-        cudaMemcpyAsync(flag, &init, sizeof init, cudaMemcpyHostToDevice, ql_cuda_stream()));
-    QL_LAUNCH((ql_cuda_grid(T, 256), 256, 0, ql_cuda_stream()), k_xent_check)
-    (targets, T, V, (unsigned long long *)flag);
-    QL_CUDA_LAUNCHED();
-    QL_CUDA_TRY(cudaMemcpyAsync(&bad, flag, sizeof bad, cudaMemcpyDeviceToHost, ql_cuda_stream()));
-    QL_CUDA_TRY(cudaStreamSynchronize(ql_cuda_stream()));
-    if (bad < (unsigned long long)T) {
+    if (g_n_pending == XENT_PENDING_MAX) QL_TRY(ql_cuda_xent_check());
+    if (g_n_pending == 0) {
+        void *flag;
+        QL_TRY(ql_cuda_scratch(QL_SCRATCH_FLAG, sizeof(unsigned long long), &flag));
+        g_first_bad = (unsigned long long *)flag;
         QL_CUDA_TRY(
-            cudaMemcpy(&bad_target, targets + bad, sizeof bad_target, cudaMemcpyDeviceToHost));
-        return ql_error(QL_EINVAL,
-                        "cross-entropy: target %d at token %lld is outside the vocabulary of %lld "
-                        "(use a negative target to ignore a position)",
-                        bad_target, (long long)bad, (long long)V);
+            cudaMemsetAsync(g_first_bad, 0xff, sizeof(unsigned long long), ql_cuda_stream()));
     }
+    const int q = g_n_pending++;
+    g_pending[q].targets = targets;
+    g_pending[q].T = T;
+    g_pending[q].V = V;
+    QL_LAUNCH((ql_cuda_grid(T, 256), 256, 0, ql_cuda_stream()), k_xent_check)
+    (targets, T, V, (unsigned long long)q, g_first_bad);
+    QL_CUDA_LAUNCHED();
     QL_LAUNCH(((unsigned)T, XENT_THREADS, 0, ql_cuda_stream()), k_xent)
     ((const ql_bf16 *)logits, targets, V, grad_scale, losses, (ql_bf16 *)dlogits);
     QL_CUDA_LAUNCHED();

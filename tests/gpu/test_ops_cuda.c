@@ -488,15 +488,27 @@ static void test_xent(int64_t T, int64_t V) {
     GTRY(gpu->xent_fwd_bwd(gl, gt, T, V, gs, gloss, gl));
     float *d2 = down_act(gl, T * V);
     CHECKF(memcmp(d, d2, (size_t)(T * V) * 4) == 0, "%s: in place differs", what);
-    /* A target outside the vocabulary is refused, naming the position. */
+    /* A target outside the vocabulary is refused, naming the position: on
+     * CUDA by the next wait for the device (the op itself queues a check and
+     * returns), here the sync after a good call and a bad one; the wait
+     * after that has nothing left to report. */
     tg[T / 2] = (int32_t)V;
-    GTRY(gpu->upload(gt, tg, (size_t)T * 4));
+    void *gt_bad = up_raw(tg, (size_t)T * 4);
     ql_error_clear();
-    ql_status st = gpu->xent_fwd_bwd(gl, gt, T, V, gs, gloss, NULL);
-    char pos[32];
-    snprintf(pos, sizeof pos, "token %lld", (long long)(T / 2));
+    GTRY(gpu->xent_fwd_bwd(gl, gt, T, V, gs, gloss, NULL));
+    ql_status st = gpu->xent_fwd_bwd(gl, gt_bad, T, V, gs, gloss, NULL);
+    CHECKF(st == QL_OK, "bad target: the op itself waited (%s)", ql_status_name(st));
+    st = gpu->sync();
+    char pos[64];
+    snprintf(pos, sizeof pos, "target %lld at token %lld", (long long)V, (long long)(T / 2));
     CHECKF(st == QL_EINVAL && strstr(ql_error_message(), pos), "bad target: %s: %s",
            ql_status_name(st), ql_error_message());
+    float *bad_loss = down_f32(gloss, T);
+    CHECKF(isnan(bad_loss[T / 2]) && !isnan(bad_loss[0]), "bad target: loss %g at the bad token",
+           (double)bad_loss[T / 2]);
+    CHECK(gpu->sync() == QL_OK);
+    free(bad_loss);
+    gpu->free(gt_bad);
     n_ops_run += 3;
     free(l), free(tg), free(rloss), free(rd), free(loss), free(d), free(loss2), free(d2);
     gpu->free(gl), gpu->free(gt), gpu->free(gloss), gpu->free(gd);
