@@ -300,6 +300,20 @@ static int run(const ql_config *c, ql_job *j) {
         if (r0 && dcomm)
             fprintf(stderr, "gradients: NCCL over %d ranks (device memory)\n", j->size);
     }
+    if (cuda && (st = ql_job_agree(j, ql_cuda_q4_check_env())) != QL_OK)
+        return ql_job_report(j, st);
+    if (cuda && r0) {
+        /* Which way the 4-bit layers run (kernels/cuda_q4_path.c). */
+        const ql_cuda_q4_path p = ql_cuda_q4_get_path();
+        if (p == QL_CUDA_Q4_AUTO)
+            fprintf(stderr,
+                    "4-bit layers: fused kernel below %lld tokens a call, dequantize + cuBLASLt "
+                    "from there (QL_CUDA_Q4_FUSED_MAX_T)\n",
+                    (long long)ql_cuda_q4_fused_max_tokens());
+        else
+            fprintf(stderr, "4-bit layers: %s (QL_CUDA_Q4_PATH)\n",
+                    p == QL_CUDA_Q4_FUSED ? "fused kernel" : "dequantize + cuBLASLt");
+    }
 
     /* The data first: a bad line should not wait for the model to load. */
     ql_comm_set_phase(comm, "loading the data");

@@ -36,6 +36,8 @@ grep -q "activations kept for the backward" dry.out || bad "--dry-run lacks the 
     bad "cuda run exited $?"
     tail -20 gpu.err
 }
+grep -q "^4-bit layers: fused kernel below ${QL_CUDA_Q4_FUSED_MAX_T:-512} tokens a call" gpu.err ||
+    [ -n "${QL_CUDA_Q4_PATH:-}" ] || bad "the cuda run does not say how its 4-bit layers run"
 "$QLORA" train cfg.yaml --output_dir=cpu --backend=cpu >cpu.out 2>cpu.err || bad "cpu run exited $?"
 "$PY" - gpu/metrics.jsonl cpu/metrics.jsonl <<'EOF' || bad "cuda vs cpu losses"
 import json, sys
