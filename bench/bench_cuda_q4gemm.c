@@ -213,14 +213,22 @@ int main(int argc, char **argv) {
     }
     /* Which path won at each token count (the rule's threshold should sit
      * between the last T where fused wins and the first where it loses). */
+    int64_t sorted[4];
+    for (int t = 0; t < n_tokens; t++) sorted[t] = tokens[t];
+    for (int t = 1; t < n_tokens; t++) /* ascending, for reading */
+        for (int u = t; u > 0 && sorted[u - 1] > sorted[u]; u--) {
+            int64_t x = sorted[u];
+            sorted[u] = sorted[u - 1];
+            sorted[u - 1] = x;
+        }
     for (int t = 0; t < n_tokens; t++) {
         int fused_wins = 0, total = 0;
         for (int i = 0; i < n; i++)
-            if (res[i].T == tokens[t]) fused_wins += res[i].ms[1] < res[i].ms[2], total++;
+            if (res[i].T == sorted[t]) fused_wins += res[i].ms[1] < res[i].ms[2], total++;
         printf("T = %6lld: fused faster on %d of %d (shape, dir); the rule takes %s "
                "(QL_CUDA_Q4_FUSED_MAX_T = %lld)\n",
-               (long long)tokens[t], fused_wins, total,
-               ql_cuda_q4_path_for(tokens[t]) == QL_CUDA_Q4_FUSED ? "fused" : "dequant",
+               (long long)sorted[t], fused_wins, total,
+               ql_cuda_q4_path_for(sorted[t]) == QL_CUDA_Q4_FUSED ? "fused" : "dequant",
                (long long)ql_cuda_q4_fused_max_tokens());
     }
 
