@@ -27,6 +27,10 @@
  * full model's tokens/s is projected at the same MFU (FLOPs per token of 32
  * layers), which is what "scaled per layer" means here.
  *
+ * Profile (unless --no-profile): one more step per configuration with every
+ * op timed by CUDA events (bench/cuda_op_profile.h), printed as the device
+ * time per op and its share: where the step's time goes.
+ *
  * Memory: the backend's counted peak over the timed steps (every cudaMalloc
  * of the backend), the device's used memory (cudaMemGetInfo), and
  * model/llama_mem.c's estimate for the same configuration.
@@ -41,6 +45,7 @@
 #include <time.h>
 
 #include "cuda_bench_util.h"
+#include "cuda_op_profile.h"
 #include "model/llama.h"
 #include "model/llama_mem.h"
 #include "model/random_source.h"
@@ -94,13 +99,16 @@ typedef struct result {
     int ckpt;
     double step_s, tokens_per_s, tflops, mfu, mfu_cublas, full_tokens_per_s;
     double load_s, load_upload_s, first_loss, last_loss;
-    double wait_fraction; /* median share of a step the host waited for the device */
+    double wait_fraction;   /* median share of a step the host waited for the device */
+    double prof_ms[PROF_N]; /* the profiled step's device time per op */
+    int prof_calls[PROF_N];
     size_t peak, device_used, estimate, estimate_reserve;
     int steps;
 } result;
 
 static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S, int ckpt,
-                int warm, int steps, double budget, double peak_flops, double cublas, result *r) {
+                int warm, int steps, double budget, double peak_flops, double cublas, int profile,
+                result *r) {
     memset(r, 0, sizeof *r);
     r->ckpt = ckpt;
     ql_hf_config cfg;
@@ -186,6 +194,24 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
     }
     ql_mem_stats ms;
     be->mem_stats(&ms);
+    if (profile) {
+        /* One more step with every op timed (after the memory figures:
+         * the timer's events are not the step's). */
+        const ql_backend *pb = prof_wrap(be);
+        ql_llama_set_backend(m, pb);
+        opt.be = pb;
+        double loss;
+        int64_t got;
+        ql_step_result sr;
+        BTRY(ql_optim_zero_grads(&opt, a->grads));
+        BTRY(ql_llama_forward_backward(m, &batch, 1, 1.0f / (float)n_tg, &loss, &got));
+        BTRY(ql_optim_step(&opt, &oc, warm + steps + 1, loss / (double)n_tg, 1e-4, a->params,
+                           a->grads, &sr));
+        ql_llama_set_backend(m, be);
+        opt.be = be;
+        memcpy(r->prof_ms, prof_ms, sizeof prof_ms);
+        memcpy(r->prof_calls, prof_calls, sizeof prof_calls);
+    }
     r->peak = ms.peak - m0.in_use;
     r->device_used = ms.device_used;
     r->steps = timed;
@@ -208,7 +234,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
 }
 
 int main(int argc, char **argv) {
-    int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0, tiny = 0;
+    int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0, tiny = 0, profile = 1;
     int64_t B = 1, S = 2048;
     double budget = 150;
     const char *json = NULL;
@@ -232,10 +258,13 @@ int main(int argc, char **argv) {
             quick = 1;
         else if (!strcmp(a, "--tiny"))
             tiny = 1;
+        else if (!strcmp(a, "--no-profile"))
+            profile = 0;
         else {
             fprintf(stderr,
                     "usage: bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] "
-                    "[--warmup W] [--budget SECONDS] [--json PATH] [--quick] [--tiny]\n");
+                    "[--warmup W] [--budget SECONDS] [--json PATH] [--quick] [--tiny] "
+                    "[--no-profile]\n");
             return 2;
         }
     }
@@ -272,7 +301,7 @@ int main(int argc, char **argv) {
 
     result res[2];
     for (int ck = 0; ck < 2; ck++) {
-        run(be, layers, tiny, B, S, ck, warm, steps, budget, peak, cublas, &res[ck]);
+        run(be, layers, tiny, B, S, ck, warm, steps, budget, peak, cublas, profile, &res[ck]);
         result *r = &res[ck];
         printf("%s: load %.1f s (upload %.1f s); %.1f ms/step (median of %d), %.0f tokens/s, "
                "%.0f TFLOP/s, MFU %.1f%% (%.1f%% of cuBLASLt); full 32 layers at this MFU: %.0f "
@@ -298,6 +327,33 @@ int main(int argc, char **argv) {
            100 * res[0].wait_fraction, 100 * res[1].wait_fraction,
            res[0].wait_fraction < 0.1 ? "launch-bound, the host is the pace"
                                       : "the device is the pace, launches are hidden");
+    if (profile) {
+        /* The ops by device time, largest first (off's order for both). */
+        int order[PROF_N];
+        for (int i = 0; i < PROF_N; i++) order[i] = i;
+        for (int i = 1; i < PROF_N; i++)
+            for (int k = i; k > 0 && res[0].prof_ms[order[k - 1]] < res[0].prof_ms[order[k]]; k--) {
+                int x = order[k];
+                order[k] = order[k - 1];
+                order[k - 1] = x;
+            }
+        double tot[2] = {0, 0};
+        for (int ck = 0; ck < 2; ck++)
+            for (int i = 0; i < PROF_N; i++) tot[ck] += res[ck].prof_ms[i];
+        printf("\nprofile: device ms per op in one step (each op timed alone)\n");
+        printf("%-14s %6s %10s %6s %6s %10s %6s\n", "op", "calls", "off ms", "%", "calls", "on ms",
+               "%");
+        for (int k = 0; k < PROF_N; k++) {
+            const int i = order[k];
+            if (!res[0].prof_calls[i] && !res[1].prof_calls[i]) continue;
+            printf("%-14s %6d %10.2f %5.1f%% %6d %10.2f %5.1f%%\n", prof_names[i],
+                   res[0].prof_calls[i], res[0].prof_ms[i],
+                   tot[0] > 0 ? 100 * res[0].prof_ms[i] / tot[0] : 0, res[1].prof_calls[i],
+                   res[1].prof_ms[i], tot[1] > 0 ? 100 * res[1].prof_ms[i] / tot[1] : 0);
+        }
+        printf("%-14s %6s %10.2f %6s %6s %10.2f   (the timed steps: %.2f / %.2f ms)\n", "sum", "",
+               tot[0], "", "", tot[1], res[0].step_s * 1e3, res[1].step_s * 1e3);
+    }
 
     if (json) {
         FILE *f = bench_json_open(json, "cuda_train", &info);
@@ -323,11 +379,17 @@ int main(int argc, char **argv) {
                 "%.4f, \"full_model_tokens_per_s\": %.1f, \"peak_bytes\": %zu, "
                 "\"device_used_bytes\": %zu, \"estimate_bytes\": %zu, \"load_s\": %.2f, "
                 "\"first_loss\": %.5f, \"last_loss\": %.5f, \"host_wait_fraction\": %.3f, "
-                "\"goal_mfu\": %.2f}%s\n",
+                "\"goal_mfu\": %.2f, \"profile_ms\": {",
                 ck ? "true" : "false", r->steps, r->step_s * 1e3, r->tokens_per_s, r->tflops,
                 r->mfu, r->mfu_cublas, r->full_tokens_per_s, r->peak, r->device_used, r->estimate,
-                r->load_s, r->first_loss, r->last_loss, r->wait_fraction, ck ? 0.36 : 0.50,
-                ck ? "" : ",");
+                r->load_s, r->first_loss, r->last_loss, r->wait_fraction, ck ? 0.36 : 0.50);
+            int first = 1;
+            for (int i = 0; i < PROF_N; i++) {
+                if (!r->prof_calls[i]) continue;
+                fprintf(f, "%s\"%s\": %.3f", first ? "" : ", ", prof_names[i], r->prof_ms[i]);
+                first = 0;
+            }
+            fprintf(f, "}}%s\n", ck ? "" : ",");
         }
         fprintf(f, "  ]\n}\n");
         fclose(f);

@@ -167,6 +167,10 @@ void ql_llama_set_layer_start(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx)
  * layer has no adapter. Layers are in order: layer i + 1's range follows. */
 void ql_llama_layer_grad_range(const ql_llama *m, int layer, int64_t *lo, int64_t *hi);
 
+/* Runs the model's ops through `be` from now on: a wrapper of the backend
+ * it was loaded with (same memory), such as a profiler. */
+void ql_llama_set_backend(ql_llama *m, const ql_backend *be);
+
 /* Seconds the last ql_llama_forward_backward spent waiting in its one
  * device wait (the per-token losses' copy): near 0 when the device had
  * finished before the host had queued everything — launch-bound, where CUDA

@@ -226,6 +226,8 @@ void ql_llama_set_layer_done(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx) 
 
 double ql_llama_last_wait_s(const ql_llama *m) { return m->last_wait_s; }
 
+void ql_llama_set_backend(ql_llama *m, const ql_backend *be) { m->be = be; }
+
 void ql_llama_set_layer_start(ql_llama *m, ql_llama_layer_done_fn fn, void *ctx) {
     m->layer_start = fn;
     m->layer_start_ctx = ctx;
