@@ -554,6 +554,7 @@ thread_local int g_device = 0;
 struct emu_deferred {
     char *dst;
     std::vector<char> bytes;
+    uint64_t seq; /* the stream's count of deferred writes before this one */
 };
 
 struct CUstream_st {
@@ -561,7 +562,7 @@ struct CUstream_st {
     int device;
     int pending;                       /* cudaStreamQuery answers cudaErrorNotReady once */
     std::deque<emu_deferred> deferred; /* not landed yet, oldest first */
-    uint64_t posted, landed;           /* deferred writes ever queued / landed */
+    uint64_t posted;                   /* deferred writes ever queued */
 };
 
 namespace {
@@ -570,12 +571,15 @@ std::map<cudaStream_t, int> g_streams; /* live streams (value unused) */
 
 /* Lands s's deferred writes up to number `upto` (g_stream_mu held). */
 void land(cudaStream_t s, uint64_t upto) {
-    while (s->landed < upto && !s->deferred.empty()) {
+    while (!s->deferred.empty() && s->deferred.front().seq < upto) {
         emu_deferred &d = s->deferred.front();
         memcpy(d.dst, d.bytes.data(), d.bytes.size());
         s->deferred.pop_front();
-        s->landed++;
     }
+}
+
+bool overlaps(const emu_deferred &d, const char *lo, const char *hi) {
+    return d.dst < hi && lo < d.dst + d.bytes.size();
 }
 } // namespace
 
@@ -602,8 +606,8 @@ void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t byte
         memcpy(dst, src, bytes);
         return;
     }
-    s->deferred.push_back(
-        emu_deferred{(char *)dst, std::vector<char>((const char *)src, (const char *)src + bytes)});
+    s->deferred.push_back(emu_deferred{
+        (char *)dst, std::vector<char>((const char *)src, (const char *)src + bytes), s->posted});
     s->posted++;
 }
 
@@ -613,17 +617,33 @@ void ql_emu_stream_land(cudaStream_t s) {
     if (g_streams.count(s)) land(s, s->posted);
 }
 
+/* Only the writes that touch [p, p + bytes), and before each the earlier
+ * ones that overlap it (so bytes land in stream order): the others stay
+ * pending, so a later part's collective does not make earlier parts
+ * visible without their own wait. */
 void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes) {
     if (!s || !bytes) return;
     std::lock_guard<std::mutex> lk(g_stream_mu);
     if (!g_streams.count(s)) return;
+    std::vector<char> pick(s->deferred.size(), 0);
     const char *lo = (const char *)p, *hi = lo + bytes;
-    uint64_t upto = s->landed;
+    for (size_t i = 0; i < s->deferred.size(); i++) pick[i] = overlaps(s->deferred[i], lo, hi);
+    for (size_t i = s->deferred.size(); i-- > 0;) /* later picks pull in earlier overlaps */
+        if (pick[i]) {
+            const emu_deferred &d = s->deferred[i];
+            for (size_t k = 0; k < i; k++)
+                if (!pick[k] && overlaps(s->deferred[k], d.dst, d.dst + d.bytes.size()))
+                    pick[k] = 1;
+        }
+    std::deque<emu_deferred> keep;
     for (size_t i = 0; i < s->deferred.size(); i++) {
-        const emu_deferred &d = s->deferred[i];
-        if (d.dst < hi && lo < d.dst + d.bytes.size()) upto = s->landed + i + 1;
+        emu_deferred &d = s->deferred[i];
+        if (pick[i])
+            memcpy(d.dst, d.bytes.data(), d.bytes.size());
+        else
+            keep.push_back(std::move(d));
     }
-    land(s, upto);
+    s->deferred.swap(keep);
 }
 
 cudaError_t cudaGetDeviceCount(int *n) {
@@ -809,7 +829,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
     if (!s) return cudaErrorInvalidValue;
     *s = nullptr;
     if (flags & ~(unsigned)cudaStreamNonBlocking) return cudaErrorInvalidValue;
-    cudaStream_t n = new CUstream_st{flags, g_device, 0, {}, 0, 0};
+    cudaStream_t n = new CUstream_st{flags, g_device, 0, {}, 0};
     std::lock_guard<std::mutex> lk(g_stream_mu);
     g_streams[n] = 1;
     *s = n;
