@@ -60,6 +60,24 @@ sys.exit(0 if ok else 1)
 EOF
 grep -q "loaded in .* s: reading" gpu.err || bad "no load timing on stderr"
 
+# The dequantize + cuBLASLt path through the trainer (the rule takes it from
+# QL_CUDA_Q4_FUSED_MAX_T tokens a call; 1 forces it here): 5 steps against
+# a 5-step cpu run's (the schedule depends on the step count).
+"$QLORA" train cfg.yaml --output_dir=cpu5 --backend=cpu --train.steps=5 >cpu5.out 2>cpu5.err ||
+    bad "5-step cpu run exited $?"
+QL_CUDA_Q4_FUSED_MAX_T=1 "$QLORA" train cfg.yaml --output_dir=gpu_dq --backend=cuda \
+    --train.steps=5 >gpu_dq.out 2>gpu_dq.err || { bad "dequant-path run exited $?"; tail -5 gpu_dq.err; }
+grep -q "^4-bit layers: fused kernel below 1 tokens a call" gpu_dq.err ||
+    [ -n "${QL_CUDA_Q4_PATH:-}" ] || bad "QL_CUDA_Q4_FUSED_MAX_T=1 was not taken"
+"$PY" - gpu_dq/metrics.jsonl cpu5/metrics.jsonl <<'EOF' || bad "dequant path vs cpu losses"
+import json, sys
+g = [json.loads(l) for l in open(sys.argv[1])]
+c = [json.loads(l) for l in open(sys.argv[2])]
+worst = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(g, c))
+print(f"dequant path vs cpu: worst relative loss difference {worst:.2e} over {len(g)} steps")
+sys.exit(0 if len(g) == len(c) == 5 and worst <= 3e-2 else 1)
+EOF
+
 # --- resume bit for bit on the GPU ---------------------------------------------------
 steps=${QL_GPU_RESUME_STEPS:-300}
 R=(--backend=cuda --train.steps="$steps" --checkpoint.every_steps=$((steps / 6)) --checkpoint.keep_last=20)
