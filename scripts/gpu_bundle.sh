@@ -52,6 +52,9 @@ hash=$(xargs -a "$stage/FILES" -d '\n' sha256sum | sha256sum | cut -c1-64)
     echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- . || echo ' (dirty)')"
     echo "sources $hash"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release && echo "$PRETTY_NAME"), $(ldd --version | head -1)"
+    # The newest glibc symbol version anything in the bundle asks for.
+    echo "needs $(for f in "$stage/qlora" "$stage"/lib/*; do objdump -T "$f" 2>/dev/null; done |
+        grep -o 'GLIBC_2\.[0-9]*' | sort -t. -k2 -n -u | tail -1)"
 } >"$stage/MANIFEST"
 tar -C "$stage" -cJf "$out/qlora-bundle.tar.xz" qlora lib FILES MANIFEST
 

@@ -188,7 +188,7 @@ if [ $mode = min ] && [ -s .gpubundle/qlora-bundle.tar.xz ]; then
         export LD_LIBRARY_PATH=$ub/lib:$cudalibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
         bundle_note="used ($(sed -n 1p "$ub/MANIFEST"))"
     else
-        bundle_note="does not start here (see $log)"
+        bundle_note="does not start here ($(sed -n 's/^needs //p' "$ub/MANIFEST") wanted, $(ldd --version 2>/dev/null | head -1); see $log)"
     fi
     say "qlora bundle: $bundle_note"
 fi
