@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(XENT_THREADS)
 #define XENT_PENDING_MAX 1024
 static struct {
     const int32_t *targets;
-    int64_t T, V;
+    int64_t V;
 } g_pending[XENT_PENDING_MAX];
 static int g_n_pending;
 static unsigned long long *g_first_bad; /* the QL_SCRATCH_FLAG word, while calls are pending */
@@ -151,7 +151,6 @@ extern "C" ql_status ql_xent_fwd_bwd_cuda(const ql_act *logits, const int32_t *t
     }
     const int q = g_n_pending++;
     g_pending[q].targets = targets;
-    g_pending[q].T = T;
     g_pending[q].V = V;
     QL_LAUNCH((ql_cuda_grid(T, 256), 256, 0, ql_cuda_stream()), k_xent_check)
     (targets, T, V, (unsigned long long)q, g_first_bad);
