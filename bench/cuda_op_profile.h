@@ -11,6 +11,8 @@
 
 #include "cuda_bench_util.h"
 
+#ifdef QL_HAVE_CUDA
+
 #define PROF_OPS(X)                                                                                \
     X(q4_dequantize)                                                                               \
     X(q4_lora_fwd)                                                                                 \
@@ -138,4 +140,5 @@ static const ql_backend *prof_wrap(const ql_backend *inner) {
     return &w;
 }
 
+#endif /* QL_HAVE_CUDA */
 #endif
