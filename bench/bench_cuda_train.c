@@ -44,6 +44,7 @@
 #include <math.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "cuda_bench_util.h"
 #include "cuda_op_profile.h"
 #include "model/llama.h"
@@ -57,12 +58,6 @@ const ql_backend *ql_backend_cuda_impl(void);
 
 #define RANK 16
 #define FULL_LAYERS 32
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void llama3_8b(ql_hf_config *c, int layers, int tiny) {
     memset(c, 0, sizeof *c);
@@ -169,16 +164,16 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
     double *times = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *times);
     double *waits = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *waits);
     int timed = 0;
-    double t_start = now_s();
+    double t_start = ql_clock_s();
     for (int s = 0; s < warm + steps; s++) {
         if (s == warm) be->mem_reset_peak();
-        double t0 = now_s(), loss;
+        double t0 = ql_clock_s(), loss;
         int64_t got;
         ql_step_result sr;
         BTRY(ql_optim_zero_grads(&opt, a->grads));
         BTRY(ql_llama_forward_backward(m, &batch, 1, 1.0f / (float)n_tg, &loss, &got));
         BTRY(ql_optim_step(&opt, &oc, s + 1, loss / (double)n_tg, 1e-4, a->params, a->grads, &sr));
-        double dt = now_s() - t0;
+        double dt = ql_clock_s() - t0;
         if (s == 0) r->first_loss = loss / (double)n_tg;
         r->last_loss = loss / (double)n_tg;
         if (s >= warm) {
@@ -190,7 +185,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
                sr.grad_norm);
         fflush(stdout);
         /* Half the budget per configuration: stop early rather than overrun. */
-        if (s >= warm && timed >= 1 && now_s() - t_start + dt > budget / 2) break;
+        if (s >= warm && timed >= 1 && ql_clock_s() - t_start + dt > budget / 2) break;
     }
     ql_mem_stats ms;
     be->mem_stats(&ms);

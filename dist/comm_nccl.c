@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "dist/comm_impl.h"
 
 typedef struct nccl_state {
@@ -36,12 +37,6 @@ typedef struct nccl_state {
     cudaEvent_t *parts; /* all-gather part k is done when parts[k] is reached */
     int n_parts, cap_parts;
 } nccl_state;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static ql_status nccl_fail(ql_comm *c, const char *what, ncclResult_t r) {
     c->broken = 1;
@@ -67,7 +62,7 @@ static double limit_s(ql_comm *c) {
  * has drained, or aborts the communicator after the time limit. */
 static ql_status wait_done(ql_comm *c, const char *what, int stream_too) {
     nccl_state *s = c->nccl;
-    double t0 = now_s(), limit = limit_s(c);
+    double t0 = ql_clock_s(), limit = limit_s(c);
     for (;;) {
         ncclResult_t ar = ncclSuccess;
         ncclResult_t r = ncclCommGetAsyncError(s->comm, &ar);
@@ -79,7 +74,7 @@ static ql_status wait_done(ql_comm *c, const char *what, int stream_too) {
             if (e == cudaSuccess) return QL_OK;
             if (e != cudaErrorNotReady) return cuda_fail(c, what, e);
         }
-        if (now_s() - t0 > limit) {
+        if (ql_clock_s() - t0 > limit) {
             ncclCommAbort(s->comm);
             s->comm = NULL;
             c->broken = 1;

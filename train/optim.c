@@ -1,3 +1,4 @@
+#include "core/clock.h"
 #include "train/optim.h"
 
 #include <math.h>
@@ -120,12 +121,6 @@ ql_status ql_optim_zero_grads(ql_optim *o, float *grads) {
 
 static int ranks(const ql_optim *o) { return o->comm ? ql_comm_size(o->comm) : 1; }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Sums the ranks' gradients into this rank's slice. Afterwards the summed
  * slice is either in backend memory at grads + off (*g = NULL: host-memory
  * backends, where that is the host's, and device backends that reduce on
@@ -138,7 +133,7 @@ static ql_status reduce_grads(ql_optim *o, float *grads, float **g, double *comm
         *g = o->host;
         return o->be->download(o->host, grads, (size_t)o->len * sizeof(float));
     }
-    double t0 = now_s();
+    double t0 = ql_clock_s();
     ql_status st;
     if (o->host_memory) {
         st = ql_comm_reduce_scatter_sum(o->comm, grads, grads + o->off, o->n, QL_DT_F32);
@@ -160,7 +155,7 @@ static ql_status reduce_grads(ql_optim *o, float *grads, float **g, double *comm
         st = o->be->download(o->host, grads, (size_t)o->n * sizeof(float));
         if (st == QL_OK) st = ql_comm_reduce_scatter_sum(o->comm, o->host, *g, o->n, QL_DT_F32);
     }
-    *comm_s += now_s() - t0;
+    *comm_s += ql_clock_s() - t0;
     return st;
 }
 
@@ -178,7 +173,7 @@ static ql_status global_norm(ql_optim *o, const float *g, const float *dev_slice
         QL_TRY(o->be->sq_sum_f32(dev_slice, o->len, &sq));
     int R = ranks(o);
     if (R > 1) {
-        double t0 = now_s(), *all = ql_malloc((size_t)R * sizeof *all, "the gradient norms");
+        double t0 = ql_clock_s(), *all = ql_malloc((size_t)R * sizeof *all, "the gradient norms");
         if (!all) return QL_ENOMEM;
         ql_status st = ql_comm_allgather_bytes(o->comm, &sq, all, (int64_t)sizeof sq);
         if (st == QL_OK) {
@@ -186,7 +181,7 @@ static ql_status global_norm(ql_optim *o, const float *g, const float *dev_slice
             for (int r = 1; r < R; r++) sq += all[r];
         }
         free(all);
-        *comm_s += now_s() - t0;
+        *comm_s += ql_clock_s() - t0;
         QL_TRY(st);
     }
     *norm = sqrt(sq);
@@ -239,7 +234,7 @@ ql_status ql_optim_drain(ql_optim *o) {
 /* Every rank's updated slice into every rank's params. */
 static ql_status gather_params(ql_optim *o, float *params, double *comm_s) {
     if (ranks(o) == 1) return QL_OK;
-    double t0 = now_s();
+    double t0 = ql_clock_s();
     ql_status st;
     if (o->overlap) {
         st = start_gather(o, params);
@@ -253,7 +248,7 @@ static ql_status gather_params(ql_optim *o, float *params, double *comm_s) {
             st = ql_comm_allgather(o->comm, o->host + o->off, o->host, o->n, QL_DT_F32);
         if (st == QL_OK) st = o->be->upload(params, o->host, (size_t)o->n * sizeof(float));
     }
-    *comm_s += now_s() - t0;
+    *comm_s += ql_clock_s() - t0;
     return st;
 }
 
