@@ -110,6 +110,11 @@ typedef struct ql_backend {
      * Never dW: the base weight is frozen. dx may be NULL (first layer). */
     ql_status (*q4_lora_bwd)(const ql_q4 *w, const ql_lora *lora, const ql_act *x, const float *xa,
                              const ql_act *dy, int64_t T, ql_act *dx, float *dA, float *dB);
+    /* mask[e] for e < n: 1 = kept, 0 = dropped, from the counter-based
+     * generator of kernels/dropout.h (dropped iff element e's 32 random bits
+     * are below thresh = p·2³²). Every backend gives the same bytes; made in
+     * backend memory, so a device never waits for the host to draw a mask. */
+    ql_status (*dropout_mask)(uint64_t seed, uint64_t thresh, int64_t n, uint8_t *mask);
 
     /* y[T, n] += b[n]: a frozen bias (Qwen2's q/k/v), fp32. No backward: dy
      * passes through unchanged and the bias is not trained. */

@@ -70,7 +70,6 @@ struct ql_llama {
     /* host scratch */
     int32_t *h_pos;
     float *h_losses;
-    uint8_t *h_mask;
 
     /* the current call */
     int64_t T, batch, seq;

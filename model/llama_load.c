@@ -423,8 +423,6 @@ static ql_status setup_activations(ql_llama *m) {
     if (m->ad.cfg.r > 0 && m->ad.cfg.dropout > 0.0f) {
         size_t mb = (size_t)(m->cap * m->max_in);
         QL_TRY(ql_llama_alloc(m, mb, "dropout mask", (void **)&m->mask));
-        m->h_mask = ql_malloc(mb, "dropout mask");
-        if (!m->h_mask) return QL_ENOMEM;
     }
     return QL_OK;
 }
@@ -536,7 +534,6 @@ void ql_llama_free(ql_llama *m) {
     free(m->adapter_of);
     free(m->h_pos);
     free(m->h_losses);
-    free(m->h_mask);
     ql_adapters_layout_free(&m->ad);
     free(m);
 }

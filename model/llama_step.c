@@ -65,21 +65,16 @@ ql_status ql_llama_prepare_batch(ql_llama *m, const ql_batch *b, int need_target
 
 /* ------------------------------------------------------------ linear layers */
 
-/* The dropout mask of (layer, proj) for the current call, drawn from its own
- * stream so the recomputation in the backward pass reproduces it. */
+/* The dropout mask of (layer, proj) for the current call: its seed comes
+ * from its own stream of the call's key, so the recomputation in the
+ * backward pass reproduces it; the backend draws the mask itself
+ * (kernels/dropout.h), on a GPU without a host round trip. */
 static ql_status make_mask(ql_llama *m, int layer, ql_proj p, int64_t n) {
     ql_rng r;
     ql_rng_seed_stream(&r, m->drop_key, (uint64_t)layer * QL_N_PROJ + (uint64_t)p);
     /* Dropped iff a 32-bit uniform falls below p·2³². */
     uint64_t thresh = (uint64_t)ldexp((double)m->ad.cfg.dropout, 32);
-    int64_t e = 0;
-    for (; e + 2 <= n; e += 2) {
-        uint64_t u = ql_rng_u64(&r);
-        m->h_mask[e] = (u & 0xffffffffu) >= thresh;
-        m->h_mask[e + 1] = (u >> 32) >= thresh;
-    }
-    if (e < n) m->h_mask[e] = (ql_rng_u64(&r) & 0xffffffffu) >= thresh;
-    return m->be->upload(m->mask, m->h_mask, (size_t)n);
+    return m->be->dropout_mask(ql_rng_u64(&r), thresh, n, m->mask);
 }
 
 /* The adapter of (layer, p) for this call, or NULL. */

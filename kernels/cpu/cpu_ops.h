@@ -21,6 +21,8 @@ void ql_mem_reset_peak_cpu(void);
 ql_status ql_zero_f32_cpu(float *x, int64_t n);
 ql_status ql_sq_sum_f32_cpu(const float *x, int64_t n, double *sum);
 ql_status ql_scale_f32_cpu(float *x, int64_t n, float s);
+/* LoRA dropout masks (kernels/cpu/cpu_dropout.c), the same for both tables. */
+ql_status ql_dropout_mask_cpu(uint64_t seed, uint64_t thresh, int64_t n, uint8_t *mask);
 
 /* Declares one op under both suffixes. */
 #define QL_CPU_DECLARE(ret, name, args)                                                            \

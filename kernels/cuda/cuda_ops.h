@@ -109,6 +109,8 @@ QL_CUDA_DECLARE(ql_status, ql_q4_lora_fwd,
 QL_CUDA_DECLARE(ql_status, ql_q4_lora_bwd,
                 (const ql_q4 *w, const ql_lora *lora, const ql_act *x, const float *xa,
                  const ql_act *dy, int64_t T, ql_act *dx, float *dA, float *dB))
+QL_CUDA_DECLARE(ql_status, ql_dropout_mask,
+                (uint64_t seed, uint64_t thresh, int64_t n, uint8_t *mask))
 QL_CUDA_DECLARE(ql_status, ql_matmul_fwd,
                 (const ql_act *W, const ql_act *x, int64_t T, int64_t in, int64_t out, ql_act *y))
 QL_CUDA_DECLARE(ql_status, ql_matmul_bwd,

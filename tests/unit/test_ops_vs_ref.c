@@ -23,6 +23,51 @@ static void test_memory(void) {
     fast->free(p);
 }
 
+/* LoRA dropout masks against the splitmix64 generator stepped one draw at a
+ * time (the definition kernels/dropout.h computes by counter), the dropped
+ * share against p, and the edge thresholds. */
+static void test_dropout_mask(void) {
+    enum { N = 1001, BIG = 1 << 20 };
+    const uint64_t seed = 0x243f6a8885a308d3ull, thresh = 1ull << 30; /* p = 1/4 */
+    uint8_t want[N + 1], *got = malloc(BIG);
+    CHECK(got != NULL);
+    uint64_t x = seed;
+    for (int e = 0; e < N + 1; e += 2) {
+        uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        want[e] = (z & 0xffffffffu) >= thresh;
+        want[e + 1] = (z >> 32) >= thresh;
+    }
+    const ql_backend *bes[2] = {ref, fast};
+    for (int k = 0; k < 2; k++) {
+        memset(got, 7, N + 1);
+        CHECK(bes[k]->dropout_mask(seed, thresh, N, got) == QL_OK);
+        CHECKF(memcmp(got, want, N) == 0, "%s dropout mask vs sequential splitmix64", bes[k]->name);
+        CHECKF(got[N] == 7, "%s dropout mask wrote past n", bes[k]->name);
+    }
+    /* p = 0.1 over 2^20 elements: the dropped share within 5 standard deviations. */
+    const uint64_t t10 = (uint64_t)(0.1 * 4294967296.0);
+    CHECK(fast->dropout_mask(seed, t10, BIG, got) == QL_OK);
+    int64_t dropped = 0;
+    for (int64_t e = 0; e < BIG; e++) dropped += got[e] == 0;
+    double share = (double)dropped / BIG, sd = sqrt(0.1 * 0.9 / BIG);
+    CHECKF(fabs(share - 0.1) < 5 * sd, "dropped share %.5f, want 0.1 +- %.5f", share, 5 * sd);
+    /* Another seed gives another mask; threshold 0 keeps all, 2^32 drops all. */
+    CHECK(fast->dropout_mask(seed + 1, thresh, N, got) == QL_OK);
+    CHECK(memcmp(got, want, N) != 0);
+    CHECK(fast->dropout_mask(seed, 0, N, got) == QL_OK);
+    int kept = 0;
+    for (int e = 0; e < N; e++) kept += got[e];
+    CHECK(kept == N);
+    CHECK(fast->dropout_mask(seed, 1ull << 32, N, got) == QL_OK);
+    kept = 0;
+    for (int e = 0; e < N; e++) kept += got[e];
+    CHECK(kept == 0);
+    free(got);
+}
+
 static void test_dequantize(int64_t rows, int64_t cols, ql_qtype type, int bs, int dq) {
     ql_q4 host = tops_q4(rows, cols, type, bs, dq), dev;
     CHECK(fast->q4_upload(&host, &dev) == QL_OK);
@@ -271,6 +316,7 @@ int main(void) {
     test_rope(11, 3, 64);
     test_rope(5, 2, 8);
     test_swiglu(1001);
+    test_dropout_mask();
 
     test_attn(2, 37, 6, 2, 64, 4); /* GQA 3, doc mask */
     test_attn(1, 19, 3, 3, 8, 0);  /* MHA, no mask */
