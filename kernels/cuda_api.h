@@ -131,6 +131,10 @@ int64_t ql_cuda_q4_fused_max_tokens(void);
 void ql_cuda_q4_set_fused_max_tokens(int64_t t); /* tests, benchmarks; < 0: the environment's */
 /* FUSED or DEQUANT_BLAS: what a call with T tokens runs. */
 ql_cuda_q4_path ql_cuda_q4_path_for(int64_t T);
+/* The path the backend's last q4_lora_fwd/bwd call ran (-1 before any):
+ * tests check the rule by it, since the two paths may give the same bits. */
+int ql_cuda_q4_last_path(void);
+void ql_cuda_q4_note_path(ql_cuda_q4_path p); /* kernels/cuda/q4_lora.cu, per call */
 /* QL_EINVAL naming the variable when one of the two is set to something
  * else than the values above (they would otherwise mean the default). */
 ql_status ql_cuda_q4_check_env(void);

@@ -19,6 +19,7 @@
 
 static int g_path = -1;
 static int64_t g_fused_max_t = -1;
+static int g_last_path = -1;
 
 void ql_cuda_q4_set_path(ql_cuda_q4_path p) { g_path = (int)p; }
 
@@ -53,6 +54,10 @@ ql_cuda_q4_path ql_cuda_q4_path_for(int64_t T) {
     if (p != QL_CUDA_Q4_AUTO) return p;
     return T < ql_cuda_q4_fused_max_tokens() ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS;
 }
+
+int ql_cuda_q4_last_path(void) { return g_last_path; }
+
+void ql_cuda_q4_note_path(ql_cuda_q4_path p) { g_last_path = (int)p; }
 
 ql_status ql_cuda_q4_check_env(void) {
     const char *e = getenv("QL_CUDA_Q4_PATH");

@@ -100,6 +100,7 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
     const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
+    ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
     if (r) {
         const ql_bf16 *xin;
@@ -191,6 +192,7 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
     const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
+    ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
     /* E = bf16(s·dy·B) [T, rpad], row stride lde: the right columns of
      * [dy | E] where the dequant path's one GEMM reads it, else its own. */
