@@ -67,9 +67,11 @@ if(QL_CUDA_EMU)
   set_tests_properties(gpu_test_nccl_comm_shared_device PROPERTIES LABELS gpu SKIP_RETURN_CODE 77
     TIMEOUT 300 ENVIRONMENT "QL_EMU_DEVICES=1;QL_TEST_NCCL_SHARED_DEVICE=1;OMP_NUM_THREADS=1")
   add_executable(test_emu_cublaslt kernels/cuda/emu/test_emu_cublaslt.cpp
-    kernels/cuda/emu/emu_cublaslt.cpp)
+    kernels/cuda/emu/emu_cublaslt.cpp kernels/cuda/emu/emu_runtime.cpp)
   target_include_directories(test_emu_cublaslt BEFORE PRIVATE
     ${CMAKE_SOURCE_DIR}/kernels/cuda/emu/include)
+  target_include_directories(test_emu_cublaslt PRIVATE ${CMAKE_SOURCE_DIR})
+  target_compile_definitions(test_emu_cublaslt PRIVATE QL_CUDA_EMU=1)
   set_target_properties(test_emu_cublaslt PROPERTIES CXX_STANDARD 17)
   add_test(NAME emu_cublaslt COMMAND test_emu_cublaslt)
   set_tests_properties(emu_cublaslt PROPERTIES LABELS gpu)

@@ -362,6 +362,7 @@ ncclResult_t run_now(const coll &o);
  * reads or overwrites land first, in order (stream order); others stay
  * pending. */
 ncclResult_t run(const coll &o) {
+    ql_emu_device_scope open;
     const span w = written(o), rd = read_by(o);
     ql_emu_stream_land_touching(o.stream, (const void *)rd.lo, (size_t)(rd.hi - rd.lo));
     ql_emu_stream_land_touching(o.stream, (const void *)w.lo, (size_t)(w.hi - w.lo));
@@ -378,6 +379,12 @@ ncclResult_t run(const coll &o) {
 }
 
 ncclResult_t run_now(const coll &o) {
+    ql_emu_device_scope open;
+    /* MPI may move the bytes with system calls (shared-memory transports),
+     * which fail on closed pages instead of faulting: open them first. */
+    const span w = written(o), rd = read_by(o);
+    ql_emu_device_open_range((const void *)w.lo, (size_t)(w.hi - w.lo));
+    ql_emu_device_open_range((const void *)rd.lo, (size_t)(rd.hi - rd.lo));
     ncclComm_t c = o.c;
     if (!live(c))
         return fail(ncclInvalidUsage, "%s: the communicator was destroyed before ncclGroupEnd",

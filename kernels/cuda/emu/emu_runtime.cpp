@@ -9,6 +9,8 @@
  * the kernel, the block and the source line: threads of one block waiting at
  * different __syncthreads, a warp collective some lanes of the warp never
  * reach, a misaligned ldmatrix row. */
+#include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -487,6 +489,7 @@ static int launch_ok(const char *name, const void *kernel, dim3 grid, dim3 block
 void ql_emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem,
                      ql_emu_body_fn body, void *ctx) {
     if (!launch_ok(name, kernel, grid, block, smem)) return;
+    ql_emu_device_scope open;
     if (g_run) emu_fatal("kernel %s launched from inside kernel %s", name, g_run->kernel);
     grid_run r;
     r.kernel = name;
@@ -516,10 +519,92 @@ namespace {
 struct alloc_rec {
     size_t bytes;
     int device;
+    size_t mapped; /* bytes of the mapping: bytes rounded up to whole pages */
 };
 std::mutex g_mem_mu;
 std::map<uintptr_t, alloc_rec> g_allocs;
 std::map<int, size_t> g_alloc_bytes; /* per device */
+
+/* The host guard (cuda_runtime_api.h). Every allocation is PROT_NONE except
+ * while an emulator call of this thread that opened it runs. Opening is
+ * lazy, so a call costs a few system calls, not two per allocation: inside
+ * an open scope (t_depth > 0) the first touch of a closed allocation faults,
+ * the handler opens that allocation and notes it, the access is retried; the
+ * scope's end closes what it opened. A fault with no scope open is host code
+ * touching device memory. The handler reads g_allocs without its lock: CUDA
+ * calls come from one thread per process in this project (a concurrent
+ * cudaMalloc elsewhere could race with it). */
+int g_guard = -1; /* -1: QL_EMU_HOST_GUARD not read yet */
+/* volatile: the fault handler reads and writes them between the
+ * instructions of a memmove the compiler believes touches nothing else. */
+thread_local volatile int t_depth = 0;
+enum { MAX_OPENED = 1024 };
+thread_local volatile uintptr_t t_opened[MAX_OPENED];
+thread_local volatile int t_n_opened = 0;
+thread_local volatile bool t_opened_overflow = false;
+
+bool guard_on() {
+    if (g_guard < 0) {
+        const char *e = getenv("QL_EMU_HOST_GUARD");
+        g_guard = !(e && strcmp(e, "0") == 0);
+    }
+    return g_guard == 1;
+}
+
+/* The allocation holding address a, or g_allocs.end() (caller holds the
+ * lock, or is the fault handler). */
+std::map<uintptr_t, alloc_rec>::iterator alloc_at(uintptr_t a) {
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return g_allocs.end();
+    --it;
+    return a - it->first < it->second.mapped ? it : g_allocs.end();
+}
+
+/* Opens [base, base + len) for this thread's scope and notes it. */
+void open_noted(uintptr_t base, size_t len) {
+    mprotect((void *)base, len, PROT_READ | PROT_WRITE);
+    if (t_n_opened < MAX_OPENED) {
+        t_opened[t_n_opened] = base;
+        t_n_opened = t_n_opened + 1;
+    } else {
+        t_opened_overflow = true;
+    }
+}
+
+struct sigaction g_old_segv;
+void on_segv(int sig, siginfo_t *si, void *uc) {
+    const uintptr_t a = (uintptr_t)si->si_addr;
+    auto it = alloc_at(a);
+    if (it != g_allocs.end()) {
+        if (t_depth > 0) {
+            open_noted(it->first, it->second.mapped);
+            return; /* the access runs again, now allowed */
+        }
+        char msg[256];
+        int n = snprintf(msg, sizeof msg,
+                         "CUDA emulator: host code touched device memory at %p, byte %zu of a "
+                         "%zu-byte cudaMalloc buffer (a GPU would fault here; run under gdb "
+                         "for the line)\n",
+                         si->si_addr, (size_t)(a - it->first), it->second.bytes);
+        if (n > 0) (void)!write(2, msg, (size_t)n);
+        abort();
+    }
+    sigaction(SIGSEGV, &g_old_segv, nullptr);
+    (void)sig, (void)uc; /* returning re-runs the access under the old action */
+}
+
+/* Ours, again if a library (MPI) replaced it since: called per cudaMalloc. */
+void install_segv() {
+    struct sigaction cur;
+    sigaction(SIGSEGV, nullptr, &cur);
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_segv) return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+}
 
 /* The device holding [p, p + bytes) in one allocation, or -1. */
 int device_of(const void *p, size_t bytes) {
@@ -571,6 +656,8 @@ std::map<cudaStream_t, int> g_streams; /* live streams (value unused) */
 
 /* Lands s's deferred writes up to number `upto` (g_stream_mu held). */
 void land(cudaStream_t s, uint64_t upto) {
+    if (s->deferred.empty() || s->deferred.front().seq >= upto) return;
+    ql_emu_device_scope open;
     while (!s->deferred.empty() && s->deferred.front().seq < upto) {
         emu_deferred &d = s->deferred.front();
         memcpy(d.dst, d.bytes.data(), d.bytes.size());
@@ -601,6 +688,7 @@ void ql_emu_stream_mark_pending(cudaStream_t s) {
 
 void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t bytes) {
     if (!bytes) return;
+    ql_emu_device_scope open;
     std::lock_guard<std::mutex> lk(g_stream_mu);
     if (!s || !g_streams.count(s)) {
         memcpy(dst, src, bytes);
@@ -636,6 +724,7 @@ void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes) {
                     pick[k] = 1;
         }
     std::deque<emu_deferred> keep;
+    ql_emu_device_scope open;
     for (size_t i = 0; i < s->deferred.size(); i++) {
         emu_deferred &d = s->deferred[i];
         if (pick[i])
@@ -729,17 +818,58 @@ cudaError_t cudaGetLastError(void) {
     return e;
 }
 
+void ql_emu_device_open(void) {
+    if (guard_on()) t_depth = t_depth + 1;
+}
+
+void ql_emu_device_close(void) {
+    if (!guard_on()) return;
+    t_depth = t_depth - 1;
+    if (t_depth > 0) return;
+    std::lock_guard<std::mutex> lk(g_mem_mu);
+    if (t_opened_overflow) { /* more than MAX_OPENED: close them all */
+        for (auto &kv : g_allocs) mprotect((void *)kv.first, kv.second.mapped, PROT_NONE);
+    } else {
+        /* A noted allocation freed meanwhile is skipped (its pages may be
+         * another mapping's now). */
+        for (int i = 0; i < t_n_opened; i++) {
+            const uintptr_t base = t_opened[i];
+            auto it = g_allocs.find(base);
+            if (it != g_allocs.end()) mprotect((void *)it->first, it->second.mapped, PROT_NONE);
+        }
+    }
+    t_n_opened = 0;
+    t_opened_overflow = false;
+}
+
+void ql_emu_device_open_range(const void *p, size_t bytes) {
+    if (!guard_on() || t_depth == 0 || !bytes) return;
+    std::lock_guard<std::mutex> lk(g_mem_mu);
+    const uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    for (auto it = alloc_at(lo); it != g_allocs.end() && it->first < hi; ++it)
+        open_noted(it->first, it->second.mapped);
+}
+
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     *p = nullptr;
     std::lock_guard<std::mutex> lk(g_mem_mu);
     size_t &used = g_alloc_bytes[g_device];
     if (used + bytes > total_mem()) return cudaErrorMemoryAllocation;
-    /* 256-byte aligned as cudaMalloc's, and filled with 0xFF (NaN in bf16
-     * and fp32) since device memory starts with whatever was there. */
-    void *q = aligned_alloc(256, (bytes + 255) / 256 * 256);
-    if (!q) return cudaErrorMemoryAllocation;
+    /* Whole pages of its own (page-aligned, so 256-byte aligned as
+     * cudaMalloc's), so the host guard can close it; filled with 0xFF (NaN
+     * in bf16 and fp32) since device memory starts with whatever was there. */
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t mapped = (bytes + page - 1) / page * page + (bytes == 0 ? page : 0);
+    void *q = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (q == MAP_FAILED) return cudaErrorMemoryAllocation;
     memset(q, 0xFF, bytes);
-    g_allocs[(uintptr_t)q] = alloc_rec{bytes, g_device};
+    if (guard_on()) {
+        install_segv();
+        if (mprotect(q, mapped, PROT_NONE) != 0)
+            emu_fatal("mprotect of a device allocation failed: %s", strerror(errno));
+    }
+    g_allocs[(uintptr_t)q] = alloc_rec{bytes, g_device, mapped};
     used += bytes;
     *p = q;
     return cudaSuccess;
@@ -754,8 +884,9 @@ cudaError_t cudaFree(void *p) {
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) return cudaErrorInvalidValue;
     g_alloc_bytes[it->second.device] -= it->second.bytes;
+    const size_t mapped = it->second.mapped;
     g_allocs.erase(it);
-    free(p);
+    munmap(p, mapped);
     return cudaSuccess;
 }
 
@@ -778,6 +909,7 @@ static cudaError_t copy_checked(void *dst, const void *src, size_t bytes, cudaMe
                 (int)kind, bytes, dd ? "is" : "is not", sd ? "is" : "is not");
         return cudaErrorInvalidValue;
     }
+    ql_emu_device_scope open;
     memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -814,6 +946,7 @@ cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t s) {
                 bytes);
         return cudaErrorInvalidValue;
     }
+    ql_emu_device_scope open;
     memset(dst, byte, bytes);
     return cudaSuccess;
 }

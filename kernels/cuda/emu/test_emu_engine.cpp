@@ -305,6 +305,13 @@ static void expect_abort(const char *what, void (*launch)(int *), int flip,
     CHECK(aborted && named, "%s (order %d): status %#x, stderr: %s", what, flip, st, msg.c_str());
 }
 
+/* Host code reading and writing device memory, as no GPU program may. */
+static void host_reads_device(int *d) {
+    volatile int *v = d;
+    fprintf(stderr, "read %d\n", v[3]);
+}
+static void host_writes_device(int *d) { ((volatile int *)d)[31] = 5; }
+
 static void test_deaths() {
     for (int flip = 0; flip < 2; flip++) {
         expect_abort("divergent __syncthreads", launch_divergent, flip,
@@ -314,6 +321,10 @@ static void test_deaths() {
         expect_abort("misaligned ldmatrix", launch_misaligned, flip,
                      {"k_misaligned", "16-byte aligned", "test_emu_engine.cpp"});
     }
+    expect_abort("host read of device memory", host_reads_device, 0,
+                 {"host code touched device memory", "byte 12 of a 128-byte"});
+    expect_abort("host write of device memory", host_writes_device, 1,
+                 {"host code touched device memory", "byte 124 of a 128-byte"});
 }
 
 /* --- 5. launch limits ------------------------------------------------------------------- */

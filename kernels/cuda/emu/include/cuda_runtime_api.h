@@ -115,6 +115,19 @@ void ql_emu_stream_mark_pending(cudaStream_t s);
  * call; also before s's next copy or collective, in order. The null stream:
  * at once. src is copied. */
 void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t bytes);
+/* Host code never touches device memory on a GPU (it would fault), so here
+ * device allocations are mapped without access while the program's own
+ * code runs. Inside the emulator's calls (a kernel, a copy, a collective,
+ * a cuBLASLt matmul), bracketed by _open/_close (nested, per thread), an
+ * allocation opens on its first touch and closes at the outermost _close.
+ * _open_range opens [p, p + bytes) at once, for memory a system call or
+ * MPI will access (the kernel does not fault on behalf of a syscall; it
+ * fails it). A host read or write of device memory outside them stops the
+ * program with the address and the allocation it hit. QL_EMU_HOST_GUARD=0
+ * turns this off. */
+void ql_emu_device_open(void);
+void ql_emu_device_open_range(const void *p, size_t bytes);
+void ql_emu_device_close(void);
 /* Every deferred write of s lands now. */
 void ql_emu_stream_land(cudaStream_t s);
 /* s's deferred writes land, in order, up to the last one that touches
@@ -124,6 +137,13 @@ void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes);
 
 #ifdef __cplusplus
 }
+/* ql_emu_device_open/close for the length of a scope. */
+struct ql_emu_device_scope {
+    ql_emu_device_scope() { ql_emu_device_open(); }
+    ~ql_emu_device_scope() { ql_emu_device_close(); }
+    ql_emu_device_scope(const ql_emu_device_scope &) = delete;
+    ql_emu_device_scope &operator=(const ql_emu_device_scope &) = delete;
+};
 #endif
 
 #endif
