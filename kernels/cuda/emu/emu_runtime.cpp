@@ -562,7 +562,12 @@ std::map<uintptr_t, alloc_rec>::iterator alloc_at(uintptr_t a) {
 
 /* Opens [base, base + len) for this thread's scope and notes it. */
 void open_noted(uintptr_t base, size_t len) {
-    mprotect((void *)base, len, PROT_READ | PROT_WRITE);
+    if (mprotect((void *)base, len, PROT_READ | PROT_WRITE) != 0) {
+        /* Left closed, the access would fault again forever. */
+        static const char msg[] = "CUDA emulator: cannot open a device allocation (mprotect)\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        abort();
+    }
     if (t_n_opened < MAX_OPENED) {
         t_opened[t_n_opened] = base;
         t_n_opened = t_n_opened + 1;
