@@ -2,12 +2,9 @@
 
 #include <math.h>
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+#include "core/splitmix.h"
+
+static uint64_t splitmix64(uint64_t *x) { return ql_splitmix64_mix(*x += QL_SPLITMIX_GAMMA); }
 
 void ql_rng_seed(ql_rng *r, uint64_t seed) { ql_rng_seed_stream(r, seed, 0); }
 

@@ -14,29 +14,21 @@
 
 #include <stdint.h>
 
-#ifndef QL_HD
-#if defined(__CUDACC__)
-#define QL_HD static __host__ __device__ __forceinline__
-#else
-#define QL_HD static inline
-#endif
-#endif
-
-#define QL_SPLITMIX_GAMMA 0x9e3779b97f4a7c15ull
+#include "core/splitmix.h"
 
 /* Output j (from 0) of the splitmix64 sequence seeded at seed. */
 QL_HD uint64_t ql_dropout_draw(uint64_t seed, uint64_t j) {
-    uint64_t z = seed + (j + 1) * QL_SPLITMIX_GAMMA;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return ql_splitmix64_mix(seed + (j + 1) * QL_SPLITMIX_GAMMA);
+}
+
+/* The keep bytes of elements 2j and 2j + 1: one draw decides both. */
+QL_HD uint8_t ql_dropout_keep_half(uint64_t u, int high, uint64_t thresh) {
+    return (uint8_t)((high ? u >> 32 : u & 0xffffffffu) >= thresh);
 }
 
 /* 1 if element e is kept, 0 if dropped. */
 QL_HD uint8_t ql_dropout_keep(uint64_t seed, uint64_t thresh, int64_t e) {
-    uint64_t u = ql_dropout_draw(seed, (uint64_t)e >> 1);
-    uint64_t bits = (e & 1) ? u >> 32 : u & 0xffffffffu;
-    return (uint8_t)(bits >= thresh);
+    return ql_dropout_keep_half(ql_dropout_draw(seed, (uint64_t)e >> 1), (int)(e & 1), thresh);
 }
 
 #endif

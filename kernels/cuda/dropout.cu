@@ -15,8 +15,11 @@ __global__ void k_dropout_mask(uint64_t seed, uint64_t thresh, int64_t n, uint8_
         const int64_t e0 = g * 8;
         if (aligned && e0 + 8 <= n) {
             uint64_t word = 0;
-            for (int i = 0; i < 8; i++)
-                word |= (uint64_t)ql_dropout_keep(seed, thresh, e0 + i) << (8 * i);
+            for (int i = 0; i < 8; i += 2) { /* e0 is even: one draw per pair */
+                const uint64_t u = ql_dropout_draw(seed, (uint64_t)(e0 + i) >> 1);
+                word |= (uint64_t)ql_dropout_keep_half(u, 0, thresh) << (8 * i);
+                word |= (uint64_t)ql_dropout_keep_half(u, 1, thresh) << (8 * i + 8);
+            }
             *(uint64_t *)(mask + e0) = word; /* little-endian: byte i is element e0 + i */
         } else {
             for (int64_t e = e0; e < n && e < e0 + 8; e++)
