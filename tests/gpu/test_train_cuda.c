@@ -47,6 +47,9 @@
 #include "model/llama_mem.h"
 #include "model/random_source.h"
 #include "train/optim.h"
+#ifdef QL_CUDA_EMULATED
+#include "kernels/cuda/emu/emu_counts.h"
+#endif
 
 #ifdef QL_HAVE_CUDA
 
@@ -57,7 +60,8 @@ const ql_backend *ql_backend_cuda_impl(void);
 #define S 128
 
 static const ql_backend *gpu, *cpu;
-static int stand_in; /* QL_GPU_TEST_AS: gpu is a CPU backend */
+static int stand_in;     /* QL_GPU_TEST_AS: gpu is a CPU backend */
+static int n_layers = 2; /* of the models load() makes */
 
 #define GTRY(expr)                                                                                 \
     do {                                                                                           \
@@ -74,7 +78,7 @@ static void config(ql_hf_config *c) {
     snprintf(c->architecture, sizeof c->architecture, "LlamaForCausalLM");
     c->hidden_size = 256;
     c->intermediate_size = 512;
-    c->num_hidden_layers = 2;
+    c->num_hidden_layers = n_layers;
     c->num_attention_heads = 4;
     c->num_key_value_heads = 2;
     c->head_dim = 64;
@@ -393,6 +397,55 @@ static void test_memory(void) {
     ql_llama_free(m);
 }
 
+#ifdef QL_CUDA_EMULATED
+/* What a warm step (the third) asks of the device, counted by the
+ * emulator: no allocation, and host waits only at the batch's edges (the
+ * uploads of ids, targets, positions and documents, the losses, the
+ * cross-entropy's target check, the gradient norm), so none that grows with
+ * the depth: a host read inside a layer would make the host wait for the
+ * device once per layer. Launches per layer are printed for the record. */
+#define WARM_STEP_MAX_WAITS 7
+static void count_warm_step(int layers, ql_emu_counts *d) {
+    n_layers = layers;
+    ql_llama *m = load(gpu);
+    n_layers = 2;
+    ql_adapters *a = ql_llama_adapters(m);
+    ql_optim o;
+    GTRY(ql_optim_init(&o, gpu, a->n));
+    run_out r;
+    memset(&r, 0, sizeof r);
+    steps(m, &o, 1, 2, &r);
+    ql_emu_counts c0, c1;
+    ql_emu_get_counts(&c0);
+    steps(m, &o, 3, 3, &r);
+    ql_emu_get_counts(&c1);
+    d->launches = c1.launches - c0.launches;
+    d->matmuls = c1.matmuls - c0.matmuls;
+    d->host_waits = c1.host_waits - c0.host_waits;
+    d->allocs = c1.allocs - c0.allocs;
+    d->frees = c1.frees - c0.frees;
+    printf("warm step, %d layers: %lld kernels, %lld cuBLASLt matmuls, %lld host waits, %lld "
+           "allocations, %lld frees\n",
+           layers, d->launches, d->matmuls, d->host_waits, d->allocs, d->frees);
+    ql_optim_free(&o);
+    ql_llama_free(m);
+}
+
+static void test_warm_step_counts(void) {
+    if (stand_in) return;
+    ql_emu_counts two, three;
+    count_warm_step(2, &two);
+    count_warm_step(3, &three);
+    CHECK(two.allocs == 0 && two.frees == 0 && three.allocs == 0 && three.frees == 0);
+    CHECKF(three.host_waits == two.host_waits, "host waits: %lld with 3 layers, %lld with 2",
+           three.host_waits, two.host_waits);
+    CHECKF(two.host_waits <= WARM_STEP_MAX_WAITS, "host waits: %lld, at most %d expected",
+           two.host_waits, WARM_STEP_MAX_WAITS);
+    printf("per layer: %lld kernels, %lld cuBLASLt matmuls\n", three.launches - two.launches,
+           three.matmuls - two.matmuls);
+}
+#endif
+
 int main(void) {
     const char *as = getenv("QL_GPU_TEST_AS");
     stand_in = as && !strcmp(as, "cpu-ref");
@@ -411,6 +464,9 @@ int main(void) {
     cpu = ql_backend_cpu();
 #endif
     make_batches();
+#ifdef QL_CUDA_EMULATED
+    test_warm_step_counts();
+#endif
     test_vec_ops();
     test_memory();
     test_lockstep();

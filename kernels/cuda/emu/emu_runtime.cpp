@@ -10,6 +10,7 @@
  * different __syncthreads, a warp collective some lanes of the warp never
  * reach, a misaligned ldmatrix row. */
 #include <errno.h>
+#include <execinfo.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -27,6 +29,7 @@
 
 #include "cuda_bf16.h"
 #include "cuda_runtime.h"
+#include "emu_counts.h"
 
 thread_local ql_emu_thread *ql_emu_cur;
 thread_local ql_emu_block ql_emu_blk;
@@ -52,6 +55,39 @@ enum {
     fflush(stderr);
     abort();
 }
+
+/* --- counters (emu_counts.h) ------------------------------------------------------- */
+
+namespace {
+std::atomic<long long> g_launches, g_matmuls, g_host_waits, g_allocs_made, g_frees;
+
+bool trace_waits() {
+    static const int on = [] {
+        const char *e = getenv("QL_EMU_TRACE_WAITS");
+        return e && *e && strcmp(e, "0") != 0;
+    }();
+    return on;
+}
+
+void count_host_wait(const char *what) {
+    g_host_waits++;
+    if (!trace_waits()) return;
+    fprintf(stderr, "CUDA emulator: host wait: %s, from\n", what);
+    void *frames[8];
+    const int n = backtrace(frames, 8);
+    backtrace_symbols_fd(frames + 1, n - 1, 2);
+}
+} // namespace
+
+extern "C" void ql_emu_get_counts(ql_emu_counts *out) {
+    out->launches = g_launches;
+    out->matmuls = g_matmuls;
+    out->host_waits = g_host_waits;
+    out->allocs = g_allocs_made;
+    out->frees = g_frees;
+}
+
+void ql_emu_count_matmul(void) { g_matmuls++; }
 
 /* --- fibers and barriers ------------------------------------------------------------ */
 
@@ -489,6 +525,7 @@ static int launch_ok(const char *name, const void *kernel, dim3 grid, dim3 block
 void ql_emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem,
                      ql_emu_body_fn body, void *ctx) {
     if (!launch_ok(name, kernel, grid, block, smem)) return;
+    g_launches++;
     ql_emu_device_scope open;
     if (g_run) emu_fatal("kernel %s launched from inside kernel %s", name, g_run->kernel);
     grid_run r;
@@ -855,6 +892,8 @@ void ql_emu_device_open_range(const void *p, size_t bytes) {
         open_noted(it->first, it->second.mapped);
 }
 
+static void land_all(void); /* every stream's deferred writes */
+
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     *p = nullptr;
     std::lock_guard<std::mutex> lk(g_mem_mu);
@@ -876,6 +915,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
     }
     g_allocs[(uintptr_t)q] = alloc_rec{bytes, g_device, mapped};
     used += bytes;
+    g_allocs_made++;
     *p = q;
     return cudaSuccess;
 }
@@ -884,13 +924,15 @@ cudaError_t cudaFree(void *p) {
     if (!p) return cudaSuccess;
     /* CUDA's cudaFree waits for the device: pending results land before
      * the memory goes (none may land in freed memory later). */
-    cudaDeviceSynchronize();
+    count_host_wait("cudaFree");
+    land_all();
     std::lock_guard<std::mutex> lk(g_mem_mu);
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) return cudaErrorInvalidValue;
     g_alloc_bytes[it->second.device] -= it->second.bytes;
     const size_t mapped = it->second.mapped;
     g_allocs.erase(it);
+    g_frees++;
     munmap(p, mapped);
     return cudaSuccess;
 }
@@ -920,6 +962,10 @@ static cudaError_t copy_checked(void *dst, const void *src, size_t bytes, cudaMe
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    /* From or to host memory it returns when the copy is done, so after
+     * the legacy stream's earlier work (CUDA's "API synchronization
+     * behavior"); between two device buffers it does not wait. */
+    if (kind != cudaMemcpyDeviceToDevice && bytes) count_host_wait("cudaMemcpy");
     return copy_checked(dst, src, bytes, kind);
 }
 
@@ -957,9 +1003,14 @@ cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t s) {
 }
 
 /* Everything already ran when it was enqueued; deferred results land. */
-cudaError_t cudaDeviceSynchronize(void) {
+static void land_all(void) {
     std::lock_guard<std::mutex> lk(g_stream_mu);
     for (auto &kv : g_streams) land(kv.first, kv.first->posted);
+}
+
+cudaError_t cudaDeviceSynchronize(void) {
+    count_host_wait("cudaDeviceSynchronize");
+    land_all();
     return cudaSuccess;
 }
 
@@ -997,6 +1048,7 @@ cudaError_t cudaStreamQuery(cudaStream_t s) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    count_host_wait("cudaStreamSynchronize");
     if (!s) return cudaSuccess;
     std::lock_guard<std::mutex> lk(g_stream_mu);
     if (!g_streams.count(s)) return cudaErrorInvalidResourceHandle;
@@ -1075,6 +1127,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     if (!e) return cudaErrorInvalidResourceHandle;
+    count_host_wait("cudaEventSynchronize");
     reach(e);
     return cudaSuccess;
 }

@@ -134,6 +134,8 @@ void ql_emu_stream_land(cudaStream_t s);
  * [p, p + bytes): what a later operation of s that reads or writes those
  * bytes must see. */
 void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes);
+/* One more cublasLtMatmul for ql_emu_get_counts (emu_counts.h). */
+void ql_emu_count_matmul(void);
 
 #ifdef __cplusplus
 }
