@@ -127,14 +127,14 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
 
     if (device) {
         /* kernels/cuda: bf16 copies of A [rpad, in] and B [out, rpad],
-         * s·xa or s·dy·B [T, rpad] bf16, dy·B [T, rpad] fp32, x ⊙ mask
+         * s·xa or s·dy·B [T, rpad] bf16, xa [T, rpad] bf16, dy·B [T, rpad] fp32, x ⊙ mask
          * [T, in] bf16 under dropout, attention's rowsum(dO ⊙ O) [batch,
          * heads, seq] fp32, the norm's block sums, the cuBLASLt workspace. */
         int64_t rpad = (r + 15) / 16 * 16;
         if (r > 0) {
             e->workspace +=
                 grown((size_t)(rpad * max_in) * 2) + grown((size_t)(max_out * rpad) * 2);
-            e->workspace += grown((size_t)(cap * rpad) * 2) + grown((size_t)(cap * rpad) * 4);
+            e->workspace += 2 * grown((size_t)(cap * rpad) * 2) + grown((size_t)(cap * rpad) * 4);
             if (o->lora.dropout > 0.0f) e->workspace += grown((size_t)(cap * max_in) * 2);
         }
         if (ql_cuda_q4_path_for(cap) == QL_CUDA_Q4_DEQUANT_BLAS)

@@ -32,7 +32,8 @@ enum {
     QL_SCRATCH_LORA_A,   /* bf16 copy of LoRA A, [rpad, in] */
     QL_SCRATCH_LORA_B,   /* bf16 copy of LoRA B, [out, rpad] */
     QL_SCRATCH_LORA_T,   /* bf16 [T, rpad]: s·xa (fwd) or s·(dy·B) (bwd) */
-    QL_SCRATCH_LORA_G,   /* fp32 [T, rpad]: dy·B (bwd); bf16 xa for dB */
+    QL_SCRATCH_LORA_G,   /* fp32 [T, rpad]: dy·B (bwd) */
+    QL_SCRATCH_LORA_XA,  /* bf16 [T, rpad]: xa for dB (bwd) */
     QL_SCRATCH_XDROP,    /* bf16 [T, in]: x ⊙ dropout mask */
     QL_SCRATCH_DEQUANT,  /* bf16 W whole with LoRA's B columns or A rows: the dequant path */
     QL_SCRATCH_CONCAT,   /* bf16 [T, k + rpad]: [x | s·xa] or [dy | s·dy·B], the dequant path */
@@ -86,6 +87,17 @@ ql_status ql_cuda_q4_gemm(const ql_q4_gemm_args *a);
  * scale, columns cols..dcols-1 zero; columns dcols..ldd-1 not touched. */
 ql_status ql_cuda_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
                                   float scale, ql_bf16 *dst, int64_t dcols, int64_t ldd);
+/* Several such conversions in one launch; a job's rows rows..drows-1 are
+ * written as zeros too (dst is [drows, dcols]). */
+typedef struct ql_cuda_pad_job {
+    const float *src;
+    int64_t rows, cols, lds;
+    float scale;
+    ql_bf16 *dst;
+    int64_t drows, dcols, ldd;
+} ql_cuda_pad_job;
+#define QL_CUDA_PAD_JOBS_MAX 4
+ql_status ql_cuda_f32_to_bf16_pad_n(const ql_cuda_pad_job *jobs, int n);
 /* out[n] = mask[n] ? x[n] : 0 (bf16, exact). */
 ql_status ql_cuda_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out);
 /* out[n] (bf16) = a[n] + (mask == NULL || mask[n] ? b[n]·b_scale : 0), fp32 in. */

@@ -105,25 +105,56 @@ extern "C" ql_status ql_embed_fwd_cuda(const ql_act *table, const int32_t *ids, 
 
 /* --- LoRA helpers ------------------------------------------------------------------- */
 
-__global__ void k_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
-                                  float scale, ql_bf16 *dst, int64_t dcols, int64_t ldd) {
-    const int64_t total = rows * dcols;
+/* Up to QL_CUDA_PAD_JOBS_MAX conversions in one launch: a LoRA call's
+ * few small copies (A, B, xa; thousands to a few hundred thousand
+ * elements each) would otherwise be a launch each, and at small shapes
+ * the launches, not the bytes, are the cost. Thread i takes element i of
+ * the jobs laid end to end; an element's value is the same expression as
+ * one job alone. */
+struct pad_jobs {
+    ql_cuda_pad_job job[QL_CUDA_PAD_JOBS_MAX];
+    int64_t end[QL_CUDA_PAD_JOBS_MAX]; /* jobs 0..j hold elements [0, end[j]) */
+    int n;
+};
+
+__global__ void k_f32_to_bf16_pad(pad_jobs p) {
+    const int64_t total = p.end[p.n - 1];
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t r = i / dcols, c = i % dcols;
-        dst[r * ldd + c] = c < cols ? ql_bf16_bits(src[r * lds + c] * scale) : (ql_bf16)0;
+        int j = 0;
+        while (i >= p.end[j]) j++;
+        const ql_cuda_pad_job &b = p.job[j];
+        const int64_t e = i - (j ? p.end[j - 1] : 0), r = e / b.dcols, c = e % b.dcols;
+        b.dst[r * b.ldd + c] =
+            r < b.rows && c < b.cols ? ql_bf16_bits(b.src[r * b.lds + c] * b.scale) : (ql_bf16)0;
     }
+}
+
+ql_status ql_cuda_f32_to_bf16_pad_n(const ql_cuda_pad_job *jobs, int n) {
+    QL_ASSERT(n >= 0 && n <= QL_CUDA_PAD_JOBS_MAX);
+    pad_jobs p;
+    memset(&p, 0, sizeof p);
+    int64_t total = 0;
+    for (int j = 0; j < n; j++) {
+        const ql_cuda_pad_job &b = jobs[j];
+        if (b.drows <= 0 || b.dcols <= 0) continue; /* nothing to write */
+        QL_ASSERT(b.ldd >= b.dcols && b.dcols >= b.cols && b.drows >= b.rows);
+        total += b.drows * b.dcols;
+        p.job[p.n] = b;
+        p.end[p.n++] = total;
+    }
+    if (!p.n) return QL_OK;
+    QL_LAUNCH((ql_cuda_grid(total, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()),
+              k_f32_to_bf16_pad)
+    (p);
+    QL_CUDA_LAUNCHED();
+    return QL_OK;
 }
 
 ql_status ql_cuda_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, int64_t lds,
                                   float scale, ql_bf16 *dst, int64_t dcols, int64_t ldd) {
-    if (rows <= 0 || dcols <= 0) return QL_OK;
-    QL_ASSERT(ldd >= dcols && dcols >= cols);
-    QL_LAUNCH((ql_cuda_grid(rows * dcols, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()),
-              k_f32_to_bf16_pad)
-    (src, rows, cols, lds, scale, dst, dcols, ldd);
-    QL_CUDA_LAUNCHED();
-    return QL_OK;
+    const ql_cuda_pad_job j = {src, rows, cols, lds, scale, dst, rows, dcols, ldd};
+    return ql_cuda_f32_to_bf16_pad_n(&j, 1);
 }
 
 __global__ void k_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out) {

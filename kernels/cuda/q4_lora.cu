@@ -3,7 +3,9 @@
  *
  * LoRA A and B are fp32 master weights; the products use bf16 copies made at
  * each call (r·in and out·r elements: small), padded with zeros to
- * rpad = r rounded up to 16, and fp32 accumulation.
+ * rpad = r rounded up to 16, and fp32 accumulation. The copies a call needs
+ * before its first product are made by one launch (ql_cuda_f32_to_bf16_pad_n):
+ * at small shapes a LoRA call is launch-bound.
  *
  * Forward:
  *   xa = x'·Aᵀ (fp32 out, cuBLASLt); x' = x ⊙ mask with drop_scale as alpha
@@ -43,25 +45,16 @@ template <typename T> static ql_status scratch(int slot, int64_t n, T **out) {
     return QL_OK;
 }
 
-/* bf16 [rpad, in] copy of A into dst, rows r.. zero. */
-static ql_status lora_a_bf16_to(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 *dst) {
-    QL_TRY(ql_cuda_f32_to_bf16_pad(l->A, l->r, in, in, 1.0f, dst, in, in));
-    if (rpad > l->r)
-        QL_CUDA_TRY(cudaMemsetAsync(dst + (int64_t)l->r * in, 0,
-                                    (size_t)((rpad - l->r) * in) * sizeof(ql_bf16),
-                                    ql_cuda_stream()));
-    return QL_OK;
+/* The conversion of A to bf16 [rpad, in] at dst, rows r.. zero. */
+static ql_cuda_pad_job a_job(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 *dst) {
+    return ql_cuda_pad_job{l->A, l->r, in, in, 1.0f, dst, rpad, in, in};
 }
 
-static ql_status lora_a_bf16(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 **out) {
-    QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, out));
-    return lora_a_bf16_to(l, in, rpad, *out);
-}
-
-/* bf16 [out, rpad] copy of B, columns r.. zero. */
-static ql_status lora_b_bf16(const ql_lora *l, int64_t out_f, int64_t rpad, ql_bf16 **out) {
-    QL_TRY(scratch(QL_SCRATCH_LORA_B, out_f * rpad, out));
-    return ql_cuda_f32_to_bf16_pad(l->B, out_f, l->r, l->r, 1.0f, *out, rpad, rpad);
+/* The conversion of B to bf16 [out, rpad] at dst (row stride ldd), columns
+ * r.. zero. */
+static ql_cuda_pad_job b_job(const ql_lora *l, int64_t out, int64_t rpad, ql_bf16 *dst,
+                             int64_t ldd) {
+    return ql_cuda_pad_job{l->B, out, l->r, l->r, 1.0f, dst, out, rpad, ldd};
 }
 
 /* The LoRA branch's input x' (x ⊙ mask, exact in bf16) and the factor
@@ -102,20 +95,28 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
     ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
+    /* The dequant path's W [out, in] (row stride K, B's columns beside it). */
+    const int64_t K = in + rpad;
+    ql_bf16 *Wb = NULL, *Bb = NULL;
+    if (!fused) QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * (r ? K : in), &Wb));
     if (r) {
         const ql_bf16 *xin;
         float alpha;
         ql_bf16 *Ab;
-        QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
+        QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, &Ab));
+        if (fused) QL_TRY(scratch(QL_SCRATCH_LORA_B, out * rpad, &Bb));
+        const ql_cuda_pad_job jobs[2] = {a_job(lora, in, rpad, Ab),
+                                         fused ? b_job(lora, out, rpad, Bb, rpad)
+                                               : b_job(lora, out, rpad, Wb + in, K)};
+        QL_TRY(ql_cuda_f32_to_bf16_pad_n(jobs, 2));
         QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
         /* xa[T, r] = alpha · x'·Aᵀ, A stored [N = r, K = in]. */
         QL_TRY(ql_cuda_gemm(T, r, in, alpha, xin, in, 0, Ab, in, 1, 0.0f, xa, QL_DT_F32, r));
     }
 
     if (fused) {
-        ql_bf16 *Bb = NULL, *E = NULL;
+        ql_bf16 *E = NULL;
         if (r) {
-            QL_TRY(lora_b_bf16(lora, out, rpad, &Bb));
             QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
             QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, E, rpad, rpad));
         }
@@ -136,13 +137,9 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         return ql_cuda_q4_gemm(&a);
     }
 
-    /* y = [x | E]·[W | B]ᵀ, K = in + rpad. */
-    const int64_t K = in + rpad;
-    ql_bf16 *Wb;
-    QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * (r ? K : in), &Wb));
+    /* y = [x | E]·[W | B]ᵀ: W beside the B columns already written. */
     QL_TRY(ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, Wb, r ? K : in, ql_cuda_stream()));
     if (!r) return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, y, QL_DT_BF16, out);
-    QL_TRY(ql_cuda_f32_to_bf16_pad(lora->B, out, r, r, 1.0f, Wb + in, rpad, K));
     ql_bf16 *cat;
     QL_TRY(concat_left(x, T, in, rpad, &cat));
     QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, cat + in, rpad, K));
@@ -152,29 +149,27 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
 /* --------------------------------------------------------------------------------- backward */
 
 /* dx without LoRA, or with it and no dropout, on the dequant path:
- * dx = [dy | E]·[W ; A], E already in cat's right columns. */
-static ql_status dx_dequant(const ql_q4 *w, const ql_lora *lora, int r, int64_t rpad,
-                            const ql_bf16 *dy, const ql_bf16 *cat, int64_t T, ql_bf16 *dx) {
+ * dx = [dy | E]·[W ; A], E already in cat's right columns and A's bf16 rows
+ * already below W's in Wb (NULL without LoRA). */
+static ql_status dx_dequant(const ql_q4 *w, int r, const ql_bf16 *dy, const ql_bf16 *cat,
+                            ql_bf16 *Wb, int64_t rpad, int64_t T, ql_bf16 *dx) {
     const int64_t in = w->cols, out = w->rows, K = out + (r ? rpad : 0);
-    ql_bf16 *Wb;
-    QL_TRY(scratch(QL_SCRATCH_DEQUANT, K * in, &Wb));
+    if (!r) QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
     QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
     if (!r) return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
-    QL_TRY(lora_a_bf16_to(lora, in, rpad, Wb + out * in));
     return ql_cuda_gemm(T, in, K, 1.0f, cat, K, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
 }
 
 /* dx under dropout on the dequant path: dy·W and E·A in fp32, summed where
- * the mask kept x (times drop_scale), one rounding. */
-static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, int64_t rpad,
-                                    const ql_bf16 *dy, const ql_bf16 *E, int64_t lde, int64_t T,
-                                    ql_bf16 *dx) {
+ * the mask kept x (times drop_scale), one rounding. Ab: A in bf16 [rpad, in]. */
+static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, const ql_bf16 *Ab,
+                                    int64_t rpad, const ql_bf16 *dy, const ql_bf16 *E, int64_t lde,
+                                    int64_t T, ql_bf16 *dx) {
     const int64_t in = w->cols, out = w->rows;
-    ql_bf16 *Wb, *Ab;
+    ql_bf16 *Wb;
     float *acc, *low;
     QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
     QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
-    QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
     QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
     QL_TRY(scratch(QL_SCRATCH_F32_OUT2, T * in, &low));
     QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in));
@@ -192,20 +187,37 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
     const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
+    const bool drop = r && lora->drop_mask;
     ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
     /* E = bf16(s·dy·B) [T, rpad], row stride lde: the right columns of
-     * [dy | E] where the dequant path's one GEMM reads it, else its own. */
-    ql_bf16 *E = NULL, *cat = NULL;
+     * [dy | E] where the dequant path's one GEMM reads it, else its own.
+     * Ab: A in bf16 where dx's product reads it (below W for that GEMM);
+     * xab: bf16(xa) for dB. */
+    ql_bf16 *E = NULL, *cat = NULL, *Wb = NULL, *Ab = NULL, *xab = NULL;
     int64_t lde = rpad;
     if (r) {
         ql_bf16 *Bb;
         float *G;
-        QL_TRY(lora_b_bf16(lora, out, rpad, &Bb));
+        QL_TRY(scratch(QL_SCRATCH_LORA_B, out * rpad, &Bb));
+        QL_TRY(scratch(QL_SCRATCH_LORA_XA, T * rpad, &xab));
+        ql_cuda_pad_job jobs[3] = {b_job(lora, out, rpad, Bb, rpad),
+                                   {xa, T, r, r, 1.0f, xab, T, rpad, rpad}};
+        int n_jobs = 2;
+        if (dx) {
+            if (fused || drop) {
+                QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, &Ab));
+            } else {
+                QL_TRY(scratch(QL_SCRATCH_DEQUANT, (out + rpad) * in, &Wb));
+                Ab = Wb + out * in;
+            }
+            jobs[n_jobs++] = a_job(lora, in, rpad, Ab);
+        }
+        QL_TRY(ql_cuda_f32_to_bf16_pad_n(jobs, n_jobs));
         /* G[T, rpad] = dy·B, B stored [K = out, N = rpad]; pad columns come out 0. */
         QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &G));
         QL_TRY(ql_cuda_gemm(T, rpad, out, 1.0f, dy, out, 0, Bb, rpad, 0, 0.0f, G, QL_DT_F32, rpad));
-        if (fused || !dx || lora->drop_mask) {
+        if (fused || !dx || drop) {
             QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
         } else {
             QL_TRY(concat_left(dy, T, out, rpad, &cat));
@@ -216,8 +228,6 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     }
 
     if (dx && fused) {
-        ql_bf16 *Ab = NULL;
-        if (r) QL_TRY(lora_a_bf16(lora, in, rpad, &Ab));
         ql_q4_gemm_args a;
         memset(&a, 0, sizeof a);
         a.w = w;
@@ -235,10 +245,10 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         a.C = dx;
         a.ldc = in;
         QL_TRY(ql_cuda_q4_gemm(&a));
-    } else if (dx && r && lora->drop_mask) {
-        QL_TRY(dx_dequant_dropout(w, lora, rpad, dy, E, lde, T, dx));
+    } else if (dx && drop) {
+        QL_TRY(dx_dequant_dropout(w, lora, Ab, rpad, dy, E, lde, T, dx));
     } else if (dx) {
-        QL_TRY(dx_dequant(w, lora, r, rpad, dy, cat, T, dx));
+        QL_TRY(dx_dequant(w, r, dy, cat, Wb, rpad, T, dx));
     }
     if (!r) return QL_OK;
 
@@ -247,10 +257,6 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     float alpha;
     QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
     QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, lde, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
-    /* dB[out, r] += s · dyᵀ·bf16(xa): dy stored [K = T, M = out]. G is no longer
-     * needed, so its slot holds bf16(xa) [T, rpad]. */
-    ql_bf16 *xab;
-    QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &xab));
-    QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, 1.0f, xab, rpad, rpad));
+    /* dB[out, r] += s · dyᵀ·bf16(xa): dy stored [K = T, M = out]. */
     return ql_cuda_gemm(out, r, T, lora->scale, dy, out, 1, xab, rpad, 0, 1.0f, dB, QL_DT_F32, r);
 }
