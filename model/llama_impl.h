@@ -64,16 +64,17 @@ struct ql_llama {
     int64_t logit_rows;
     /* gradients */
     ql_act *dy, *dx, *dh, *t1, *t2, *ds, *dg, *du, *dao, *dq, *dk, *dv;
-    /* batch */
-    int32_t *ids, *targets, *pos, *doc;
+    /* batch: the current call's ids, targets, positions (and documents:
+     * doc_cur), [T] each, side by side in batch_dev ([4 · cap]) */
+    int32_t *batch_dev, *ids, *targets, *pos;
     uint8_t *mask;
     /* host scratch */
-    int32_t *h_pos;
+    int32_t *h_batch; /* [4 · cap]: batch_dev's staging */
     float *h_losses;
 
     /* the current call */
     int64_t T, batch, seq;
-    const int32_t *doc_cur; /* m->doc or NULL */
+    const int32_t *doc_cur; /* documents in batch_dev, or NULL */
     int dropping;
     uint64_t drop_key;
 

@@ -413,13 +413,11 @@ static ql_status setup_activations(ql_llama *m) {
     QL_TRY(act_buf(m, m->kvdim, "gradient", &m->dv));
 
     size_t ib = (size_t)m->cap * sizeof(int32_t);
-    QL_TRY(ql_llama_alloc(m, ib, "token ids", (void **)&m->ids));
-    QL_TRY(ql_llama_alloc(m, ib, "targets", (void **)&m->targets));
-    QL_TRY(ql_llama_alloc(m, ib, "positions", (void **)&m->pos));
-    QL_TRY(ql_llama_alloc(m, ib, "document ids", (void **)&m->doc));
-    m->h_pos = ql_malloc(ib, "positions");
+    QL_TRY(ql_llama_alloc(m, 4 * ib, "token ids, targets, positions and documents",
+                          (void **)&m->batch_dev));
+    m->h_batch = ql_calloc(4 * (size_t)m->cap, sizeof(int32_t), "the batch's staging");
     m->h_losses = ql_malloc((size_t)m->cap * sizeof(float), "token losses");
-    if (!m->h_pos || !m->h_losses) return QL_ENOMEM;
+    if (!m->h_batch || !m->h_losses) return QL_ENOMEM;
     if (m->ad.cfg.r > 0 && m->ad.cfg.dropout > 0.0f) {
         size_t mb = (size_t)(m->cap * m->max_in);
         QL_TRY(ql_llama_alloc(m, mb, "dropout mask", (void **)&m->mask));
@@ -532,7 +530,7 @@ void ql_llama_free(ql_llama *m) {
     free(m->xs);
     free(m->acts);
     free(m->adapter_of);
-    free(m->h_pos);
+    free(m->h_batch);
     free(m->h_losses);
     ql_adapters_layout_free(&m->ad);
     free(m);

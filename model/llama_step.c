@@ -40,20 +40,22 @@ ql_status ql_llama_prepare_batch(ql_llama *m, const ql_batch *b, int need_target
                             b->pos[t], t / b->seq, t % b->seq);
     }
     const ql_backend *be = m->be;
-    size_t ib = (size_t)T * sizeof(int32_t);
-    QL_TRY(be->upload(m->ids, b->ids, ib));
-    if (need_targets) QL_TRY(be->upload(m->targets, b->targets, ib));
-    const int32_t *pos = b->pos;
-    if (!pos) {
-        for (int64_t t = 0; t < T; t++) m->h_pos[t] = (int32_t)(t % b->seq);
-        pos = m->h_pos;
-    }
-    QL_TRY(be->upload(m->pos, pos, ib));
-    m->doc_cur = NULL;
-    if (b->doc) {
-        QL_TRY(be->upload(m->doc, b->doc, ib));
-        m->doc_cur = m->doc;
-    }
+    /* ids, targets, positions, documents side by side, [T] each, up in one
+     * copy: on a GPU each copy from pageable memory is a host wait. */
+    const size_t ib = (size_t)T * sizeof(int32_t);
+    int32_t *h = m->h_batch;
+    memcpy(h, b->ids, ib);
+    if (need_targets) memcpy(h + T, b->targets, ib);
+    if (b->pos)
+        memcpy(h + 2 * T, b->pos, ib);
+    else
+        for (int64_t t = 0; t < T; t++) h[2 * T + t] = (int32_t)(t % b->seq);
+    if (b->doc) memcpy(h + 3 * T, b->doc, ib);
+    QL_TRY(be->upload(m->batch_dev, h, (b->doc ? 4 : 3) * ib));
+    m->ids = m->batch_dev;
+    m->targets = m->batch_dev + T;
+    m->pos = m->batch_dev + 2 * T;
+    m->doc_cur = b->doc ? m->batch_dev + 3 * T : NULL;
     m->T = T;
     m->batch = b->batch;
     m->seq = b->seq;

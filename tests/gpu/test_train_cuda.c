@@ -399,12 +399,12 @@ static void test_memory(void) {
 
 #ifdef QL_CUDA_EMULATED
 /* What a warm step (the third) asks of the device, counted by the
- * emulator: no allocation, and host waits only at the batch's edges (the
- * uploads of ids, targets, positions and documents, the losses, the
+ * emulator: no allocation, and host waits only at the batch's edges (one
+ * upload of ids, targets, positions and documents, the losses, the
  * cross-entropy's target check, the gradient norm), so none that grows with
  * the depth: a host read inside a layer would make the host wait for the
  * device once per layer. Launches per layer are printed for the record. */
-#define WARM_STEP_MAX_WAITS 7
+#define WARM_STEP_MAX_WAITS 4
 static void count_warm_step(int layers, ql_emu_counts *d) {
     n_layers = layers;
     ql_llama *m = load(gpu);
