@@ -117,7 +117,7 @@ struct pad_jobs {
     int n;
 };
 
-__global__ void k_f32_to_bf16_pad(pad_jobs p) {
+__global__ void k_f32_to_bf16_pad(const __grid_constant__ pad_jobs p) {
     const int64_t total = p.end[p.n - 1];
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
