@@ -193,7 +193,7 @@ static void bench_layer(const ql_backend *be, int64_t in, int64_t out, const int
     float *B = xmalloc((size_t)out * LORA_R * sizeof(float));
     fill(A, LORA_R * in, -0.02f, 0.02f);
     fill(B, out * LORA_R, -0.02f, 0.02f);
-    ql_lora lora = {A, B, LORA_R, 32.0f / LORA_R, NULL, 0.0f};
+    ql_lora lora = {.A = A, .B = B, .r = LORA_R, .scale = 32.0f / LORA_R};
     L.lora = &lora;
     for (int k = 0; k < nT; k++) {
         L.T = Ts[k];

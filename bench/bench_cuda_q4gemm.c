@@ -107,7 +107,7 @@ static void run_shape(const ql_backend *be, const shape *s, int64_t T, int reps,
     j.out = s->out;
     float *A = bench_dev_random((int64_t)RANK * s->in, 4, -0.01f, 0.01f);
     float *B = bench_dev_random(s->out * RANK, 4, -0.01f, 0.01f);
-    ql_lora lora = {A, B, RANK, 2.0f, NULL, 0.0f};
+    ql_lora lora = {.A = A, .B = B, .r = RANK, .scale = 2.0f};
     j.lora = &lora;
     j.x = bench_dev_random(T * s->in, 2, -1, 1);
     j.dy = bench_dev_random(T * s->out, 2, -1, 1);

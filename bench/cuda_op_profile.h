@@ -17,7 +17,6 @@
     X(q4_dequantize)                                                                               \
     X(q4_lora_fwd)                                                                                 \
     X(q4_lora_bwd)                                                                                 \
-    X(dropout_mask)                                                                                \
     X(bias_add)                                                                                    \
     X(add)                                                                                         \
     X(matmul_fwd)                                                                                  \
@@ -78,7 +77,6 @@ PROF_WRAP(q4_lora_bwd,
           (const ql_q4 *w, const ql_lora *l, const ql_act *x, const float *xa, const ql_act *dy,
            int64_t T, ql_act *dx, float *dA, float *dB),
           (w, l, x, xa, dy, T, dx, dA, dB))
-PROF_WRAP(dropout_mask, (uint64_t seed, uint64_t th, int64_t n, uint8_t *mask), (seed, th, n, mask))
 PROF_WRAP(bias_add, (ql_act * y, const float *b, int64_t T, int64_t n), (y, b, T, n))
 PROF_WRAP(add, (const ql_act *x, const ql_act *y, int64_t n, ql_act *out), (x, y, n, out))
 PROF_WRAP(matmul_fwd,

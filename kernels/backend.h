@@ -26,22 +26,23 @@
 
 #include "core/dtype.h"
 #include "core/status.h"
+#include "kernels/dropout.h"
 #include "kernels/quant4.h"
 
 typedef void ql_act;
 
 /* A LoRA adapter on one linear layer: y += scale · (x'·Aᵀ)·Bᵀ, where x' is the
  * LoRA branch's input: x, or with dropout (PEFT's lora_dropout)
- * x' = x ⊙ drop_mask · drop_scale. The backward routes the branch's part of dx
+ * x' = x ⊙ mask · drop.scale. The backward routes the branch's part of dx
  * back through the same mask, and dA uses x'. */
 typedef struct ql_lora {
     const float *A; /* [r, in] */
     const float *B; /* [out, r] */
     int r;
     float scale; /* alpha / r, or alpha / sqrt(r) with rsLoRA */
-    /* [T, in] in backend memory, 1 = kept, 0 = dropped; NULL = no dropout. */
-    const uint8_t *drop_mask;
-    float drop_scale; /* 1 / (1 - p), multiplied into kept elements as a float */
+    /* x's [T, in] mask, element e at e = t·in + i (kernels/dropout.h); made
+     * by each op where it reads x, never stored. drop.on = 0: no dropout. */
+    ql_dropout drop;
 } ql_lora;
 
 /* Which RoPE frequency schedule (FORMATS §4.1, §4.3). QL_ROPE_OTHER is a
@@ -110,11 +111,6 @@ typedef struct ql_backend {
      * Never dW: the base weight is frozen. dx may be NULL (first layer). */
     ql_status (*q4_lora_bwd)(const ql_q4 *w, const ql_lora *lora, const ql_act *x, const float *xa,
                              const ql_act *dy, int64_t T, ql_act *dx, float *dA, float *dB);
-    /* mask[e] for e < n: 1 = kept, 0 = dropped, from the counter-based
-     * generator of kernels/dropout.h (dropped iff element e's 32 random bits
-     * are below thresh = p·2³²). Every backend gives the same bytes; made in
-     * backend memory, so a device never waits for the host to draw a mask. */
-    ql_status (*dropout_mask)(uint64_t seed, uint64_t thresh, int64_t n, uint8_t *mask);
 
     /* y[T, n] += b[n]: a frozen bias (Qwen2's q/k/v), fp32. No backward: dy
      * passes through unchanged and the bias is not trained. */

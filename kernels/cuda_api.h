@@ -23,6 +23,7 @@ extern "C" {
 /* The project's C headers declare C functions: keep their linkage in .cu. */
 #include "core/dtype.h"
 #include "core/status.h"
+#include "kernels/dropout.h"
 #include "kernels/quant4.h"
 
 /* Number of visible CUDA devices; 0 (not an error) when there is no driver or
@@ -107,6 +108,10 @@ ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const 
                             float beta, void *C, ql_dtype c_dtype, int64_t ldc);
 /* 1: every ql_cuda_gemm_bf16 takes the plain tiled kernel (tests). */
 void ql_cuda_gemm_force_fallback(int on);
+/* out[e] = x[e] (bf16 bits) where the dropout mask d keeps element e, else 0;
+ * d->scale is not applied (the products that read out take it as alpha).
+ * d->on must be set. The LoRA input x' of kernels/cuda/q4_lora.cu. */
+ql_status ql_cuda_dropout_bf16(const uint16_t *x, const ql_dropout *d, int64_t n, uint16_t *out);
 
 /* Which implementation the cuda backend's q4_lora_fwd/bwd use:
  *   FUSED    NF4 decoded in the GEMM main loop, LoRA as extra K columns

@@ -67,7 +67,6 @@ struct ql_llama {
     /* batch: the current call's ids, targets, positions (and documents:
      * doc_cur), [T] each, side by side in batch_dev ([4 · cap]) */
     int32_t *batch_dev, *ids, *targets, *pos;
-    uint8_t *mask;
     /* host scratch */
     int32_t *h_batch; /* [4 · cap]: batch_dev's staging */
     float *h_losses;

@@ -418,10 +418,6 @@ static ql_status setup_activations(ql_llama *m) {
     m->h_batch = ql_calloc(4 * (size_t)m->cap, sizeof(int32_t), "the batch's staging");
     m->h_losses = ql_malloc((size_t)m->cap * sizeof(float), "token losses");
     if (!m->h_batch || !m->h_losses) return QL_ENOMEM;
-    if (m->ad.cfg.r > 0 && m->ad.cfg.dropout > 0.0f) {
-        size_t mb = (size_t)(m->cap * m->max_in);
-        QL_TRY(ql_llama_alloc(m, mb, "dropout mask", (void **)&m->mask));
-    }
     return QL_OK;
 }
 

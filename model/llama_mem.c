@@ -32,7 +32,7 @@ static int has_bias(const ql_hf_config *c, ql_proj p) {
 /* The CUDA dequant path's scratch (kernels/cuda/q4_lora.cu), taken by calls
  * of at least ql_cuda_q4_fused_max_tokens() tokens: W in bf16 with B's
  * columns or A's rows beside it, [x | s·xa] or [dy | s·dy·B], and under
- * dropout two fp32 [T, in] products for dx. */
+ * dropout dy·W for dx in fp32 [T, in]. */
 static size_t dequant_path_bytes(const ql_hf_config *c, const ql_llama_options *o, int64_t cap) {
     const int r = o->lora.r;
     const int64_t rpad = (r + 15) / 16 * 16;
@@ -52,7 +52,7 @@ static size_t dequant_path_bytes(const ql_hf_config *c, const ql_llama_options *
     }
     size_t b = grown((size_t)w_elems * 2);
     if (cat_elems) b += grown((size_t)cat_elems * 2);
-    if (f32_elems) b += 2 * grown((size_t)f32_elems * 4);
+    if (f32_elems) b += grown((size_t)f32_elems * 4);
     return b;
 }
 
@@ -117,11 +117,10 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
     /* working buffers: two norm outputs, the SwiGLU and projection outputs,
      * the final norm, its rstd and the token losses; the backward's
      * gradients (5 of d, 3 of inter, 2 of q, 2 of kv); ids, targets,
-     * positions, documents; the dropout mask. */
+     * positions, documents. (No dropout mask: the ops draw it, kernels/dropout.h.) */
     e->step_buffers = (size_t)cap * ((size_t)(4 * d + inter) * esz + 2 * f4) +
                       (size_t)cap * (size_t)(5 * d + 3 * inter + 2 * qdim + 2 * kvdim) * esz +
                       4 * (size_t)cap * sizeof(int32_t);
-    if (r > 0 && o->lora.dropout > 0.0f) e->step_buffers += (size_t)(cap * max_in);
     e->logit_rows = ql_llama_logit_rows(o, device ? QL_DT_BF16 : QL_DT_F32, V);
     e->logits = (size_t)(e->logit_rows * V) * esz;
 

@@ -30,7 +30,7 @@ typedef struct ql_mem_estimate {
     size_t activations;     /* kept from forward to backward, as configured */
     size_t act_full;        /* ... without activation checkpointing */
     size_t act_ckpt;        /* ... with it (layer inputs + one layer's set) */
-    size_t step_buffers;    /* one layer's working and gradient buffers, token ids, dropout mask */
+    size_t step_buffers;    /* one layer's working and gradient buffers, token ids */
     size_t logits;          /* one lm_head chunk of logit_rows rows */
     size_t workspace;       /* the backend's own scratch */
     size_t total;           /* the sum of the above: bytes allocated through the backend */

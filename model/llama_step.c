@@ -60,7 +60,7 @@ ql_status ql_llama_prepare_batch(ql_llama *m, const ql_batch *b, int need_target
     m->batch = b->batch;
     m->seq = b->seq;
     /* One key per call from the dropout stream; with no dropout, no draws. */
-    m->dropping = dropping && m->mask != NULL;
+    m->dropping = dropping && m->ad.cfg.r > 0 && m->ad.cfg.dropout > 0.0f;
     if (m->dropping) m->drop_key = ql_rng_u64(&m->rng);
     return QL_OK;
 }
@@ -68,15 +68,19 @@ ql_status ql_llama_prepare_batch(ql_llama *m, const ql_batch *b, int need_target
 /* ------------------------------------------------------------ linear layers */
 
 /* The dropout mask of (layer, proj) for the current call: its seed comes
- * from its own stream of the call's key, so the recomputation in the
- * backward pass reproduces it; the backend draws the mask itself
- * (kernels/dropout.h), on a GPU without a host round trip. */
-static ql_status make_mask(ql_llama *m, int layer, ql_proj p, int64_t n) {
+ * from its own stream of the call's key, so the backward pass (and a
+ * recomputed forward) reproduces it. The ops draw the mask from it where
+ * they read x (kernels/dropout.h); nothing is stored. */
+static ql_dropout mask_of(const ql_llama *m, int layer, ql_proj p) {
     ql_rng r;
     ql_rng_seed_stream(&r, m->drop_key, (uint64_t)layer * QL_N_PROJ + (uint64_t)p);
+    ql_dropout d;
+    d.on = 1;
+    d.seed = ql_rng_u64(&r);
     /* Dropped iff a 32-bit uniform falls below p·2³². */
-    uint64_t thresh = (uint64_t)ldexp((double)m->ad.cfg.dropout, 32);
-    return m->be->dropout_mask(ql_rng_u64(&r), thresh, n, m->mask);
+    d.thresh = (uint64_t)ldexp((double)m->ad.cfg.dropout, 32);
+    d.scale = 1.0f / (float)(1.0 - (double)m->ad.cfg.dropout);
+    return d;
 }
 
 /* The adapter of (layer, p) for this call, or NULL. */
@@ -93,11 +97,7 @@ static ql_status lora_of(ql_llama *m, int layer, ql_proj p, ql_lora *l, const ql
     l->scale = m->ad.scale;
     if (dA) *dA = m->ad.grads + a->offset;
     if (dB) *dB = m->ad.grads + b->offset;
-    if (m->dropping) {
-        QL_TRY(make_mask(m, layer, p, m->T * a->cols));
-        l->drop_mask = m->mask;
-        l->drop_scale = 1.0f / (float)(1.0 - (double)m->ad.cfg.dropout);
-    }
+    if (m->dropping) l->drop = mask_of(m, layer, p);
     *out = l;
     return QL_OK;
 }

@@ -15,7 +15,6 @@ static const ql_backend cpu_fast = {
     .q4_dequantize = ql_q4_dequantize_cpu,
     .q4_lora_fwd = ql_q4_lora_fwd_cpu,
     .q4_lora_bwd = ql_q4_lora_bwd_cpu,
-    .dropout_mask = ql_dropout_mask_cpu,
     .bias_add = ql_bias_add_cpu,
     .add = ql_add_cpu,
     .matmul_fwd = ql_matmul_fwd_cpu,

@@ -21,8 +21,6 @@ void ql_mem_reset_peak_cpu(void);
 ql_status ql_zero_f32_cpu(float *x, int64_t n);
 ql_status ql_sq_sum_f32_cpu(const float *x, int64_t n, double *sum);
 ql_status ql_scale_f32_cpu(float *x, int64_t n, float s);
-/* LoRA dropout masks (kernels/cpu/cpu_dropout.c), the same for both tables. */
-ql_status ql_dropout_mask_cpu(uint64_t seed, uint64_t thresh, int64_t n, uint8_t *mask);
 
 /* Declares one op under both suffixes. */
 #define QL_CPU_DECLARE(ret, name, args)                                                            \
@@ -73,12 +71,9 @@ QL_CPU_DECLARE(ql_status, ql_adamw,
                (float *param, const float *grad, float *m, float *v, int64_t n, const ql_adamw *h,
                 int64_t step))
 
-/* Element e of the LoRA branch's input: x, or x · drop_scale where the
- * dropout mask keeps it and 0 where it drops it (one float multiply, as torch's
- * dropout does). */
+/* Element e of the LoRA branch's input (kernels/dropout.h). */
 static inline float ql_lora_input(const ql_lora *l, const float *x, int64_t e) {
-    if (!l->drop_mask) return x[e];
-    return l->drop_mask[e] ? x[e] * l->drop_scale : 0.0f;
+    return ql_dropout_apply(&l->drop, x[e], e);
 }
 
 QL_CPU_DECLARE(ql_status, ql_bias_add, (ql_act * y, const float *b, int64_t T, int64_t n))

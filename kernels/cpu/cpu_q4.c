@@ -18,12 +18,19 @@
 static int has_lora(const ql_lora *lora) { return lora && lora->r > 0; }
 
 /* The LoRA branch's input under dropout, x ⊙ mask · scale, as a new [T, in]
- * buffer (NULL with a message when out of memory). */
+ * buffer (NULL with a message when out of memory). By pairs of elements:
+ * one draw of the generator decides both. */
 static float *dropped_input(const ql_lora *lora, const float *x, int64_t T, int64_t in) {
-    float *xl = ql_malloc((size_t)(T * in) * sizeof(float), "cpu LoRA dropout input");
+    const int64_t n = T * in;
+    float *xl = ql_malloc((size_t)n * sizeof(float), "cpu LoRA dropout input");
     if (!xl) return NULL;
+    const ql_dropout *d = &lora->drop;
 #pragma omp parallel for schedule(static)
-    for (int64_t e = 0; e < T * in; e++) xl[e] = ql_lora_input(lora, x, e);
+    for (int64_t e = 0; e < n; e += 2) {
+        const unsigned k = ql_dropout_keep2(d->seed, d->thresh, e);
+        xl[e] = k & 1 ? x[e] * d->scale : 0.0f;
+        if (e + 1 < n) xl[e + 1] = k & 2 ? x[e + 1] * d->scale : 0.0f;
+    }
     return xl;
 }
 
@@ -108,7 +115,7 @@ ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
 #endif
 
     float *xl = NULL;
-    if (r && lora->drop_mask && !(xl = dropped_input(lora, x, T, in))) return QL_ENOMEM;
+    if (r && lora->drop.on && !(xl = dropped_input(lora, x, T, in))) return QL_ENOMEM;
     int saved = ql_blas_serial_begin();
     if (r) rows_times_bt(xl ? xl : x, T, in, lora->A, r, xa);
     free(xl);
@@ -206,7 +213,7 @@ ql_status ql_q4_lora_bwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
     /* Under dropout the branch's input is xl and its part of dx goes back
      * through the mask, so it is computed apart (into xl, once dA is done). */
     float *xl = NULL;
-    if (r && lora->drop_mask && !(xl = dropped_input(lora, x, T, in))) {
+    if (r && lora->drop.on && !(xl = dropped_input(lora, x, T, in))) {
         ql_blas_serial_end(saved);
         free(g);
         return QL_ENOMEM;
@@ -236,8 +243,11 @@ ql_status ql_q4_lora_bwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
             int64_t t0 = ci * T_CHUNK, tn = ql_min64(T_CHUNK, T - t0);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)tn, (int)in, r, lora->scale,
                         g + t0 * r, r, lora->A, (int)in, 0.0f, xl + t0 * in, (int)in);
-            for (int64_t e = t0 * in; e < (t0 + tn) * in; e++)
-                if (lora->drop_mask[e]) dx[e] += xl[e] * lora->drop_scale;
+            for (int64_t e = t0 * in; e < (t0 + tn) * in; e += 2) { /* by pairs: one draw each */
+                const unsigned k = ql_dropout_keep2(lora->drop.seed, lora->drop.thresh, e);
+                if (k & 1) dx[e] += xl[e] * lora->drop.scale;
+                if ((k & 2) && e + 1 < (t0 + tn) * in) dx[e + 1] += xl[e + 1] * lora->drop.scale;
+            }
         }
     }
     ql_blas_serial_end(saved);

@@ -15,7 +15,6 @@ static const ql_backend cpu_ref = {
     .q4_dequantize = ql_q4_dequantize_ref,
     .q4_lora_fwd = ql_q4_lora_fwd_ref,
     .q4_lora_bwd = ql_q4_lora_bwd_ref,
-    .dropout_mask = ql_dropout_mask_cpu,
     .bias_add = ql_bias_add_ref,
     .add = ql_add_ref,
     .matmul_fwd = ql_matmul_fwd_ref,

@@ -85,8 +85,10 @@ ql_status ql_q4_lora_bwd_ref(const ql_q4 *w, const ql_lora *lora, const ql_act *
                 for (int64_t o = 0; o < out; o++) acc += (double)dy[t * out + o] * W[o * in + i];
                 double low = 0.0;
                 for (int k = 0; k < r; k++) low += g[t * r + k] * lora->A[k * in + i];
-                if (r && lora->drop_mask)
-                    low = lora->drop_mask[t * in + i] ? low * lora->drop_scale : 0.0;
+                if (r && lora->drop.on)
+                    low = ql_dropout_keep(lora->drop.seed, lora->drop.thresh, t * in + i)
+                              ? low * lora->drop.scale
+                              : 0.0;
                 dx[t * in + i] = (float)(acc + s * low);
             }
         free(W);

@@ -81,7 +81,6 @@ static const ql_backend cuda_table = {
     ql_q4_dequantize_cuda,
     ql_q4_lora_fwd_cuda,
     ql_q4_lora_bwd_cuda,
-    ql_dropout_mask_cuda,
     ql_bias_add_cuda,
     ql_add_cuda,
     ql_matmul_fwd_cuda,

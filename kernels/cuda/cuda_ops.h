@@ -29,19 +29,18 @@ static inline cudaStream_t ql_cuda_stream(void) { return (cudaStream_t)0; }
  * Two ops never use the same slot at the same time (one stream, and an op
  * finishes its launches before the next op starts enqueuing). */
 enum {
-    QL_SCRATCH_LORA_A,   /* bf16 copy of LoRA A, [rpad, in] */
-    QL_SCRATCH_LORA_B,   /* bf16 copy of LoRA B, [out, rpad] */
-    QL_SCRATCH_LORA_T,   /* bf16 [T, rpad]: s·xa (fwd) or s·(dy·B) (bwd) */
-    QL_SCRATCH_LORA_G,   /* fp32 [T, rpad]: dy·B (bwd) */
-    QL_SCRATCH_LORA_XA,  /* bf16 [T, rpad]: xa for dB (bwd) */
-    QL_SCRATCH_XDROP,    /* bf16 [T, in]: x ⊙ dropout mask */
-    QL_SCRATCH_DEQUANT,  /* bf16 W whole with LoRA's B columns or A rows: the dequant path */
-    QL_SCRATCH_CONCAT,   /* bf16 [T, k + rpad]: [x | s·xa] or [dy | s·dy·B], the dequant path */
-    QL_SCRATCH_F32_OUT,  /* fp32 [T, in]: the dequant path's dx under dropout */
-    QL_SCRATCH_F32_OUT2, /* fp32 [T, in]: its masked LoRA term */
-    QL_SCRATCH_ATTN_D,   /* fp32 [batch, heads, seq]: rowsum(dout ⊙ out) */
-    QL_SCRATCH_FLAG,     /* small: the cross-entropy target check's word (xent.cu) */
-    QL_SCRATCH_NORM,     /* fp64 block sums of sq_sum_f32 (kernels/cuda/vec.cu) */
+    QL_SCRATCH_LORA_A,  /* bf16 copy of LoRA A, [rpad, in] */
+    QL_SCRATCH_LORA_B,  /* bf16 copy of LoRA B, [out, rpad] */
+    QL_SCRATCH_LORA_T,  /* bf16 [T, rpad]: s·xa (fwd) or s·(dy·B) (bwd) */
+    QL_SCRATCH_LORA_G,  /* fp32 [T, rpad]: dy·B (bwd) */
+    QL_SCRATCH_LORA_XA, /* bf16 [T, rpad]: xa for dB (bwd) */
+    QL_SCRATCH_XDROP,   /* bf16 [T, in]: x ⊙ dropout mask */
+    QL_SCRATCH_DEQUANT, /* bf16 W whole with LoRA's B columns or A rows: the dequant path */
+    QL_SCRATCH_CONCAT,  /* bf16 [T, k + rpad]: [x | s·xa] or [dy | s·dy·B], the dequant path */
+    QL_SCRATCH_F32_OUT, /* fp32 [T, in]: the dequant path's dy·W under dropout */
+    QL_SCRATCH_ATTN_D,  /* fp32 [batch, heads, seq]: rowsum(dout ⊙ out) */
+    QL_SCRATCH_FLAG,    /* small: the cross-entropy target check's word (xent.cu) */
+    QL_SCRATCH_NORM,    /* fp64 block sums of sq_sum_f32 (kernels/cuda/vec.cu) */
     QL_SCRATCH_COUNT
 };
 ql_status ql_cuda_scratch(int slot, size_t bytes, void **out);
@@ -62,8 +61,9 @@ void ql_cuda_blas_release(void);
  *   fwd (kn = 0): C[M, W.rows] = X[M, W.cols]·Wᵀ + E[M, Ke]·Fᵀ, F [W.rows, Ke]
  *   bwd (kn = 1): C[M, W.cols] = X[M, W.rows]·W  + E[M, Ke]·F,  F [Ke, W.cols]
  * W is dequantized tile by tile in the main loop. E/F (bf16, row strides lde,
- * ldf) are the LoRA columns; Ke = 0 for none. With drop_mask the E·F term is
- * kept apart and added as mask ? term·drop_scale : 0 (LoRA dropout in dx). */
+ * ldf) are the LoRA columns; Ke = 0 for none. With drop.on (kn = 1 only) the
+ * E·F term is kept apart and added where the mask keeps element (m, n), times
+ * drop.scale, and dropped elsewhere (LoRA dropout in dx). */
 typedef struct ql_q4_gemm_args {
     const ql_q4 *w;
     int kn;
@@ -75,8 +75,7 @@ typedef struct ql_q4_gemm_args {
     const ql_bf16 *F;
     int64_t ldf;
     int64_t Ke;
-    const uint8_t *drop_mask; /* [M, N] or NULL */
-    float drop_scale;
+    ql_dropout drop; /* mask element (m, n) at e = m·N + n */
     ql_bf16 *C;
     int64_t ldc;
 } ql_q4_gemm_args;
@@ -98,11 +97,18 @@ typedef struct ql_cuda_pad_job {
 } ql_cuda_pad_job;
 #define QL_CUDA_PAD_JOBS_MAX 4
 ql_status ql_cuda_f32_to_bf16_pad_n(const ql_cuda_pad_job *jobs, int n);
-/* out[n] = mask[n] ? x[n] : 0 (bf16, exact). */
-ql_status ql_cuda_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out);
-/* out[n] (bf16) = a[n] + (mask == NULL || mask[n] ? b[n]·b_scale : 0), fp32 in. */
-ql_status ql_cuda_combine_f32(const float *a, const float *b, const uint8_t *mask, float b_scale,
-                              int64_t n, ql_bf16 *out);
+/* ql_cuda_dropout_bf16: kernels/cuda_api.h. */
+/* LoRA's dx under dropout on the dequant path, one rounding:
+ *   dx[t, i] = bf16(acc[t, i] + (Σ_k E[t, k]·A[k, i]) · d->scale)  where the
+ *              mask d keeps element t·in + i,
+ *   dx[t, i] = bf16(acc[t, i])                                       where not.
+ * acc = dy·W in fp32 (the GEMM's output); E [T, rpad] (row stride lde) and
+ * A [rpad, in] in bf16. The rank-rpad term is summed here (k ascending, fp32)
+ * instead of by a second GEMM into another fp32 [T, in] buffer: at rpad = 16
+ * the 16 products per element cost less than that buffer's write and read. */
+ql_status ql_cuda_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t lde, const ql_bf16 *A,
+                                  int64_t rpad, const ql_dropout *d, int64_t T, int64_t in,
+                                  ql_bf16 *dx);
 
 /* The cross-entropy target check of the calls since the last one
  * (kernels/cuda/xent.cu): QL_EINVAL naming the first target outside the
@@ -121,8 +127,6 @@ QL_CUDA_DECLARE(ql_status, ql_q4_lora_fwd,
 QL_CUDA_DECLARE(ql_status, ql_q4_lora_bwd,
                 (const ql_q4 *w, const ql_lora *lora, const ql_act *x, const float *xa,
                  const ql_act *dy, int64_t T, ql_act *dx, float *dA, float *dB))
-QL_CUDA_DECLARE(ql_status, ql_dropout_mask,
-                (uint64_t seed, uint64_t thresh, int64_t n, uint8_t *mask))
 QL_CUDA_DECLARE(ql_status, ql_matmul_fwd,
                 (const ql_act *W, const ql_act *x, int64_t T, int64_t in, int64_t out, ql_act *y))
 QL_CUDA_DECLARE(ql_status, ql_matmul_bwd,

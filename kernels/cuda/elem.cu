@@ -157,35 +157,64 @@ ql_status ql_cuda_f32_to_bf16_pad(const float *src, int64_t rows, int64_t cols, 
     return ql_cuda_f32_to_bf16_pad_n(&j, 1);
 }
 
-__global__ void k_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        out[i] = mask[i] ? x[i] : (ql_bf16)0;
+/* One thread per pair of elements: one draw of the generator decides both. */
+__global__ void k_dropout_bf16(const ql_bf16 *x, ql_dropout d, int64_t n, ql_bf16 *out) {
+    const int64_t pairs = (n + 1) / 2;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < pairs;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        const uint64_t u = ql_dropout_draw(d.seed, (uint64_t)j);
+        const int64_t e = 2 * j;
+        out[e] = ql_dropout_keep_half(u, 0, d.thresh) ? x[e] : (ql_bf16)0;
+        if (e + 1 < n) out[e + 1] = ql_dropout_keep_half(u, 1, d.thresh) ? x[e + 1] : (ql_bf16)0;
+    }
 }
 
-ql_status ql_cuda_mask_bf16(const ql_bf16 *x, const uint8_t *mask, int64_t n, ql_bf16 *out) {
+ql_status ql_cuda_dropout_bf16(const ql_bf16 *x, const ql_dropout *d, int64_t n, ql_bf16 *out) {
+    QL_ASSERT(d->on);
     if (n <= 0) return QL_OK;
-    QL_LAUNCH((ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_mask_bf16)
-    (x, mask, n, out);
+    QL_LAUNCH((ql_cuda_grid((n + 1) / 2, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()),
+              k_dropout_bf16)
+    (x, *d, n, out);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }
 
-__global__ void k_combine_f32(const float *a, const float *b, const uint8_t *mask, float b_scale,
-                              int64_t n, ql_bf16 *out) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        float v = a[i];
-        if (b && (!mask || mask[i])) v += b[i] * b_scale;
-        out[i] = ql_bf16_bits(v);
-    }
+/* Thread: one column i, DX_ROWS rows; a block's 256 columns read A's rows
+ * coalesced and, over its rows, from L1. Rows come as a grid-stride loop in y. */
+#define DX_ROWS 8
+
+__global__ void k_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t lde, const ql_bf16 *A,
+                                  int64_t rpad, ql_dropout d, int64_t T, int64_t in, ql_bf16 *dx) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= in) return;
+    for (int64_t t0 = blockIdx.y * (int64_t)DX_ROWS; t0 < T; t0 += (int64_t)gridDim.y * DX_ROWS)
+        for (int64_t t = t0; t < t0 + DX_ROWS && t < T; t++) {
+            const int64_t e = t * in + i;
+            float v = acc[e];
+            if (ql_dropout_keep(d.seed, d.thresh, e)) {
+                float low = 0.0f;
+                for (int64_t k = 0; k < rpad; k++)
+                    low += ql_ld_bf16(E + t * lde + k) * ql_ld_bf16(A + k * in + i);
+                v += low * d.scale;
+            }
+            dx[e] = ql_bf16_bits(v);
+        }
 }
 
-ql_status ql_cuda_combine_f32(const float *a, const float *b, const uint8_t *mask, float b_scale,
-                              int64_t n, ql_bf16 *out) {
-    if (n <= 0) return QL_OK;
-    QL_LAUNCH((ql_cuda_grid(n, ELEM_THREADS), ELEM_THREADS, 0, ql_cuda_stream()), k_combine_f32)
-    (a, b, mask, b_scale, n, out);
+ql_status ql_cuda_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t lde, const ql_bf16 *A,
+                                  int64_t rpad, const ql_dropout *d, int64_t T, int64_t in,
+                                  ql_bf16 *dx) {
+    QL_ASSERT(d->on);
+    if (T <= 0 || in <= 0) return QL_OK;
+    const int64_t gx = (in + ELEM_THREADS - 1) / ELEM_THREADS;
+    int64_t gy = (T + DX_ROWS - 1) / DX_ROWS;
+    if (gy > 65535) gy = 65535;
+    if (gx > 0x7fffffff)
+        return ql_error(QL_EUNSUPPORTED, "LoRA dropout dx: %lld columns is too many",
+                        (long long)in);
+    QL_LAUNCH((dim3((unsigned)gx, (unsigned)gy), ELEM_THREADS, 0, ql_cuda_stream()),
+              k_lora_dx_dropout)
+    (acc, E, lde, A, rpad, *d, T, in, dx);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

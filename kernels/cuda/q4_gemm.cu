@@ -63,8 +63,7 @@ struct q4g_params {
     int64_t lde;
     const ql_bf16 *F;
     int64_t ldf;
-    const uint8_t *mask;
-    float drop_scale;
+    ql_dropout drop;
     ql_bf16 *C;
     int64_t ldc;
     int c_pairs; /* ldc even and C 4-byte aligned: store bf16 pairs */
@@ -344,9 +343,9 @@ __global__ void __launch_bounds__(G_THREADS) k_q4_gemm(const __grid_constant__ q
                 const int64_t n = n0 + wn * 32 + nt_ * 8 + 2 * c;
                 float v0 = acc[mt][nt_][2 * half], v1 = acc[mt][nt_][2 * half + 1];
                 if (DROP) {
-                    const uint8_t *mk = p.mask + m * p.N + n;
-                    if (n < p.N && mk[0]) v0 += acc2[mt][nt_][2 * half] * p.drop_scale;
-                    if (n + 1 < p.N && mk[1]) v1 += acc2[mt][nt_][2 * half + 1] * p.drop_scale;
+                    const unsigned k = ql_dropout_keep2(p.drop.seed, p.drop.thresh, m * p.N + n);
+                    if (n < p.N && (k & 1)) v0 += acc2[mt][nt_][2 * half] * p.drop.scale;
+                    if (n + 1 < p.N && (k & 2)) v1 += acc2[mt][nt_][2 * half + 1] * p.drop.scale;
                 }
                 ql_bf16 *out = p.C + m * p.ldc + n;
                 if (n + 1 < p.N && p.c_pairs) {
@@ -401,8 +400,7 @@ ql_status ql_cuda_q4_gemm(const ql_q4_gemm_args *a) {
     p.lde = a->lde;
     p.F = a->F;
     p.ldf = a->ldf;
-    p.mask = a->drop_mask;
-    p.drop_scale = a->drop_scale;
+    p.drop = a->drop;
     p.C = a->C;
     p.ldc = a->ldc;
     p.c_pairs = a->ldc % 2 == 0 && ((uintptr_t)a->C & 3u) == 0;
@@ -411,7 +409,7 @@ ql_status ql_cuda_q4_gemm(const ql_q4_gemm_args *a) {
                       p.ldx % 8 == 0 && aligned16(p.X) &&
                       (p.Ke == 0 || (p.Ke % 8 == 0 && p.lde % 8 == 0 && p.ldf % 8 == 0 &&
                                      aligned16(p.E) && aligned16(p.F)));
-    const bool drop = a->kn && a->drop_mask && p.Ke > 0;
+    const bool drop = a->kn && a->drop.on && p.Ke > 0;
     if (!a->kn)
         return fast ? q4g_launch<false, false, true>(p) : q4g_launch<false, false, false>(p);
     if (drop) return fast ? q4g_launch<true, true, true>(p) : q4g_launch<true, true, false>(p);

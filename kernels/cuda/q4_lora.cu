@@ -8,14 +8,14 @@
  * at small shapes a LoRA call is launch-bound.
  *
  * Forward:
- *   xa = x'·Aᵀ (fp32 out, cuBLASLt); x' = x ⊙ mask with drop_scale as alpha
+ *   xa = x'·Aᵀ (fp32 out, cuBLASLt); x' = x ⊙ mask with drop.scale as alpha
  *   E = bf16(s·xa) [T, rpad]
  *   y = [x | E]·[W | B]ᵀ in one GEMM
  * Backward:
  *   G = dy·B (fp32), E = bf16(s·G)
  *   dx = [dy | E]·[W ; A] in one GEMM; under dropout the E·A part is kept
- *        apart and added only where the mask kept x, times drop_scale
- *   dA += drop_scale · Eᵀ·x',   dB += s · dyᵀ·bf16(xa)   (cuBLASLt, beta = 1)
+ *        apart and added only where the mask kept x, times drop.scale
+ *   dA += drop.scale · Eᵀ·x',   dB += s · dyᵀ·bf16(xa)   (cuBLASLt, beta = 1)
  *
  * "One GEMM" is, by ql_cuda_q4_path_for(T) (kernels/cuda_q4_path.c):
  *   fused    the kernel of q4_gemm.cu, W decoded tile by tile in its main loop;
@@ -23,8 +23,10 @@
  *            (forward: [W | B], row stride in + rpad) or A's rows (backward:
  *            [W ; A]) beside it, the activations copied beside E the same
  *            way, then one cuBLASLt GEMM. Both round once, from fp32.
- * Under dropout the dequant path's dx sums the two products in fp32 scratch
- * and rounds once in ql_cuda_combine_f32. */
+ * Under dropout the dequant path's dx is dy·W in fp32 scratch, then the
+ * masked E·A term summed and added, one rounding, in ql_cuda_lora_dx_dropout.
+ * The mask is never stored: the kernels that apply it draw it from its seed
+ * (kernels/dropout.h). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,17 +60,17 @@ static ql_cuda_pad_job b_job(const ql_lora *l, int64_t out, int64_t rpad, ql_bf1
 }
 
 /* The LoRA branch's input x' (x ⊙ mask, exact in bf16) and the factor
- * drop_scale that the products using it take as alpha. */
+ * drop.scale that the products using it take as alpha. */
 static ql_status lora_input(const ql_lora *l, const ql_bf16 *x, int64_t T, int64_t in,
                             const ql_bf16 **xin, float *alpha) {
     *xin = x;
     *alpha = 1.0f;
-    if (!l->drop_mask) return QL_OK;
+    if (!l->drop.on) return QL_OK;
     ql_bf16 *xm;
     QL_TRY(scratch(QL_SCRATCH_XDROP, T * in, &xm));
-    QL_TRY(ql_cuda_mask_bf16(x, l->drop_mask, T * in, xm));
+    QL_TRY(ql_cuda_dropout_bf16(x, &l->drop, T * in, xm));
     *xin = xm;
-    *alpha = l->drop_scale;
+    *alpha = l->drop.scale;
     return QL_OK;
 }
 
@@ -160,21 +162,20 @@ static ql_status dx_dequant(const ql_q4 *w, int r, const ql_bf16 *dy, const ql_b
     return ql_cuda_gemm(T, in, K, 1.0f, cat, K, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
 }
 
-/* dx under dropout on the dequant path: dy·W and E·A in fp32, summed where
- * the mask kept x (times drop_scale), one rounding. Ab: A in bf16 [rpad, in]. */
+/* dx under dropout on the dequant path: dy·W in fp32, then E·A added where
+ * the mask kept x (times drop.scale) and one rounding, in one kernel
+ * (ql_cuda_lora_dx_dropout). Ab: A in bf16 [rpad, in]. */
 static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, const ql_bf16 *Ab,
                                     int64_t rpad, const ql_bf16 *dy, const ql_bf16 *E, int64_t lde,
                                     int64_t T, ql_bf16 *dx) {
     const int64_t in = w->cols, out = w->rows;
     ql_bf16 *Wb;
-    float *acc, *low;
+    float *acc;
     QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
     QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
     QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
-    QL_TRY(scratch(QL_SCRATCH_F32_OUT2, T * in, &low));
     QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in));
-    QL_TRY(ql_cuda_gemm(T, in, rpad, 1.0f, E, lde, 0, Ab, in, 0, 0.0f, low, QL_DT_F32, in));
-    return ql_cuda_combine_f32(acc, low, lora->drop_mask, lora->drop_scale, T * in, dx);
+    return ql_cuda_lora_dx_dropout(acc, E, lde, Ab, rpad, &lora->drop, T, in, dx);
 }
 
 extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
@@ -187,7 +188,7 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
     const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
-    const bool drop = r && lora->drop_mask;
+    const bool drop = r && lora->drop.on;
     ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
     /* E = bf16(s·dy·B) [T, rpad], row stride lde: the right columns of
@@ -240,8 +241,7 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         a.F = Ab;
         a.ldf = in;
         a.Ke = r ? rpad : 0;
-        a.drop_mask = r ? lora->drop_mask : NULL;
-        a.drop_scale = r ? lora->drop_scale : 1.0f;
+        if (r) a.drop = lora->drop;
         a.C = dx;
         a.ldc = in;
         QL_TRY(ql_cuda_q4_gemm(&a));

@@ -107,7 +107,7 @@ build_full() {
 # generated weights, the memory estimate and the optimizer, with
 # tests/gpu/min/ standing in for jansson.h, MPI and the model readers.
 min_c_srcs="core/status.c core/dtype.c core/rng.c kernels/rope.c kernels/cpu/quant4.c
-    kernels/cuda_q4_path.c kernels/cpu/cpu_mem.c kernels/cpu/cpu_vec.c kernels/cpu/cpu_dropout.c
+    kernels/cuda_q4_path.c kernels/cpu/cpu_mem.c kernels/cpu/cpu_vec.c
     kernels/cpu/ref_add.c kernels/cpu/ref_attn.c kernels/cpu/ref_linear.c kernels/cpu/ref_loss.c
     kernels/cpu/ref_norm.c kernels/cpu/ref_backend.c
     model/llama_load.c model/llama_step.c model/lora.c model/random_source.c model/llama_mem.c

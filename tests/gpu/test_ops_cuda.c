@@ -182,12 +182,11 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
      * result. The comparison is then of the kernels' arithmetic only. */
     float *A = rand_bf16((int64_t)r * in, -0.1f, 0.1f), *B = rand_bf16(out * r, -0.1f, 0.1f);
     float *dA0 = tops_rand((int64_t)r * in, -1, 1), *dB0 = tops_rand(out * r, -1, 1);
-    uint8_t *mask = malloc((size_t)(T * in));
-    for (int64_t i = 0; i < T * in; i++) mask[i] = (tops_u32() % 10) != 0; /* p = 0.1 */
-    const float drop_scale = 1.0f / 0.9f;
+    const ql_dropout drop = {c->dropout, ((uint64_t)tops_u32() << 32) | tops_u32(),
+                             429496730 /* p = 0.1 */, 1.0f / 0.9f};
 
     /* Reference (host memory). */
-    ql_lora hl = {A, B, r, 2.0f, c->dropout ? mask : NULL, drop_scale};
+    ql_lora hl = {.A = A, .B = B, .r = r, .scale = 2.0f, .drop = drop};
     float *ry = tops_alloc(T * out), *rxa = tops_alloc(T * r), *rdx = tops_alloc(T * in);
     float *rdA = tops_copy(dA0, (int64_t)r * in), *rdB = tops_copy(dB0, out * r);
     GTRY(ref->q4_lora_fwd(&host, r ? &hl : NULL, x, T, ry, rxa));
@@ -196,8 +195,7 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
     /* CUDA. */
     void *dx_ = up_act(x, T * in), *ddy = up_act(dy, T * out);
     void *dAm = up_raw(A, (size_t)r * (size_t)in * 4), *dBm = up_raw(B, (size_t)(out * r) * 4);
-    void *dmask = up_raw(mask, (size_t)(T * in));
-    ql_lora dl = {dAm, dBm, r, 2.0f, c->dropout ? dmask : NULL, drop_scale};
+    ql_lora dl = {.A = dAm, .B = dBm, .r = r, .scale = 2.0f, .drop = drop};
     void *gy = dev_poisoned((size_t)(T * out) * 2), *gxa = dev_poisoned((size_t)(T * r) * 4 + 4);
     void *gdx = dev_poisoned((size_t)(T * in) * 2);
     void *gdA = up_raw(dA0, (size_t)r * (size_t)in * 4), *gdB = up_raw(dB0, (size_t)(out * r) * 4);
@@ -248,12 +246,73 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
     free(y1), free(dx1), free(dA1), free(dB1);
     free(y), free(xa), free(dx), free(dA), free(dB);
     free(ry), free(rxa), free(rdx), free(rdA), free(rdB);
-    gpu->free(dx_), gpu->free(ddy), gpu->free(dAm), gpu->free(dBm), gpu->free(dmask);
+    gpu->free(dx_), gpu->free(ddy), gpu->free(dAm), gpu->free(dBm);
     gpu->free(gy), gpu->free(gxa), gpu->free(gdx), gpu->free(gdA), gpu->free(gdB);
-    free(x), free(dy), free(A), free(B), free(dA0), free(dB0), free(mask);
+    free(x), free(dy), free(A), free(B), free(dA0), free(dB0);
     gpu->q4_free(&dev);
     ql_q4_free(&host);
     ql_cuda_q4_set_path(QL_CUDA_Q4_FUSED);
+}
+
+/* The LoRA dropout terms of the backward alone: with W = 0,
+ * dx = mask ⊙ s·(dy·B)·A · scale is 0 where the mask drops and (generically)
+ * not where it keeps, so dx's zeros must be the generator's dropped
+ * elements, bit for bit; and dx, dA compared with cpu-ref to a tolerance
+ * relative to the LoRA terms themselves, not to a dy·W that would hide them.
+ * Both paths: the fused kernel's epilogue draws the mask (odd `in` puts
+ * pairs at odd element indices), the dequant path's dx kernel does. */
+static void test_lora_dropout_pattern(int64_t out, int64_t in, int64_t T, ql_cuda_q4_path path) {
+    const int r = 8;
+    /* Random codes with every block's absmax 0: W decodes to ±0. */
+    ql_q4 host = tops_q4(out, in, QL_QTYPE_NF4, 64, 0), dev;
+    for (int64_t b = 0; b < host.n_blocks; b++) host.absmax[b] = 0.0f;
+    GTRY(gpu->q4_upload(&host, &dev));
+    float *A = rand_bf16((int64_t)r * in, -0.5f, 0.5f), *B = rand_bf16(out * r, -0.5f, 0.5f);
+    float *x = rand_bf16(T * in, -1, 1), *dy = rand_bf16(T * out, -1, 1);
+    const ql_dropout drop = {1, ((uint64_t)tops_u32() << 32) | tops_u32(), 1ull << 31 /* p = 1/2 */,
+                             2.0f};
+    void *gx = up_act(x, T * in), *gdy = up_act(dy, T * out);
+    void *gA = up_raw(A, (size_t)r * (size_t)in * 4), *gB = up_raw(B, (size_t)(out * r) * 4);
+    ql_lora dl = {.A = gA, .B = gB, .r = r, .scale = 2.0f, .drop = drop};
+    ql_lora hl = {.A = A, .B = B, .r = r, .scale = 2.0f, .drop = drop};
+    float *xa0 = tops_alloc(T * r), *dA0 = tops_alloc((int64_t)r * in), *dB0 = tops_alloc(out * r);
+    memset(xa0, 0, (size_t)(T * r) * 4);
+    memset(dA0, 0, (size_t)r * (size_t)in * 4);
+    float *rdx = tops_alloc(T * in), *rdA = tops_copy(dA0, (int64_t)r * in);
+    float *rdB = tops_alloc(out * r);
+    memset(rdB, 0, (size_t)(out * r) * 4);
+    GTRY(ref->q4_lora_bwd(&host, &hl, x, xa0, dy, T, rdx, rdA, rdB));
+    void *gxa = up_raw(xa0, (size_t)(T * r) * 4), *gdx = dev_poisoned((size_t)(T * in) * 2);
+    void *gdA = up_raw(dA0, (size_t)r * (size_t)in * 4), *gdB = up_raw(rdB, (size_t)(out * r) * 4);
+    ql_cuda_q4_set_path(path);
+    GTRY(gpu->q4_lora_bwd(&dev, &dl, gx, gxa, gdy, T, gdx, gdA, gdB));
+    CHECK(ql_cuda_q4_last_path() == (int)path);
+    char what[128];
+    snprintf(what, sizeof what, "q4_lora W = 0 dropout %s %lldx%lld T=%lld",
+             path == QL_CUDA_Q4_FUSED ? "fused" : "dequant", (long long)out, (long long)in,
+             (long long)T);
+    float *gdxf = down_act(gdx, T * in), *gdAf = down_f32(gdA, (int64_t)r * in);
+    TOPS_CLOSE(gdxf, rdx, T * in, TOL_GEMM, what);
+    TOPS_CLOSE(gdAf, rdA, (int64_t)r * in, TOL_GEMM, what);
+    uint16_t *dx = down_bytes(gdx, (size_t)(T * in) * 2);
+    int64_t wrong = 0, first = -1, dropped = 0;
+    for (int64_t e = 0; e < T * in; e++) {
+        const int keep = ql_dropout_keep(drop.seed, drop.thresh, e);
+        const int nonzero = (dx[e] & 0x7fff) != 0;
+        dropped += !keep;
+        if (keep != nonzero && wrong++ == 0) first = e;
+    }
+    CHECKF(wrong == 0, "%s: dx zero where dropped: %lld elements differ, first %lld", what,
+           (long long)wrong, (long long)first);
+    CHECK(dropped > 0 && dropped < T * in);
+    n_ops_run++;
+    ql_cuda_q4_set_path(QL_CUDA_Q4_FUSED);
+    free(dx), free(A), free(B), free(x), free(dy), free(gdxf), free(gdAf);
+    free(xa0), free(dA0), free(dB0), free(rdx), free(rdA), free(rdB);
+    gpu->free(gx), gpu->free(gdy), gpu->free(gA), gpu->free(gB);
+    gpu->free(gxa), gpu->free(gdx), gpu->free(gdA), gpu->free(gdB);
+    gpu->q4_free(&dev);
+    ql_q4_free(&host);
 }
 
 /* AUTO takes the fused kernel below ql_cuda_q4_fused_max_tokens() tokens and
@@ -269,7 +328,7 @@ static void test_auto_path(void) {
     float *A = rand_bf16((int64_t)r * in, -0.1f, 0.1f), *B = rand_bf16(out * r, -0.1f, 0.1f);
     void *gx = up_act(x, T * in), *gdy = up_act(dy, T * out);
     void *gA = up_raw(A, (size_t)(r * in) * 4), *gB = up_raw(B, (size_t)(out * r) * 4);
-    ql_lora dl = {gA, gB, r, 2.0f, NULL, 1.0f};
+    ql_lora dl = {.A = gA, .B = gB, .r = r, .scale = 2.0f};
     void *gy = dev_poisoned((size_t)(T * out) * 2), *gxa = dev_poisoned((size_t)(T * r) * 4);
     void *gdx = dev_poisoned((size_t)(T * in) * 2);
     void *gdA = dev_poisoned((size_t)(r * in) * 4), *gdB = dev_poisoned((size_t)(out * r) * 4);
@@ -453,26 +512,30 @@ static void test_swiglu(int64_t n) {
     gpu->free(gg), gpu->free(gu), gpu->free(gd), gpu->free(go), gpu->free(ggr), gpu->free(gur);
 }
 
-/* Dropout masks: the same bytes as the CPU backends at an aligned and an
- * unaligned start (the kernel stores eight-byte words only when aligned),
- * with a tail that is not a multiple of eight, and nothing written past n. */
-static void test_dropout_mask(int64_t n, uint64_t thresh) {
-    const uint64_t seed = tops_u32() * 0x100000001ull + 12345;
-    uint8_t *want = malloc((size_t)n), *got = malloc((size_t)n + 9);
-    GTRY(ref->dropout_mask(seed, thresh, n, want));
-    uint8_t *dm = dev_poisoned((size_t)n + 9);
+/* The LoRA input x ⊙ mask (ql_cuda_dropout_bf16) against the generator on
+ * the host, bit for bit: at an aligned and an odd start, with an odd n (a
+ * lone last element), and nothing written past n. */
+static void test_dropout_input(int64_t n, uint64_t thresh) {
+    const ql_dropout d = {1, tops_u32() * 0x100000001ull + 12345, thresh, 3.0f};
+    float *x = rand_bf16(n, -1, 1);
+    uint16_t *want = malloc((size_t)n * 2);
+    for (int64_t e = 0; e < n; e++)
+        want[e] = ql_dropout_keep(d.seed, d.thresh, e) ? ql_f32_to_bf16(x[e]) : 0;
+    void *gx = up_act(x, n);
+    uint16_t *out = dev_poisoned((size_t)(n + 3) * 2);
     for (int off = 0; off < 2; off++) {
-        poison(dm, (size_t)n + 9);
-        GTRY(gpu->dropout_mask(seed, thresh, n, dm + off * 3));
-        GTRY(gpu->download(got, dm, (size_t)n + 9));
-        CHECKF(memcmp(got + off * 3, want, (size_t)n) == 0, "dropout mask n %lld offset %d",
-               (long long)n, off * 3);
-        CHECKF(got[off * 3 + n] == 0xFF && (off == 0 || got[0] == 0xFF),
-               "dropout mask n %lld offset %d wrote outside its bytes", (long long)n, off * 3);
+        poison(out, (size_t)(n + 3) * 2);
+        GTRY(ql_cuda_dropout_bf16(gx, &d, n, out + off));
+        uint16_t *got = down_bytes(out, (size_t)(n + 3) * 2);
+        CHECKF(memcmp(got + off, want, (size_t)n * 2) == 0, "dropout input n %lld offset %d",
+               (long long)n, off);
+        CHECKF(got[off + n] == 0xFFFF && (off == 0 || got[0] == 0xFFFF),
+               "dropout input n %lld offset %d wrote outside its elements", (long long)n, off);
+        free(got);
     }
     n_ops_run++;
-    free(want), free(got);
-    gpu->free(dm);
+    free(x), free(want);
+    gpu->free(gx), gpu->free(out);
 }
 
 static void test_embed(int64_t V, int64_t d, int64_t T) {
@@ -671,6 +734,10 @@ int main(void) {
         test_lora(&cases[i], QL_CUDA_Q4_FUSED);
         test_lora(&cases[i], QL_CUDA_Q4_DEQUANT_BLAS);
     }
+    for (int p = 0; p < 2; p++) {
+        test_lora_dropout_pattern(256, 128, 130, (ql_cuda_q4_path)p); /* fast tiles */
+        test_lora_dropout_pattern(40, 77, 19, (ql_cuda_q4_path)p);    /* odd in */
+    }
     test_auto_path();
 
     test_matmul(100, 256, 300, 0);
@@ -682,8 +749,8 @@ int main(void) {
     test_rope(50, 8, 128);
     test_rope(7, 3, 64);
     test_swiglu(100003);
-    test_dropout_mask(100003, 1ull << 30);
-    test_dropout_mask(13, 429496729);
+    test_dropout_input(100003, 1ull << 30);
+    test_dropout_input(13, 429496729);
     test_embed(1000, 256, 77);
     test_xent(33, 50257);
     test_xent(4, 1000);

@@ -79,7 +79,7 @@ static void test_lora(ql_qtype type, int dq) {
     fd_grad(lora_loss, &c, c.x, T * in, gx);
     fd_grad(lora_loss, &c, c.A, r * in, gA);
     fd_grad(lora_loss, &c, c.B, out * r, gB);
-    ql_lora lora = {A, B, r, 1.5f, NULL, 0.0f};
+    ql_lora lora = {.A = A, .B = B, .r = r, .scale = 1.5f};
     for (int k = 0; k < 2; k++) {
         float *y = tops_alloc(T * out), *xa = tops_alloc(T * r), *dx = tops_alloc(T * in);
         float *dA = tops_alloc(r * in), *dB = tops_alloc(out * r);

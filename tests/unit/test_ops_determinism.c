@@ -28,7 +28,7 @@ static float inv[32];
 
 static void run_all(const ql_backend *be, sink *s) {
     s->used = 0;
-    ql_lora lora = {A, B, R, 0.5f, NULL, 0.0f};
+    ql_lora lora = {.A = A, .B = B, .r = R, .scale = 0.5f};
     float *y = take(s, T * OUT), *xa = take(s, T * R), *dx = take(s, T * IN);
     float *dA = take(s, R * IN), *dB = take(s, OUT * R);
     memset(dA, 0, R * IN * 4), memset(dB, 0, OUT * R * 4);

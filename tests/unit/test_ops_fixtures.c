@@ -206,7 +206,7 @@ static void test_lora(const ql_backend *be) {
 
     float *x = load("lora", "x", NULL), *A = load("lora", "A", NULL), *B = load("lora", "B", NULL);
     float *dy = load("lora", "dy", NULL);
-    ql_lora lora = {A, B, r, (float)param("lora", "scale"), NULL, 0.0f};
+    ql_lora lora = {.A = A, .B = B, .r = r, .scale = (float)param("lora", "scale")};
     float *y = tops_alloc(T * out), *xa = tops_alloc(T * r), *dx = tops_alloc(T * in);
     float *dA = tops_alloc((int64_t)r * in), *dB = tops_alloc(out * r);
     CHECK(be->q4_lora_fwd(&w, &lora, x, T, y, xa) == QL_OK);

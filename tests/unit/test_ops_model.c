@@ -97,10 +97,14 @@ static double *dbl(const float *a, int64_t n) {
     return d;
 }
 
-static uint8_t *rand_mask(int64_t n, double p_drop) {
-    uint8_t *m = malloc((size_t)n);
-    for (int64_t i = 0; i < n; i++) m[i] = tops_uniform(0, 1) >= p_drop;
-    return m;
+/* A random mask with drop probability p: its generator's parameters for the
+ * ops, and its bytes (1 = kept) for the double reference. */
+static ql_dropout rand_dropout(double p, int64_t n, uint8_t **bytes) {
+    ql_dropout d = {1, ((uint64_t)tops_u32() << 32) | tops_u32(), (uint64_t)ldexp(p, 32),
+                    1.0f / (1.0f - (float)p)};
+    *bytes = malloc((size_t)n);
+    for (int64_t e = 0; e < n; e++) (*bytes)[e] = ql_dropout_keep(d.seed, d.thresh, e);
+    return d;
 }
 
 /* Against finite differences, both backends. */
@@ -113,14 +117,14 @@ static void test_dropout_fd(void) {
     ql_q4_dequantize(&w, Wf);
     float *x = tops_rand(T * in, -1, 1), *A = tops_rand(r * in, -0.5f, 0.5f);
     float *B = tops_rand(out * r, -0.5f, 0.5f), *dy = tops_rand(T * out, -1, 1);
-    uint8_t *mask = rand_mask(T * in, p);
-    ql_lora lora = {A, B, r, 1.25f, mask, 1.0f / (1.0f - p)};
+    uint8_t *mask;
+    ql_lora lora = {.A = A, .B = B, .r = r, .scale = 1.25f, .drop = rand_dropout(p, T * in, &mask)};
     drop_ctx c = {T,
                   in,
                   out,
                   r,
                   1.25,
-                  lora.drop_scale,
+                  lora.drop.scale,
                   mask,
                   dbl(Wf, out * in),
                   dbl(x, T * in),
@@ -155,8 +159,8 @@ static void test_dropout_vs_ref(int64_t out, int64_t in, int64_t T, int r, float
     ql_q4 w = tops_q4(out, in, QL_QTYPE_NF4, 64, 1);
     float *x = tops_rand(T * in, -1, 1), *dy = tops_rand(T * out, -1, 1);
     float *A = tops_rand((int64_t)r * in, -0.1f, 0.1f), *B = tops_rand(out * r, -0.1f, 0.1f);
-    uint8_t *mask = rand_mask(T * in, p);
-    ql_lora lora = {A, B, r, 2.0f, mask, 1.0f / (1.0f - p)};
+    uint8_t *mask;
+    ql_lora lora = {.A = A, .B = B, .r = r, .scale = 2.0f, .drop = rand_dropout(p, T * in, &mask)};
     float *y[2], *xa[2], *dx[2], *dA[2], *dB[2];
     for (int k = 0; k < 2; k++) {
         y[k] = tops_alloc(T * out), xa[k] = tops_alloc(T * r), dx[k] = tops_alloc(T * in);
@@ -174,9 +178,9 @@ static void test_dropout_vs_ref(int64_t out, int64_t in, int64_t T, int r, float
     TOPS_CLOSE(dB[1], dB[0], out * r, 2e-6 * sqrt((double)T), "dropout dB");
 
     /* Keep everything at scale 1: bit-identical to the plain op on each backend. */
-    memset(mask, 1, (size_t)(T * in));
-    lora.drop_scale = 1.0f;
-    ql_lora plain = {A, B, r, 2.0f, NULL, 0.0f};
+    lora.drop.thresh = 0;
+    lora.drop.scale = 1.0f;
+    ql_lora plain = {.A = A, .B = B, .r = r, .scale = 2.0f};
     for (int k = 0; k < 2; k++) {
         float *y2 = tops_alloc(T * out), *xa2 = tops_alloc(T * r), *dx2 = tops_alloc(T * in);
         float *dA2 = tops_alloc(r * in), *dB2 = tops_alloc(out * r);

@@ -23,9 +23,16 @@ static void test_memory(void) {
     fast->free(p);
 }
 
-/* LoRA dropout masks against the splitmix64 generator stepped one draw at a
- * time (the definition kernels/dropout.h computes by counter), the dropped
- * share against p, and the edge thresholds. */
+/* The mask of n elements as bytes, 1 = kept, by ql_dropout_keep. */
+static void mask_bytes(uint64_t seed, uint64_t thresh, int64_t n, uint8_t *got) {
+    for (int64_t e = 0; e < n; e++) got[e] = ql_dropout_keep(seed, thresh, e);
+}
+
+/* LoRA dropout masks (kernels/dropout.h, which every backend's kernels call
+ * where they read x) against the splitmix64 generator stepped one draw at a
+ * time, the pair form against the single one at even and odd starts,
+ * ql_dropout_apply's arithmetic, the dropped share against p, and the edge
+ * thresholds. */
 static void test_dropout_mask(void) {
     enum { N = 1001, BIG = 1 << 20 };
     const uint64_t seed = 0x243f6a8885a308d3ull, thresh = 1ull << 30; /* p = 1/4 */
@@ -40,28 +47,35 @@ static void test_dropout_mask(void) {
         want[e] = (z & 0xffffffffu) >= thresh;
         want[e + 1] = (z >> 32) >= thresh;
     }
-    const ql_backend *bes[2] = {ref, fast};
-    for (int k = 0; k < 2; k++) {
-        memset(got, 7, N + 1);
-        CHECK(bes[k]->dropout_mask(seed, thresh, N, got) == QL_OK);
-        CHECKF(memcmp(got, want, N) == 0, "%s dropout mask vs sequential splitmix64", bes[k]->name);
-        CHECKF(got[N] == 7, "%s dropout mask wrote past n", bes[k]->name);
+    mask_bytes(seed, thresh, N, got);
+    CHECKF(memcmp(got, want, N) == 0, "dropout mask vs sequential splitmix64");
+    int pair_ok = 1, apply_ok = 1;
+    const ql_dropout d = {1, seed, thresh, 1.0f / 0.75f};
+    for (int e = 0; e < N; e++) {
+        unsigned k = ql_dropout_keep2(seed, thresh, e);
+        pair_ok &= (k & 1) == want[e] && (k >> 1) == want[e + 1];
+        const float xv = 0.1f * (float)(e - 500);
+        apply_ok &= ql_dropout_apply(&d, xv, e) == (want[e] ? xv * d.scale : 0.0f);
     }
+    CHECKF(pair_ok, "ql_dropout_keep2 vs sequential splitmix64");
+    CHECKF(apply_ok, "ql_dropout_apply: x · scale where kept, 0 where dropped");
+    const ql_dropout off = {0, seed, thresh, 2.0f};
+    CHECK(ql_dropout_apply(&off, 3.0f, 1) == 3.0f && ql_dropout_apply(&off, 3.0f, 2) == 3.0f);
     /* p = 0.1 over 2^20 elements: the dropped share within 5 standard deviations. */
     const uint64_t t10 = (uint64_t)(0.1 * 4294967296.0);
-    CHECK(fast->dropout_mask(seed, t10, BIG, got) == QL_OK);
+    mask_bytes(seed, t10, BIG, got);
     int64_t dropped = 0;
     for (int64_t e = 0; e < BIG; e++) dropped += got[e] == 0;
     double share = (double)dropped / BIG, sd = sqrt(0.1 * 0.9 / BIG);
     CHECKF(fabs(share - 0.1) < 5 * sd, "dropped share %.5f, want 0.1 +- %.5f", share, 5 * sd);
     /* Another seed gives another mask; threshold 0 keeps all, 2^32 drops all. */
-    CHECK(fast->dropout_mask(seed + 1, thresh, N, got) == QL_OK);
+    mask_bytes(seed + 1, thresh, N, got);
     CHECK(memcmp(got, want, N) != 0);
-    CHECK(fast->dropout_mask(seed, 0, N, got) == QL_OK);
+    mask_bytes(seed, 0, N, got);
     int kept = 0;
     for (int e = 0; e < N; e++) kept += got[e];
     CHECK(kept == N);
-    CHECK(fast->dropout_mask(seed, 1ull << 32, N, got) == QL_OK);
+    mask_bytes(seed, 1ull << 32, N, got);
     kept = 0;
     for (int e = 0; e < N; e++) kept += got[e];
     CHECK(kept == 0);
@@ -93,7 +107,7 @@ static void test_lora(int64_t out, int64_t in, ql_qtype type, int bs, int dq, in
     ql_q4 w = tops_q4(out, in, type, bs, dq);
     float *x = tops_rand(T * in, -1, 1), *dy = tops_rand(T * out, -1, 1);
     float *A = tops_rand((int64_t)r * in, -0.1f, 0.1f), *B = tops_rand(out * r, -0.1f, 0.1f);
-    ql_lora lora = {A, B, r, 2.0f, NULL, 0.0f};
+    ql_lora lora = {.A = A, .B = B, .r = r, .scale = 2.0f};
     const ql_lora *lp = r ? &lora : NULL;
     float *y[2], *xa[2], *dx[2], *dA[2], *dB[2];
     float *dA0 = tops_rand((int64_t)r * in, -1, 1), *dB0 = tops_rand(out * r, -1, 1);
