@@ -3,10 +3,12 @@
  * vocab 128256, untied) with random NF4 + double-quant weights generated on
  * the host (model/random_source.c, no quantization), LoRA r 16 alpha 32 on
  * all seven projections, one sequence of 2048 tokens per step, with and
- * without activation checkpointing.
+ * without activation checkpointing; then without checkpointing and with LoRA
+ * dropout P (--dropout, default 0.1; 0 skips it), what most QLoRA recipes
+ * use: the cost of dropout in the step.
  *
  *   bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] [--warmup W]
- *                    [--budget SECONDS] [--json PATH] [--quick] [--tiny]
+ *                    [--budget SECONDS] [--json PATH] [--quick] [--tiny] [--dropout P]
  *
  * A step is what the trainer does per optimizer step with one micro-batch:
  * zero the gradients, forward + backward (lm_head and loss in chunks), the
@@ -92,6 +94,7 @@ static double step_flops(const ql_hf_config *c, int layers, int64_t B, int64_t S
 
 typedef struct result {
     int ckpt;
+    double dropout;
     double step_s, tokens_per_s, tflops, mfu, mfu_cublas, full_tokens_per_s;
     double load_s, load_upload_s, first_loss, last_loss;
     double wait_fraction;   /* median share of a step the host waited for the device */
@@ -102,10 +105,11 @@ typedef struct result {
 } result;
 
 static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S, int ckpt,
-                int warm, int steps, double budget, double peak_flops, double cublas, int profile,
-                result *r) {
+                double dropout, int warm, int steps, double budget, double peak_flops,
+                double cublas, int profile, result *r) {
     memset(r, 0, sizeof *r);
     r->ckpt = ckpt;
+    r->dropout = dropout;
     ql_hf_config cfg;
     llama3_8b(&cfg, layers, tiny);
     ql_random_source_opts ro = {.seed = 1,
@@ -121,6 +125,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
     o.be = be;
     o.lora.r = RANK;
     o.lora.alpha = 32.0f;
+    o.lora.dropout = (float)dropout;
     o.checkpoint_activations = ckpt;
     o.max_batch = B;
     o.max_seq = S;
@@ -181,11 +186,13 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
             times[timed++] = dt;
         }
         printf("  %s step %d: %.1f ms, loss %.4f, grad norm %.4g\n",
-               ckpt ? "checkpointing" : "plain", s + 1, dt * 1e3, loss / (double)n_tg,
-               sr.grad_norm);
+               ckpt          ? "checkpointing"
+               : dropout > 0 ? "dropout"
+                             : "plain",
+               s + 1, dt * 1e3, loss / (double)n_tg, sr.grad_norm);
         fflush(stdout);
-        /* Half the budget per configuration: stop early rather than overrun. */
-        if (s >= warm && timed >= 1 && ql_clock_s() - t_start + dt > budget / 2) break;
+        /* This configuration's share of the budget: stop early rather than overrun. */
+        if (s >= warm && timed >= 1 && ql_clock_s() - t_start + dt > budget) break;
     }
     ql_mem_stats ms;
     be->mem_stats(&ms);
@@ -231,7 +238,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
 int main(int argc, char **argv) {
     int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0, tiny = 0, profile = 1;
     int64_t B = 1, S = 2048;
-    double budget = 150;
+    double budget = 150, dropout = 0.1;
     const char *json = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -255,18 +262,20 @@ int main(int argc, char **argv) {
             tiny = 1;
         else if (!strcmp(a, "--no-profile"))
             profile = 0;
+        else if (!strcmp(a, "--dropout") && i + 1 < argc)
+            dropout = atof(argv[++i]);
         else {
             fprintf(stderr,
                     "usage: bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] "
                     "[--warmup W] [--budget SECONDS] [--json PATH] [--quick] [--tiny] "
-                    "[--no-profile]\n");
+                    "[--no-profile] [--dropout P]\n");
             return 2;
         }
     }
     if (quick) layers = layers > 4 ? 4 : layers, steps = steps > 3 ? 3 : steps, warm = 1;
     if (tiny) layers = layers > 2 ? 2 : layers, S = S > 128 ? 128 : S;
     if (tiny) steps = steps > 2 ? 2 : steps, warm = warm > 1 ? 1 : warm;
-    if (layers < 1 || S < 2 || B < 1 || steps < 1 || warm < 0) {
+    if (layers < 1 || S < 2 || B < 1 || steps < 1 || warm < 0 || !(dropout >= 0 && dropout < 1)) {
         fprintf(stderr, "bench_cuda_train: bad sizes\n");
         return 2;
     }
@@ -294,28 +303,43 @@ int main(int argc, char **argv) {
            "all 7 projections, %lld x %lld tokens per step\n",
            model_name, layers, FULL_LAYERS, RANK, (long long)B, (long long)S);
 
-    result res[2];
-    for (int ck = 0; ck < 2; ck++) {
-        run(be, layers, tiny, B, S, ck, warm, steps, budget, peak, cublas, profile, &res[ck]);
-        result *r = &res[ck];
+    /* Configurations: checkpointing off, on; off with LoRA dropout. */
+    result res[3];
+    const int n_cfg = dropout > 0 ? 3 : 2;
+    for (int c = 0; c < n_cfg; c++) {
+        const int ck = c == 1;
+        const double p = c == 2 ? dropout : 0.0;
+        /* The budget's shares: 2/5, 2/5, 1/5 with the dropout run, halves without. */
+        const double share = n_cfg == 3 ? (c == 2 ? 0.2 : 0.4) : 0.5;
+        run(be, layers, tiny, B, S, ck, p, warm, steps, share * budget, peak, cublas, profile,
+            &res[c]);
+        result *r = &res[c];
+        char name[64];
+        snprintf(name, sizeof name, "%s%s",
+                 ck ? "with activation checkpointing" : "without checkpointing",
+                 c == 2 ? ", LoRA dropout" : "");
         printf("%s: load %.1f s (upload %.1f s); %.1f ms/step (median of %d), %.0f tokens/s, "
                "%.0f TFLOP/s, MFU %.1f%% (%.1f%% of cuBLASLt); full 32 layers at this MFU: %.0f "
                "tokens/s; peak %.2f GiB counted (estimate %.2f + %.1f reserve), device used %.2f "
                "GiB\n",
-               ck ? "with activation checkpointing" : "without checkpointing", r->load_s,
-               r->load_upload_s, r->step_s * 1e3, r->steps, r->tokens_per_s, r->tflops,
-               100 * r->mfu, 100 * r->mfu_cublas, r->full_tokens_per_s, r->peak / 1073741824.0,
-               r->estimate / 1073741824.0, r->estimate_reserve / 1073741824.0,
-               r->device_used / 1073741824.0);
+               name, r->load_s, r->load_upload_s, r->step_s * 1e3, r->steps, r->tokens_per_s,
+               r->tflops, 100 * r->mfu, 100 * r->mfu_cublas, r->full_tokens_per_s,
+               r->peak / 1073741824.0, r->estimate / 1073741824.0,
+               r->estimate_reserve / 1073741824.0, r->device_used / 1073741824.0);
     }
     printf("\n%-16s %9s %10s %8s %7s %12s %10s %10s\n", "checkpointing", "ms/step", "tokens/s",
            "TFLOP/s", "MFU", "32L tok/s", "peak GiB", "est. GiB");
-    for (int ck = 0; ck < 2; ck++)
-        printf("%-16s %9.1f %10.0f %8.0f %6.1f%% %12.0f %10.2f %10.2f\n", ck ? "on" : "off",
-               res[ck].step_s * 1e3, res[ck].tokens_per_s, res[ck].tflops, 100 * res[ck].mfu,
-               res[ck].full_tokens_per_s, res[ck].peak / 1073741824.0,
-               res[ck].estimate / 1073741824.0);
+    for (int c = 0; c < n_cfg; c++) {
+        char name[32];
+        snprintf(name, sizeof name, c == 2 ? "off, dropout %g" : c ? "on" : "off", dropout);
+        printf("%-16s %9.1f %10.0f %8.0f %6.1f%% %12.0f %10.2f %10.2f\n", name, res[c].step_s * 1e3,
+               res[c].tokens_per_s, res[c].tflops, 100 * res[c].mfu, res[c].full_tokens_per_s,
+               res[c].peak / 1073741824.0, res[c].estimate / 1073741824.0);
+    }
     printf("goals: MFU >= 50%% without checkpointing, >= 36%% with it\n");
+    if (n_cfg == 3)
+        printf("LoRA dropout %g costs %.1f%% of the step without checkpointing\n", dropout,
+               100 * (res[2].step_s / res[0].step_s - 1));
     /* Near 0: the device finished before the host had queued the step, so
      * launches, not kernels, set the pace (CUDA graphs would pay off). */
     printf("host waited for the device %.0f%% / %.0f%% of a step (off / on): %s\n",
@@ -332,22 +356,31 @@ int main(int argc, char **argv) {
                 order[k] = order[k - 1];
                 order[k - 1] = x;
             }
-        double tot[2] = {0, 0};
-        for (int ck = 0; ck < 2; ck++)
-            for (int i = 0; i < PROF_N; i++) tot[ck] += res[ck].prof_ms[i];
-        printf("\nprofile: device ms per op in one step (each op timed alone)\n");
-        printf("%-14s %6s %10s %6s %6s %10s %6s\n", "op", "calls", "off ms", "%", "calls", "on ms",
-               "%");
+        static const char *const col[3] = {"off", "on", "drop"};
+        double tot[3] = {0, 0, 0};
+        for (int c = 0; c < n_cfg; c++)
+            for (int i = 0; i < PROF_N; i++) tot[c] += res[c].prof_ms[i];
+        printf("\nprofile: device ms per op in one step (each op timed alone; checkpointing "
+               "off, on%s)\n%-14s",
+               n_cfg == 3 ? ", off with LoRA dropout" : "", "op");
+        for (int c = 0; c < n_cfg; c++) printf(" %6s %7s ms %6s", "calls", col[c], "%");
+        printf("\n");
         for (int k = 0; k < PROF_N; k++) {
             const int i = order[k];
-            if (!res[0].prof_calls[i] && !res[1].prof_calls[i]) continue;
-            printf("%-14s %6d %10.2f %5.1f%% %6d %10.2f %5.1f%%\n", prof_names[i],
-                   res[0].prof_calls[i], res[0].prof_ms[i],
-                   tot[0] > 0 ? 100 * res[0].prof_ms[i] / tot[0] : 0, res[1].prof_calls[i],
-                   res[1].prof_ms[i], tot[1] > 0 ? 100 * res[1].prof_ms[i] / tot[1] : 0);
+            int any = 0;
+            for (int c = 0; c < n_cfg; c++) any |= res[c].prof_calls[i] != 0;
+            if (!any) continue;
+            printf("%-14s", prof_names[i]);
+            for (int c = 0; c < n_cfg; c++)
+                printf(" %6d %10.2f %5.1f%%", res[c].prof_calls[i], res[c].prof_ms[i],
+                       tot[c] > 0 ? 100 * res[c].prof_ms[i] / tot[c] : 0);
+            printf("\n");
         }
-        printf("%-14s %6s %10.2f %6s %6s %10.2f   (the timed steps: %.2f / %.2f ms)\n", "sum", "",
-               tot[0], "", "", tot[1], res[0].step_s * 1e3, res[1].step_s * 1e3);
+        printf("%-14s", "sum");
+        for (int c = 0; c < n_cfg; c++) printf(" %6s %10.2f %6s", "", tot[c], "");
+        printf("  (the timed steps:");
+        for (int c = 0; c < n_cfg; c++) printf(" %.2f", res[c].step_s * 1e3);
+        printf(" ms)\n");
     }
 
     if (json) {
@@ -365,8 +398,9 @@ int main(int argc, char **argv) {
         fprintf(f, "  \"peak_tflops\": %.1f,\n  \"cublas_8192_tflops\": %.1f,\n", peak / 1e12,
                 cublas);
         fprintf(f, "  \"results\": [\n");
-        for (int ck = 0; ck < 2; ck++) {
-            const result *r = &res[ck];
+        for (int c = 0; c < n_cfg; c++) {
+            const result *r = &res[c];
+            const int ck = c == 1;
             fprintf(
                 f,
                 "    {\"activation_checkpointing\": %s, \"steps_timed\": %d, \"step_ms\": %.2f, "
@@ -374,17 +408,18 @@ int main(int argc, char **argv) {
                 "%.4f, \"full_model_tokens_per_s\": %.1f, \"peak_bytes\": %zu, "
                 "\"device_used_bytes\": %zu, \"estimate_bytes\": %zu, \"load_s\": %.2f, "
                 "\"first_loss\": %.5f, \"last_loss\": %.5f, \"host_wait_fraction\": %.3f, "
-                "\"goal_mfu\": %.2f, \"profile_ms\": {",
+                "\"lora_dropout\": %g, \"goal_mfu\": %.2f, \"profile_ms\": {",
                 ck ? "true" : "false", r->steps, r->step_s * 1e3, r->tokens_per_s, r->tflops,
                 r->mfu, r->mfu_cublas, r->full_tokens_per_s, r->peak, r->device_used, r->estimate,
-                r->load_s, r->first_loss, r->last_loss, r->wait_fraction, ck ? 0.36 : 0.50);
+                r->load_s, r->first_loss, r->last_loss, r->wait_fraction, r->dropout,
+                ck ? 0.36 : 0.50);
             int first = 1;
             for (int i = 0; i < PROF_N; i++) {
                 if (!r->prof_calls[i]) continue;
                 fprintf(f, "%s\"%s\": %.3f", first ? "" : ", ", prof_names[i], r->prof_ms[i]);
                 first = 0;
             }
-            fprintf(f, "}}%s\n", ck ? "" : ",");
+            fprintf(f, "}}%s\n", c + 1 < n_cfg ? "," : "");
         }
         fprintf(f, "  ]\n}\n");
         fclose(f);

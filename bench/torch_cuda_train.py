@@ -180,7 +180,8 @@ def main():
         del model, opt, params, out
     if a.qlora_json:
         q = json.load(open(a.qlora_json))
-        by = {bool(x["activation_checkpointing"]): x for x in q["results"]}
+        # torch runs with lora_dropout 0: compare with qlora's rows without dropout.
+        by = {bool(x["activation_checkpointing"]): x for x in q["results"] if not x.get("lora_dropout")}
         for r in results:
             mine = by.get(r["activation_checkpointing"])
             if mine:
