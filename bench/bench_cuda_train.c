@@ -337,6 +337,10 @@ int main(int argc, char **argv) {
                res[c].peak / 1073741824.0, res[c].estimate / 1073741824.0);
     }
     printf("goals: MFU >= 50%% without checkpointing, >= 36%% with it\n");
+    char fb_first[192];
+    const int64_t fallbacks = ql_cuda_gemm_fallbacks(fb_first, sizeof fb_first);
+    printf("products cuBLASLt had no algorithm for (the slow tiled kernel ran them): %lld%s%s\n",
+           (long long)fallbacks, fallbacks ? ", the first " : "", fb_first);
     if (n_cfg == 3)
         printf("LoRA dropout %g costs %.1f%% of the step without checkpointing\n", dropout,
                100 * (res[2].step_s / res[0].step_s - 1));
@@ -397,6 +401,8 @@ int main(int argc, char **argv) {
                 (long long)S, (long long)B);
         fprintf(f, "  \"peak_tflops\": %.1f,\n  \"cublas_8192_tflops\": %.1f,\n", peak / 1e12,
                 cublas);
+        fprintf(f, "  \"gemm_fallbacks\": %lld,\n  \"gemm_fallback_first\": \"%s\",\n",
+                (long long)fallbacks, fb_first);
         fprintf(f, "  \"results\": [\n");
         for (int c = 0; c < n_cfg; c++) {
             const result *r = &res[c];

@@ -108,6 +108,12 @@ ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const 
                             float beta, void *C, ql_dtype c_dtype, int64_t ldc);
 /* 1: every ql_cuda_gemm_bf16 takes the plain tiled kernel (tests). */
 void ql_cuda_gemm_force_fallback(int on);
+/* Calls since program start that took the plain tiled kernel because
+ * cuBLASLt had no algorithm for them (not those forced above, nor K = 0):
+ * slow on a GPU, so `qlora train` and bench_cuda_train report them. `first`
+ * (n bytes; may be NULL) gets the first such call's shape, strides, output
+ * type and alignment as text, "" when there was none. */
+int64_t ql_cuda_gemm_fallbacks(char *first, size_t n);
 /* out[e] = x[e] (bf16 bits) where the dropout mask d keeps element e, else 0;
  * d->scale is not applied (the products that read out take it as alpha).
  * d->on must be set. The LoRA input x' of kernels/cuda/q4_lora.cu. */

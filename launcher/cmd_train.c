@@ -456,6 +456,17 @@ static int run(const ql_config *c, ql_job *j) {
             printf("eval: loss %.4f, perplexity %.4f over %lld validation targets\n", r.eval_loss,
                    exp(r.eval_loss), (long long)r.eval_targets);
         printf("adapter: %s\nmetrics: %s\n", adapter, metrics);
+#ifdef QL_HAVE_CUDA
+        char first[192];
+        const int64_t fb = cuda ? ql_cuda_gemm_fallbacks(first, sizeof first) : 0;
+        if (fb > 0)
+            fprintf(stderr,
+                    "note: %lld matrix products ran on qlora's plain tiled kernel, many times "
+                    "slower than cuBLASLt, which had no algorithm for them (the first: %s). "
+                    "Operands aligned below 16 bytes are the usual cause: a LoRA rank that is "
+                    "a multiple of 8 keeps the adapters' aligned\n",
+                    (long long)fb, first);
+#endif
         run_files(c, &ds, &r, adapter);
         fflush(stdout);
         /* The adapter's answers, samples and OUTPUT_DIR/review.md. */

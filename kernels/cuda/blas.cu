@@ -14,6 +14,7 @@
  * algorithm (odd strides or alignment), k_gemm_simt computes the product:
  * one thread per output, the k sum in order, 16x16 shared-memory tiles. */
 #include <cublasLt.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "kernels/cuda/cuda_ops.h"
@@ -47,6 +48,11 @@ static void *g_workspace;
 static algo_entry g_cache[ALGO_CACHE];
 static int g_cache_next;
 static int g_force_fallback;
+/* Products that took the tiled kernel because cuBLASLt had no algorithm for
+ * them: on a GPU that kernel is many times slower, so the trainer and the
+ * benchmarks report them rather than leaving a slow step unexplained. */
+static int64_t g_fallbacks;
+static char g_first_fallback[192];
 
 extern "C" void ql_cuda_gemm_force_fallback(int on) { g_force_fallback = on; }
 
@@ -207,6 +213,20 @@ static ql_status algo_find(const algo_key *k, const lt_descs *d, algo_entry **ou
     return QL_OK;
 }
 
+static void note_fallback(const algo_key *k) {
+    if (g_fallbacks++ > 0) return;
+    snprintf(g_first_fallback, sizeof g_first_fallback,
+             "[%lld x %lld x %lld]%s%s, lda %lld, ldb %lld, ldc %lld, %s out, %d-byte aligned",
+             (long long)k->M, (long long)k->N, (long long)k->K, k->ta ? " A^T" : "",
+             k->tb ? " B^T" : "", (long long)k->lda, (long long)k->ldb, (long long)k->ldc,
+             k->ctype == (int)QL_DT_F32 ? "fp32" : "bf16", k->align);
+}
+
+extern "C" int64_t ql_cuda_gemm_fallbacks(char *first, size_t n) {
+    if (first && n) snprintf(first, n, "%s", g_fallbacks ? g_first_fallback : "");
+    return g_fallbacks;
+}
+
 extern "C" ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const void *A,
                                        int64_t lda, int trans_a, const void *B, int64_t ldb,
                                        int trans_b, float beta, void *C, ql_dtype c_dtype,
@@ -246,6 +266,7 @@ extern "C" ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float al
     if (st == QL_OK) st = algo_find(&key, &d, &e);
     if (st == QL_OK && e->none) {
         descs_destroy(&d);
+        note_fallback(&key);
         return gemm_simt(M, N, K, alpha, a, lda, trans_a, b, ldb, trans_b, beta, C, c_dtype, ldc);
     }
     if (st == QL_OK) {
@@ -256,6 +277,7 @@ extern "C" ql_status ql_cuda_gemm_bf16(int64_t M, int64_t N, int64_t K, float al
              * kernel from now on. */
             e->none = 1;
             descs_destroy(&d);
+            note_fallback(&key);
             return gemm_simt(M, N, K, alpha, a, lda, trans_a, b, ldb, trans_b, beta, C, c_dtype,
                              ldc);
         }

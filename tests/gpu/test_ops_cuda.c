@@ -411,6 +411,43 @@ static void test_matmul(int64_t T, int64_t in, int64_t out, int force_fallback) 
     gpu->free(gW), gpu->free(gx), gpu->free(gdy), gpu->free(gy), gpu->free(gdx);
 }
 
+#ifdef QL_CUDA_EMULATED
+/* ql_cuda_gemm_fallbacks on an emulated cuBLASLt whose kernels all need
+ * 16-byte alignment (QL_EMU_CUBLASLT_MIN_ALIGN): a product with a 10-byte
+ * output row stride has no algorithm, runs on the tiled kernel (still right)
+ * and is counted with its shape; one with aligned strides is not counted. */
+static void test_gemm_fallbacks(void) {
+    setenv("QL_EMU_CUBLASLT_MIN_ALIGN", "16", 1);
+    const int64_t T = 7, in = 32;
+    for (int64_t out = 5; out <= 8; out += 3) {
+        float *W = rand_bf16(out * in, -1, 1), *x = rand_bf16(T * in, -1, 1);
+        float *ry = tops_alloc(T * out);
+        GTRY(ref->matmul_fwd(W, x, T, in, out, ry));
+        void *gW = up_act(W, out * in), *gx = up_act(x, T * in);
+        void *gy = dev_poisoned((size_t)(T * out) * 2);
+        const int64_t before = ql_cuda_gemm_fallbacks(NULL, 0);
+        GTRY(gpu->matmul_fwd(gW, gx, T, in, out, gy));
+        char first[192];
+        const int64_t after = ql_cuda_gemm_fallbacks(first, sizeof first);
+        float *y = down_act(gy, T * out);
+        TOPS_CLOSE(y, ry, T * out, TOL_ELEM, "matmul under a 16-byte cuBLASLt");
+        if (out == 5) {
+            CHECKF(after == before + 1, "fallbacks %lld -> %lld, one more expected",
+                   (long long)before, (long long)after);
+            CHECKF(before > 0 || strstr(first, "[7 x 5 x 32] B^T, lda 32, ldb 32, ldc 5, bf16 out"),
+                   "first fallback: \"%s\"", first);
+        } else {
+            CHECKF(after == before, "an aligned product was counted as a fallback (%lld -> %lld)",
+                   (long long)before, (long long)after);
+        }
+        n_ops_run++;
+        free(W), free(x), free(ry), free(y);
+        gpu->free(gW), gpu->free(gx), gpu->free(gy);
+    }
+    unsetenv("QL_EMU_CUBLASLT_MIN_ALIGN");
+}
+#endif
+
 /* --- elementwise and row ops ---------------------------------------------------------------- */
 
 static void test_add_bias(int64_t T, int64_t n) {
@@ -743,6 +780,9 @@ int main(void) {
     test_matmul(100, 256, 300, 0);
     test_matmul(33, 77, 45, 0);
     test_matmul(33, 77, 45, 1);
+#ifdef QL_CUDA_EMULATED
+    test_gemm_fallbacks();
+#endif
     test_add_bias(37, 300);
     test_rmsnorm(37, 4096);
     test_rmsnorm(5, 100);
@@ -766,6 +806,11 @@ int main(void) {
 
     ql_cuda_release_cache();
     printf("%d CUDA op runs compared with cpu-ref\n", n_ops_run);
+    char first[192];
+    const int64_t fb = ql_cuda_gemm_fallbacks(first, sizeof first);
+    /* For the record (odd shapes here may lack a cuBLASLt algorithm). */
+    printf("products cuBLASLt had no algorithm for: %lld%s%s\n", (long long)fb,
+           fb ? ", the first " : "", first);
     return CHECK_DONE();
 }
 

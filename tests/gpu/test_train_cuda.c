@@ -479,6 +479,12 @@ int main(void) {
     test_lockstep();
     test_against_cpu();
     test_determinism_and_resume();
+    if (!stand_in) { /* for the record: each is a product on the slow tiled kernel */
+        char first[192];
+        const int64_t fb = ql_cuda_gemm_fallbacks(first, sizeof first);
+        printf("products cuBLASLt had no algorithm for: %lld%s%s\n", (long long)fb,
+               fb ? ", the first " : "", first);
+    }
     return CHECK_DONE();
 }
 

@@ -15,6 +15,7 @@
 #include <cublasLt.h>
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <mutex>
@@ -485,6 +486,14 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(
     problem pr;
     cublasStatus_t s = check_problem(operationDesc, Adesc, Bdesc, Cdesc, Ddesc, &pr);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
+
+    /* QL_EMU_CUBLASLT_MIN_ALIGN=N (bytes) plays a library whose kernels all
+     * need N-byte aligned operands: no algorithm for a request that promises
+     * less (tests of the callers' fallback). */
+    const char *min_align = getenv("QL_EMU_CUBLASLT_MIN_ALIGN");
+    if (min_align)
+        for (int i = 0; i < 4; i++)
+            if (preference->align[i] < strtoul(min_align, NULL, 10)) return CUBLAS_STATUS_SUCCESS;
 
     /* One algorithm, for any alignment: the CPU needs none, but the
      * promised alignment is recorded and held against the call. */
