@@ -97,8 +97,9 @@ typedef struct result {
     double dropout;
     double step_s, tokens_per_s, tflops, mfu, mfu_cublas, full_tokens_per_s;
     double load_s, load_upload_s, first_loss, last_loss;
-    double wait_fraction;   /* median share of a step the host waited for the device */
-    double prof_ms[PROF_N]; /* the profiled step's device time per op */
+    double wait_fraction;          /* median share of a step the host waited for the device */
+    double prof_ms[PROF_N];        /* the profiled step's device time per op */
+    double phase_ms[QL_Q4_PHASES]; /* its q4_lora calls' device time by phase */
     int prof_calls[PROF_N];
     size_t peak, device_used, estimate, estimate_reserve;
     int steps;
@@ -200,6 +201,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
         /* One more step with every op timed (after the memory figures:
          * the timer's events are not the step's). */
         const ql_backend *pb = prof_wrap(be);
+        ql_cuda_q4_phases_enable(1);
         ql_llama_set_backend(m, pb);
         opt.be = pb;
         double loss;
@@ -213,6 +215,8 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
         opt.be = be;
         memcpy(r->prof_ms, prof_ms, sizeof prof_ms);
         memcpy(r->prof_calls, prof_calls, sizeof prof_calls);
+        ql_cuda_q4_phases_get(r->phase_ms, NULL);
+        ql_cuda_q4_phases_enable(0);
     }
     r->peak = ms.peak - m0.in_use;
     r->device_used = ms.device_used;
@@ -385,6 +389,20 @@ int main(int argc, char **argv) {
         printf("  (the timed steps:");
         for (int c = 0; c < n_cfg; c++) printf(" %.2f", res[c].step_s * 1e3);
         printf(" ms)\n");
+        /* Inside the 4-bit layers: what the next kernel work should go to. */
+        printf("\ninside q4_lora_fwd/bwd: device ms by phase in the same step\n%-14s", "phase");
+        for (int c = 0; c < n_cfg; c++) printf(" %7s ms %6s", col[c], "%");
+        printf("\n");
+        double ptot[3] = {0, 0, 0};
+        for (int c = 0; c < n_cfg; c++)
+            for (int p = 0; p < QL_Q4_PHASES; p++) ptot[c] += res[c].phase_ms[p];
+        for (int p = 0; p < QL_Q4_PHASES; p++) {
+            printf("%-14s", ql_cuda_q4_phase_name(p));
+            for (int c = 0; c < n_cfg; c++)
+                printf(" %10.2f %5.1f%%", res[c].phase_ms[p],
+                       ptot[c] > 0 ? 100 * res[c].phase_ms[p] / ptot[c] : 0);
+            printf("\n");
+        }
     }
 
     if (json) {
@@ -425,6 +443,10 @@ int main(int argc, char **argv) {
                 fprintf(f, "%s\"%s\": %.3f", first ? "" : ", ", prof_names[i], r->prof_ms[i]);
                 first = 0;
             }
+            fprintf(f, "}, \"q4_phases_ms\": {");
+            for (int p = 0; p < QL_Q4_PHASES; p++)
+                fprintf(f, "%s\"%s\": %.3f", p ? ", " : "", ql_cuda_q4_phase_name(p),
+                        r->phase_ms[p]);
             fprintf(f, "}}%s\n", c + 1 < n_cfg ? "," : "");
         }
         fprintf(f, "  ]\n}\n");

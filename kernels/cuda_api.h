@@ -150,6 +150,24 @@ void ql_cuda_q4_note_path(ql_cuda_q4_path p); /* kernels/cuda/q4_lora.cu, per ca
  * else than the values above (they would otherwise mean the default). */
 ql_status ql_cuda_q4_check_env(void);
 
+/* Device time inside q4_lora_fwd/bwd by phase (kernels/cuda/q4_phases.cu),
+ * for the benchmarks' profiles: with it on, every call brackets its phases
+ * with CUDA events and waits for them at its end (so it slows what it times;
+ * off, the default, it costs nothing). _enable zeroes the sums. */
+enum {
+    QL_Q4_PHASE_DEQUANT,   /* W to bf16 (the dequant path) */
+    QL_Q4_PHASE_BASE_GEMM, /* y = [x | E]·[W | B]ᵀ, dx = [dy | E]·[W ; A]: fused or cuBLASLt */
+    QL_Q4_PHASE_LORA_GEMM, /* x'·Aᵀ, dy·B, dA, dB (cuBLASLt, r columns) */
+    QL_Q4_PHASE_CONVERT,   /* bf16 copies of A, B, xa and s·xa or s·dy·B */
+    QL_Q4_PHASE_CONCAT,    /* x or dy copied beside E (the dequant path) */
+    QL_Q4_PHASE_DROPOUT,   /* x ⊙ mask, and dx's masked LoRA term (dequant path) */
+    QL_Q4_PHASES
+};
+void ql_cuda_q4_phases_enable(int on);
+/* Milliseconds and calls per phase since the last _enable (either may be NULL). */
+void ql_cuda_q4_phases_get(double ms[QL_Q4_PHASES], int64_t calls[QL_Q4_PHASES]);
+const char *ql_cuda_q4_phase_name(int phase);
+
 /* Frees the CUDA backend's cached scratch buffers and cuBLASLt state. */
 void ql_cuda_release_cache(void);
 

@@ -98,6 +98,20 @@ typedef struct ql_cuda_pad_job {
 #define QL_CUDA_PAD_JOBS_MAX 4
 ql_status ql_cuda_f32_to_bf16_pad_n(const ql_cuda_pad_job *jobs, int n);
 /* ql_cuda_dropout_bf16: kernels/cuda_api.h. */
+
+/* Phase timing of q4_lora (kernels/cuda/q4_phases.cu; the public half is in
+ * cuda_api.h): begin/end bracket one phase (mark -1 when timing is off),
+ * flush ends a call. */
+ql_status ql_cuda_q4_phase_begin(int phase, int *mark);
+ql_status ql_cuda_q4_phase_end(int mark);
+ql_status ql_cuda_q4_phases_flush(void);
+/* f() as phase `phase` of the current q4_lora call. */
+template <typename F> static ql_status ql_cuda_q4_timed(int phase, F f) {
+    int mark;
+    QL_TRY(ql_cuda_q4_phase_begin(phase, &mark));
+    const ql_status st = f();
+    return st == QL_OK ? ql_cuda_q4_phase_end(mark) : st;
+}
 /* LoRA's dx under dropout on the dequant path, one rounding:
  *   dx[t, i] = bf16(acc[t, i] + (Σ_k E[t, k]·A[k, i]) · d->scale)  where the
  *              mask d keeps element t·in + i,

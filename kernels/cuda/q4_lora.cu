@@ -68,7 +68,8 @@ static ql_status lora_input(const ql_lora *l, const ql_bf16 *x, int64_t T, int64
     if (!l->drop.on) return QL_OK;
     ql_bf16 *xm;
     QL_TRY(scratch(QL_SCRATCH_XDROP, T * in, &xm));
-    QL_TRY(ql_cuda_dropout_bf16(x, &l->drop, T * in, xm));
+    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_DROPOUT,
+                            [&] { return ql_cuda_dropout_bf16(x, &l->drop, T * in, xm); }));
     *xin = xm;
     *alpha = l->drop.scale;
     return QL_OK;
@@ -78,16 +79,19 @@ static ql_status lora_input(const ql_lora *l, const ql_bf16 *x, int64_t T, int64
  * caller writes the right ones. */
 static ql_status concat_left(const ql_bf16 *a, int64_t T, int64_t k, int64_t rpad, ql_bf16 **cat) {
     QL_TRY(scratch(QL_SCRATCH_CONCAT, T * (k + rpad), cat));
-    QL_CUDA_TRY(cudaMemcpy2DAsync(*cat, (size_t)(k + rpad) * sizeof(ql_bf16), a,
-                                  (size_t)k * sizeof(ql_bf16), (size_t)k * sizeof(ql_bf16),
-                                  (size_t)T, cudaMemcpyDeviceToDevice, ql_cuda_stream()));
-    return QL_OK;
+    ql_bf16 *dst = *cat;
+    return ql_cuda_q4_timed(QL_Q4_PHASE_CONCAT, [&]() -> ql_status {
+        QL_CUDA_TRY(cudaMemcpy2DAsync(dst, (size_t)(k + rpad) * sizeof(ql_bf16), a,
+                                      (size_t)k * sizeof(ql_bf16), (size_t)k * sizeof(ql_bf16),
+                                      (size_t)T, cudaMemcpyDeviceToDevice, ql_cuda_stream()));
+        return QL_OK;
+    });
 }
 
 /* ---------------------------------------------------------------------------------- forward */
 
-extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
-                                         int64_t T, ql_act *y_, float *xa) {
+static ql_status lora_fwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_, int64_t T,
+                          ql_act *y_, float *xa) {
     const ql_bf16 *x = (const ql_bf16 *)x_;
     ql_bf16 *y = (ql_bf16 *)y_;
     const int64_t in = w->cols, out = w->rows;
@@ -110,17 +114,22 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         const ql_cuda_pad_job jobs[2] = {a_job(lora, in, rpad, Ab),
                                          fused ? b_job(lora, out, rpad, Bb, rpad)
                                                : b_job(lora, out, rpad, Wb + in, K)};
-        QL_TRY(ql_cuda_f32_to_bf16_pad_n(jobs, 2));
+        QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT,
+                                [&] { return ql_cuda_f32_to_bf16_pad_n(jobs, 2); }));
         QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
         /* xa[T, r] = alpha · x'·Aᵀ, A stored [N = r, K = in]. */
-        QL_TRY(ql_cuda_gemm(T, r, in, alpha, xin, in, 0, Ab, in, 1, 0.0f, xa, QL_DT_F32, r));
+        QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_LORA_GEMM, [&] {
+            return ql_cuda_gemm(T, r, in, alpha, xin, in, 0, Ab, in, 1, 0.0f, xa, QL_DT_F32, r);
+        }));
     }
 
     if (fused) {
         ql_bf16 *E = NULL;
         if (r) {
             QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
-            QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, E, rpad, rpad));
+            QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT, [&] {
+                return ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, E, rpad, rpad);
+            }));
         }
         ql_q4_gemm_args a;
         memset(&a, 0, sizeof a);
@@ -136,16 +145,31 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         a.Ke = r ? rpad : 0;
         a.C = y;
         a.ldc = out;
-        return ql_cuda_q4_gemm(&a);
+        return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] { return ql_cuda_q4_gemm(&a); });
     }
 
     /* y = [x | E]·[W | B]ᵀ: W beside the B columns already written. */
-    QL_TRY(ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, Wb, r ? K : in, ql_cuda_stream()));
-    if (!r) return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, y, QL_DT_BF16, out);
+    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_DEQUANT, [&] {
+        return ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, Wb, r ? K : in, ql_cuda_stream());
+    }));
+    if (!r)
+        return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
+            return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, y, QL_DT_BF16, out);
+        });
     ql_bf16 *cat;
     QL_TRY(concat_left(x, T, in, rpad, &cat));
-    QL_TRY(ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, cat + in, rpad, K));
-    return ql_cuda_gemm(T, out, K, 1.0f, cat, K, 0, Wb, K, 1, 0.0f, y, QL_DT_BF16, out);
+    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT, [&] {
+        return ql_cuda_f32_to_bf16_pad(xa, T, r, r, lora->scale, cat + in, rpad, K);
+    }));
+    return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
+        return ql_cuda_gemm(T, out, K, 1.0f, cat, K, 0, Wb, K, 1, 0.0f, y, QL_DT_BF16, out);
+    });
+}
+
+extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x,
+                                         int64_t T, ql_act *y, float *xa) {
+    const ql_status st = lora_fwd(w, lora, x, T, y, xa);
+    return st == QL_OK ? ql_cuda_q4_phases_flush() : st;
 }
 
 /* --------------------------------------------------------------------------------- backward */
@@ -157,9 +181,14 @@ static ql_status dx_dequant(const ql_q4 *w, int r, const ql_bf16 *dy, const ql_b
                             ql_bf16 *Wb, int64_t rpad, int64_t T, ql_bf16 *dx) {
     const int64_t in = w->cols, out = w->rows, K = out + (r ? rpad : 0);
     if (!r) QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
-    QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
-    if (!r) return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
-    return ql_cuda_gemm(T, in, K, 1.0f, cat, K, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
+    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_DEQUANT, [&] {
+        return ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream());
+    }));
+    return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
+        if (!r)
+            return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
+        return ql_cuda_gemm(T, in, K, 1.0f, cat, K, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
+    });
 }
 
 /* dx under dropout on the dequant path: dy·W in fp32, then E·A added where
@@ -172,15 +201,20 @@ static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, const q
     ql_bf16 *Wb;
     float *acc;
     QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
-    QL_TRY(ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream()));
+    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_DEQUANT, [&] {
+        return ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream());
+    }));
     QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
-    QL_TRY(ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in));
-    return ql_cuda_lora_dx_dropout(acc, E, lde, Ab, rpad, &lora->drop, T, in, dx);
+    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
+        return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in);
+    }));
+    return ql_cuda_q4_timed(QL_Q4_PHASE_DROPOUT, [&] {
+        return ql_cuda_lora_dx_dropout(acc, E, lde, Ab, rpad, &lora->drop, T, in, dx);
+    });
 }
 
-extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
-                                         const float *xa, const ql_act *dy_, int64_t T, ql_act *dx_,
-                                         float *dA, float *dB) {
+static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_, const float *xa,
+                          const ql_act *dy_, int64_t T, ql_act *dx_, float *dA, float *dB) {
     const ql_bf16 *x = (const ql_bf16 *)x_, *dy = (const ql_bf16 *)dy_;
     ql_bf16 *dx = (ql_bf16 *)dx_;
     const int64_t in = w->cols, out = w->rows;
@@ -214,10 +248,14 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
             }
             jobs[n_jobs++] = a_job(lora, in, rpad, Ab);
         }
-        QL_TRY(ql_cuda_f32_to_bf16_pad_n(jobs, n_jobs));
+        QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT,
+                                [&] { return ql_cuda_f32_to_bf16_pad_n(jobs, n_jobs); }));
         /* G[T, rpad] = dy·B, B stored [K = out, N = rpad]; pad columns come out 0. */
         QL_TRY(scratch(QL_SCRATCH_LORA_G, T * rpad, &G));
-        QL_TRY(ql_cuda_gemm(T, rpad, out, 1.0f, dy, out, 0, Bb, rpad, 0, 0.0f, G, QL_DT_F32, rpad));
+        QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_LORA_GEMM, [&] {
+            return ql_cuda_gemm(T, rpad, out, 1.0f, dy, out, 0, Bb, rpad, 0, 0.0f, G, QL_DT_F32,
+                                rpad);
+        }));
         if (fused || !dx || drop) {
             QL_TRY(scratch(QL_SCRATCH_LORA_T, T * rpad, &E));
         } else {
@@ -225,7 +263,9 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
             E = cat + out;
             lde = out + rpad;
         }
-        QL_TRY(ql_cuda_f32_to_bf16_pad(G, T, rpad, rpad, lora->scale, E, rpad, lde));
+        QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT, [&] {
+            return ql_cuda_f32_to_bf16_pad(G, T, rpad, rpad, lora->scale, E, rpad, lde);
+        }));
     }
 
     if (dx && fused) {
@@ -244,7 +284,7 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
         if (r) a.drop = lora->drop;
         a.C = dx;
         a.ldc = in;
-        QL_TRY(ql_cuda_q4_gemm(&a));
+        QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] { return ql_cuda_q4_gemm(&a); }));
     } else if (dx && drop) {
         QL_TRY(dx_dequant_dropout(w, lora, Ab, rpad, dy, E, lde, T, dx));
     } else if (dx) {
@@ -256,7 +296,17 @@ extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, co
     const ql_bf16 *xin;
     float alpha;
     QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
-    QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, lde, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
-    /* dB[out, r] += s · dyᵀ·bf16(xa): dy stored [K = T, M = out]. */
-    return ql_cuda_gemm(out, r, T, lora->scale, dy, out, 1, xab, rpad, 0, 1.0f, dB, QL_DT_F32, r);
+    return ql_cuda_q4_timed(QL_Q4_PHASE_LORA_GEMM, [&] {
+        QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, lde, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
+        /* dB[out, r] += s · dyᵀ·bf16(xa): dy stored [K = T, M = out]. */
+        return ql_cuda_gemm(out, r, T, lora->scale, dy, out, 1, xab, rpad, 0, 1.0f, dB, QL_DT_F32,
+                            r);
+    });
+}
+
+extern "C" ql_status ql_q4_lora_bwd_cuda(const ql_q4 *w, const ql_lora *lora, const ql_act *x,
+                                         const float *xa, const ql_act *dy, int64_t T, ql_act *dx,
+                                         float *dA, float *dB) {
+    const ql_status st = lora_bwd(w, lora, x, xa, dy, T, dx, dA, dB);
+    return st == QL_OK ? ql_cuda_q4_phases_flush() : st;
 }

@@ -315,6 +315,51 @@ static void test_lora_dropout_pattern(int64_t out, int64_t in, int64_t T, ql_cud
     ql_q4_free(&host);
 }
 
+/* The phase timing of q4_lora (ql_cuda_q4_phases_*): each phase counted as
+ * often as the path runs it, a time that is a number, nothing counted while
+ * it is off. One forward and backward with dropout and dx on each path. */
+static void test_q4_phases(ql_cuda_q4_path path) {
+    const int64_t out = 256, in = 128, T = 64;
+    const int r = 8;
+    ql_q4 host = tops_q4(out, in, QL_QTYPE_NF4, 64, 1), dev;
+    GTRY(gpu->q4_upload(&host, &dev));
+    float *A = rand_bf16((int64_t)r * in, -0.1f, 0.1f), *B = rand_bf16(out * r, -0.1f, 0.1f);
+    float *x = rand_bf16(T * in, -1, 1), *dy = rand_bf16(T * out, -1, 1);
+    void *gx = up_act(x, T * in), *gdy = up_act(dy, T * out);
+    void *gA = up_raw(A, (size_t)r * (size_t)in * 4), *gB = up_raw(B, (size_t)(out * r) * 4);
+    void *gy = dev_poisoned((size_t)(T * out) * 2), *gxa = dev_poisoned((size_t)(T * r) * 4);
+    void *gdx = dev_poisoned((size_t)(T * in) * 2), *gdA = up_raw(A, (size_t)r * (size_t)in * 4);
+    void *gdB = up_raw(B, (size_t)(out * r) * 4);
+    ql_lora dl = {.A = gA, .B = gB, .r = r, .scale = 2.0f, .drop = {1, 77, 429496730, 1.0f / 0.9f}};
+    ql_cuda_q4_set_path(path);
+    /* dequantize, base GEMM, LoRA GEMMs, bf16 copies, concat, dropout */
+    const int64_t want[2][QL_Q4_PHASES] = {{0, 2, 3, 4, 0, 2}, {2, 2, 3, 4, 1, 3}};
+    for (int on = 0; on < 2; on++) {
+        ql_cuda_q4_phases_enable(on);
+        GTRY(gpu->q4_lora_fwd(&dev, &dl, gx, T, gy, gxa));
+        GTRY(gpu->q4_lora_bwd(&dev, &dl, gx, gxa, gdy, T, gdx, gdA, gdB));
+        double ms[QL_Q4_PHASES];
+        int64_t calls[QL_Q4_PHASES];
+        ql_cuda_q4_phases_get(ms, calls);
+        for (int p = 0; p < QL_Q4_PHASES; p++) {
+            const int64_t w = on ? want[path == QL_CUDA_Q4_DEQUANT_BLAS][p] : 0;
+            CHECKF(calls[p] == w, "q4 phases %s, timing %s: %s %lld calls, want %lld",
+                   path == QL_CUDA_Q4_FUSED ? "fused" : "dequant", on ? "on" : "off",
+                   ql_cuda_q4_phase_name(p), (long long)calls[p], (long long)w);
+            CHECKF(ms[p] >= 0 && ms[p] < 1e9 && (on || ms[p] == 0), "q4 phase %s: %g ms",
+                   ql_cuda_q4_phase_name(p), ms[p]);
+        }
+    }
+    ql_cuda_q4_phases_enable(0);
+    ql_cuda_q4_set_path(QL_CUDA_Q4_FUSED);
+    n_ops_run++;
+    free(A), free(B), free(x), free(dy);
+    gpu->free(gx), gpu->free(gdy), gpu->free(gA), gpu->free(gB), gpu->free(gy), gpu->free(gxa);
+    gpu->free(gdx), gpu->free(gdA), gpu->free(gdB);
+    gpu->q4_free(&dev);
+    ql_q4_free(&host);
+}
+
 /* AUTO takes the fused kernel below ql_cuda_q4_fused_max_tokens() tokens and
  * the dequant path from there on: its forward and backward outputs are
  * those of the path the rule names, bit for bit (the two paths differ in
@@ -776,6 +821,8 @@ int main(void) {
         test_lora_dropout_pattern(40, 77, 19, (ql_cuda_q4_path)p);    /* odd in */
     }
     test_auto_path();
+    test_q4_phases(QL_CUDA_Q4_FUSED);
+    test_q4_phases(QL_CUDA_Q4_DEQUANT_BLAS);
 
     test_matmul(100, 256, 300, 0);
     test_matmul(33, 77, 45, 0);
