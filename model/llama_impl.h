@@ -35,7 +35,6 @@ struct ql_llama {
     size_t esz;                                    /* bytes per activation element */
     int64_t d, inter, H, KV, D, V, L, qdim, kvdim; /* shapes */
     int64_t cap;                                   /* token capacity max_batch * max_seq */
-    int64_t max_in;                                /* widest projection input */
     float eps;
 
     /* weights */

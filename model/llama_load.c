@@ -438,8 +438,6 @@ static ql_status init_shapes(ql_llama *m, const ql_model_source *s) {
     m->L = c->num_hidden_layers;
     m->qdim = m->H * m->D;
     m->kvdim = m->KV * m->D;
-    m->max_in = m->d > m->qdim ? m->d : m->qdim;
-    if (m->inter > m->max_in) m->max_in = m->inter;
     m->eps = (float)c->rms_norm_eps;
     m->esz = ql_dtype_size(m->be->act_dtype);
     m->cap = m->opt.max_batch * m->opt.max_seq;

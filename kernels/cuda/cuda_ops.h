@@ -113,15 +113,16 @@ template <typename F> static ql_status ql_cuda_q4_timed(int phase, F f) {
     return st == QL_OK ? ql_cuda_q4_phase_end(mark) : st;
 }
 /* LoRA's dx under dropout on the dequant path, one rounding:
- *   dx[t, i] = bf16(acc[t, i] + (Σ_k E[t, k]·A[k, i]) · d->scale)  where the
- *              mask d keeps element t·in + i,
- *   dx[t, i] = bf16(acc[t, i])                                       where not.
- * acc = dy·W in fp32 (the GEMM's output); E [T, rpad] (row stride lde) and
- * A [rpad, in] in bf16. The rank-rpad term is summed here (k ascending, fp32)
- * instead of by a second GEMM into another fp32 [T, in] buffer: at rpad = 16
- * the 16 products per element cost less than that buffer's write and read. */
+ *   dx[t, i] = bf16(acc[t, i] + (Σ_{k<r} E[t, k]·A[k, i]) · d->scale)  where
+ *              the mask d keeps element t·in + i,
+ *   dx[t, i] = bf16(acc[t, i])                                           where not.
+ * acc = dy·W in fp32 (the GEMM's output); E [T, ≥ r] (row stride lde) and
+ * A [≥ r, in] in bf16 (their padding, zero, is not read). The rank-r term is
+ * summed here (k ascending, fp32) instead of by a second GEMM into another
+ * fp32 [T, in] buffer: at r = 16 the 16 products per element cost less than
+ * that buffer's write and read. */
 ql_status ql_cuda_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t lde, const ql_bf16 *A,
-                                  int64_t rpad, const ql_dropout *d, int64_t T, int64_t in,
+                                  int64_t r, const ql_dropout *d, int64_t T, int64_t in,
                                   ql_bf16 *dx);
 
 /* The cross-entropy target check of the calls since the last one

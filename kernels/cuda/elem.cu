@@ -184,7 +184,7 @@ ql_status ql_cuda_dropout_bf16(const ql_bf16 *x, const ql_dropout *d, int64_t n,
 #define DX_ROWS 8
 
 __global__ void k_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t lde, const ql_bf16 *A,
-                                  int64_t rpad, ql_dropout d, int64_t T, int64_t in, ql_bf16 *dx) {
+                                  int64_t r, ql_dropout d, int64_t T, int64_t in, ql_bf16 *dx) {
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= in) return;
     for (int64_t t0 = blockIdx.y * (int64_t)DX_ROWS; t0 < T; t0 += (int64_t)gridDim.y * DX_ROWS)
@@ -193,7 +193,7 @@ __global__ void k_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t ld
             float v = acc[e];
             if (ql_dropout_keep(d.seed, d.thresh, e)) {
                 float low = 0.0f;
-                for (int64_t k = 0; k < rpad; k++)
+                for (int64_t k = 0; k < r; k++)
                     low += ql_ld_bf16(E + t * lde + k) * ql_ld_bf16(A + k * in + i);
                 v += low * d.scale;
             }
@@ -202,7 +202,7 @@ __global__ void k_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t ld
 }
 
 ql_status ql_cuda_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t lde, const ql_bf16 *A,
-                                  int64_t rpad, const ql_dropout *d, int64_t T, int64_t in,
+                                  int64_t r, const ql_dropout *d, int64_t T, int64_t in,
                                   ql_bf16 *dx) {
     QL_ASSERT(d->on);
     if (T <= 0 || in <= 0) return QL_OK;
@@ -214,7 +214,7 @@ ql_status ql_cuda_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t ld
                         (long long)in);
     QL_LAUNCH((dim3((unsigned)gx, (unsigned)gy), ELEM_THREADS, 0, ql_cuda_stream()),
               k_lora_dx_dropout)
-    (acc, E, lde, A, rpad, *d, T, in, dx);
+    (acc, E, lde, A, r, *d, T, in, dx);
     QL_CUDA_LAUNCHED();
     return QL_OK;
 }

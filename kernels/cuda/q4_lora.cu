@@ -209,7 +209,7 @@ static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, const q
         return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in);
     }));
     return ql_cuda_q4_timed(QL_Q4_PHASE_DROPOUT, [&] {
-        return ql_cuda_lora_dx_dropout(acc, E, lde, Ab, rpad, &lora->drop, T, in, dx);
+        return ql_cuda_lora_dx_dropout(acc, E, lde, Ab, lora->r, &lora->drop, T, in, dx);
     });
 }
 
