@@ -195,8 +195,8 @@ static ql_status dx_dequant(const ql_q4 *w, int r, const ql_bf16 *dy, const ql_b
  * the mask kept x (times drop.scale) and one rounding, in one kernel
  * (ql_cuda_lora_dx_dropout). Ab: A in bf16 [rpad, in]. */
 static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, const ql_bf16 *Ab,
-                                    int64_t rpad, const ql_bf16 *dy, const ql_bf16 *E, int64_t lde,
-                                    int64_t T, ql_bf16 *dx) {
+                                    const ql_bf16 *dy, const ql_bf16 *E, int64_t lde, int64_t T,
+                                    ql_bf16 *dx) {
     const int64_t in = w->cols, out = w->rows;
     ql_bf16 *Wb;
     float *acc;
@@ -286,7 +286,7 @@ static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
         a.ldc = in;
         QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] { return ql_cuda_q4_gemm(&a); }));
     } else if (dx && drop) {
-        QL_TRY(dx_dequant_dropout(w, lora, Ab, rpad, dy, E, lde, T, dx));
+        QL_TRY(dx_dequant_dropout(w, lora, Ab, dy, E, lde, T, dx));
     } else if (dx) {
         QL_TRY(dx_dequant(w, r, dy, cat, Wb, rpad, T, dx));
     }
