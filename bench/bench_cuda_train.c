@@ -5,10 +5,14 @@
  * all seven projections, one sequence of 2048 tokens per step, with and
  * without activation checkpointing; then without checkpointing and with LoRA
  * dropout P (--dropout, default 0.1; 0 skips it), what most QLoRA recipes
- * use: the cost of dropout in the step.
+ * use: the cost of dropout in the step; then with checkpointing and every
+ * layer's linears kept dequantized in bf16 (quant.dequantized_layers; the
+ * same results, no dequantize pass; --no-kept skips it): what that buys
+ * where W is dequantized three times a step.
  *
  *   bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] [--warmup W]
  *                    [--budget SECONDS] [--json PATH] [--quick] [--tiny] [--dropout P]
+ *                    [--no-kept]
  *
  * A step is what the trainer does per optimizer step with one micro-batch:
  * zero the gradients, forward + backward (lm_head and loss in chunks), the
@@ -95,6 +99,7 @@ static double step_flops(const ql_hf_config *c, int layers, int64_t B, int64_t S
 typedef struct result {
     int ckpt;
     double dropout;
+    int kept; /* every layer's linears kept dequantized */
     double step_s, tokens_per_s, tflops, mfu, mfu_cublas, full_tokens_per_s;
     double load_s, load_upload_s, first_loss, last_loss;
     double wait_fraction;          /* median share of a step the host waited for the device */
@@ -106,11 +111,12 @@ typedef struct result {
 } result;
 
 static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S, int ckpt,
-                double dropout, int warm, int steps, double budget, double peak_flops,
+                double dropout, int kept, int warm, int steps, double budget, double peak_flops,
                 double cublas, int profile, result *r) {
     memset(r, 0, sizeof *r);
     r->ckpt = ckpt;
     r->dropout = dropout;
+    r->kept = kept;
     ql_hf_config cfg;
     llama3_8b(&cfg, layers, tiny);
     ql_random_source_opts ro = {.seed = 1,
@@ -128,6 +134,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
     o.lora.alpha = 32.0f;
     o.lora.dropout = (float)dropout;
     o.checkpoint_activations = ckpt;
+    o.dequantized_layers = kept ? layers : 0;
     o.max_batch = B;
     o.max_seq = S;
     o.quiet = 1;
@@ -187,7 +194,8 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
             times[timed++] = dt;
         }
         printf("  %s step %d: %.1f ms, loss %.4f, grad norm %.4g\n",
-               ckpt          ? "checkpointing"
+               kept          ? "kept dequantized"
+               : ckpt        ? "checkpointing"
                : dropout > 0 ? "dropout"
                              : "plain",
                s + 1, dt * 1e3, loss / (double)n_tg, sr.grad_norm);
@@ -240,7 +248,7 @@ static void run(const ql_backend *be, int layers, int tiny, int64_t B, int64_t S
 }
 
 int main(int argc, char **argv) {
-    int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0, tiny = 0, profile = 1;
+    int layers = FULL_LAYERS, warm = 2, steps = 5, quick = 0, tiny = 0, profile = 1, with_kept = 1;
     int64_t B = 1, S = 2048;
     double budget = 150, dropout = 0.1;
     const char *json = NULL;
@@ -268,11 +276,13 @@ int main(int argc, char **argv) {
             profile = 0;
         else if (!strcmp(a, "--dropout") && i + 1 < argc)
             dropout = atof(argv[++i]);
+        else if (!strcmp(a, "--no-kept"))
+            with_kept = 0;
         else {
             fprintf(stderr,
                     "usage: bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] "
                     "[--warmup W] [--budget SECONDS] [--json PATH] [--quick] [--tiny] "
-                    "[--no-profile] [--dropout P]\n");
+                    "[--no-profile] [--dropout P] [--no-kept]\n");
             return 2;
         }
     }
@@ -307,26 +317,42 @@ int main(int argc, char **argv) {
            "all 7 projections, %lld x %lld tokens per step\n",
            model_name, layers, FULL_LAYERS, RANK, (long long)B, (long long)S);
 
-    /* Configurations: checkpointing off, on; off with LoRA dropout. */
-    result res[3];
-    const int n_cfg = dropout > 0 ? 3 : 2;
+    /* Configurations: checkpointing off, on; off with LoRA dropout; on with
+     * every layer kept dequantized. The budget is split by `share`. */
+    typedef struct bench_cfg {
+        int ckpt;
+        double dropout;
+        int kept;
+        double share;
+        const char *name, *col;
+    } bench_cfg;
+    bench_cfg cfgs[4];
+    int n_cfg = 0, i_drop = -1, i_kept = -1;
+    cfgs[n_cfg++] = (bench_cfg){0, 0.0, 0, 0.3, "without checkpointing", "off"};
+    cfgs[n_cfg++] = (bench_cfg){1, 0.0, 0, 0.3, "with activation checkpointing", "on"};
+    if (dropout > 0) {
+        i_drop = n_cfg;
+        cfgs[n_cfg++] =
+            (bench_cfg){0, dropout, 0, 0.15, "without checkpointing, LoRA dropout", "drop"};
+    }
+    if (with_kept) {
+        i_kept = n_cfg;
+        cfgs[n_cfg++] = (bench_cfg){
+            1, 0.0, 1, 0.25, "with activation checkpointing, every layer kept dequantized", "kept"};
+    }
+    double shares = 0;
+    for (int c = 0; c < n_cfg; c++) shares += cfgs[c].share;
+    result res[4];
     for (int c = 0; c < n_cfg; c++) {
-        const int ck = c == 1;
-        const double p = c == 2 ? dropout : 0.0;
-        /* The budget's shares: 2/5, 2/5, 1/5 with the dropout run, halves without. */
-        const double share = n_cfg == 3 ? (c == 2 ? 0.2 : 0.4) : 0.5;
-        run(be, layers, tiny, B, S, ck, p, warm, steps, share * budget, peak, cublas, profile,
-            &res[c]);
+        const bench_cfg *k = &cfgs[c];
+        run(be, layers, tiny, B, S, k->ckpt, k->dropout, k->kept, warm, steps,
+            k->share / shares * budget, peak, cublas, profile, &res[c]);
         result *r = &res[c];
-        char name[64];
-        snprintf(name, sizeof name, "%s%s",
-                 ck ? "with activation checkpointing" : "without checkpointing",
-                 c == 2 ? ", LoRA dropout" : "");
         printf("%s: load %.1f s (upload %.1f s); %.1f ms/step (median of %d), %.0f tokens/s, "
                "%.0f TFLOP/s, MFU %.1f%% (%.1f%% of cuBLASLt); full 32 layers at this MFU: %.0f "
                "tokens/s; peak %.2f GiB counted (estimate %.2f + %.1f reserve), device used %.2f "
                "GiB\n",
-               name, r->load_s, r->load_upload_s, r->step_s * 1e3, r->steps, r->tokens_per_s,
+               k->name, r->load_s, r->load_upload_s, r->step_s * 1e3, r->steps, r->tokens_per_s,
                r->tflops, 100 * r->mfu, 100 * r->mfu_cublas, r->full_tokens_per_s,
                r->peak / 1073741824.0, r->estimate / 1073741824.0,
                r->estimate_reserve / 1073741824.0, r->device_used / 1073741824.0);
@@ -335,7 +361,10 @@ int main(int argc, char **argv) {
            "TFLOP/s", "MFU", "32L tok/s", "peak GiB", "est. GiB");
     for (int c = 0; c < n_cfg; c++) {
         char name[32];
-        snprintf(name, sizeof name, c == 2 ? "off, dropout %g" : c ? "on" : "off", dropout);
+        if (c == i_drop)
+            snprintf(name, sizeof name, "off, dropout %g", dropout);
+        else
+            snprintf(name, sizeof name, "%s", c == i_kept ? "on, kept dequant" : cfgs[c].col);
         printf("%-16s %9.1f %10.0f %8.0f %6.1f%% %12.0f %10.2f %10.2f\n", name, res[c].step_s * 1e3,
                res[c].tokens_per_s, res[c].tflops, 100 * res[c].mfu, res[c].full_tokens_per_s,
                res[c].peak / 1073741824.0, res[c].estimate / 1073741824.0);
@@ -345,9 +374,14 @@ int main(int argc, char **argv) {
     const int64_t fallbacks = ql_cuda_gemm_fallbacks(fb_first, sizeof fb_first);
     printf("products cuBLASLt had no algorithm for (the slow tiled kernel ran them): %lld%s%s\n",
            (long long)fallbacks, fallbacks ? ", the first " : "", fb_first);
-    if (n_cfg == 3)
+    if (i_drop >= 0)
         printf("LoRA dropout %g costs %.1f%% of the step without checkpointing\n", dropout,
-               100 * (res[2].step_s / res[0].step_s - 1));
+               100 * (res[i_drop].step_s / res[0].step_s - 1));
+    if (i_kept >= 0)
+        printf("every layer kept dequantized (%.2f GiB more at peak) makes the step with "
+               "checkpointing %.1f%% faster\n",
+               ((double)res[i_kept].peak - (double)res[1].peak) / 1073741824.0,
+               100 * (res[1].step_s / res[i_kept].step_s - 1));
     /* Near 0: the device finished before the host had queued the step, so
      * launches, not kernels, set the pace (CUDA graphs would pay off). */
     printf("host waited for the device %.0f%% / %.0f%% of a step (off / on): %s\n",
@@ -364,14 +398,14 @@ int main(int argc, char **argv) {
                 order[k] = order[k - 1];
                 order[k - 1] = x;
             }
-        static const char *const col[3] = {"off", "on", "drop"};
-        double tot[3] = {0, 0, 0};
+        double tot[4] = {0, 0, 0, 0};
         for (int c = 0; c < n_cfg; c++)
             for (int i = 0; i < PROF_N; i++) tot[c] += res[c].prof_ms[i];
         printf("\nprofile: device ms per op in one step (each op timed alone; checkpointing "
-               "off, on%s)\n%-14s",
-               n_cfg == 3 ? ", off with LoRA dropout" : "", "op");
-        for (int c = 0; c < n_cfg; c++) printf(" %6s %7s ms %6s", "calls", col[c], "%");
+               "off, on%s%s)\n%-14s",
+               i_drop >= 0 ? ", off with LoRA dropout" : "",
+               i_kept >= 0 ? ", on with every layer kept dequantized" : "", "op");
+        for (int c = 0; c < n_cfg; c++) printf(" %6s %7s ms %6s", "calls", cfgs[c].col, "%");
         printf("\n");
         for (int k = 0; k < PROF_N; k++) {
             const int i = order[k];
@@ -391,9 +425,9 @@ int main(int argc, char **argv) {
         printf(" ms)\n");
         /* Inside the 4-bit layers: what the next kernel work should go to. */
         printf("\ninside q4_lora_fwd/bwd: device ms by phase in the same step\n%-14s", "phase");
-        for (int c = 0; c < n_cfg; c++) printf(" %7s ms %6s", col[c], "%");
+        for (int c = 0; c < n_cfg; c++) printf(" %7s ms %6s", cfgs[c].col, "%");
         printf("\n");
-        double ptot[3] = {0, 0, 0};
+        double ptot[4] = {0, 0, 0, 0};
         for (int c = 0; c < n_cfg; c++)
             for (int p = 0; p < QL_Q4_PHASES; p++) ptot[c] += res[c].phase_ms[p];
         for (int p = 0; p < QL_Q4_PHASES; p++) {
@@ -424,7 +458,7 @@ int main(int argc, char **argv) {
         fprintf(f, "  \"results\": [\n");
         for (int c = 0; c < n_cfg; c++) {
             const result *r = &res[c];
-            const int ck = c == 1;
+            const int ck = r->ckpt;
             fprintf(
                 f,
                 "    {\"activation_checkpointing\": %s, \"steps_timed\": %d, \"step_ms\": %.2f, "
@@ -432,11 +466,12 @@ int main(int argc, char **argv) {
                 "%.4f, \"full_model_tokens_per_s\": %.1f, \"peak_bytes\": %zu, "
                 "\"device_used_bytes\": %zu, \"estimate_bytes\": %zu, \"load_s\": %.2f, "
                 "\"first_loss\": %.5f, \"last_loss\": %.5f, \"host_wait_fraction\": %.3f, "
-                "\"lora_dropout\": %g, \"goal_mfu\": %.2f, \"profile_ms\": {",
+                "\"lora_dropout\": %g, \"dequantized_layers\": %d, \"goal_mfu\": %.2f, "
+                "\"profile_ms\": {",
                 ck ? "true" : "false", r->steps, r->step_s * 1e3, r->tokens_per_s, r->tflops,
                 r->mfu, r->mfu_cublas, r->full_tokens_per_s, r->peak, r->device_used, r->estimate,
                 r->load_s, r->first_loss, r->last_loss, r->wait_fraction, r->dropout,
-                ck ? 0.36 : 0.50);
+                r->kept ? layers : 0, ck ? 0.36 : 0.50);
             int first = 1;
             for (int i = 0; i < PROF_N; i++) {
                 if (!r->prof_calls[i]) continue;

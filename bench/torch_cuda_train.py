@@ -180,8 +180,10 @@ def main():
         del model, opt, params, out
     if a.qlora_json:
         q = json.load(open(a.qlora_json))
-        # torch runs with lora_dropout 0: compare with qlora's rows without dropout.
-        by = {bool(x["activation_checkpointing"]): x for x in q["results"] if not x.get("lora_dropout")}
+        # torch runs with lora_dropout 0 and dequantizes every call: compare with
+        # qlora's rows without dropout and without layers kept dequantized.
+        by = {bool(x["activation_checkpointing"]): x for x in q["results"]
+              if not x.get("lora_dropout") and not x.get("dequantized_layers")}
         for r in results:
             mine = by.get(r["activation_checkpointing"])
             if mine:

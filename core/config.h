@@ -83,6 +83,7 @@ typedef struct ql_config {
         int type; /* ql_qtype: 0 nf4, 1 fp4 */
         int64_t blocksize;
         int double_quant;
+        int64_t dequantized_layers; /* layers whose linears cuda also keeps in bf16 */
     } quant;
     struct {
         int64_t every_steps;  /* 0: none */

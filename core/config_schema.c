@@ -127,6 +127,11 @@ static const ql_cfg_key schema[] = {
      "elements per absmax block: 32, 64, 128, 256, 512, 1024, 2048 or 4096"},
     {"quant.double_quant", TYPED(QL_CFG_BOOL, quant.double_quant), "true", 0, 0, 0, 0, 0, 0, NULL,
      "quantize the absmax values to 8 bits as well (bitsandbytes' double quantization)"},
+    {"quant.dequantized_layers", TYPED(QL_CFG_INT, quant.dequantized_layers), "0", 0, BIG, 0, 0, 0,
+     0, NULL,
+     "on cuda, also keep the linears of this many layers (from the first; more than the model "
+     "has: all) dequantized in bf16, 2 bytes a weight, so long micro-batches skip "
+     "dequantizing them; the same results, faster (0: none; ignored on the CPU backends)"},
 
     {"checkpoint.every_steps", TYPED(QL_CFG_INT, checkpoint.every_steps), "500", 0, BIG, 0, 0, 0, 0,
      NULL, "write a checkpoint every this many optimizer steps (0: not by step count)"},

@@ -94,6 +94,11 @@ ql_status ql_cuda_q4_dequantize(const ql_q4 *dev_w, ql_dtype out_dtype, void *de
  * left columns of a wider matrix; the elements between rows are untouched. */
 ql_status ql_cuda_q4_dequantize_ld(const ql_q4 *dev_w, ql_dtype out_dtype, void *dev_out,
                                    int64_t ldo, void *stream);
+/* The backend's q4_keep_dequantized (kernels/backend.h): W in bf16 into a new
+ * buffer at dev_w->dense, in the dequant path's layout for LoRA rank r
+ * (kernels/cuda/q4_lora.cu; r = 0 without LoRA), rows and columns beside W
+ * left for the ops to fill; a copy kept before is replaced. Asynchronous. */
+ql_status ql_cuda_q4_keep_dequantized(ql_q4 *dev_w, int64_t r);
 
 /* --- dense GEMM and the 4-bit linear paths (benchmarks, tests) ------------------ */
 /* Row-major C[M,N] = alpha·op(A)·op(B) + beta·C, A and B bf16, fp32

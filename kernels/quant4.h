@@ -30,6 +30,13 @@ typedef struct ql_q4 {
     float nested_offset;   /* with double quant: mean of the float32 absmax */
     float nested_map[256]; /* with double quant: the dynamic map (the file's, on load) */
     int owns;              /* 1 when the buffers were allocated by ql_q4_* */
+
+    /* Backend memory only: W kept dequantized beside the 4-bit data
+     * (ql_backend.q4_keep_dequantized), or NULL. Its layout leaves room for
+     * LoRA factors of rank up to dense_pad (kernels/cuda/q4_lora.cu); the
+     * 4-bit buffers above stay the weight's definition. */
+    void *dense;
+    int64_t dense_pad;
 } ql_q4;
 
 static inline int64_t ql_q4_packed_bytes(const ql_q4 *q) { return (q->n + 1) / 2; }

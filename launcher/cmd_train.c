@@ -137,6 +137,7 @@ static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
     o.quant_type = c->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
     o.blocksize = (int)c->quant.blocksize;
     o.double_quant = c->quant.double_quant;
+    o.dequantized_layers = c->quant.dequantized_layers;
     o.lora = (ql_lora_config){.r = (int)c->lora.r,
                               .alpha = (float)c->lora.alpha,
                               .dropout = (float)c->lora.dropout,
@@ -224,6 +225,8 @@ static ql_status memory_plan(const ql_config *c, const ql_job *j, int cuda, int 
         }
         if (print) ql_mem_plan_print(print, c, max_seq, &e, limit, what);
         st = ql_mem_plan_check(c, &hc, max_seq, cuda, j->size, &e, limit, what);
+        if (print && cuda && st == QL_OK)
+            ql_mem_plan_print_dense_hint(print, c, &hc, max_seq, j->size, limit);
     }
     ql_hf_config_free(&hc);
     return st;
@@ -331,6 +334,11 @@ static int run(const ql_config *c, ql_job *j) {
     ql_comm_set_phase(comm, "loading the model");
     ql_llama_options o = model_options(c, be, &ds);
     o.quiet = !r0; /* rank 0 describes the model */
+    if (r0 && o.dequantized_layers > 0 && !be->q4_keep_dequantized)
+        fprintf(stderr,
+                "note: quant.dequantized_layers is for the cuda backend; backend %s keeps only "
+                "the 4-bit weights\n",
+                be->name);
     ql_llama *m = NULL;
     /* Before anything large is allocated: will it fit? */
     st = memory_plan(c, j, be->act_dtype != QL_DT_F32, device, o.max_seq, NULL);

@@ -86,6 +86,12 @@ typedef struct ql_llama_options {
      * device (q4_quantize_upload); the environment variable
      * QL_QUANTIZE_ON_HOST=1 does the same. Both give the same bytes. */
     int quantize_on_host;
+    /* Layers 0 .. dequantized_layers - 1 also keep their linears dequantized
+     * in backend memory (ql_backend.q4_keep_dequantized: on CUDA, bf16 that
+     * the large-T calls read instead of dequantizing each time); more than
+     * the model's layers means all. Ignored by backends without it. Changes
+     * memory and speed, never the results. */
+    int64_t dequantized_layers;
 } ql_llama_options;
 
 /* Sensible defaults: CPU backend, NF4 + double quant, block 64, r 16,

@@ -79,6 +79,7 @@ struct ql_llama {
     void **allocs; /* backend buffers to free */
     size_t n_allocs, cap_allocs;
     size_t backend_bytes;
+    size_t dense_bytes; /* of which the linears kept dequantized (dequantized_layers) */
     /* load timing (seconds): the whole load, reading tensors from the
      * source, quantizing on the host, uploading float32 and quantizing on the
      * device, copying host-quantized 4-bit weights to the backend */

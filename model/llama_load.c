@@ -288,6 +288,25 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
     return QL_OK;
 }
 
+/* The backend's dequantized copy of a linear, laid out for its LoRA rank. */
+static ql_status keep_dequantized(ql_llama *m, int layer, ql_proj p, ql_q4 *w) {
+    const ql_lora_config *lc = &m->opt.lora;
+    const int r = lc->r > 0 && ((lc->targets >> p) & 1u) ? lc->r : 0;
+    ql_mem_stats before, after;
+    m->be->mem_stats(&before);
+    ql_status st = m->be->q4_keep_dequantized(w, r);
+    if (st != QL_OK) {
+        char name[256];
+        linear_name(layer, p, "weight", name, sizeof name);
+        return ql_error_wrap(st, "'%s' on backend %s (quant.dequantized_layers): ", name,
+                             m->be->name);
+    }
+    m->be->mem_stats(&after);
+    m->backend_bytes += after.in_use - before.in_use;
+    m->dense_bytes += after.in_use - before.in_use;
+    return QL_OK;
+}
+
 static ql_status load_weights(ql_llama *m, const ql_model_source *s) {
     const ql_hf_config *c = &m->cfg;
     int64_t biggest = 0;
@@ -313,6 +332,8 @@ static ql_status load_weights(ql_llama *m, const ql_model_source *s) {
         QL_TRY_GOTO(st, upload_f32(m, s, name, m->d, host, &L->norm_post), out);
         for (int p = 0; p < QL_N_PROJ; p++) {
             QL_TRY_GOTO(st, load_linear(m, s, l, (ql_proj)p, host, &L->w[p]), out);
+            if (l < m->opt.dequantized_layers && m->be->q4_keep_dequantized)
+                QL_TRY_GOTO(st, keep_dequantized(m, l, (ql_proj)p, &L->w[p]), out);
             if (has_bias(c, (ql_proj)p)) {
                 int64_t in, n;
                 ql_proj_shape(c, (ql_proj)p, &in, &n);
@@ -564,6 +585,10 @@ void ql_llama_describe(const ql_llama *m, FILE *f) {
     fprintf(f, "\n  backend %s: %.1f MiB (capacity %" PRId64 " x %" PRId64 " tokens%s)\n",
             m->be->name, (double)m->backend_bytes / (1024.0 * 1024.0), m->opt.max_batch,
             m->opt.max_seq, m->opt.checkpoint_activations ? ", activation checkpointing" : "");
+    if (m->dense_bytes)
+        fprintf(f, "  kept dequantized: the linears of %" PRId64 " layers, %.1f MiB\n",
+                m->opt.dequantized_layers < m->L ? m->opt.dequantized_layers : m->L,
+                (double)m->dense_bytes / (1024.0 * 1024.0));
     /* Quantization runs on the device when the backend can (the float32
      * upload is counted there), else on the host (OpenMP) followed by one
      * upload of the 4-bit weight; the split says which part a large model

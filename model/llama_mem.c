@@ -29,28 +29,33 @@ static int has_bias(const ql_hf_config *c, ql_proj p) {
     return c->mlp_bias;
 }
 
+/* The LoRA padding of projection p's bf16 layout on CUDA (kernels/cuda/q4_lora.cu):
+ * the rank rounded up to 16, 0 without an adapter. */
+static int64_t dense_pad(const ql_llama_options *o, int p) {
+    const int r = o->lora.r;
+    return r > 0 && ((o->lora.targets >> p) & 1u) ? (r + 15) / 16 * 16 : 0;
+}
+
 /* The CUDA dequant path's scratch (kernels/cuda/q4_lora.cu), taken by calls
  * of at least ql_cuda_q4_fused_max_tokens() tokens: W in bf16 with B's
- * columns or A's rows beside it, [x | s·xa] or [dy | s·dy·B], and under
- * dropout dy·W for dx in fp32 [T, in]. */
+ * columns and A's rows beside it (not when every layer keeps its own,
+ * dequantized_layers), [x | s·xa] or [dy | s·dy·B], and under dropout dy·W
+ * for dx in fp32 [T, in]. */
 static size_t dequant_path_bytes(const ql_hf_config *c, const ql_llama_options *o, int64_t cap) {
-    const int r = o->lora.r;
-    const int64_t rpad = (r + 15) / 16 * 16;
+    const int64_t all_dense = o->dequantized_layers >= c->num_hidden_layers;
     int64_t w_elems = 0, cat_elems = 0, f32_elems = 0;
     for (int p = 0; p < QL_N_PROJ; p++) {
-        int64_t in, out, w, cat = 0;
+        int64_t in, out, cat = 0, rpad = dense_pad(o, p);
         ql_proj_shape(c, (ql_proj)p, &in, &out);
-        if (r > 0 && ((o->lora.targets >> p) & 1u)) {
-            w = out * (in + rpad) > (out + rpad) * in ? out * (in + rpad) : (out + rpad) * in;
+        const int64_t w = all_dense ? 0 : (out + rpad) * (in + rpad);
+        if (rpad) {
             cat = cap * ((in > out ? in : out) + rpad);
             if (o->lora.dropout > 0.0f && cap * in > f32_elems) f32_elems = cap * in;
-        } else {
-            w = out * in;
         }
         if (w > w_elems) w_elems = w;
         if (cat > cat_elems) cat_elems = cat;
     }
-    size_t b = grown((size_t)w_elems * 2);
+    size_t b = w_elems ? grown((size_t)w_elems * 2) : 0;
     if (cat_elems) b += grown((size_t)cat_elems * 2);
     if (f32_elems) b += grown((size_t)f32_elems * 4);
     return b;
@@ -84,6 +89,12 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
             e->base_other += (size_t)(L * out) * f4;
             e->base_params += L * out;
         }
+    }
+    const int64_t dense_layers = o->dequantized_layers < L ? o->dequantized_layers : L;
+    for (int p = 0; p < QL_N_PROJ && device; p++) {
+        int64_t in, out, rpad = dense_pad(o, p);
+        ql_proj_shape(c, (ql_proj)p, &in, &out);
+        e->base_dense += (size_t)(dense_layers * (out + rpad) * (in + rpad)) * 2;
     }
     e->base_other += (size_t)((2 * L + 1) * d) * f4;                           /* norms */
     e->base_other += (size_t)(D / 2) * f4;                                     /* RoPE */
@@ -146,7 +157,7 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
          * (metrics' mem_device_used_bytes) next to the estimate. */
         e->runtime_reserve = (size_t)(GIB_F * (world > 1 ? 1.5 : 1.0));
     }
-    e->total = e->base_q4 + e->base_other + e->adapters + e->grads + e->optimizer + e->activations +
-               e->step_buffers + e->logits + e->workspace;
+    e->total = e->base_q4 + e->base_other + e->base_dense + e->adapters + e->grads + e->optimizer +
+               e->activations + e->step_buffers + e->logits + e->workspace;
     return QL_OK;
 }

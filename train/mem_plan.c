@@ -8,6 +8,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "kernels/cuda_api.h"
+
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 void ql_mem_plan_options(const ql_config *c, int64_t max_seq, ql_llama_options *o) {
@@ -16,6 +18,7 @@ void ql_mem_plan_options(const ql_config *c, int64_t max_seq, ql_llama_options *
     o->quant_type = c->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
     o->blocksize = (int)c->quant.blocksize;
     o->double_quant = c->quant.double_quant;
+    o->dequantized_layers = c->quant.dequantized_layers;
     o->lora = (ql_lora_config){.r = (int)c->lora.r,
                                .alpha = (float)c->lora.alpha,
                                .dropout = (float)c->lora.dropout,
@@ -27,18 +30,20 @@ void ql_mem_plan_options(const ql_config *c, int64_t max_seq, ql_llama_options *
 }
 
 static ql_status estimate_with(const ql_config *c, const ql_hf_config *hc, int64_t max_seq,
-                               int64_t micro, int ckpt, int device, int world, ql_mem_estimate *e) {
+                               int64_t micro, int ckpt, int64_t dense, int device, int world,
+                               ql_mem_estimate *e) {
     ql_llama_options o;
     ql_mem_plan_options(c, max_seq, &o);
     o.max_batch = micro;
     o.checkpoint_activations = ckpt;
+    o.dequantized_layers = dense;
     return ql_llama_mem_estimate(hc, &o, device, world, e);
 }
 
 ql_status ql_mem_plan_estimate(const ql_config *c, const ql_hf_config *hc, int64_t max_seq,
                                int device, int world, ql_mem_estimate *e) {
     return estimate_with(c, hc, max_seq, c->train.micro_batch, c->train.activation_checkpointing,
-                         device, world, e);
+                         c->quant.dequantized_layers, device, world, e);
 }
 
 size_t ql_mem_plan_limit(const ql_config *c, size_t device_total, const char *device_name,
@@ -110,6 +115,11 @@ void ql_mem_plan_print(FILE *f, const ql_config *c, int64_t max_seq, const ql_me
                               : "base linears, 4-bit + absmax",
         e->base_q4, note);
     row(f, "embeddings, lm_head, norms", e->base_other, NULL);
+    if (e->base_dense) {
+        snprintf(note, sizeof note, "quant.dequantized_layers: %lld",
+                 (long long)c->quant.dequantized_layers);
+        row(f, "base linears kept dequantized, bf16", e->base_dense, note);
+    }
     snprintf(note, sizeof note, "%s trainable", count((double)e->trainable, n1, sizeof n1));
     row(f, "LoRA parameters", e->adapters, note);
     row(f, "LoRA gradients", e->grads, NULL);
@@ -143,11 +153,12 @@ typedef struct probe {
     const ql_hf_config *hc;
     int device, world;
     size_t limit;
+    int64_t dense; /* quant.dequantized_layers being tried */
 } probe;
 
 static size_t need_of(const probe *p, int64_t seq, int64_t micro, int ckpt) {
     ql_mem_estimate e;
-    if (estimate_with(p->c, p->hc, seq, micro, ckpt, p->device, p->world, &e) != QL_OK)
+    if (estimate_with(p->c, p->hc, seq, micro, ckpt, p->dense, p->device, p->world, &e) != QL_OK)
         return (size_t)-1;
     return e.total + e.runtime_reserve;
 }
@@ -169,6 +180,46 @@ static int64_t largest(const probe *p, int64_t lo, int64_t hi, int64_t seq, int6
     return best;
 }
 
+int64_t ql_mem_plan_dense_fits(const ql_config *c, const ql_hf_config *hc, int64_t max_seq,
+                               int device, int world, size_t limit) {
+    probe p = {.c = c, .hc = hc, .device = device, .world = world, .limit = limit};
+    int64_t lo = 0, hi = hc->num_hidden_layers, best = -1;
+    while (lo <= hi) {
+        p.dense = lo + (hi - lo) / 2;
+        if (need_of(&p, max_seq, c->train.micro_batch, c->train.activation_checkpointing) <=
+            limit) {
+            best = p.dense;
+            lo = p.dense + 1;
+        } else {
+            hi = p.dense - 1;
+        }
+    }
+    return best;
+}
+
+void ql_mem_plan_print_dense_hint(FILE *f, const ql_config *c, const ql_hf_config *hc,
+                                  int64_t max_seq, int world, size_t limit) {
+    const int64_t L = hc->num_hidden_layers, now = c->quant.dequantized_layers;
+    if (!limit || now >= L ||
+        ql_cuda_q4_path_for(c->train.micro_batch * max_seq) != QL_CUDA_Q4_DEQUANT_BLAS)
+        return;
+    const int64_t k = ql_mem_plan_dense_fits(c, hc, max_seq, 1, world, limit);
+    if (k <= now) return;
+    ql_mem_estimate a, b;
+    if (estimate_with(c, hc, max_seq, c->train.micro_batch, c->train.activation_checkpointing, now,
+                      1, world, &a) != QL_OK ||
+        estimate_with(c, hc, max_seq, c->train.micro_batch, c->train.activation_checkpointing, k, 1,
+                      world, &b) != QL_OK)
+        return;
+    char h[32];
+    fprintf(f,
+            "  room to spare: quant.dequantized_layers: %lld%s would still fit (+%s): those "
+            "layers' linears also kept in bf16, so micro-batches of over %lld tokens skip "
+            "dequantizing them (the same results)\n",
+            (long long)k, k == L ? " (all)" : "", human(b.total - a.total, h, sizeof h),
+            (long long)ql_cuda_q4_fused_max_tokens());
+}
+
 /* Appends "; " and the formatted text to buf. */
 static void add(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void add(char *buf, size_t n, const char *fmt, ...) {
@@ -188,10 +239,25 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
                             int world, const ql_mem_estimate *e, size_t limit, const char *what) {
     size_t need = e->total + e->runtime_reserve;
     if (!limit || need <= limit) return QL_OK;
-    probe p = {.c = c, .hc = hc, .device = device, .world = world, .limit = limit};
+    probe p = {.c = c,
+               .hc = hc,
+               .device = device,
+               .world = world,
+               .limit = limit,
+               .dense = c->quant.dequantized_layers};
     const int64_t micro = c->train.micro_batch;
     const int ckpt = c->train.activation_checkpointing;
     char fit[1024] = "", short_[1024] = "", h[32], h2[32], h3[32];
+    /* The bf16 copies first: they buy speed, not the ability to train. */
+    if (e->base_dense) {
+        const int64_t best = ql_mem_plan_dense_fits(c, hc, max_seq, device, world, limit);
+        if (best >= 0) {
+            p.dense = best;
+            add(fit, sizeof fit, "quant.dequantized_layers=%lld (%s)", (long long)best,
+                human(need_of(&p, max_seq, micro, ckpt), h, sizeof h));
+        }
+        p.dense = c->quant.dequantized_layers;
+    }
     /* Each knob alone: a value that fits, or what its best does. */
     if (!ckpt) {
         size_t t = need_of(&p, max_seq, micro, 1);
@@ -228,7 +294,8 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
                 "data.max_seq_len=%lld (%s)",
                 (long long)s1, human(need_of(&p, s1, 1, 1), h, sizeof h));
     }
-    size_t fixed = e->base_q4 + e->base_other + e->adapters + e->grads + e->optimizer;
+    size_t fixed =
+        e->base_q4 + e->base_other + e->base_dense + e->adapters + e->grads + e->optimizer;
     if (!fit[0])
         return ql_error(QL_ENOMEM,
                         "memory: the estimate for one rank is %s but the limit is %s (%s); the "
@@ -244,8 +311,9 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
                     "limit is %s (%s). To fit, set one of: %s%s%s. `qlora train CONFIG --dry-run` "
                     "prints the whole estimate",
                     human(need, h, sizeof h), human(e->activations, acts, sizeof acts),
-                    human(e->base_q4 + e->base_other, wts, sizeof wts), human(limit, h2, sizeof h2),
-                    what, fit, short_[0] ? ". Not enough alone: " : "", short_);
+                    human(e->base_q4 + e->base_other + e->base_dense, wts, sizeof wts),
+                    human(limit, h2, sizeof h2), what, fit, short_[0] ? ". Not enough alone: " : "",
+                    short_);
 }
 
 size_t ql_mem_rss_peak(void) {

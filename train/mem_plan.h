@@ -41,6 +41,19 @@ void ql_mem_plan_print(FILE *f, const ql_config *c, int64_t max_seq, const ql_me
 ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t max_seq, int device,
                             int world, const ql_mem_estimate *e, size_t limit, const char *what);
 
+/* The most layers (at most the model's) whose linears quant.dequantized_layers
+ * could keep in bf16, the rest of c as it is, within limit: -1 when not
+ * even 0 fits. */
+int64_t ql_mem_plan_dense_fits(const ql_config *c, const ql_hf_config *hc, int64_t max_seq,
+                               int device, int world, size_t limit);
+
+/* For the dry run: when more layers than quant.dequantized_layers could keep
+ * their linears in bf16 within limit on a GPU, and the micro-batch is long
+ * enough for the calls to take the dequant path (where the copies are
+ * read), a line saying how many and what they cost. Nothing otherwise. */
+void ql_mem_plan_print_dense_hint(FILE *f, const ql_config *c, const ql_hf_config *hc,
+                                  int64_t max_seq, int world, size_t limit);
+
 /* Peak memory of this process so far as the kernel counts it (VmHWM from
  * getrusage), in bytes. */
 size_t ql_mem_rss_peak(void);

@@ -15,6 +15,8 @@ ql_status ql_q4_alloc(ql_q4 *q) {
     q->n = q->rows * q->cols;
     q->n_blocks = (q->n + q->blocksize - 1) / q->blocksize;
     q->owns = 1;
+    q->dense = NULL;
+    q->dense_pad = 0;
     q->packed = NULL;
     q->absmax = NULL;
     q->absmax_q = NULL;

@@ -19,10 +19,19 @@
  *
  * "One GEMM" is, by ql_cuda_q4_path_for(T) (kernels/cuda_q4_path.c):
  *   fused    the kernel of q4_gemm.cu, W decoded tile by tile in its main loop;
- *   dequant  W dequantized to bf16 into a scratch matrix that has B's columns
- *            (forward: [W | B], row stride in + rpad) or A's rows (backward:
- *            [W ; A]) beside it, the activations copied beside E the same
- *            way, then one cuBLASLt GEMM. Both round once, from fp32.
+ *   dequant  W dequantized to bf16 into a matrix laid out as
+ *
+ *                     in     rpad
+ *                  [  W   |  B  ]  out       row stride in + rpad
+ *                  [  A   |     ]  rpad
+ *
+ *            B's bf16 columns beside W for the forward's [W | B], A's rows
+ *            below it for the backward's [W ; A]; the activations copied
+ *            beside E the same way, then one cuBLASLt GEMM. Both round once,
+ *            from fp32. The matrix is scratch, or the weight's own copy when
+ *            the model keeps one (ql_cuda_q4_keep_dequantized): then there is
+ *            no dequantize pass, and the GEMMs are the same calls on the same
+ *            layout, so the same bits.
  * Under dropout the dequant path's dx is dy·W in fp32 scratch, then the
  * masked E·A term summed and added, one rounding, in ql_cuda_lora_dx_dropout.
  * The mask is never stored: the kernels that apply it draw it from its seed
@@ -47,9 +56,11 @@ template <typename T> static ql_status scratch(int slot, int64_t n, T **out) {
     return QL_OK;
 }
 
-/* The conversion of A to bf16 [rpad, in] at dst, rows r.. zero. */
-static ql_cuda_pad_job a_job(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 *dst) {
-    return ql_cuda_pad_job{l->A, l->r, in, in, 1.0f, dst, rpad, in, in};
+/* The conversion of A to bf16 [rpad, in] at dst (row stride ldd), rows r..
+ * zero. */
+static ql_cuda_pad_job a_job(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16 *dst,
+                             int64_t ldd) {
+    return ql_cuda_pad_job{l->A, l->r, in, in, 1.0f, dst, rpad, in, ldd};
 }
 
 /* The conversion of B to bf16 [out, rpad] at dst (row stride ldd), columns
@@ -57,6 +68,51 @@ static ql_cuda_pad_job a_job(const ql_lora *l, int64_t in, int64_t rpad, ql_bf16
 static ql_cuda_pad_job b_job(const ql_lora *l, int64_t out, int64_t rpad, ql_bf16 *dst,
                              int64_t ldd) {
     return ql_cuda_pad_job{l->B, out, l->r, l->r, 1.0f, dst, out, rpad, ldd};
+}
+
+/* The dequant path's matrix for w (the layout above; rpad 0 without LoRA):
+ * the weight's kept copy when its layout is this one, else scratch that
+ * *need_dequant says W must still be written into. */
+static ql_status dense_w(const ql_q4 *w, int64_t rpad, ql_bf16 **Wb, bool *need_dequant) {
+    if (w->dense && w->dense_pad == rpad) {
+        *Wb = (ql_bf16 *)w->dense;
+        *need_dequant = false;
+        return QL_OK;
+    }
+    *need_dequant = true;
+    return scratch(QL_SCRATCH_DEQUANT, (w->rows + rpad) * (w->cols + rpad), Wb);
+}
+
+static ql_status dequant_into(const ql_q4 *w, ql_bf16 *Wb, int64_t ld, bool need) {
+    if (!need) return QL_OK;
+    return ql_cuda_q4_timed(QL_Q4_PHASE_DEQUANT, [&] {
+        return ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, Wb, ld, ql_cuda_stream());
+    });
+}
+
+extern "C" ql_status ql_cuda_q4_keep_dequantized(ql_q4 *w, int64_t r) {
+    if (r < 0)
+        return ql_error(QL_EINVAL, "keeping a dequantized 4-bit weight: LoRA rank %lld",
+                        (long long)r);
+    const int64_t rpad = r ? pad16(r) : 0, ld = w->cols + rpad;
+    ql_cuda_free(w->dense);
+    w->dense = NULL;
+    w->dense_pad = 0;
+    void *p = NULL;
+    const size_t bytes = (size_t)((w->rows + rpad) * ld) * sizeof(ql_bf16);
+    ql_status st = ql_cuda_malloc(bytes, &p);
+    if (st != QL_OK)
+        return ql_error_wrap(st == QL_EBACKEND && !p ? QL_ENOMEM : st,
+                             "keeping a [%lld, %lld] 4-bit weight dequantized (%zu bytes): ",
+                             (long long)w->rows, (long long)w->cols, bytes);
+    st = ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, p, ld, ql_cuda_stream());
+    if (st != QL_OK) {
+        ql_cuda_free(p);
+        return st;
+    }
+    w->dense = p;
+    w->dense_pad = rpad;
+    return QL_OK;
 }
 
 /* The LoRA branch's input x' (x ⊙ mask, exact in bf16) and the factor
@@ -102,16 +158,17 @@ static ql_status lora_fwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
     ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
     /* The dequant path's W [out, in] (row stride K, B's columns beside it). */
-    const int64_t K = in + rpad;
+    const int64_t K = in + (r ? rpad : 0);
     ql_bf16 *Wb = NULL, *Bb = NULL;
-    if (!fused) QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * (r ? K : in), &Wb));
+    bool need_dequant = false;
+    if (!fused) QL_TRY(dense_w(w, r ? rpad : 0, &Wb, &need_dequant));
     if (r) {
         const ql_bf16 *xin;
         float alpha;
         ql_bf16 *Ab;
         QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, &Ab));
         if (fused) QL_TRY(scratch(QL_SCRATCH_LORA_B, out * rpad, &Bb));
-        const ql_cuda_pad_job jobs[2] = {a_job(lora, in, rpad, Ab),
+        const ql_cuda_pad_job jobs[2] = {a_job(lora, in, rpad, Ab, in),
                                          fused ? b_job(lora, out, rpad, Bb, rpad)
                                                : b_job(lora, out, rpad, Wb + in, K)};
         QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT,
@@ -149,9 +206,7 @@ static ql_status lora_fwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
     }
 
     /* y = [x | E]·[W | B]ᵀ: W beside the B columns already written. */
-    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_DEQUANT, [&] {
-        return ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, Wb, r ? K : in, ql_cuda_stream());
-    }));
+    QL_TRY(dequant_into(w, Wb, K, need_dequant));
     if (!r)
         return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
             return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, y, QL_DT_BF16, out);
@@ -176,18 +231,16 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
 
 /* dx without LoRA, or with it and no dropout, on the dequant path:
  * dx = [dy | E]·[W ; A], E already in cat's right columns and A's bf16 rows
- * already below W's in Wb (NULL without LoRA). */
+ * already below W's in Wb (row stride in + rpad; Wb NULL without LoRA). */
 static ql_status dx_dequant(const ql_q4 *w, int r, const ql_bf16 *dy, const ql_bf16 *cat,
-                            ql_bf16 *Wb, int64_t rpad, int64_t T, ql_bf16 *dx) {
-    const int64_t in = w->cols, out = w->rows, K = out + (r ? rpad : 0);
-    if (!r) QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
-    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_DEQUANT, [&] {
-        return ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream());
-    }));
+                            ql_bf16 *Wb, bool need_dequant, int64_t rpad, int64_t T, ql_bf16 *dx) {
+    const int64_t in = w->cols, out = w->rows, K = out + (r ? rpad : 0), ldw = in + (r ? rpad : 0);
+    if (!r) QL_TRY(dense_w(w, 0, &Wb, &need_dequant));
+    QL_TRY(dequant_into(w, Wb, ldw, need_dequant));
     return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
         if (!r)
-            return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
-        return ql_cuda_gemm(T, in, K, 1.0f, cat, K, 0, Wb, in, 0, 0.0f, dx, QL_DT_BF16, in);
+            return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, ldw, 0, 0.0f, dx, QL_DT_BF16, in);
+        return ql_cuda_gemm(T, in, K, 1.0f, cat, K, 0, Wb, ldw, 0, 0.0f, dx, QL_DT_BF16, in);
     });
 }
 
@@ -197,16 +250,15 @@ static ql_status dx_dequant(const ql_q4 *w, int r, const ql_bf16 *dy, const ql_b
 static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, const ql_bf16 *Ab,
                                     const ql_bf16 *dy, const ql_bf16 *E, int64_t lde, int64_t T,
                                     ql_bf16 *dx) {
-    const int64_t in = w->cols, out = w->rows;
+    const int64_t in = w->cols, out = w->rows, rpad = pad16(lora->r), ldw = in + rpad;
     ql_bf16 *Wb;
+    bool need_dequant;
     float *acc;
-    QL_TRY(scratch(QL_SCRATCH_DEQUANT, out * in, &Wb));
-    QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_DEQUANT, [&] {
-        return ql_cuda_q4_dequantize(w, QL_DT_BF16, Wb, ql_cuda_stream());
-    }));
+    QL_TRY(dense_w(w, rpad, &Wb, &need_dequant));
+    QL_TRY(dequant_into(w, Wb, ldw, need_dequant));
     QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
     QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
-        return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, in, 0, 0.0f, acc, QL_DT_F32, in);
+        return ql_cuda_gemm(T, in, out, 1.0f, dy, out, 0, Wb, ldw, 0, 0.0f, acc, QL_DT_F32, in);
     }));
     return ql_cuda_q4_timed(QL_Q4_PHASE_DROPOUT, [&] {
         return ql_cuda_lora_dx_dropout(acc, E, lde, Ab, lora->r, &lora->drop, T, in, dx);
@@ -230,6 +282,7 @@ static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
      * Ab: A in bf16 where dx's product reads it (below W for that GEMM);
      * xab: bf16(xa) for dB. */
     ql_bf16 *E = NULL, *cat = NULL, *Wb = NULL, *Ab = NULL, *xab = NULL;
+    bool need_dequant = false;
     int64_t lde = rpad;
     if (r) {
         ql_bf16 *Bb;
@@ -242,11 +295,12 @@ static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
         if (dx) {
             if (fused || drop) {
                 QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, &Ab));
+                jobs[n_jobs++] = a_job(lora, in, rpad, Ab, in);
             } else {
-                QL_TRY(scratch(QL_SCRATCH_DEQUANT, (out + rpad) * in, &Wb));
-                Ab = Wb + out * in;
+                QL_TRY(dense_w(w, rpad, &Wb, &need_dequant));
+                Ab = Wb + out * (in + rpad);
+                jobs[n_jobs++] = a_job(lora, in, rpad, Ab, in + rpad);
             }
-            jobs[n_jobs++] = a_job(lora, in, rpad, Ab);
         }
         QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT,
                                 [&] { return ql_cuda_f32_to_bf16_pad_n(jobs, n_jobs); }));
@@ -288,7 +342,7 @@ static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
     } else if (dx && drop) {
         QL_TRY(dx_dequant_dropout(w, lora, Ab, dy, E, lde, T, dx));
     } else if (dx) {
-        QL_TRY(dx_dequant(w, r, dy, cat, Wb, rpad, T, dx));
+        QL_TRY(dx_dequant(w, r, dy, cat, Wb, need_dequant, rpad, T, dx));
     }
     if (!r) return QL_OK;
 

@@ -217,6 +217,8 @@ extern "C" ql_status ql_cuda_q4_upload(const ql_q4 *host, ql_q4 *dev) {
     dev->absmax = NULL;
     dev->absmax_q = NULL;
     dev->nested_absmax = NULL;
+    dev->dense = NULL;
+    dev->dense_pad = 0;
     ql_status st;
     void *p = NULL;
     QL_TRY_GOTO(st, q4_copy_up(&p, host->packed, (size_t)ql_q4_packed_bytes(host)), fail);
@@ -247,6 +249,9 @@ extern "C" void ql_cuda_q4_free(ql_q4 *dev) {
     ql_cuda_free(dev->absmax);
     ql_cuda_free(dev->absmax_q);
     ql_cuda_free(dev->nested_absmax);
+    ql_cuda_free(dev->dense);
+    dev->dense = NULL;
+    dev->dense_pad = 0;
     dev->packed = NULL;
     dev->absmax = NULL;
     dev->absmax_q = NULL;

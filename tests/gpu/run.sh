@@ -323,8 +323,8 @@ for b in "${benches[@]}"; do
     if [ "$b" = bench_cuda_train ]; then
         lim=$(($(left) - 100))
         [ $lim -gt 200 ] && lim=200
-        # --budget bounds the timed steps; the two loads come on top.
-        args+=(--layers "$train_layers" --budget $((lim - 60)))
+        # --budget bounds the timed steps; the four loads come on top.
+        args+=(--layers "$train_layers" --budget $((lim - 80)))
     fi
     if [ "$lim" -lt 40 ]; then
         say "$b: skipped (the 8-minute budget is spent)"

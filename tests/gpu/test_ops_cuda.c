@@ -241,7 +241,27 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
         same_bits(gdA, dA1, (size_t)r * (size_t)in * 4, what);
         same_bits(gdB, dB1, (size_t)(out * r) * 4, what);
     }
-    n_ops_run += 2;
+
+    /* With W kept dequantized (q4_keep_dequantized): the same bits, on
+     * either path (the dequant path reads the copy, the fused one ignores
+     * it). The copy's free rows and columns start poisoned. */
+    GTRY(gpu->q4_keep_dequantized(&dev, r));
+    CHECK(dev.dense != NULL);
+    poison(gy, (size_t)(T * out) * 2);
+    poison(gdx, (size_t)(T * in) * 2);
+    GTRY(gpu->upload(gdA, dA0, (size_t)r * (size_t)in * 4));
+    GTRY(gpu->upload(gdB, dB0, (size_t)(out * r) * 4));
+    GTRY(gpu->q4_lora_fwd(&dev, r ? &dl : NULL, dx_, T, gy, gxa));
+    GTRY(gpu->q4_lora_bwd(&dev, r ? &dl : NULL, dx_, gxa, ddy, T, c->with_dx ? gdx : NULL, gdA,
+                          gdB));
+    snprintf(w2, sizeof w2, "%s, kept dequantized", what);
+    same_bits(gy, y1, (size_t)(T * out) * 2, w2);
+    if (c->with_dx) same_bits(gdx, dx1, (size_t)(T * in) * 2, w2);
+    if (r) {
+        same_bits(gdA, dA1, (size_t)r * (size_t)in * 4, w2);
+        same_bits(gdB, dB1, (size_t)(out * r) * 4, w2);
+    }
+    n_ops_run += 3;
 
     free(y1), free(dx1), free(dA1), free(dB1);
     free(y), free(xa), free(dx), free(dA), free(dB);
@@ -348,6 +368,25 @@ static void test_q4_phases(ql_cuda_q4_path path) {
                    ql_cuda_q4_phase_name(p), (long long)calls[p], (long long)w);
             CHECKF(ms[p] >= 0 && ms[p] < 1e9 && (on || ms[p] == 0), "q4 phase %s: %g ms",
                    ql_cuda_q4_phase_name(p), ms[p]);
+        }
+    }
+    /* W kept dequantized: no dequantize pass on the dequant path, the rest
+     * as before; kept for another rank's layout, not used. */
+    for (int kept_r = 0; kept_r <= r; kept_r += r) {
+        GTRY(gpu->q4_keep_dequantized(&dev, kept_r));
+        ql_cuda_q4_phases_enable(1);
+        GTRY(gpu->q4_lora_fwd(&dev, &dl, gx, T, gy, gxa));
+        GTRY(gpu->q4_lora_bwd(&dev, &dl, gx, gxa, gdy, T, gdx, gdA, gdB));
+        double ms[QL_Q4_PHASES];
+        int64_t calls[QL_Q4_PHASES];
+        ql_cuda_q4_phases_get(ms, calls);
+        for (int p = 0; p < QL_Q4_PHASES; p++) {
+            const int used = kept_r == r && path == QL_CUDA_Q4_DEQUANT_BLAS;
+            const int64_t w = p == QL_Q4_PHASE_DEQUANT && used ? 0 : want[path][p];
+            CHECKF(calls[p] == w,
+                   "q4 phases %s, kept dequantized for r %d: %s %lld calls, want %lld",
+                   path == QL_CUDA_Q4_FUSED ? "fused" : "dequant", kept_r, ql_cuda_q4_phase_name(p),
+                   (long long)calls[p], (long long)w);
         }
     }
     ql_cuda_q4_phases_enable(0);

@@ -62,6 +62,7 @@ const ql_backend *ql_backend_cuda_impl(void);
 static const ql_backend *gpu, *cpu;
 static int stand_in;     /* QL_GPU_TEST_AS: gpu is a CPU backend */
 static int n_layers = 2; /* of the models load() makes */
+static int n_dense;      /* their layers kept dequantized too (quant.dequantized_layers) */
 
 #define GTRY(expr)                                                                                 \
     do {                                                                                           \
@@ -100,6 +101,7 @@ static void options(ql_llama_options *o, const ql_backend *be) {
     o->max_seq = S;
     o->seed = 99;
     o->quiet = 1;
+    o->dequantized_layers = n_dense;
 }
 
 static ql_llama *load(const ql_backend *be) {
@@ -364,7 +366,8 @@ static void test_vec_ops(void) {
     free(back);
 }
 
-static void test_memory(void) {
+static size_t test_memory(int dense) {
+    n_dense = dense;
     if (!stand_in) ql_cuda_release_cache();
     ql_mem_stats a, b, c;
     gpu->mem_stats(&a);
@@ -389,12 +392,25 @@ static void test_memory(void) {
            "(estimate %zu), device used %.1f of %.1f GiB\n",
            held, e.total - e.workspace, peak, e.total, c.device_used / 1073741824.0,
            c.device_total / 1073741824.0);
+    CHECK(stand_in ? e.base_dense == 0 : e.base_dense > 0 || !dense);
     double want = (double)(e.total - e.workspace);
     CHECKF(fabs((double)held - want) <= 0.15 * want, "held %zu vs estimate %.0f", held, want);
     CHECKF((double)peak <= 1.15 * (double)e.total, "peak %zu vs estimate %zu", peak, e.total);
     CHECK(stand_in || (c.device_total > 0 && c.device_used > 0));
     ql_optim_free(&o);
     ql_llama_free(m);
+    n_dense = 0;
+    return held - e.base_dense;
+}
+
+/* Layers kept dequantized hold what the estimate says, to the byte (on the
+ * CPU backends nothing; they have no q4_keep_dequantized). */
+static void test_memory_dense(void) {
+    const size_t plain = test_memory(0), with_one = test_memory(1);
+    CHECKF(with_one == plain,
+           "model + optimizer with layer 0 kept dequantized, less the "
+           "estimate's copies: %zu bytes, without: %zu",
+           with_one, plain);
 }
 
 #ifdef QL_CUDA_EMULATED
@@ -479,7 +495,7 @@ int main(void) {
     test_warm_step_counts();
 #endif
     test_vec_ops();
-    test_memory();
+    test_memory_dense();
     test_lockstep();
     test_against_cpu();
     test_determinism_and_resume();

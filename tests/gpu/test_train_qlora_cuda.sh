@@ -9,6 +9,8 @@
 #   - resume, bit for bit: a run preempted by SIGUSR1 (checkpoint at the step
 #     boundary, exit 75) and started again ends with the same adapter bytes
 #     (cmp) and the same loss column as a run that was never interrupted;
+#   - linears kept dequantized (quant.dequantized_layers) give the same
+#     adapter bytes as dequantizing at every call;
 #   - a memory limit below the estimate stops before the model loads, naming
 #     train.micro_batch / data.max_seq_len / checkpointing.
 # QL_GPU_RESUME_STEPS (default 300) sets the resume runs' length; the CUDA
@@ -89,6 +91,29 @@ worst = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(g, c))
 print(f"dequant path vs cpu: worst relative loss difference {worst:.2e} over {len(g)} steps")
 sys.exit(0 if len(g) == len(c) == 5 and worst <= 3e-2 else 1)
 EOF
+
+# Linears kept dequantized (quant.dequantized_layers) change memory and speed,
+# not results: the same 5 dequant-path steps with layer 0's linears kept, then
+# every layer's, end with the adapter bytes of the run that dequantizes at
+# every call; the load summary and --dry-run say what the copies hold. The
+# CPU backends say they keep none.
+for kept in 1 100; do
+    QL_CUDA_Q4_FUSED_MAX_T=1 "$QLORA" train cfg.yaml --output_dir=gpu_dq$kept --backend=cuda \
+        --train.steps=5 --quant.dequantized_layers=$kept >gpu_dq$kept.out 2>gpu_dq$kept.err ||
+        { bad "run with $kept layers kept dequantized exited $?"; tail -5 gpu_dq$kept.err; }
+    cmp -s gpu_dq/adapter/adapter_model.safetensors gpu_dq$kept/adapter/adapter_model.safetensors ||
+        bad "$kept layers kept dequantized: the adapter differs from the run that dequantizes each call"
+    grep -q "^  kept dequantized: the linears of $([ $kept = 1 ] && echo 1 || echo 2) layers, " \
+        gpu_dq$kept.err || bad "the load summary does not say what $kept layers kept dequantized hold"
+done
+"$QLORA" train cfg.yaml --dry-run --quant.dequantized_layers=1 >dry_k.out 2>&1 ||
+    bad "--dry-run with a layer kept dequantized exited $?"
+grep -q "base linears kept dequantized, bf16 .*quant.dequantized_layers: 1" dry_k.out ||
+    bad "--dry-run does not count the dequantized copies: $(cat dry_k.out)"
+"$QLORA" train cfg.yaml --output_dir=cpu_k --backend=cpu --train.steps=1 \
+    --quant.dequantized_layers=1 >cpu_k.out 2>cpu_k.err || bad "cpu run with the key exited $?"
+grep -q "^note: quant.dequantized_layers is for the cuda backend" cpu_k.err ||
+    bad "the cpu backend does not say it ignores quant.dequantized_layers"
 
 # --- resume bit for bit on the GPU ---------------------------------------------------
 steps=${QL_GPU_RESUME_STEPS:-300}

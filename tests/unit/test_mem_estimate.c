@@ -184,6 +184,28 @@ static void test_llama3_8b(void) {
            "checkpointing %.2f), total %.2f GiB\n",
            e.base_q4 / 1073741824.0, e.act_full / 1073741824.0, e.act_ckpt / 1073741824.0,
            e.total / 1073741824.0);
+    /* Every layer kept dequantized too: bf16 [out + 16, in + 16] per
+     * projection (r 16 pads to 16 on CUDA), and then no dequant scratch. */
+    CHECK(e.base_dense == 0);
+    ql_mem_estimate ed, ec;
+    o.dequantized_layers = 1000;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &ed) == QL_OK);
+    double dense =
+        32.0 * 2 * (2 * 4112.0 * 4112 + 2 * 1040.0 * 4112 + 2 * 14352.0 * 4112 + 4112.0 * 14352);
+    CHECKF(ed.base_dense == (size_t)dense, "8B kept dequantized %zu, by hand %.0f", ed.base_dense,
+           dense);
+    CHECKF(ed.workspace < e.workspace &&
+               ed.total == e.total - e.workspace + ed.workspace + ed.base_dense,
+           "all kept: workspace %zu (none kept %zu), total %zu", ed.workspace, e.workspace,
+           ed.total);
+    /* Half the layers: half the bytes, the scratch as without any. */
+    o.dequantized_layers = 16;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &ec) == QL_OK);
+    CHECK(ec.base_dense * 2 == ed.base_dense && ec.workspace == e.workspace);
+    /* The CPU backends keep none. */
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 0, 1, &ec) == QL_OK && ec.base_dense == 0);
+    printf("Llama-3-8B kept dequantized: %.2f GiB\n", ed.base_dense / 1073741824.0);
+    o.dequantized_layers = 0;
     /* ZeRO-1: the moments of 8 ranks are an eighth (rounded up). */
     ql_mem_estimate e8;
     CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 8, &e8) == QL_OK);
@@ -246,6 +268,63 @@ static void test_too_big(void) {
     ql_hf_config_free(&cfg);
 }
 
+/* Layers kept dequantized that do not fit: the advice names the most that
+ * do, first, and that many do fit. */
+static void test_too_big_dense(void) {
+    ql_cfg_override ov[] = {{"model", "m"},
+                            {"output_dir", "o"},
+                            {"data.train", "t.jsonl"},
+                            {"quant.dequantized_layers", "all of them"}};
+    ql_config c;
+    CHECK(ql_config_parse(NULL, 0, "test", ov, 4, &c) == QL_EINVAL);
+    ov[3].value = "30";
+    ql_status st = ql_config_parse(NULL, 0, "test", ov, 4, &c);
+    CHECKF(st == QL_OK, "%s", ql_error_message());
+    ql_hf_config cfg;
+    parse(SMOLLM2, &cfg);
+    ql_mem_estimate e, e0;
+    CHECK(ql_mem_plan_estimate(&c, &cfg, 512, 1, 1, &e) == QL_OK);
+    c.quant.dequantized_layers = 0;
+    CHECK(ql_mem_plan_estimate(&c, &cfg, 512, 1, 1, &e0) == QL_OK);
+    c.quant.dequantized_layers = 30;
+    CHECKF(e.base_dense > 0 && e.total > e0.total, "30 layers kept: %zu bytes", e.base_dense);
+    /* Room for the 4-bit run and 10 of the 30 layers' copies, a little more. */
+    const size_t per_layer = e.base_dense / 30;
+    const size_t limit = e0.total + e0.runtime_reserve + 10 * per_layer + per_layer / 2;
+    st = ql_mem_plan_check(&c, &cfg, 512, 1, 1, &e, limit, "a test limit");
+    const char *msg = ql_error_message();
+    CHECK(st == QL_ENOMEM);
+    CHECKF(strstr(msg, "To fit, set one of: quant.dequantized_layers=10 ("), "message: %s", msg);
+    c.quant.dequantized_layers = 10;
+    CHECK(ql_mem_plan_estimate(&c, &cfg, 512, 1, 1, &e) == QL_OK);
+    CHECK(ql_mem_plan_check(&c, &cfg, 512, 1, 1, &e, limit, "x") == QL_OK);
+    c.quant.dequantized_layers = 11;
+    CHECK(ql_mem_plan_estimate(&c, &cfg, 512, 1, 1, &e) == QL_OK);
+    CHECK(ql_mem_plan_check(&c, &cfg, 512, 1, 1, &e, limit, "x") == QL_ENOMEM);
+
+    /* The dry run's hint: the most that fit, when more than configured fit
+     * and the micro-batch (4 x 512 here) takes the dequant path. */
+    char *out = NULL;
+    size_t out_n = 0;
+    FILE *f = open_memstream(&out, &out_n);
+    c.quant.dequantized_layers = 0;
+    ql_mem_plan_print_dense_hint(f, &c, &cfg, 512, 1, limit);
+    c.quant.dequantized_layers = 10; /* already the most that fit: no hint */
+    ql_mem_plan_print_dense_hint(f, &c, &cfg, 512, 1, limit);
+    c.quant.dequantized_layers = 0;
+    ql_mem_plan_print_dense_hint(f, &c, &cfg, 512, 1, 100 * limit);
+    ql_mem_plan_print_dense_hint(f, &c, &cfg, 64, 1, 100 * limit); /* 256 tokens: fused */
+    fclose(f);
+    CHECKF(strstr(out, "quant.dequantized_layers: 10 would still fit") &&
+               strstr(out, "quant.dequantized_layers: 30 (all) would still fit") &&
+               !strstr(out, "dequantized_layers: 10 would still fit (+0") && strstr(out, "\n") &&
+               strchr(strchr(out, '\n') + 1, '\n') &&
+               !strchr(strchr(strchr(out, '\n') + 1, '\n') + 1, '\n'),
+           "hints: %s", out);
+    free(out);
+    ql_hf_config_free(&cfg);
+}
+
 int main(void) {
     test_against_allocations("tiny", TINY, 4, 48, 8, 0.0f, 0, 1);
     test_against_allocations("tiny, dropout", TINY, 3, 40, 4, 0.1f, 0, 1);
@@ -253,5 +332,6 @@ int main(void) {
     test_llama3_8b();
     test_gguf_config();
     test_too_big();
+    test_too_big_dense();
     return CHECK_DONE();
 }
