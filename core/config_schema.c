@@ -131,7 +131,7 @@ static const ql_cfg_key schema[] = {
      0, NULL,
      "on cuda, also keep the linears of this many layers (from the first; more than the model "
      "has: all) dequantized in bf16, 2 bytes a weight, so long micro-batches skip "
-     "dequantizing them; the same results, faster (0: none; ignored on the CPU backends)"},
+     "dequantizing them; the same results (0: none; ignored on the CPU backends)"},
 
     {"checkpoint.every_steps", TYPED(QL_CFG_INT, checkpoint.every_steps), "500", 0, BIG, 0, 0, 0, 0,
      NULL, "write a checkpoint every this many optimizer steps (0: not by step count)"},

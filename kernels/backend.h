@@ -99,11 +99,13 @@ typedef struct ql_backend {
     ql_status (*q4_quantize_upload)(const float *host_w, int64_t rows, int64_t cols, ql_qtype type,
                                     int blocksize, int double_quant, ql_q4 *dst);
     /* Keeps W dequantized in backend memory beside its 4-bit data
-     * (w->dense, room for LoRA factors of rank up to `pad`), so that the
-     * 4-bit ops read it where they would dequantize W (CUDA: the calls on
-     * the dequant path) and skip that pass: memory for speed, with the same
-     * results bit for bit. q4_free frees it. NULL on the CPU backends. */
-    ql_status (*q4_keep_dequantized)(ql_q4 *w, int64_t pad);
+     * (w->dense), laid out for the LoRA rank r of the calls that will use
+     * it (0: none), so that the 4-bit ops read it where they would
+     * dequantize W (CUDA: the calls on the dequant path) and skip that
+     * pass: memory for speed, with the same results bit for bit. A call
+     * whose rank needs another layout does not use it. q4_free frees it.
+     * NULL on the CPU backends. */
+    ql_status (*q4_keep_dequantized)(ql_q4 *w, int64_t r);
     ql_status (*sync)(void);
 
     /* --- 4-bit linear layers with LoRA --------------------------------------- */

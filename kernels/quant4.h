@@ -32,9 +32,11 @@ typedef struct ql_q4 {
     int owns;              /* 1 when the buffers were allocated by ql_q4_* */
 
     /* Backend memory only: W kept dequantized beside the 4-bit data
-     * (ql_backend.q4_keep_dequantized), or NULL. Its layout leaves room for
-     * LoRA factors of rank up to dense_pad (kernels/cuda/q4_lora.cu); the
-     * 4-bit buffers above stay the weight's definition. */
+     * (ql_backend.q4_keep_dequantized), or NULL. dense_pad is the LoRA
+     * padding its layout has room for (CUDA: the rank rounded up to 16, 0
+     * without LoRA; kernels/cuda/q4_lora.cu), used only by calls that need
+     * exactly that layout; the 4-bit buffers above stay the weight's
+     * definition. */
     void *dense;
     int64_t dense_pad;
 } ql_q4;

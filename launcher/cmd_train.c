@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/clock.h"
 #include "core/config.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
@@ -270,6 +271,48 @@ static void run_files(const ql_config *c, const ql_dataset *ds, const ql_train_r
 /* Every rank runs this; each fallible part ends in an agreement, so a
  * failure on any rank leaves every rank at the same point with its
  * message. Rank 0 alone writes files and prints. */
+/* A pass that ran out of GPU memory: the same error, then the settings that
+ * lower what a step needs. */
+static ql_status memory_advice(const ql_config *c, int64_t max_seq, ql_status st) {
+    if (st != QL_ENOMEM || !strstr(ql_error_message(), "out of GPU memory")) return st;
+    char msg[1024], dense[96] = "";
+    snprintf(msg, sizeof msg, "%s", ql_error_message());
+    if (c->quant.dequantized_layers > 0)
+        snprintf(dense, sizeof dense, ", fewer quant.dequantized_layers (now %lld)",
+                 (long long)c->quant.dequantized_layers);
+    return ql_error(
+        QL_ENOMEM,
+        "%s. A step needs less with a smaller train.micro_batch (now %lld) or "
+        "data.max_seq_len (the longest row now: %lld tokens)%s%s; `qlora train "
+        "CONFIG --dry-run` prints the estimate; train.memory_limit_gb (or "
+        "--memory-limit) makes the start-up check stricter",
+        msg, (long long)c->train.micro_batch, (long long)max_seq,
+        c->train.activation_checkpointing ? "" : ", train.activation_checkpointing: true", dense);
+}
+
+/* On a GPU: one pass at the largest micro-batch before the first step
+ * (ql_llama_reserve), so that memory runs out now, not hours in; rank 0 says
+ * what the device then holds. */
+static ql_status reserve_memory(const ql_config *c, ql_llama *m, const ql_backend *be,
+                                int64_t max_seq, int r0) {
+    const double t0 = ql_clock_s();
+    ql_status st = memory_advice(c, max_seq, ql_llama_reserve(m));
+    if (st != QL_OK)
+        return ql_error_wrap(st, "a pass at the largest micro-batch (%lld x %lld tokens): ",
+                             (long long)c->train.micro_batch, (long long)max_seq);
+    ql_mem_stats ms;
+    be->mem_stats(&ms);
+    if (r0)
+        fprintf(stderr,
+                "memory: a pass at the largest micro-batch (%lld x %lld tokens) took %.1f s; "
+                "qlora holds %.2f GiB of the device (at most %.2f GiB in the pass), %.2f of "
+                "%.2f GiB are in use\n",
+                (long long)c->train.micro_batch, (long long)max_seq, ql_clock_s() - t0,
+                ms.in_use / 1073741824.0, ms.peak / 1073741824.0, ms.device_used / 1073741824.0,
+                ms.device_total / 1073741824.0);
+    return QL_OK;
+}
+
 static int run(const ql_config *c, ql_job *j) {
     const int r0 = j->rank == 0;
     ql_comm *comm = j->comm, *dcomm = NULL;
@@ -344,6 +387,7 @@ static int run(const ql_config *c, ql_job *j) {
     st = memory_plan(c, j, be->act_dtype != QL_DT_F32, device, o.max_seq, NULL);
     if (st == QL_OK) st = ql_llama_load(c->model, &o, &m);
     if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(d, ql_llama_config(m)->vocab_size);
+    if (st == QL_OK && be->act_dtype != QL_DT_F32) st = reserve_memory(c, m, be, o.max_seq, r0);
     if (st == QL_OK && ds.valid.d.n)
         st = ql_jsonl_tokens_check_vocab(&ds.valid.d, ql_llama_config(m)->vocab_size);
     if (st == QL_OK && j->rank > 0)
@@ -409,7 +453,7 @@ static int run(const ql_config *c, ql_job *j) {
                             .comm = j->size > 1 ? comm : NULL,
                             .dcomm = dcomm,
                             .hooks = ql_train_ckpt_hooks(ck)};
-        st = ql_train_run(&tm, d, &to, &r);
+        st = memory_advice(c, o.max_seq, ql_train_run(&tm, d, &to, &r));
     }
     signal(SIGINT, SIG_DFL);
     st = ql_job_agree(j, st);

@@ -155,6 +155,16 @@ void ql_llama_describe(const ql_llama *m, FILE *f);
 ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward, float grad_scale,
                                     double *loss_sum, int64_t *n_targets);
 
+/* One training pass (forward and backward, dropout as configured) over a
+ * micro-batch of the capacity the model was loaded with (max_batch x
+ * max_seq tokens, every target ignored), then the adapter gradients zeroed:
+ * the backend's buffers grow to what the largest micro-batch needs now, so a
+ * device that is too small says so at the start instead of at the first
+ * long batch hours in. The adapters, the dropout stream and the layer hooks
+ * are as before; what it leaves in the backend's buffers is never read
+ * before being written, so later results are the same bits. */
+ql_status ql_llama_reserve(ql_llama *m);
+
 /* Called by ql_llama_forward_backward once the backward pass of a layer has
  * been queued (layers L-1 down to 0): that layer's adapter gradients, the
  * elements [lo, hi) of the flat vector (ql_llama_layer_grad_range), receive

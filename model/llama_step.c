@@ -3,6 +3,7 @@
  * row chunks of the logits so memory does not grow with the vocabulary. */
 #include <inttypes.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/clock.h"
@@ -289,6 +290,25 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
     if (loss_sum) *loss_sum = sum;
     if (n_targets) *n_targets = n;
     return QL_OK;
+}
+
+ql_status ql_llama_reserve(ql_llama *m) {
+    const int64_t B = m->opt.max_batch, S = m->opt.max_seq, T = B * S;
+    int32_t *tok = ql_calloc((size_t)(2 * T), sizeof *tok, "the reserving pass's tokens");
+    if (!tok) return QL_ENOMEM;
+    for (int64_t t = 0; t < T; t++) tok[T + t] = -100;
+    const ql_batch b = {.batch = B, .seq = S, .ids = tok, .targets = tok + T};
+    const ql_rng rng = m->rng;
+    const ql_llama_layer_done_fn done = m->layer_done, start = m->layer_start;
+    m->layer_done = m->layer_start = NULL;
+    ql_status st = ql_llama_forward_backward(m, &b, 1, 1.0f, NULL, NULL);
+    if (st == QL_OK && m->ad.n > 0) st = m->be->zero_f32(m->ad.grads, m->ad.n);
+    if (st == QL_OK) st = m->be->sync();
+    m->rng = rng;
+    m->layer_done = done;
+    m->layer_start = start;
+    free(tok);
+    return st;
 }
 
 ql_status ql_llama_logits(ql_llama *m, const ql_batch *b, float *logits) {

@@ -214,7 +214,7 @@ void ql_mem_plan_print_dense_hint(FILE *f, const ql_config *c, const ql_hf_confi
     char h[32];
     fprintf(f,
             "  room to spare: quant.dequantized_layers: %lld%s would still fit (+%s): those "
-            "layers' linears also kept in bf16, so micro-batches of over %lld tokens skip "
+            "layers' linears also kept in bf16, so micro-batches of at least %lld tokens skip "
             "dequantizing them (the same results)\n",
             (long long)k, k == L ? " (all)" : "", human(b.total - a.total, h, sizeof h),
             (long long)ql_cuda_q4_fused_max_tokens());
@@ -248,15 +248,21 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
     const int64_t micro = c->train.micro_batch;
     const int ckpt = c->train.activation_checkpointing;
     char fit[1024] = "", short_[1024] = "", h[32], h2[32], h3[32];
-    /* The bf16 copies first: they buy speed, not the ability to train. */
+    /* The bf16 copies first: they buy speed, not the ability to train. When
+     * not even none of them fits, the other settings are tried without any
+     * (and say so). */
+    int without_copies = 0;
     if (e->base_dense) {
         const int64_t best = ql_mem_plan_dense_fits(c, hc, max_seq, device, world, limit);
         if (best >= 0) {
             p.dense = best;
             add(fit, sizeof fit, "quant.dequantized_layers=%lld (%s)", (long long)best,
                 human(need_of(&p, max_seq, micro, ckpt), h, sizeof h));
+            p.dense = c->quant.dequantized_layers;
+        } else {
+            p.dense = 0;
+            without_copies = 1;
         }
-        p.dense = c->quant.dequantized_layers;
     }
     /* Each knob alone: a value that fits, or what its best does. */
     if (!ckpt) {
@@ -294,8 +300,17 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
                 "data.max_seq_len=%lld (%s)",
                 (long long)s1, human(need_of(&p, s1, 1, 1), h, sizeof h));
     }
-    size_t fixed =
-        e->base_q4 + e->base_other + e->base_dense + e->adapters + e->grads + e->optimizer;
+    size_t fixed = e->base_q4 + e->base_other + e->adapters + e->grads + e->optimizer;
+    if (!fit[0] && without_copies)
+        return ql_error(QL_ENOMEM,
+                        "memory: the estimate for one rank is %s but the limit is %s (%s); the "
+                        "model's weights, adapters and optimizer state alone take %s (without "
+                        "the copies of quant.dequantized_layers), so even with "
+                        "quant.dequantized_layers=0 no train.micro_batch, data.max_seq_len or "
+                        "train.activation_checkpointing fits: use a device with more memory, a "
+                        "smaller model or a lower lora.r",
+                        human(need, h, sizeof h), human(limit, h2, sizeof h2), what,
+                        human(fixed, h3, sizeof h3));
     if (!fit[0])
         return ql_error(QL_ENOMEM,
                         "memory: the estimate for one rank is %s but the limit is %s (%s); the "
@@ -308,12 +323,13 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
     char acts[32], wts[32];
     return ql_error(QL_ENOMEM,
                     "memory: the estimate for one rank is %s (activations %s, weights %s) but the "
-                    "limit is %s (%s). To fit, set one of: %s%s%s. `qlora train CONFIG --dry-run` "
-                    "prints the whole estimate",
+                    "limit is %s (%s). To fit, set %sone of: %s%s%s. `qlora train CONFIG "
+                    "--dry-run` prints the whole estimate",
                     human(need, h, sizeof h), human(e->activations, acts, sizeof acts),
                     human(e->base_q4 + e->base_other + e->base_dense, wts, sizeof wts),
-                    human(limit, h2, sizeof h2), what, fit, short_[0] ? ". Not enough alone: " : "",
-                    short_);
+                    human(limit, h2, sizeof h2), what,
+                    without_copies ? "quant.dequantized_layers=0 and " : "", fit,
+                    short_[0] ? ". Not enough alone: " : "", short_);
 }
 
 size_t ql_mem_rss_peak(void) {

@@ -10,14 +10,8 @@
 
 #include "kernels/cuda/cuda_ops.h"
 
-static ql_status alloc_cuda(size_t bytes, void **out) {
-    ql_status st = ql_cuda_malloc(bytes, out);
-    if (st == QL_EBACKEND && *out == NULL) {
-        /* cudaMalloc's failure is an out-of-memory for the caller. */
-        return ql_error_wrap(QL_ENOMEM, "cuda backend: allocating %zu bytes: ", bytes);
-    }
-    return st;
-}
+/* Out of device memory is QL_ENOMEM with the figures (ql_cuda_malloc). */
+static ql_status alloc_cuda(size_t bytes, void **out) { return ql_cuda_malloc(bytes, out); }
 
 static void free_cuda(void *p) { ql_cuda_free(p); }
 

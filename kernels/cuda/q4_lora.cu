@@ -102,8 +102,7 @@ extern "C" ql_status ql_cuda_q4_keep_dequantized(ql_q4 *w, int64_t r) {
     const size_t bytes = (size_t)((w->rows + rpad) * ld) * sizeof(ql_bf16);
     ql_status st = ql_cuda_malloc(bytes, &p);
     if (st != QL_OK)
-        return ql_error_wrap(st == QL_EBACKEND && !p ? QL_ENOMEM : st,
-                             "keeping a [%lld, %lld] 4-bit weight dequantized (%zu bytes): ",
+        return ql_error_wrap(st, "keeping a [%lld, %lld] 4-bit weight dequantized (%zu bytes): ",
                              (long long)w->rows, (long long)w->cols, bytes);
     st = ql_cuda_q4_dequantize_ld(w, QL_DT_BF16, p, ld, ql_cuda_stream());
     if (st != QL_OK) {

@@ -147,7 +147,25 @@ extern "C" ql_status ql_cuda_mem_info(size_t *used, size_t *total) {
 extern "C" ql_status ql_cuda_malloc(size_t bytes, void **out) {
     *out = NULL;
     if (!bytes) bytes = 1;
-    QL_CUDA_TRY(cudaMalloc(out, bytes));
+    const cudaError_t e = cudaMalloc(out, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+        /* Not sticky: the device goes on working. The figures say whether
+         * qlora itself or something else on the device took the memory. */
+        (void)cudaGetLastError();
+        *out = NULL;
+        size_t held, peak, fr = 0, tot = 0;
+        ql_cuda_mem_counts(&held, &peak);
+        if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) fr = tot = 0;
+        (void)cudaGetLastError();
+        const double mib = 1024.0 * 1024.0, gib = mib * 1024.0;
+        return ql_error(QL_ENOMEM,
+                        "out of GPU memory: %.1f MiB asked for while qlora held %.1f MiB; the "
+                        "device has %.2f of %.2f GiB in use (the CUDA context, libraries and "
+                        "other processes included)",
+                        (double)bytes / mib, (double)held / mib, (double)(tot - fr) / gib,
+                        (double)tot / gib);
+    }
+    QL_CUDA_TRY(e);
     mem_add(*out, bytes);
     return QL_OK;
 }

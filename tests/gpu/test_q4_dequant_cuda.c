@@ -234,11 +234,13 @@ static void check_errors(void) {
     ql_cuda_q4_free(&d);
     ql_q4_free(&q);
 
-    /* A CUDA failure comes back as EBACKEND naming the call and the error. */
+    /* Out of device memory comes back as ENOMEM with the size asked for
+     * (2^62 bytes = 2^42 MiB) and the device's figures. */
     void *p = NULL;
     st = ql_cuda_malloc((size_t)1 << 62, &p);
-    CHECKF(st == QL_EBACKEND && strstr(ql_error_message(), "cudaMalloc") &&
-               strstr(ql_error_message(), "runtime.cu:"),
+    CHECKF(st == QL_ENOMEM && p == NULL &&
+               strstr(ql_error_message(), "out of GPU memory: 4398046511104.0 MiB asked for") &&
+               strstr(ql_error_message(), "GiB in use"),
            "got %s: %s", ql_status_name(st), ql_error_message());
     /* ...and does not poison later calls. */
     CHECK(ql_cuda_sync() == QL_OK);

@@ -290,6 +290,47 @@ static void test_lockstep(void) {
     ql_llama_free(mg);
 }
 
+/* ql_llama_reserve before the first step: the run's adapters, moments and
+ * losses are those of a run without it, bit for bit, and (counted by the
+ * emulator) the first micro-batch's forward and backward allocate nothing:
+ * the pass grew every buffer to the largest micro-batch. */
+static void test_reserve(const run_out *straight) {
+    if (!stand_in) ql_cuda_release_cache();
+    ql_llama *m = load(gpu);
+    ql_adapters *ad = ql_llama_adapters(m);
+    ql_optim o;
+    GTRY(ql_optim_init(&o, gpu, ad->n));
+    GTRY(ql_llama_reserve(m));
+#ifdef QL_CUDA_EMULATED
+    ql_emu_counts c0, c1;
+    const ql_rng rng0 = *ql_llama_rng(m); /* the counted pass draws a dropout key */
+    ql_emu_get_counts(&c0);
+    double loss;
+    int64_t got;
+    const ql_batch b = {
+        .batch = B, .seq = S, .ids = ids[0], .targets = tgt[0], .pos = pos[0], .doc = doc[0]};
+    GTRY(ql_llama_forward_backward(m, &b, 1, 1.0f, &loss, &got));
+    GTRY(gpu->zero_f32(ad->grads, ad->n));
+    ql_emu_get_counts(&c1);
+    *ql_llama_rng(m) = rng0;
+    if (!stand_in)
+        CHECKF(c1.allocs == c0.allocs, "a micro-batch after ql_llama_reserve allocated %lld times",
+               c1.allocs - c0.allocs);
+#endif
+    run_out r;
+    memset(&r, 0, sizeof r);
+    steps(m, &o, 1, STEPS, &r);
+    save(gpu, m, &o, &r);
+    const size_t bytes = (size_t)r.n * sizeof(float);
+    CHECKF(r.n == straight->n && !memcmp(straight->params, r.params, bytes) &&
+               !memcmp(straight->m, r.m, bytes) && !memcmp(straight->v, r.v, bytes) &&
+               !memcmp(straight->loss, r.loss, sizeof r.loss),
+           "a run after ql_llama_reserve differs from one without");
+    run_free(&r);
+    ql_optim_free(&o);
+    ql_llama_free(m);
+}
+
 static void test_determinism_and_resume(void) {
     run_out a, b, r;
     memset(&a, 0, sizeof a);
@@ -332,6 +373,7 @@ static void test_determinism_and_resume(void) {
                !memcmp(a.v, r.v, bytes),
            "resumed after step %d: adapters or moments differ from the straight run", k);
     CHECK(!memcmp(a.loss + k, r.loss + k, sizeof(double) * (STEPS - k)));
+    test_reserve(&a);
     run_free(&a);
     run_free(&b);
     run_free(&r);

@@ -11,6 +11,9 @@
 #     (cmp) and the same loss column as a run that was never interrupted;
 #   - linears kept dequantized (quant.dequantized_layers) give the same
 #     adapter bytes as dequantizing at every call;
+#   - out of device memory (the emulator's QL_EMU_DEVICE_GB) in the pass at
+#     the largest micro-batch before the first step: the figures and the
+#     settings to change, nothing written;
 #   - a memory limit below the estimate stops before the model loads, naming
 #     train.micro_batch / data.max_seq_len / checkpointing.
 # QL_GPU_RESUME_STEPS (default 300) sets the resume runs' length; the CUDA
@@ -72,7 +75,24 @@ if grep -q "emulator" dry.out; then
     grep -q "^note: [1-9][0-9]* matrix products ran on qlora's plain tiled kernel.*the first: \[" gpu_fb.err ||
         bad "a run whose products took the tiled kernel does not say so"
     ! grep -q "matrix products ran on" gpu.err || bad "the emulated cuBLASLt left products to the tiled kernel"
+
+    # A device too small for the run (30 MB; the limit raised past the
+    # start-up check's estimate): the pass at the largest micro-batch runs
+    # out of memory before the first step, the error gives the figures and
+    # the settings to change, and no adapter or checkpoint is written.
+    QL_EMU_DEVICE_GB=0.03 "$QLORA" train cfg.yaml --output_dir=oom --backend=cuda \
+        --memory-limit=2 >oom.out 2>oom.err
+    rc=$?
+    [ $rc = 1 ] || bad "out of device memory: exit $rc, want 1"
+    grep -q "^qlora: error: a pass at the largest micro-batch (2 x [0-9]* tokens): out of GPU memory: [0-9.]* MiB asked for while qlora held" oom.err ||
+        bad "out of device memory: the error lacks the figures: $(tail -1 oom.err)"
+    grep -q "smaller train.micro_batch (now 2)" oom.err ||
+        bad "out of device memory: the error names no setting: $(tail -1 oom.err)"
+    [ -e oom/adapter ] || [ -e oom/checkpoints ] || [ -e oom/metrics.jsonl ] &&
+        bad "out of device memory: something was written: $(ls oom)"
 fi
+grep -q "^memory: a pass at the largest micro-batch (2 x [0-9]* tokens) took" gpu.err ||
+    bad "the cuda run does not report its pass at the largest micro-batch"
 
 # The dequantize + cuBLASLt path through the trainer (the rule takes it from
 # QL_CUDA_Q4_FUSED_MAX_T tokens a call; 1 forces it here): 5 steps against

@@ -21,6 +21,7 @@
 
 #include "check.h"
 #include "core/config.h"
+#include "kernels/cuda_api.h"
 #include "model/llama_mem.h"
 #include "model/random_source.h"
 #include "train/mem_plan.h"
@@ -302,6 +303,21 @@ static void test_too_big_dense(void) {
     CHECK(ql_mem_plan_estimate(&c, &cfg, 512, 1, 1, &e) == QL_OK);
     CHECK(ql_mem_plan_check(&c, &cfg, 512, 1, 1, &e, limit, "x") == QL_ENOMEM);
 
+    /* Copies that do not fit and a micro-batch that would not fit without
+     * them either: the other settings are offered with none kept. */
+    c.quant.dequantized_layers = 30;
+    c.train.micro_batch = 8;
+    CHECK(ql_mem_plan_estimate(&c, &cfg, 4096, 1, 1, &e) == QL_OK);
+    const size_t fixed = e.base_q4 + e.base_other + e.adapters + e.grads + e.optimizer;
+    const size_t tight = e.runtime_reserve + fixed + e.base_dense / 2;
+    CHECK(ql_mem_plan_dense_fits(&c, &cfg, 4096, 1, 1, tight) == -1);
+    st = ql_mem_plan_check(&c, &cfg, 4096, 1, 1, &e, tight, "a test limit");
+    msg = ql_error_message();
+    CHECKF(st == QL_ENOMEM && strstr(msg, "set quant.dequantized_layers=0 and one of: ") &&
+               strstr(msg, "train.micro_batch="),
+           "message: %s", msg);
+    c.train.micro_batch = 4;
+
     /* The dry run's hint: the most that fit, when more than configured fit
      * and the micro-batch (4 x 512 here) takes the dequant path. */
     char *out = NULL;
@@ -326,6 +342,10 @@ static void test_too_big_dense(void) {
 }
 
 int main(void) {
+    /* The estimate follows the 4-bit path rule: the default one, whatever
+     * QL_CUDA_Q4_PATH or QL_CUDA_Q4_FUSED_MAX_T say in the environment. */
+    ql_cuda_q4_set_path(QL_CUDA_Q4_AUTO);
+    ql_cuda_q4_set_fused_max_tokens(512);
     test_against_allocations("tiny", TINY, 4, 48, 8, 0.0f, 0, 1);
     test_against_allocations("tiny, dropout", TINY, 3, 40, 4, 0.1f, 0, 1);
     test_against_allocations("SmolLM2-135M", SMOLLM2, 2, 256, 16, 0.0f, 1, 0);
