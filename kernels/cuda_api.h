@@ -4,7 +4,9 @@
  * cudaStream_t; NULL is the default stream) and device buffers as plain
  * pointers. Every function that can fail returns a ql_status; a CUDA error
  * becomes QL_EBACKEND with a message naming the call, file:line and CUDA's
- * own description (kernels/cuda/cuda_util.h, QL_CUDA_TRY).
+ * own description (kernels/cuda/cuda_util.h, QL_CUDA_TRY), except running
+ * out of device memory in ql_cuda_malloc: QL_ENOMEM with the size asked
+ * for and the device's figures.
  *
  * The functions exist only in builds with the CUDA backend (QL_HAVE_CUDA=1);
  * code that must also build without it guards its calls with that macro.

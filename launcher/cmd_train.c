@@ -268,51 +268,65 @@ static void run_files(const ql_config *c, const ql_dataset *ds, const ql_train_r
     ql_error_clear();
 }
 
-/* Every rank runs this; each fallible part ends in an agreement, so a
- * failure on any rank leaves every rank at the same point with its
- * message. Rank 0 alone writes files and prints. */
-/* A pass that ran out of GPU memory: the same error, then the settings that
- * lower what a step needs. */
-static ql_status memory_advice(const ql_config *c, int64_t max_seq, ql_status st) {
-    if (st != QL_ENOMEM || !strstr(ql_error_message(), "out of GPU memory")) return st;
-    char msg[1024], dense[96] = "";
-    snprintf(msg, sizeof msg, "%s", ql_error_message());
+/* Rows of a micro-batch on one rank: train.micro_batch, or the rank's share
+ * of the global batch when that is smaller (train/trainer.c). */
+static int64_t rank_rows(const ql_config *c, const ql_job *j) {
+    const int64_t share = c->train.global_batch / (j->size > 0 ? j->size : 1);
+    return share > 0 && share < c->train.micro_batch ? share : c->train.micro_batch;
+}
+
+/* After an agreed failure that was the device running out of memory, rank 0
+ * adds the settings that lower what a step needs, as a line of its own (the
+ * agreed message stays as the failing rank wrote it). */
+static void memory_advice(ql_job *j, const ql_config *c, int64_t max_seq, ql_status st) {
+    if (st != QL_ENOMEM || j->rank != 0) return;
+    const char *msg = j->size > 1 && j->comm && ql_comm_failed_rank(j->comm) >= 0
+                          ? ql_comm_agreed_message(j->comm)
+                          : ql_error_message();
+    if (!msg || !strstr(msg, "out of GPU memory")) return;
+    char dense[96] = "";
     if (c->quant.dequantized_layers > 0)
         snprintf(dense, sizeof dense, ", fewer quant.dequantized_layers (now %lld)",
                  (long long)c->quant.dequantized_layers);
-    return ql_error(
-        QL_ENOMEM,
-        "%s. A step needs less with a smaller train.micro_batch (now %lld) or "
-        "data.max_seq_len (the longest row now: %lld tokens)%s%s; `qlora train "
-        "CONFIG --dry-run` prints the estimate; train.memory_limit_gb (or "
-        "--memory-limit) makes the start-up check stricter",
-        msg, (long long)c->train.micro_batch, (long long)max_seq,
-        c->train.activation_checkpointing ? "" : ", train.activation_checkpointing: true", dense);
+    fprintf(stderr,
+            "hint: a step needs less GPU memory with a smaller train.micro_batch (a rank runs "
+            "%lld rows at a time now) or data.max_seq_len (the longest row now: %lld "
+            "tokens)%s%s; `qlora train CONFIG --dry-run` prints the estimate; "
+            "train.memory_limit_gb (--memory-limit) makes the start-up check stricter\n",
+            (long long)rank_rows(c, j), (long long)max_seq,
+            c->train.activation_checkpointing ? "" : ", train.activation_checkpointing: true",
+            dense);
 }
 
-/* On a GPU: one pass at the largest micro-batch before the first step
- * (ql_llama_reserve), so that memory runs out now, not hours in; rank 0 says
- * what the device then holds. */
-static ql_status reserve_memory(const ql_config *c, ql_llama *m, const ql_backend *be,
-                                int64_t max_seq, int r0) {
+/* On a GPU: one pass at the largest micro-batch a rank runs, before the first
+ * step (ql_llama_reserve), so that the kernels' buffers run out of memory
+ * now, not at the first long batch hours in; rank 0 says what the device then
+ * holds (the optimizer's state comes after). */
+static ql_status reserve_memory(const ql_config *c, const ql_job *j, ql_llama *m,
+                                const ql_backend *be, int64_t max_seq) {
     const double t0 = ql_clock_s();
-    ql_status st = memory_advice(c, max_seq, ql_llama_reserve(m));
+    const int64_t rows = rank_rows(c, j);
+    be->mem_reset_peak();
+    ql_status st = ql_llama_reserve(m, rows, max_seq);
     if (st != QL_OK)
         return ql_error_wrap(st, "a pass at the largest micro-batch (%lld x %lld tokens): ",
-                             (long long)c->train.micro_batch, (long long)max_seq);
+                             (long long)rows, (long long)max_seq);
     ql_mem_stats ms;
     be->mem_stats(&ms);
-    if (r0)
+    if (j->rank == 0)
         fprintf(stderr,
                 "memory: a pass at the largest micro-batch (%lld x %lld tokens) took %.1f s; "
                 "qlora holds %.2f GiB of the device (at most %.2f GiB in the pass), %.2f of "
                 "%.2f GiB are in use\n",
-                (long long)c->train.micro_batch, (long long)max_seq, ql_clock_s() - t0,
-                ms.in_use / 1073741824.0, ms.peak / 1073741824.0, ms.device_used / 1073741824.0,
+                (long long)rows, (long long)max_seq, ql_clock_s() - t0, ms.in_use / 1073741824.0,
+                ms.peak / 1073741824.0, ms.device_used / 1073741824.0,
                 ms.device_total / 1073741824.0);
     return QL_OK;
 }
 
+/* Every rank runs this; each fallible part ends in an agreement, so a
+ * failure on any rank leaves every rank at the same point with its
+ * message. Rank 0 alone writes files and prints. */
 static int run(const ql_config *c, ql_job *j) {
     const int r0 = j->rank == 0;
     ql_comm *comm = j->comm, *dcomm = NULL;
@@ -387,9 +401,9 @@ static int run(const ql_config *c, ql_job *j) {
     st = memory_plan(c, j, be->act_dtype != QL_DT_F32, device, o.max_seq, NULL);
     if (st == QL_OK) st = ql_llama_load(c->model, &o, &m);
     if (st == QL_OK) st = ql_jsonl_tokens_check_vocab(d, ql_llama_config(m)->vocab_size);
-    if (st == QL_OK && be->act_dtype != QL_DT_F32) st = reserve_memory(c, m, be, o.max_seq, r0);
     if (st == QL_OK && ds.valid.d.n)
         st = ql_jsonl_tokens_check_vocab(&ds.valid.d, ql_llama_config(m)->vocab_size);
+    if (st == QL_OK && be->act_dtype != QL_DT_F32) st = reserve_memory(c, j, m, be, o.max_seq);
     if (st == QL_OK && j->rank > 0)
         ql_rng_seed_stream(ql_llama_rng(m), (uint64_t)c->seed,
                            QL_DROPOUT_RANK_STREAM + (uint64_t)j->rank);
@@ -398,7 +412,9 @@ static int run(const ql_config *c, ql_job *j) {
         ql_llama_free(m);
         ql_dataset_free(&ds);
         ql_comm_close(dcomm);
-        return ql_job_report(j, st);
+        const int rc = ql_job_report(j, st);
+        memory_advice(j, c, o.max_seq, st);
+        return rc;
     }
     const ql_hf_config *hc = ql_llama_config(m);
     if (r0 && hc->max_position_embeddings > 0 && d->max_len > hc->max_position_embeddings)
@@ -453,7 +469,7 @@ static int run(const ql_config *c, ql_job *j) {
                             .comm = j->size > 1 ? comm : NULL,
                             .dcomm = dcomm,
                             .hooks = ql_train_ckpt_hooks(ck)};
-        st = memory_advice(c, o.max_seq, ql_train_run(&tm, d, &to, &r));
+        st = ql_train_run(&tm, d, &to, &r);
     }
     signal(SIGINT, SIG_DFL);
     st = ql_job_agree(j, st);
@@ -493,6 +509,7 @@ static int run(const ql_config *c, ql_job *j) {
     int rc = QL_EXIT_OK;
     if (st != QL_OK) {
         rc = ql_job_report(j, st);
+        memory_advice(j, c, o.max_seq, st);
     } else if (r0) {
         char el[32];
         ql_format_duration(r.elapsed_s, el, sizeof el);

@@ -156,14 +156,15 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
                                     double *loss_sum, int64_t *n_targets);
 
 /* One training pass (forward and backward, dropout as configured) over a
- * micro-batch of the capacity the model was loaded with (max_batch x
- * max_seq tokens, every target ignored), then the adapter gradients zeroed:
- * the backend's buffers grow to what the largest micro-batch needs now, so a
+ * micro-batch of batch x seq tokens (at most the capacity the model was
+ * loaded with; every target ignored), then the adapter gradients zeroed:
+ * the backend's buffers grow to what such a micro-batch needs now, so a
  * device that is too small says so at the start instead of at the first
  * long batch hours in. The adapters, the dropout stream and the layer hooks
  * are as before; what it leaves in the backend's buffers is never read
- * before being written, so later results are the same bits. */
-ql_status ql_llama_reserve(ql_llama *m);
+ * before being written, so later results are the same bits. On failure the
+ * gradients may hold part of the pass (zero them before a step). */
+ql_status ql_llama_reserve(ql_llama *m, int64_t batch, int64_t seq);
 
 /* Called by ql_llama_forward_backward once the backward pass of a layer has
  * been queued (layers L-1 down to 0): that layer's adapter gradients, the

@@ -292,8 +292,8 @@ ql_status ql_llama_forward_backward(ql_llama *m, const ql_batch *b, int backward
     return QL_OK;
 }
 
-ql_status ql_llama_reserve(ql_llama *m) {
-    const int64_t B = m->opt.max_batch, S = m->opt.max_seq, T = B * S;
+ql_status ql_llama_reserve(ql_llama *m, int64_t batch, int64_t seq) {
+    const int64_t B = batch, S = seq, T = B * S;
     int32_t *tok = ql_calloc((size_t)(2 * T), sizeof *tok, "the reserving pass's tokens");
     if (!tok) return QL_ENOMEM;
     for (int64_t t = 0; t < T; t++) tok[T + t] = -100;

@@ -158,12 +158,16 @@ extern "C" ql_status ql_cuda_malloc(size_t bytes, void **out) {
         if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) fr = tot = 0;
         (void)cudaGetLastError();
         const double mib = 1024.0 * 1024.0, gib = mib * 1024.0;
+        char dev[128] = "";
+        if (tot)
+            snprintf(dev, sizeof dev,
+                     "; the device has %.2f of %.2f GiB in use (the CUDA context, libraries and "
+                     "other processes included)",
+                     (double)(tot - fr) / gib, (double)tot / gib);
         return ql_error(QL_ENOMEM,
-                        "out of GPU memory: %.1f MiB asked for while qlora held %.1f MiB; the "
-                        "device has %.2f of %.2f GiB in use (the CUDA context, libraries and "
-                        "other processes included)",
-                        (double)bytes / mib, (double)held / mib, (double)(tot - fr) / gib,
-                        (double)tot / gib);
+                        "out of GPU memory: %zu bytes (%.1f MiB) asked for while qlora "
+                        "held %.1f MiB%s",
+                        bytes, (double)bytes / mib, (double)held / mib, dev);
     }
     QL_CUDA_TRY(e);
     mem_add(*out, bytes);

@@ -239,7 +239,8 @@ static void check_errors(void) {
     void *p = NULL;
     st = ql_cuda_malloc((size_t)1 << 62, &p);
     CHECKF(st == QL_ENOMEM && p == NULL &&
-               strstr(ql_error_message(), "out of GPU memory: 4398046511104.0 MiB asked for") &&
+               strstr(ql_error_message(),
+                      "out of GPU memory: 4611686018427387904 bytes (4398046511104.0 MiB) asked") &&
                strstr(ql_error_message(), "GiB in use"),
            "got %s: %s", ql_status_name(st), ql_error_message());
     /* ...and does not poison later calls. */

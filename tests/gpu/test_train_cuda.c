@@ -300,7 +300,7 @@ static void test_reserve(const run_out *straight) {
     ql_adapters *ad = ql_llama_adapters(m);
     ql_optim o;
     GTRY(ql_optim_init(&o, gpu, ad->n));
-    GTRY(ql_llama_reserve(m));
+    GTRY(ql_llama_reserve(m, B, S));
 #ifdef QL_CUDA_EMULATED
     ql_emu_counts c0, c1;
     const ql_rng rng0 = *ql_llama_rng(m); /* the counted pass draws a dropout key */
@@ -374,6 +374,15 @@ static void test_determinism_and_resume(void) {
            "resumed after step %d: adapters or moments differ from the straight run", k);
     CHECK(!memcmp(a.loss + k, r.loss + k, sizeof(double) * (STEPS - k)));
     test_reserve(&a);
+    /* Again on the dequant path, where most of the pass's scratch is. */
+    const ql_cuda_q4_path path = ql_cuda_q4_get_path();
+    ql_cuda_q4_set_path(QL_CUDA_Q4_DEQUANT_BLAS);
+    run_out dq;
+    memset(&dq, 0, sizeof dq);
+    full_run(gpu, &dq, NULL);
+    test_reserve(&dq);
+    run_free(&dq);
+    ql_cuda_q4_set_path(path);
     run_free(&a);
     run_free(&b);
     run_free(&r);

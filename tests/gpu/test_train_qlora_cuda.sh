@@ -84,10 +84,10 @@ if grep -q "emulator" dry.out; then
         --memory-limit=2 >oom.out 2>oom.err
     rc=$?
     [ $rc = 1 ] || bad "out of device memory: exit $rc, want 1"
-    grep -q "^qlora: error: a pass at the largest micro-batch (2 x [0-9]* tokens): out of GPU memory: [0-9.]* MiB asked for while qlora held" oom.err ||
-        bad "out of device memory: the error lacks the figures: $(tail -1 oom.err)"
-    grep -q "smaller train.micro_batch (now 2)" oom.err ||
-        bad "out of device memory: the error names no setting: $(tail -1 oom.err)"
+    grep -q "^qlora: error: a pass at the largest micro-batch (2 x [0-9]* tokens): out of GPU memory: [0-9]* bytes ([0-9.]* MiB) asked for while qlora held" oom.err ||
+        bad "out of device memory: the error lacks the figures: $(tail -2 oom.err)"
+    grep -q "^hint: a step needs less GPU memory with a smaller train.micro_batch (a rank runs 2 rows at a time now)" oom.err ||
+        bad "out of device memory: no hint names the settings: $(tail -2 oom.err)"
     [ -e oom/adapter ] || [ -e oom/checkpoints ] || [ -e oom/metrics.jsonl ] &&
         bad "out of device memory: something was written: $(ls oom)"
 fi
