@@ -301,25 +301,17 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
                 (long long)s1, human(need_of(&p, s1, 1, 1), h, sizeof h));
     }
     size_t fixed = e->base_q4 + e->base_other + e->adapters + e->grads + e->optimizer;
-    if (!fit[0] && without_copies)
-        return ql_error(QL_ENOMEM,
-                        "memory: the estimate for one rank is %s but the limit is %s (%s); the "
-                        "model's weights, adapters and optimizer state alone take %s (without "
-                        "the copies of quant.dequantized_layers), so even with "
-                        "quant.dequantized_layers=0 no train.micro_batch, data.max_seq_len or "
-                        "train.activation_checkpointing fits: use a device with more memory, a "
-                        "smaller model or a lower lora.r",
-                        human(need, h, sizeof h), human(limit, h2, sizeof h2), what,
-                        human(fixed, h3, sizeof h3));
     if (!fit[0])
         return ql_error(QL_ENOMEM,
                         "memory: the estimate for one rank is %s but the limit is %s (%s); the "
-                        "model's weights, adapters and optimizer state alone take %s, so no "
+                        "model's weights, adapters and optimizer state alone take %s%s, so %sno "
                         "train.micro_batch, data.max_seq_len or train.activation_checkpointing "
                         "fits: use a device with more memory (or several pipeline stages, not yet "
                         "supported), a smaller model or a lower lora.r",
                         human(need, h, sizeof h), human(limit, h2, sizeof h2), what,
-                        human(fixed, h3, sizeof h3));
+                        human(fixed, h3, sizeof h3),
+                        without_copies ? " (without the copies of quant.dequantized_layers)" : "",
+                        without_copies ? "even with quant.dequantized_layers=0 " : "");
     char acts[32], wts[32];
     return ql_error(QL_ENOMEM,
                     "memory: the estimate for one rank is %s (activations %s, weights %s) but the "

@@ -224,43 +224,34 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
         TOPS_CLOSE(dx, rdx, T * in, TOL_GEMM, w2);
     }
 
-    /* Determinism: again, from poisoned outputs and the same dA, dB start. */
+    /* Determinism: again, from poisoned outputs and the same dA, dB start;
+     * then once more with W kept dequantized (q4_keep_dequantized): the same
+     * bits on either path (the dequant path reads the copy, the fused one
+     * ignores it). The copy's free rows and columns are never written by the
+     * keep (the emulator's cudaMalloc leaves them 0xFF, NaN: a read would
+     * show). */
     void *y1 = down_bytes(gy, (size_t)(T * out) * 2), *dx1 = down_bytes(gdx, (size_t)(T * in) * 2);
     void *dA1 = down_bytes(gdA, (size_t)r * (size_t)in * 4),
          *dB1 = down_bytes(gdB, (size_t)(out * r) * 4);
-    poison(gy, (size_t)(T * out) * 2);
-    poison(gdx, (size_t)(T * in) * 2);
-    GTRY(gpu->upload(gdA, dA0, (size_t)r * (size_t)in * 4));
-    GTRY(gpu->upload(gdB, dB0, (size_t)(out * r) * 4));
-    GTRY(gpu->q4_lora_fwd(&dev, r ? &dl : NULL, dx_, T, gy, gxa));
-    GTRY(gpu->q4_lora_bwd(&dev, r ? &dl : NULL, dx_, gxa, ddy, T, c->with_dx ? gdx : NULL, gdA,
-                          gdB));
-    same_bits(gy, y1, (size_t)(T * out) * 2, what);
-    if (c->with_dx) same_bits(gdx, dx1, (size_t)(T * in) * 2, what);
-    if (r) {
-        same_bits(gdA, dA1, (size_t)r * (size_t)in * 4, what);
-        same_bits(gdB, dB1, (size_t)(out * r) * 4, what);
-    }
-
-    /* With W kept dequantized (q4_keep_dequantized): the same bits, on
-     * either path (the dequant path reads the copy, the fused one ignores
-     * it). The copy's free rows and columns are never written by the keep
-     * (the emulator's cudaMalloc leaves them 0xFF, NaN: a read would show). */
-    GTRY(gpu->q4_keep_dequantized(&dev, r));
-    CHECK(dev.dense != NULL);
-    poison(gy, (size_t)(T * out) * 2);
-    poison(gdx, (size_t)(T * in) * 2);
-    GTRY(gpu->upload(gdA, dA0, (size_t)r * (size_t)in * 4));
-    GTRY(gpu->upload(gdB, dB0, (size_t)(out * r) * 4));
-    GTRY(gpu->q4_lora_fwd(&dev, r ? &dl : NULL, dx_, T, gy, gxa));
-    GTRY(gpu->q4_lora_bwd(&dev, r ? &dl : NULL, dx_, gxa, ddy, T, c->with_dx ? gdx : NULL, gdA,
-                          gdB));
-    snprintf(w2, sizeof w2, "%s, kept dequantized", what);
-    same_bits(gy, y1, (size_t)(T * out) * 2, w2);
-    if (c->with_dx) same_bits(gdx, dx1, (size_t)(T * in) * 2, w2);
-    if (r) {
-        same_bits(gdA, dA1, (size_t)r * (size_t)in * 4, w2);
-        same_bits(gdB, dB1, (size_t)(out * r) * 4, w2);
+    for (int kept = 0; kept < 2; kept++) {
+        if (kept) {
+            GTRY(gpu->q4_keep_dequantized(&dev, r));
+            CHECK(dev.dense != NULL);
+        }
+        snprintf(w2, sizeof w2, "%s%s", what, kept ? ", kept dequantized" : "");
+        poison(gy, (size_t)(T * out) * 2);
+        poison(gdx, (size_t)(T * in) * 2);
+        GTRY(gpu->upload(gdA, dA0, (size_t)r * (size_t)in * 4));
+        GTRY(gpu->upload(gdB, dB0, (size_t)(out * r) * 4));
+        GTRY(gpu->q4_lora_fwd(&dev, r ? &dl : NULL, dx_, T, gy, gxa));
+        GTRY(gpu->q4_lora_bwd(&dev, r ? &dl : NULL, dx_, gxa, ddy, T, c->with_dx ? gdx : NULL, gdA,
+                              gdB));
+        same_bits(gy, y1, (size_t)(T * out) * 2, w2);
+        if (c->with_dx) same_bits(gdx, dx1, (size_t)(T * in) * 2, w2);
+        if (r) {
+            same_bits(gdA, dA1, (size_t)r * (size_t)in * 4, w2);
+            same_bits(gdB, dB1, (size_t)(out * r) * 4, w2);
+        }
     }
     n_ops_run += 3;
 
@@ -355,7 +346,14 @@ static void test_q4_phases(ql_cuda_q4_path path) {
     ql_cuda_q4_set_path(path);
     /* dequantize, base GEMM, LoRA GEMMs, bf16 copies, concat, dropout */
     const int64_t want[2][QL_Q4_PHASES] = {{0, 2, 3, 4, 0, 2}, {2, 2, 3, 4, 1, 3}};
-    for (int on = 0; on < 2; on++) {
+    /* Four calls: timing off; on; on with W kept dequantized for another
+     * rank's layout (not used); on with it kept for this one (no dequantize
+     * pass on the dequant path, the rest as before). */
+    static const char *const cases[4] = {"timing off", "timing on", "kept for r 0",
+                                         "kept for this r"};
+    for (int k = 0; k < 4; k++) {
+        const int on = k > 0, used = k == 3 && path == QL_CUDA_Q4_DEQUANT_BLAS;
+        if (k >= 2) GTRY(gpu->q4_keep_dequantized(&dev, k == 3 ? r : 0));
         ql_cuda_q4_phases_enable(on);
         GTRY(gpu->q4_lora_fwd(&dev, &dl, gx, T, gy, gxa));
         GTRY(gpu->q4_lora_bwd(&dev, &dl, gx, gxa, gdy, T, gdx, gdA, gdB));
@@ -363,31 +361,12 @@ static void test_q4_phases(ql_cuda_q4_path path) {
         int64_t calls[QL_Q4_PHASES];
         ql_cuda_q4_phases_get(ms, calls);
         for (int p = 0; p < QL_Q4_PHASES; p++) {
-            const int64_t w = on ? want[path == QL_CUDA_Q4_DEQUANT_BLAS][p] : 0;
-            CHECKF(calls[p] == w, "q4 phases %s, timing %s: %s %lld calls, want %lld",
-                   path == QL_CUDA_Q4_FUSED ? "fused" : "dequant", on ? "on" : "off",
+            const int64_t w = !on || (p == QL_Q4_PHASE_DEQUANT && used) ? 0 : want[path][p];
+            CHECKF(calls[p] == w, "q4 phases %s, %s: %s %lld calls, want %lld",
+                   path == QL_CUDA_Q4_FUSED ? "fused" : "dequant", cases[k],
                    ql_cuda_q4_phase_name(p), (long long)calls[p], (long long)w);
             CHECKF(ms[p] >= 0 && ms[p] < 1e9 && (on || ms[p] == 0), "q4 phase %s: %g ms",
                    ql_cuda_q4_phase_name(p), ms[p]);
-        }
-    }
-    /* W kept dequantized: no dequantize pass on the dequant path, the rest
-     * as before; kept for another rank's layout, not used. */
-    for (int kept_r = 0; kept_r <= r; kept_r += r) {
-        GTRY(gpu->q4_keep_dequantized(&dev, kept_r));
-        ql_cuda_q4_phases_enable(1);
-        GTRY(gpu->q4_lora_fwd(&dev, &dl, gx, T, gy, gxa));
-        GTRY(gpu->q4_lora_bwd(&dev, &dl, gx, gxa, gdy, T, gdx, gdA, gdB));
-        double ms[QL_Q4_PHASES];
-        int64_t calls[QL_Q4_PHASES];
-        ql_cuda_q4_phases_get(ms, calls);
-        for (int p = 0; p < QL_Q4_PHASES; p++) {
-            const int used = kept_r == r && path == QL_CUDA_Q4_DEQUANT_BLAS;
-            const int64_t w = p == QL_Q4_PHASE_DEQUANT && used ? 0 : want[path][p];
-            CHECKF(calls[p] == w,
-                   "q4 phases %s, kept dequantized for r %d: %s %lld calls, want %lld",
-                   path == QL_CUDA_Q4_FUSED ? "fused" : "dequant", kept_r, ql_cuda_q4_phase_name(p),
-                   (long long)calls[p], (long long)w);
         }
     }
     ql_cuda_q4_phases_enable(0);
