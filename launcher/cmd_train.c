@@ -157,10 +157,17 @@ static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
  * micro-batches. */
 #define QL_DROPOUT_RANK_STREAM (UINT64_C(1) << 62)
 
+/* Rows of a micro-batch on one rank: train.micro_batch, or the rank's share
+ * of the global batch when that is smaller (train/trainer.c). */
+static int64_t rank_rows(const ql_config *c, const ql_job *j) {
+    const int64_t share = c->train.global_batch / (j->size > 0 ? j->size : 1);
+    return share > 0 && share < c->train.micro_batch ? share : c->train.micro_batch;
+}
+
 static void print_plan(const ql_config *c, const ql_job *j, const ql_backend *be,
                        const ql_dataset *ds) {
-    int64_t G = c->train.global_batch, per = G / j->size, M = c->train.micro_batch;
-    int64_t mb = M < per ? M : per, accum = (per + mb - 1) / mb;
+    int64_t G = c->train.global_batch, per = G / j->size;
+    int64_t mb = rank_rows(c, j), accum = (per + mb - 1) / mb;
     double epochs = (double)(c->train.steps * G) / (double)ds->train.rows.n_rows;
     fprintf(stderr, "training: %lld steps of %lld %s", (long long)c->train.steps, (long long)G,
             c->data.packing ? "packed rows" : "sequences");
@@ -266,13 +273,6 @@ static void run_files(const ql_config *c, const ql_dataset *ds, const ql_train_r
                QL_REPORT_PNG);
     }
     ql_error_clear();
-}
-
-/* Rows of a micro-batch on one rank: train.micro_batch, or the rank's share
- * of the global batch when that is smaller (train/trainer.c). */
-static int64_t rank_rows(const ql_config *c, const ql_job *j) {
-    const int64_t share = c->train.global_batch / (j->size > 0 ? j->size : 1);
-    return share > 0 && share < c->train.micro_batch ? share : c->train.micro_batch;
 }
 
 /* After an agreed failure that was the device running out of memory, rank 0
