@@ -10,7 +10,10 @@
 # the all-gather's overlap with the next step's forward pass
 # (ql_optim_params_needed: 64 parts, joined layer by layer): on the emulator
 # a collective's result lands only when the program waits for it, so a
-# missing or short wait leaves stale parameters and a different adapter.
+# missing or short wait leaves stale parameters and a different adapter,
+# and a write to a collective's input or output before the wait that
+# orders it stops the run (kernels/cuda/emu/README.md, "Inputs and outputs
+# are watched").
 # Runs on the CUDA emulator (kernels/cuda/emu) or where nvidia-smi lists at
 # least 2 GPUs; exit 77 elsewhere, or without mpirun or a Python with numpy
 # and safetensors.
@@ -31,6 +34,7 @@ run() { # name, then VAR=value settings for both ranks
         -x OMP_WAIT_POLICY "${xs[@]}" -np 2 "$QLORA" train cfg.yaml --output_dir="$name" "${A[@]}" \
         >"$name.out" 2>"$name.err" || {
         bad "$name exited $?"
+        grep -m3 "CUDA emulator" "$name.err" # a race report, before MPI's backtrace
         tail -20 "$name.err"
     }
 }

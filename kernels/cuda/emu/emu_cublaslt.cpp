@@ -519,7 +519,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
                               const void *C, cublasLtMatrixLayout_t Cdesc, void *D,
                               cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *algo,
                               void *workspace, size_t workspaceSizeInBytes, cudaStream_t stream) {
-    (void)stream;
+    ql_emu_stream_land(stream); /* after the stream's earlier work */
     ql_emu_count_matmul();
     ql_emu_device_scope open;
     if (!live_has(lightHandle, OBJ_HANDLE)) return CUBLAS_STATUS_NOT_INITIALIZED;

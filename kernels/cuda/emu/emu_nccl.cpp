@@ -366,7 +366,14 @@ ncclResult_t run(const coll &o) {
     const span w = written(o), rd = read_by(o);
     ql_emu_stream_land_touching(o.stream, (const void *)rd.lo, (size_t)(rd.hi - rd.lo));
     ql_emu_stream_land_touching(o.stream, (const void *)w.lo, (size_t)(w.hi - w.lo));
-    if (!o.stream || w.lo == w.hi) return run_now(o);
+    if (!o.stream) return run_now(o);
+    if (w.lo == w.hi) { /* a send alone: its input is still watched until it lands */
+        const ncclResult_t r = run_now(o);
+        if (r == ncclSuccess)
+            ql_emu_stream_defer(o.stream, o.what, nullptr, nullptr, 0, (const void *)rd.lo,
+                                (size_t)(rd.hi - rd.lo));
+        return r;
+    }
     std::vector<char> stage((size_t)(w.hi - w.lo));
     memcpy(stage.data(), (const void *)w.lo, stage.size());
     coll moved = o;
@@ -374,7 +381,9 @@ ncclResult_t run(const coll &o) {
     const uintptr_t snd = (uintptr_t)o.send;
     if (snd >= w.lo && snd < w.hi) moved.send = stage.data() + (snd - w.lo); /* in place */
     const ncclResult_t r = run_now(moved);
-    if (r == ncclSuccess) ql_emu_stream_defer(o.stream, (void *)w.lo, stage.data(), stage.size());
+    if (r == ncclSuccess)
+        ql_emu_stream_defer(o.stream, o.what, (void *)w.lo, stage.data(), stage.size(),
+                            (const void *)rd.lo, (size_t)(rd.hi - rd.lo));
     return r;
 }
 

@@ -682,6 +682,13 @@ struct emu_deferred {
     char *dst;
     std::vector<char> bytes;
     uint64_t seq; /* the stream's count of deferred writes before this one */
+    /* On a GPU the operation reads its input and writes dst at some time
+     * before the wait that lands it: what dst held and what the input was
+     * at the enqueue must still be there when it lands, or other work
+     * touched them meanwhile without waiting (a race). */
+    std::vector<char> dst_then, in_then;
+    const char *in;
+    const char *what;
 };
 
 struct CUstream_st {
@@ -696,13 +703,38 @@ namespace {
 std::mutex g_stream_mu;
 std::map<cudaStream_t, int> g_streams; /* live streams (value unused) */
 
+/* The first byte at which [p, p + then.size()) no longer holds `then`, or -1. */
+long changed_at(const char *p, const std::vector<char> &then) {
+    if (!memcmp(p, then.data(), then.size())) return -1;
+    size_t i = 0;
+    while (p[i] == then[i]) i++;
+    return (long)i;
+}
+
+/* d's bytes reach device memory (g_stream_mu held, device scope open),
+ * after checking that nothing else touched its input or output since the
+ * enqueue. */
+void land_one(cudaStream_t s, emu_deferred &d) {
+    const long in_at = d.in ? changed_at(d.in, d.in_then) : -1;
+    const long out_at = d.dst ? changed_at(d.dst, d.dst_then) : -1;
+    if (in_at >= 0 || out_at >= 0)
+        emu_fatal("%s on stream %p: byte %ld of its %zu-byte %s was changed after the operation "
+                  "was enqueued and before the program waited for the stream. On a GPU the "
+                  "operation %s those bytes at some time in between: a race. Order the change "
+                  "after the operation (cudaStreamWaitEvent on an event recorded after it, or a "
+                  "synchronization) or put it on the same stream.",
+                  d.what, (void *)s, in_at >= 0 ? in_at : out_at,
+                  in_at >= 0 ? d.in_then.size() : d.dst_then.size(),
+                  in_at >= 0 ? "input" : "output", in_at >= 0 ? "reads" : "writes");
+    if (d.dst) memcpy(d.dst, d.bytes.data(), d.bytes.size());
+}
+
 /* Lands s's deferred writes up to number `upto` (g_stream_mu held). */
 void land(cudaStream_t s, uint64_t upto) {
     if (s->deferred.empty() || s->deferred.front().seq >= upto) return;
     ql_emu_device_scope open;
     while (!s->deferred.empty() && s->deferred.front().seq < upto) {
-        emu_deferred &d = s->deferred.front();
-        memcpy(d.dst, d.bytes.data(), d.bytes.size());
+        land_one(s, s->deferred.front());
         s->deferred.pop_front();
     }
 }
@@ -728,16 +760,19 @@ void ql_emu_stream_mark_pending(cudaStream_t s) {
     if (g_streams.count(s)) s->pending = 1;
 }
 
-void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t bytes) {
-    if (!bytes) return;
+void ql_emu_stream_defer(cudaStream_t s, const char *what, void *dst, const void *src, size_t bytes,
+                         const void *in, size_t in_bytes) {
+    if (!bytes && !in_bytes) return;
     ql_emu_device_scope open;
     std::lock_guard<std::mutex> lk(g_stream_mu);
     if (!s || !g_streams.count(s)) {
-        memcpy(dst, src, bytes);
+        if (bytes) memcpy(dst, src, bytes);
         return;
     }
+    const char *d = (const char *)dst, *i = in_bytes ? (const char *)in : nullptr;
     s->deferred.push_back(emu_deferred{
-        (char *)dst, std::vector<char>((const char *)src, (const char *)src + bytes), s->posted});
+        (char *)dst, std::vector<char>((const char *)src, (const char *)src + bytes), s->posted,
+        std::vector<char>(d, d + bytes), std::vector<char>(i, i ? i + in_bytes : i), i, what});
     s->posted++;
 }
 
@@ -770,7 +805,7 @@ void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes) {
     for (size_t i = 0; i < s->deferred.size(); i++) {
         emu_deferred &d = s->deferred[i];
         if (pick[i])
-            memcpy(d.dst, d.bytes.data(), d.bytes.size());
+            land_one(s, d);
         else
             keep.push_back(std::move(d));
     }

@@ -5,19 +5,29 @@
  * in rank order, a group's work happening at ncclGroupEnd, the non-blocking
  * protocol, and the strict checks (host memory, another device's memory,
  * overlap that is not in place, a group whose operations touch each other's
- * memory). Independent of qlora: the expected values are computed here. */
+ * memory), and, at a world of one, the watch on a collective's input and
+ * output until it lands (races stop the program; ordered work does not).
+ * Independent of qlora: the expected values are computed here. */
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
-#include "cuda_runtime_api.h"
+#include <string>
+
+#include "cuda_runtime.h"
 #include "nccl.h"
 
 static int g_rank, g_size, g_fails, g_checks;
+
+__global__ void k_fill(float *p, float v) { p[threadIdx.x] = v; }
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -62,6 +72,110 @@ static void poll_done(ncclComm_t c) {
     ncclResult_t st = ncclInternalError;
     CHECK(ncclCommGetAsyncError(c, &st) == ncclSuccess && st == ncclInProgress);
     CHECK(ncclCommGetAsyncError(c, &st) == ncclSuccess && st == ncclSuccess);
+}
+
+/* Runs body in a child, which must die of SIGABRT with every needle on
+ * stderr. The child makes no MPI call (a world of one). */
+template <class F>
+static void expect_abort(const char *what, F body, const char *n1, const char *n2) {
+    int fd[2];
+    if (pipe(fd) != 0) {
+        CHECK(!"pipe");
+        return;
+    }
+    fflush(stdout), fflush(stderr);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], 2);
+        close(fd[1]);
+        const struct rlimit no_core = {0, 0};
+        setrlimit(RLIMIT_CORE, &no_core);
+        alarm(20);
+        body();
+        _exit(0);
+    }
+    close(fd[1]);
+    std::string msg;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(fd[0], buf, sizeof buf)) > 0) msg.append(buf, (size_t)n);
+    close(fd[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    const bool died = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+    const bool named = msg.find(n1) != std::string::npos && msg.find(n2) != std::string::npos;
+    if (!died || !named)
+        fprintf(stderr, "%s: status %#x, stderr: %s\n", what, (unsigned)st, msg.c_str());
+    CHECK(died && named);
+}
+
+/* A collective on a stream of its own may read its input and write its
+ * output at any time until the program waits for it: other work that
+ * touches them before that wait is a race the emulator stops at (when the
+ * result lands), and work ordered after the collective is not. World of
+ * one only (the children fork). */
+static void test_races(ncclComm_t c, float *a, float *b, float *cbuf) {
+    enum { N = 64 };
+    float h[N], got[N];
+    for (int i = 0; i < N; i++) h[i] = (float)(i + 1);
+    cudaStream_t s = nullptr;
+    cudaEvent_t ev = nullptr;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) == cudaSuccess);
+    CHECK(cudaMemcpy(a, h, sizeof h, cudaMemcpyHostToDevice) == cudaSuccess);
+    const size_t bytes = sizeof h;
+
+    expect_abort(
+        "input overwritten on the legacy stream",
+        [&] {
+            ncclAllReduce(a, b, N, ncclFloat32, ncclSum, c, s);
+            cudaMemsetAsync(a + 5, 0, sizeof(float), nullptr);
+            cudaStreamSynchronize(s);
+        },
+        "ncclAllReduce", "byte 22 of its 256-byte input was changed"); /* 6.0f: 00 00 c0 40 */
+    expect_abort(
+        "output written before the wait",
+        [&] {
+            ncclAllReduce(a, b, N, ncclFloat32, ncclSum, c, s);
+            cudaMemsetAsync(b, 0, bytes, nullptr);
+            cudaStreamSynchronize(s);
+        },
+        "ncclAllReduce", "of its 256-byte output was changed");
+    expect_abort(
+        "in-place input overwritten, landed by an event query",
+        [&] {
+            ncclAllReduce(a, a, N, ncclFloat32, ncclSum, c, s);
+            cudaEventRecord(ev, s);
+            cudaMemcpy(a + N - 1, h, sizeof(float), cudaMemcpyHostToDevice);
+            while (cudaEventQuery(ev) == cudaErrorNotReady) {
+            }
+        },
+        "race", "byte 255 of its 256-byte input"); /* 64.0f to 1.0f: the top byte */
+
+    /* Ordered: after an event wait on the legacy stream, on the same
+     * stream (a memset, a kernel, a collective that overwrites the input),
+     * or after a synchronization. */
+    const float one = 1.0f;
+    CHECK(ncclAllReduce(a, b, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
+    CHECK(cudaEventRecord(ev, s) == cudaSuccess);
+    CHECK(cudaStreamWaitEvent(nullptr, ev, 0) == cudaSuccess);
+    CHECK(cudaMemsetAsync(a, 0, bytes, nullptr) == cudaSuccess);
+    CHECK(ncclAllReduce(b, cbuf, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
+    CHECK(cudaMemsetAsync(b, 0, bytes, s) == cudaSuccess);
+    CHECK(ncclAllReduce(cbuf, a, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
+    ql_emu_launch("k_fill", k_fill, dim3(1), dim3(N), 0, s)(cbuf, one);
+    CHECK(ncclAllReduce(a, b, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
+    CHECK(ncclAllReduce(cbuf, a, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
+    CHECK(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(cudaMemcpy(got, b, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(!memcmp(got, h, bytes)); /* h went a -> b -> cbuf -> a -> b */
+    CHECK(cudaMemcpy(got, a, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    bool ones = true;
+    for (int i = 0; i < N; i++) ones = ones && got[i] == 1.0f;
+    CHECK(ones);
+    CHECK(cudaEventDestroy(ev) == cudaSuccess);
+    CHECK(cudaStreamDestroy(s) == cudaSuccess);
 }
 
 int main(int argc, char **argv) {
@@ -217,6 +331,7 @@ int main(int argc, char **argv) {
 
     /* --- abort frees this rank alone ------------------------------------------------------ */
     c = make_comm(1);
+    if (g_size == 1) test_races(c, a, b, cbuf);
     CHECK(ncclCommAbort(c) == ncclSuccess);
     CHECK(ncclCommAbort(nullptr) == ncclSuccess);
 

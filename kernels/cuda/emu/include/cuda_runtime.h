@@ -164,7 +164,9 @@ template <class... P> struct ql_emu_launch_t {
     const char *name;
     dim3 grid, block;
     size_t smem;
+    cudaStream_t stream;
     template <class... A> void operator()(A &&...a) const {
+        ql_emu_stream_land(stream); /* after the stream's earlier work */
         /* Arguments convert to the parameter types once, as a launch copies
          * them; every thread then receives its own copy. */
         std::tuple<P...> args(std::forward<A>(a)...);
@@ -184,8 +186,7 @@ template <class... P> struct ql_emu_launch_t {
 template <class... P>
 static inline ql_emu_launch_t<P...> ql_emu_launch(const char *name, void (*k)(P...), dim3 g, dim3 b,
                                                   size_t smem, cudaStream_t stream) {
-    (void)stream; /* one in-order queue: the host */
-    return ql_emu_launch_t<P...>{k, name, g, b, smem};
+    return ql_emu_launch_t<P...>{k, name, g, b, smem, stream};
 }
 
 #endif

@@ -112,9 +112,13 @@ void ql_emu_stream_mark_pending(cudaStream_t s);
  * cudaStreamSynchronize, a cudaStreamQuery that answers cudaSuccess, a
  * cudaDeviceSynchronize, or a wait for (cudaStreamWaitEvent,
  * cudaEventSynchronize, cudaEventQuery) an event recorded on s after this
- * call; also before s's next copy or collective, in order. The null stream:
- * at once. src is copied. */
-void ql_emu_stream_defer(cudaStream_t s, void *dst, const void *src, size_t bytes);
+ * call; also before s's next kernel, copy, matmul, or a collective that
+ * touches them, in order. The null stream: at once. src is copied.
+ * [in, in + in_bytes) is what the operation (named `what`) reads: if it or
+ * dst changes before the bytes land, other work touched them while the
+ * operation could still be running, and the program stops with a report. */
+void ql_emu_stream_defer(cudaStream_t s, const char *what, void *dst, const void *src, size_t bytes,
+                         const void *in, size_t in_bytes);
 /* Host code never touches device memory on a GPU (it would fault), so here
  * device allocations are mapped without access while the program's own
  * code runs. Inside the emulator's calls (a kernel, a copy, a collective,
