@@ -130,7 +130,7 @@ static void llama_layer_grad_range(void *ctx, int layer, int64_t *lo, int64_t *h
     ql_llama_layer_grad_range(ctx, layer, lo, hi);
 }
 
-static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
+static ql_llama_options model_options(const ql_config *c, const ql_job *j, const ql_backend *be,
                                       const ql_dataset *ds) {
     ql_llama_options o;
     ql_llama_options_default(&o);
@@ -146,8 +146,9 @@ static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
                               .targets = c->lora.targets};
     o.seed = (uint64_t)c->seed;
     o.checkpoint_activations = c->train.activation_checkpointing;
-    o.max_batch = c->train.micro_batch;
-    /* Buffers for the longest row that can occur, not more. */
+    /* Buffers for the most rows a rank runs at a time and the longest row
+     * that can occur, not more. */
+    o.max_batch = ql_train_rank_rows(c->train.global_batch, c->train.micro_batch, j->size);
     o.max_seq = c->data.pad_to == QL_PAD_MAX_SEQ_LEN ? c->data.max_seq_len : ql_dataset_max_row(ds);
     return o;
 }
@@ -157,11 +158,8 @@ static ql_llama_options model_options(const ql_config *c, const ql_backend *be,
  * micro-batches. */
 #define QL_DROPOUT_RANK_STREAM (UINT64_C(1) << 62)
 
-/* Rows of a micro-batch on one rank: train.micro_batch, or the rank's share
- * of the global batch when that is smaller (train/trainer.c). */
 static int64_t rank_rows(const ql_config *c, const ql_job *j) {
-    const int64_t share = c->train.global_batch / (j->size > 0 ? j->size : 1);
-    return share > 0 && share < c->train.micro_batch ? share : c->train.micro_batch;
+    return ql_train_rank_rows(c->train.global_batch, c->train.micro_batch, j->size);
 }
 
 static void print_plan(const ql_config *c, const ql_job *j, const ql_backend *be,
@@ -231,7 +229,7 @@ static ql_status memory_plan(const ql_config *c, const ql_job *j, int cuda, int 
             int local = j->world.local_size > 0 ? j->world.local_size : 1;
             limit = ql_mem_plan_limit(c, total, gpu, local, what, sizeof what);
         }
-        if (print) ql_mem_plan_print(print, c, max_seq, &e, limit, what);
+        if (print) ql_mem_plan_print(print, c, &e, limit, what);
         st = ql_mem_plan_check(c, &hc, max_seq, cuda, j->size, &e, limit, what);
         if (print && cuda && st == QL_OK)
             ql_mem_plan_print_dense_hint(print, c, &hc, max_seq, j->size, limit);
@@ -389,7 +387,7 @@ static int run(const ql_config *c, ql_job *j) {
     const ql_token_data *d = &ds.train.d;
 
     ql_comm_set_phase(comm, "loading the model");
-    ql_llama_options o = model_options(c, be, &ds);
+    ql_llama_options o = model_options(c, j, be, &ds);
     o.quiet = !r0; /* rank 0 describes the model */
     if (r0 && o.dequantized_layers > 0 && !be->q4_keep_dequantized)
         fprintf(stderr,

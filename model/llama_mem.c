@@ -133,6 +133,8 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
                       (size_t)cap * (size_t)(5 * d + 3 * inter + 2 * qdim + 2 * kvdim) * esz +
                       4 * (size_t)cap * sizeof(int32_t);
     e->logit_rows = ql_llama_logit_rows(o, device ? QL_DT_BF16 : QL_DT_F32, V);
+    e->rows = o->max_batch;
+    e->seq = o->max_seq;
     e->logits = (size_t)(e->logit_rows * V) * esz;
 
     if (device) {

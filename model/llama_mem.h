@@ -38,6 +38,7 @@ typedef struct ql_mem_estimate {
     size_t runtime_reserve; /* not ours to count (CUDA context, libraries, NCCL); 0 on CPU */
     int64_t logit_rows;
     int64_t trainable, base_params;
+    int64_t rows, seq; /* the micro-batch it is for: o->max_batch x o->max_seq */
 } ql_mem_estimate;
 
 /* The estimate for config c with options o (o->be is not used: `device`

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "kernels/cuda_api.h"
+#include "train/trainer.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
@@ -40,9 +41,14 @@ static ql_status estimate_with(const ql_config *c, const ql_hf_config *hc, int64
     return ql_llama_mem_estimate(hc, &o, device, world, e);
 }
 
+/* The rows one rank runs at a time (train/trainer.h): what the buffers hold. */
+static int64_t rows_of(const ql_config *c, int world) {
+    return ql_train_rank_rows(c->train.global_batch, c->train.micro_batch, world);
+}
+
 ql_status ql_mem_plan_estimate(const ql_config *c, const ql_hf_config *hc, int64_t max_seq,
                                int device, int world, ql_mem_estimate *e) {
-    return estimate_with(c, hc, max_seq, c->train.micro_batch, c->train.activation_checkpointing,
+    return estimate_with(c, hc, max_seq, rows_of(c, world), c->train.activation_checkpointing,
                          c->quant.dequantized_layers, device, world, e);
 }
 
@@ -100,12 +106,12 @@ static const char *count(double v, char *buf, size_t n) {
     return buf;
 }
 
-void ql_mem_plan_print(FILE *f, const ql_config *c, int64_t max_seq, const ql_mem_estimate *e,
-                       size_t limit, const char *what) {
+void ql_mem_plan_print(FILE *f, const ql_config *c, const ql_mem_estimate *e, size_t limit,
+                       const char *what) {
     char note[256], h1[32], h2[32], n1[32];
     fprintf(f,
             "memory estimate per rank (%s, micro-batch %lld x %lld tokens, activations in %s%s):\n",
-            e->device ? "GPU" : "CPU", (long long)c->train.micro_batch, (long long)max_seq,
+            e->device ? "GPU" : "CPU", (long long)e->rows, (long long)e->seq,
             e->esz == 2 ? "bf16" : "fp32",
             c->train.activation_checkpointing ? ", activation checkpointing" : "");
     snprintf(note, sizeof note, "%s base parameters in all",
@@ -186,8 +192,7 @@ int64_t ql_mem_plan_dense_fits(const ql_config *c, const ql_hf_config *hc, int64
     int64_t lo = 0, hi = hc->num_hidden_layers, best = -1;
     while (lo <= hi) {
         p.dense = lo + (hi - lo) / 2;
-        if (need_of(&p, max_seq, c->train.micro_batch, c->train.activation_checkpointing) <=
-            limit) {
+        if (need_of(&p, max_seq, rows_of(c, world), c->train.activation_checkpointing) <= limit) {
             best = p.dense;
             lo = p.dense + 1;
         } else {
@@ -200,16 +205,16 @@ int64_t ql_mem_plan_dense_fits(const ql_config *c, const ql_hf_config *hc, int64
 void ql_mem_plan_print_dense_hint(FILE *f, const ql_config *c, const ql_hf_config *hc,
                                   int64_t max_seq, int world, size_t limit) {
     const int64_t L = hc->num_hidden_layers, now = c->quant.dequantized_layers;
-    if (!limit || now >= L ||
-        ql_cuda_q4_path_for(c->train.micro_batch * max_seq) != QL_CUDA_Q4_DEQUANT_BLAS)
+    const int64_t rows = rows_of(c, world);
+    if (!limit || now >= L || ql_cuda_q4_path_for(rows * max_seq) != QL_CUDA_Q4_DEQUANT_BLAS)
         return;
     const int64_t k = ql_mem_plan_dense_fits(c, hc, max_seq, 1, world, limit);
     if (k <= now) return;
     ql_mem_estimate a, b;
-    if (estimate_with(c, hc, max_seq, c->train.micro_batch, c->train.activation_checkpointing, now,
-                      1, world, &a) != QL_OK ||
-        estimate_with(c, hc, max_seq, c->train.micro_batch, c->train.activation_checkpointing, k, 1,
-                      world, &b) != QL_OK)
+    if (estimate_with(c, hc, max_seq, rows, c->train.activation_checkpointing, now, 1, world, &a) !=
+            QL_OK ||
+        estimate_with(c, hc, max_seq, rows, c->train.activation_checkpointing, k, 1, world, &b) !=
+            QL_OK)
         return;
     char h[32];
     fprintf(f,
@@ -245,7 +250,7 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
                .world = world,
                .limit = limit,
                .dense = c->quant.dequantized_layers};
-    const int64_t micro = c->train.micro_batch;
+    const int64_t micro = rows_of(c, world);
     const int ckpt = c->train.activation_checkpointing;
     char fit[1024] = "", short_[1024] = "", h[32], h2[32], h3[32];
     /* The bf16 copies first: they buy speed, not the ability to train. When

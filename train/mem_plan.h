@@ -31,8 +31,8 @@ size_t ql_mem_plan_limit(const ql_config *c, size_t device_total, const char *de
                          int local_ranks, char *what, size_t what_n);
 
 /* The estimate as a table, with both activation figures and the limit. */
-void ql_mem_plan_print(FILE *f, const ql_config *c, int64_t max_seq, const ql_mem_estimate *e,
-                       size_t limit, const char *what);
+void ql_mem_plan_print(FILE *f, const ql_config *c, const ql_mem_estimate *e, size_t limit,
+                       const char *what);
 
 /* QL_ENOMEM, with a message naming the estimate, the limit and the changes
  * that would fit (train.activation_checkpointing, train.micro_batch,

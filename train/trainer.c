@@ -121,7 +121,10 @@ static ql_status stop_requested(loop *L, const ql_train_opts *o, int *stop) {
  * progress output. */
 static ql_status evaluate(loop *L, int64_t step, ql_train_result *r) {
     double t0 = ql_now(), loss_sum = 0;
-    int64_t n_tg = 0, tokens = 0, M = L->c->train.micro_batch, first, n;
+    const ql_config *c = L->c;
+    int64_t n_tg = 0, tokens = 0, first, n;
+    /* At most the rows training runs at a time, which the buffers hold. */
+    const int64_t M = ql_train_rank_rows(c->train.global_batch, c->train.micro_batch, L->world);
     ql_dist_slice(L->v_rows.n_rows, L->world, L->rank, &first, &n);
     ql_status st = ql_optim_params_sync(&L->o);
     for (int64_t g = first; g < first + n && st == QL_OK; g += M) {
@@ -228,6 +231,11 @@ static void trace_samples(loop *L, const ql_train_opts *o, int64_t step, int64_t
     for (int64_t g = first; g < first + L->c->train.global_batch; g++)
         fprintf(stderr, " %lld=%lld", (long long)g, (long long)ql_batcher_row(&L->b, g));
     fputc('\n', stderr);
+}
+
+int64_t ql_train_rank_rows(int64_t global_batch, int64_t micro_batch, int world) {
+    const int64_t share = global_batch / (world > 0 ? world : 1);
+    return share > 0 && share < micro_batch ? share : micro_batch;
 }
 
 ql_status ql_train_check_batch(int64_t global_batch, int64_t micro_batch, int world) {

@@ -115,6 +115,12 @@ ql_status ql_train_run(const ql_train_model *m, const ql_token_data *d, const ql
  * micro_batch). QL_EINVAL saying what would work when it cannot. */
 ql_status ql_train_check_batch(int64_t global_batch, int64_t micro_batch, int world);
 
+/* The rows a rank runs through the model at a time, in training and in
+ * evaluation: micro_batch, or the rank's share of the global batch when
+ * that is smaller. The model's buffers (llama options max_batch), the memory
+ * estimate and the reserving pass are all sized by it. */
+int64_t ql_train_rank_rows(int64_t global_batch, int64_t micro_batch, int world);
+
 /* Seconds on a monotonic clock. */
 double ql_now(void);
 

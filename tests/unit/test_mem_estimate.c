@@ -26,6 +26,7 @@
 #include "model/random_source.h"
 #include "train/mem_plan.h"
 #include "train/optim.h"
+#include "train/trainer.h"
 
 static const char *TINY =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 97,"
@@ -269,6 +270,48 @@ static void test_too_big(void) {
     ql_hf_config_free(&cfg);
 }
 
+/* A rank runs min(micro_batch, global_batch / world) rows at a time
+ * (train/trainer.c): at 8 ranks and a global batch of 8, micro_batch 4 is
+ * one row, and the estimate, its table and its advice are for one row. */
+static void test_rank_rows(void) {
+    CHECK(ql_train_rank_rows(8, 4, 8) == 1 && ql_train_rank_rows(8, 4, 1) == 4 &&
+          ql_train_rank_rows(64, 4, 8) == 4 && ql_train_rank_rows(24, 4, 8) == 3);
+    ql_cfg_override ov[] = {{"model", "m"},
+                            {"output_dir", "o"},
+                            {"data.train", "t.jsonl"},
+                            {"train.global_batch", "8"},
+                            {"train.micro_batch", "4"}};
+    ql_config c;
+    ql_status st = ql_config_parse(NULL, 0, "test", ov, sizeof ov / sizeof *ov, &c);
+    CHECKF(st == QL_OK, "%s", ql_error_message());
+    ql_hf_config cfg;
+    parse(SMOLLM2, &cfg);
+    ql_llama_options o;
+    ql_mem_plan_options(&c, 2048, &o);
+    o.max_batch = 1;
+    ql_mem_estimate e8, e1, want;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 8, &want) == QL_OK);
+    CHECK(ql_mem_plan_estimate(&c, &cfg, 2048, 1, 8, &e8) == QL_OK);
+    CHECK(ql_mem_plan_estimate(&c, &cfg, 2048, 1, 1, &e1) == QL_OK);
+    CHECKF(e8.rows == 1 && e8.total == want.total && e8.activations == want.activations,
+           "8 ranks: %lld rows, %zu bytes (one row: %zu)", (long long)e8.rows, e8.total,
+           want.total);
+    CHECK(e1.rows == 4 && e1.activations > 3 * e8.activations);
+    char buf[4096] = "";
+    FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+    ql_mem_plan_print(f, &c, &e8, 0, "none");
+    fclose(f);
+    CHECKF(strstr(buf, "micro-batch 1 x 2048 tokens"), "table: %s", buf);
+    /* The advice does not offer a micro_batch that changes nothing: with one
+     * row there is no smaller one. */
+    st = ql_mem_plan_check(&c, &cfg, 2048, 1, 8, &e8, e8.total / 2 + e8.runtime_reserve, "x");
+    CHECK(st == QL_ENOMEM);
+    CHECKF(!strstr(ql_error_message(), "train.micro_batch=") ||
+               strstr(ql_error_message(), "train.micro_batch=1 with"),
+           "message: %s", ql_error_message());
+    ql_hf_config_free(&cfg);
+}
+
 /* Layers kept dequantized that do not fit: the advice names the most that
  * do, first, and that many do fit. */
 static void test_too_big_dense(void) {
@@ -353,5 +396,6 @@ int main(void) {
     test_gguf_config();
     test_too_big();
     test_too_big_dense();
+    test_rank_rows();
     return CHECK_DONE();
 }
