@@ -25,6 +25,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "cuda_bf16.h"
@@ -538,13 +539,21 @@ void ql_emu_run_grid(const char *name, const void *kernel, dim3 grid, dim3 block
     ql_emu_blk.dim = block;
     ql_emu_blk.grid = grid;
     ql_emu_blk.dyn_smem = smem ? dyn_base : nullptr;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                ql_emu_blk.idx = uint3{x, y, z};
-                if (smem) memset(dyn_base, 0xFF, smem);
-                run_block(r, block);
-            }
+    /* Blocks run one after another, in a fresh pseudo-random order each
+     * launch: a GPU runs them in any order and at once, so a kernel whose
+     * result depends on the order (a block reading what another writes)
+     * gives other bits on the next launch, which the GPU tests' repeated
+     * runs catch. */
+    const size_t nb = (size_t)grid.x * grid.y * grid.z;
+    std::vector<size_t> blocks(nb);
+    for (size_t i = 0; i < nb; i++) blocks[i] = i;
+    for (size_t i = nb; i-- > 1;) std::swap(blocks[i], blocks[order_next() % (i + 1)]);
+    for (size_t b : blocks) {
+        ql_emu_blk.idx = uint3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
+                               (unsigned)(b / ((size_t)grid.x * grid.y))};
+        if (smem) memset(dyn_base, 0xFF, smem);
+        run_block(r, block);
+    }
     g_run = nullptr;
 }
 

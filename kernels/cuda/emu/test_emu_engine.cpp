@@ -2,7 +2,7 @@
  * as the ones in kernels/cuda/ are: block barriers and shared memory, warp
  * shuffles, ldmatrix + mma.sync with the PTX ISA's fragment layouts, the
  * fatal diagnostics (in fork()ed children), Hopper launch limits, copy
- * directions, memory poison and the shuffled thread schedule. Every
+ * directions, memory poison and the shuffled thread and block schedules. Every
  * expected value is computed here on the host, independently of the engine.
  * Exit status 0 when every check passes. */
 #include <cuda_bf16.h>
@@ -449,6 +449,16 @@ __global__ void k_race(int *out, int sync) {
     out[i] = sh[(i + 1) % n];
 }
 
+/* Blocks that read what other blocks write: the result depends on which ran
+ * first, as it would on a GPU. */
+__global__ void k_block_race(int *flag, int *seen) {
+    const unsigned b = blockIdx.x, n = gridDim.x;
+    if (threadIdx.x == 0) {
+        flag[b] = 1;
+        seen[b] = flag[(b + 1) % n];
+    }
+}
+
 static void test_schedule() {
     const int n = 64;
     int *d;
@@ -467,6 +477,21 @@ static void test_schedule() {
     for (int i = 0; i < n; i++)
         bad += run[0][(size_t)i] != 1000 + (i + 1) % n || run[1][(size_t)i] != run[0][(size_t)i];
     CHECK(bad == 0, "with the barrier: %d wrong or unstable results", bad);
+    /* Blocks run in a fresh order each launch, not in index order. */
+    int *flag, *seen;
+    cudaMalloc((void **)&flag, n * sizeof(int));
+    cudaMalloc((void **)&seen, n * sizeof(int));
+    for (int r = 0; r < 2; r++) {
+        cudaMemsetAsync(flag, 0, n * sizeof(int), 0);
+        QL_LAUNCH((n, 32, 0, 0), k_block_race)(flag, seen);
+        run[r] = host_from(seen, n);
+    }
+    int first = 0; /* blocks that saw their successor's flag: ran after it */
+    for (int i = 0; i < n; i++) first += run[0][(size_t)i];
+    CHECK(run[0] != run[1] && first > 1 && first < n - 1,
+          "blocks ran in the same order twice (%d of %d after their successor)", first, n);
+    cudaFree(flag);
+    cudaFree(seen);
     cudaFree(d);
 }
 
