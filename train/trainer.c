@@ -227,10 +227,18 @@ static void trace_samples(loop *L, const ql_train_opts *o, int64_t step, int64_t
     if (on < 0) on = getenv("QL_TRACE_SAMPLES") && atoi(getenv("QL_TRACE_SAMPLES")) > 0;
     if (!on || L->rank != 0) return;
     (void)o;
-    fprintf(stderr, "samples step %lld:", (long long)step);
+    /* One write for the line: under mpirun other ranks' output shares the
+     * stream, and a line written piece by piece can be split by theirs. */
+    char *line = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&line, &n);
+    if (!f) return;
+    fprintf(f, "samples step %lld:", (long long)step);
     for (int64_t g = first; g < first + L->c->train.global_batch; g++)
-        fprintf(stderr, " %lld=%lld", (long long)g, (long long)ql_batcher_row(&L->b, g));
-    fputc('\n', stderr);
+        fprintf(f, " %lld=%lld", (long long)g, (long long)ql_batcher_row(&L->b, g));
+    fputc('\n', f);
+    if (fclose(f) == 0) fwrite(line, 1, n, stderr);
+    free(line);
 }
 
 int64_t ql_train_rank_rows(int64_t global_batch, int64_t micro_batch, int world) {
