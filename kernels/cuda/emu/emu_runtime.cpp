@@ -751,6 +751,11 @@ void land(cudaStream_t s, uint64_t upto) {
 bool overlaps(const emu_deferred &d, const char *lo, const char *hi) {
     return d.dst < hi && lo < d.dst + d.bytes.size();
 }
+
+/* Whether d reads any of [lo, hi). */
+bool reads(const emu_deferred &d, const char *lo, const char *hi) {
+    return d.in && d.in < hi && lo < d.in + d.in_then.size();
+}
 } // namespace
 
 extern "C" {
@@ -786,8 +791,12 @@ void ql_emu_stream_defer(cudaStream_t s, const char *what, void *dst, const void
 }
 
 void ql_emu_stream_land(cudaStream_t s) {
-    if (!s) return;
     std::lock_guard<std::mutex> lk(g_stream_mu);
+    if (!s) { /* the legacy stream waits for every blocking stream's work */
+        for (auto &kv : g_streams)
+            if (!(kv.first->flags & cudaStreamNonBlocking)) land(kv.first, kv.first->posted);
+        return;
+    }
     if (g_streams.count(s)) land(s, s->posted);
 }
 
@@ -802,11 +811,15 @@ void ql_emu_stream_land_touching(cudaStream_t s, const void *p, size_t bytes) {
     std::vector<char> pick(s->deferred.size(), 0);
     const char *lo = (const char *)p, *hi = lo + bytes;
     for (size_t i = 0; i < s->deferred.size(); i++) pick[i] = overlaps(s->deferred[i], lo, hi);
-    for (size_t i = s->deferred.size(); i-- > 0;) /* later picks pull in earlier overlaps */
+    /* Later picks pull in the earlier operations that write or read what
+     * they write: in stream order those came first. */
+    for (size_t i = s->deferred.size(); i-- > 0;)
         if (pick[i]) {
             const emu_deferred &d = s->deferred[i];
+            const char *dlo = d.dst, *dhi = d.dst + d.bytes.size();
             for (size_t k = 0; k < i; k++)
-                if (!pick[k] && overlaps(s->deferred[k], d.dst, d.dst + d.bytes.size()))
+                if (!pick[k] && d.dst &&
+                    (overlaps(s->deferred[k], dlo, dhi) || reads(s->deferred[k], dlo, dhi)))
                     pick[k] = 1;
         }
     std::deque<emu_deferred> keep;
@@ -1010,6 +1023,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
      * the legacy stream's earlier work (CUDA's "API synchronization
      * behavior"); between two device buffers it does not wait. */
     if (kind != cudaMemcpyDeviceToDevice && bytes) count_host_wait("cudaMemcpy");
+    ql_emu_stream_land(nullptr); /* on the legacy stream */
     return copy_checked(dst, src, bytes, kind);
 }
 

@@ -167,13 +167,25 @@ static void test_races(ncclComm_t c, float *a, float *b, float *cbuf) {
     ql_emu_launch("k_fill", k_fill, dim3(1), dim3(N), 0, s)(cbuf, one);
     CHECK(ncclAllReduce(a, b, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
     CHECK(ncclAllReduce(cbuf, a, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
+    CHECK(ncclAllReduce(a, cbuf, N, ncclFloat32, ncclSum, c, s) == ncclSuccess);
     CHECK(cudaStreamSynchronize(s) == cudaSuccess);
     CHECK(cudaMemcpy(got, b, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
     CHECK(!memcmp(got, h, bytes)); /* h went a -> b -> cbuf -> a -> b */
     CHECK(cudaMemcpy(got, a, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
     bool ones = true;
     for (int i = 0; i < N; i++) ones = ones && got[i] == 1.0f;
-    CHECK(ones);
+    CHECK(cudaMemcpy(got, cbuf, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    for (int i = 0; i < N; i++) ones = ones && got[i] == 1.0f;
+    CHECK(ones); /* the last two: ones cbuf -> a -> cbuf, the first read a before */
+    /* A blocking stream: the legacy stream's work waits for it. */
+    cudaStream_t sb = nullptr;
+    CHECK(cudaStreamCreateWithFlags(&sb, cudaStreamDefault) == cudaSuccess);
+    CHECK(cudaMemcpy(a, h, bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(ncclAllReduce(a, b, N, ncclFloat32, ncclSum, c, sb) == ncclSuccess);
+    CHECK(cudaMemsetAsync(a, 0, bytes, nullptr) == cudaSuccess);
+    CHECK(cudaMemcpy(got, b, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(!memcmp(got, h, bytes));
+    CHECK(cudaStreamDestroy(sb) == cudaSuccess);
     CHECK(cudaEventDestroy(ev) == cudaSuccess);
     CHECK(cudaStreamDestroy(s) == cudaSuccess);
 }

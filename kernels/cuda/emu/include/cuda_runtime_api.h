@@ -132,7 +132,9 @@ void ql_emu_stream_defer(cudaStream_t s, const char *what, void *dst, const void
 void ql_emu_device_open(void);
 void ql_emu_device_open_range(const void *p, size_t bytes);
 void ql_emu_device_close(void);
-/* Every deferred write of s lands now. */
+/* Every deferred write of s lands now; for the legacy stream (NULL), those
+ * of every blocking stream (created without cudaStreamNonBlocking), which
+ * the legacy stream's work waits for. */
 void ql_emu_stream_land(cudaStream_t s);
 /* s's deferred writes land, in order, up to the last one that touches
  * [p, p + bytes): what a later operation of s that reads or writes those
