@@ -8,7 +8,8 @@
  * use: the cost of dropout in the step; then with checkpointing and every
  * layer's linears kept dequantized in bf16 (quant.dequantized_layers; the
  * same results, no dequantize pass; --no-kept skips it): what that buys
- * where W is dequantized three times a step.
+ * where W is dequantized twice a step (the forward pass and the recomputed
+ * one; the backward reads the copy lent for the layer, llama_step.c).
  *
  *   bench_cuda_train [--layers L] [--seq S] [--batch B] [--steps N] [--warmup W]
  *                    [--budget SECONDS] [--json PATH] [--quick] [--tiny] [--dropout P]

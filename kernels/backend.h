@@ -106,6 +106,15 @@ typedef struct ql_backend {
      * whose rank needs another layout does not use it. q4_free frees it.
      * NULL on the CPU backends. */
     ql_status (*q4_keep_dequantized)(ql_q4 *w, int64_t r);
+    /* Lends buf (backend memory of ql_q4_dense_elems(rows, cols, r) bf16
+     * elements) to w as its dequantized copy: W is dequantized into it now,
+     * in q4_keep_dequantized's layout, and the 4-bit ops read it as they
+     * read a kept copy until the weight is given back (buf NULL), which
+     * leaves w without a copy. For a stretch that uses the same weights
+     * several times (a checkpointed layer's recomputed forward pass and its
+     * backward pass): one dequantize pass instead of one per call, the same
+     * results. w must have no copy of its own. NULL on the CPU backends. */
+    ql_status (*q4_lend_dequantized)(ql_q4 *w, int64_t r, void *buf);
     ql_status (*sync)(void);
 
     /* --- 4-bit linear layers with LoRA --------------------------------------- */

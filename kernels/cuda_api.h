@@ -101,6 +101,9 @@ ql_status ql_cuda_q4_dequantize_ld(const ql_q4 *dev_w, ql_dtype out_dtype, void 
  * (kernels/cuda/q4_lora.cu; r = 0 without LoRA), rows and columns beside W
  * left for the ops to fill; a copy kept before is replaced. Asynchronous. */
 ql_status ql_cuda_q4_keep_dequantized(ql_q4 *dev_w, int64_t r);
+/* The backend's q4_lend_dequantized: W dequantized into dev_buf in that
+ * layout and dev_w->dense pointed at it; dev_buf NULL gives it back. */
+ql_status ql_cuda_q4_lend_dequantized(ql_q4 *dev_w, int64_t r, void *dev_buf);
 
 /* --- dense GEMM and the 4-bit linear paths (benchmarks, tests) ------------------ */
 /* Row-major C[M,N] = alpha·op(A)·op(B) + beta·C, A and B bf16, fp32

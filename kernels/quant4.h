@@ -32,7 +32,9 @@ typedef struct ql_q4 {
     int owns;              /* 1 when the buffers were allocated by ql_q4_* */
 
     /* Backend memory only: W kept dequantized beside the 4-bit data
-     * (ql_backend.q4_keep_dequantized), or NULL. dense_pad is the LoRA
+     * (ql_backend.q4_keep_dequantized: the weight's own, freed with it), or
+     * lent for a while (q4_lend_dequantized: the model's buffer, given back
+     * before anything frees the weight), or NULL. dense_pad is the LoRA
      * padding its layout has room for (CUDA: the rank rounded up to 16, 0
      * without LoRA; kernels/cuda/q4_lora.cu), used only by calls that need
      * exactly that layout; the 4-bit buffers above stay the weight's
@@ -42,6 +44,14 @@ typedef struct ql_q4 {
 } ql_q4;
 
 static inline int64_t ql_q4_packed_bytes(const ql_q4 *q) { return (q->n + 1) / 2; }
+
+/* Elements of a dequantized copy (dense) of a [rows, cols] weight laid out
+ * for LoRA rank r: W with rpad = r rounded up to 16 rows and columns beside
+ * it (CUDA's layout, kernels/cuda/q4_lora.cu; bf16). */
+static inline int64_t ql_q4_dense_elems(int64_t rows, int64_t cols, int64_t r) {
+    const int64_t rpad = r > 0 ? (r + 15) / 16 * 16 : 0;
+    return (rows + rpad) * (cols + rpad);
+}
 static inline int64_t ql_q4_nested_blocks(const ql_q4 *q) {
     return (q->n_blocks + QL_NESTED_BLOCKSIZE - 1) / QL_NESTED_BLOCKSIZE;
 }

@@ -92,6 +92,12 @@ typedef struct ql_llama_options {
      * the model's layers means all. Ignored by backends without it. Changes
      * memory and speed, never the results. */
     int64_t dequantized_layers;
+    /* 1 (the default): with checkpoint_activations on a backend that can
+     * (ql_backend.q4_lend_dequantized), one layer's linears are dequantized
+     * into buffers of the model's while the layer runs, so the recomputed
+     * forward pass and the backward pass share one dequantize pass (CUDA:
+     * calls on the dequant path). Memory for speed; never the results. */
+    int lend_dequantized;
 } ql_llama_options;
 
 /* Sensible defaults: CPU backend, NF4 + double quant, block 64, r 16,

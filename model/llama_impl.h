@@ -80,6 +80,11 @@ struct ql_llama {
     size_t n_allocs, cap_allocs;
     size_t backend_bytes;
     size_t dense_bytes; /* of which the linears kept dequantized (dequantized_layers) */
+    /* one layer's linears dequantized while it runs (opt.lend_dequantized):
+     * the buffers, which projections hold one now, and their bytes */
+    void *lend[QL_N_PROJ];
+    int lent[QL_N_PROJ];
+    size_t lend_bytes;
     /* load timing (seconds): the whole load, reading tensors from the
      * source, quantizing on the host, uploading float32 and quantizing on the
      * device, copying host-quantized 4-bit weights to the backend */

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "core/clock.h"
+#include "kernels/cuda_api.h"
 #include "model/llama_impl.h"
 #include "model/source.h"
 
@@ -50,6 +51,7 @@ void ql_llama_options_default(ql_llama_options *o) {
     o->checkpoint_activations = 0;
     o->max_batch = 1;
     o->max_seq = 512;
+    o->lend_dequantized = 1;
 }
 
 ql_status ql_llama_alloc(ql_llama *m, size_t bytes, const char *what, void **out) {
@@ -388,6 +390,25 @@ static ql_status f32_buf(ql_llama *m, int64_t per_token, const char *what, float
     return ql_llama_alloc(m, (size_t)(m->cap * per_token) * sizeof(float), what, (void **)out);
 }
 
+/* With checkpointing on the dequant path, a buffer per projection for the
+ * dequantized copy a layer's weights are lent while the layer runs
+ * (llama_step.c), so its recomputed forward pass and its backward pass
+ * share one dequantize pass; unless every layer keeps a copy of its own. */
+static ql_status setup_lending(ql_llama *m) {
+    if (!m->opt.lend_dequantized || !m->opt.checkpoint_activations || !m->be->q4_lend_dequantized ||
+        m->opt.dequantized_layers >= m->L || ql_cuda_q4_path_for(m->cap) != QL_CUDA_Q4_DEQUANT_BLAS)
+        return QL_OK;
+    for (int p = 0; p < QL_N_PROJ; p++) {
+        const ql_q4 *w = &m->layers[0].w[p];
+        const int64_t r = m->adapter_of[p] >= 0 ? m->ad.cfg.r : 0; /* as in every layer */
+        const size_t bytes = (size_t)ql_q4_dense_elems(w->rows, w->cols, r) * 2; /* bf16 */
+        QL_TRY(
+            ql_llama_alloc(m, bytes, "a layer's linears, dequantized while it runs", &m->lend[p]));
+        m->lend_bytes += bytes;
+    }
+    return QL_OK;
+}
+
 static ql_status setup_activations(ql_llama *m) {
     m->xs = ql_calloc((size_t)m->L + 1, sizeof *m->xs, "residual stream");
     m->n_acts = m->opt.checkpoint_activations ? 1 : (int)m->L;
@@ -501,6 +522,7 @@ ql_status ql_llama_load_source(ql_model_source *src, const ql_llama_options *o, 
     if (st == QL_OK) st = setup_adapters(m);
     if (st == QL_OK) st = load_weights(m, src);
     if (st == QL_OK) st = setup_activations(m);
+    if (st == QL_OK) st = setup_lending(m);
     /* The uploads are synchronous copies, but a device may still be
      * clearing a buffer: the load time includes everything. */
     if (st == QL_OK) st = m->be->sync();
@@ -589,6 +611,11 @@ void ql_llama_describe(const ql_llama *m, FILE *f) {
         fprintf(f, "  kept dequantized: the linears of %" PRId64 " layers, %.1f MiB\n",
                 m->opt.dequantized_layers < m->L ? m->opt.dequantized_layers : m->L,
                 (double)m->dense_bytes / (1024.0 * 1024.0));
+    if (m->lend_bytes)
+        fprintf(f,
+                "  dequantized while a layer runs (checkpointing): one layer's linears, "
+                "%.1f MiB\n",
+                (double)m->lend_bytes / (1024.0 * 1024.0));
     /* Quantization runs on the device when the backend can (the float32
      * upload is counted there), else on the host (OpenMP) followed by one
      * upload of the 4-bit weight; the split says which part a large model

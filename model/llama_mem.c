@@ -29,25 +29,32 @@ static int has_bias(const ql_hf_config *c, ql_proj p) {
     return c->mlp_bias;
 }
 
-/* The LoRA padding of projection p's bf16 layout on CUDA (kernels/cuda/q4_lora.cu):
- * the rank rounded up to 16, 0 without an adapter. */
-static int64_t dense_pad(const ql_llama_options *o, int p) {
-    const int r = o->lora.r;
-    return r > 0 && ((o->lora.targets >> p) & 1u) ? (r + 15) / 16 * 16 : 0;
+/* The LoRA rank of projection p's adapter, 0 without one. */
+static int64_t proj_rank(const ql_llama_options *o, int p) {
+    return o->lora.r > 0 && ((o->lora.targets >> p) & 1u) ? o->lora.r : 0;
+}
+
+/* Whether the model lends one layer's linears dequantized copies while the
+ * layer runs (setup_lending in llama_load.c): checkpointing on the dequant
+ * path, on a device, unless every layer keeps its own. */
+static int lends(const ql_hf_config *c, const ql_llama_options *o, int device, int64_t cap) {
+    return device && o->lend_dequantized && o->checkpoint_activations &&
+           o->dequantized_layers < c->num_hidden_layers &&
+           ql_cuda_q4_path_for(cap) == QL_CUDA_Q4_DEQUANT_BLAS;
 }
 
 /* The CUDA dequant path's scratch (kernels/cuda/q4_lora.cu), taken by calls
  * of at least ql_cuda_q4_fused_max_tokens() tokens: W in bf16 with B's
- * columns and A's rows beside it (not when every layer keeps its own,
- * dequantized_layers), [x | s·xa] or [dy | s·dy·B], and under dropout dy·W
- * for dx in fp32 [T, in]. */
+ * columns and A's rows beside it (not when every weight has a copy, kept by
+ * dequantized_layers or lent), [x | s·xa] or [dy | s·dy·B], and under dropout
+ * dy·W for dx in fp32 [T, in]. */
 static size_t dequant_path_bytes(const ql_hf_config *c, const ql_llama_options *o, int64_t cap) {
-    const int64_t all_dense = o->dequantized_layers >= c->num_hidden_layers;
+    const int64_t all_dense = o->dequantized_layers >= c->num_hidden_layers || lends(c, o, 1, cap);
     int64_t w_elems = 0, cat_elems = 0, f32_elems = 0;
     for (int p = 0; p < QL_N_PROJ; p++) {
-        int64_t in, out, cat = 0, rpad = dense_pad(o, p);
+        int64_t in, out, cat = 0, rpad = proj_rank(o, p) ? (o->lora.r + 15) / 16 * 16 : 0;
         ql_proj_shape(c, (ql_proj)p, &in, &out);
-        const int64_t w = all_dense ? 0 : (out + rpad) * (in + rpad);
+        const int64_t w = all_dense ? 0 : ql_q4_dense_elems(out, in, proj_rank(o, p));
         if (rpad) {
             cat = cap * ((in > out ? in : out) + rpad);
             if (o->lora.dropout > 0.0f && cap * in > f32_elems) f32_elems = cap * in;
@@ -92,9 +99,11 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
     }
     const int64_t dense_layers = o->dequantized_layers < L ? o->dequantized_layers : L;
     for (int p = 0; p < QL_N_PROJ && device; p++) {
-        int64_t in, out, rpad = dense_pad(o, p);
+        int64_t in, out;
         ql_proj_shape(c, (ql_proj)p, &in, &out);
-        e->base_dense += (size_t)(dense_layers * (out + rpad) * (in + rpad)) * 2;
+        const size_t bytes = (size_t)ql_q4_dense_elems(out, in, proj_rank(o, p)) * 2; /* bf16 */
+        e->base_dense += (size_t)dense_layers * bytes;
+        if (lends(c, o, device, cap)) e->dense_lent += bytes;
     }
     e->base_other += (size_t)((2 * L + 1) * d) * f4;                           /* norms */
     e->base_other += (size_t)(D / 2) * f4;                                     /* RoPE */
@@ -159,7 +168,7 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
          * (metrics' mem_device_used_bytes) next to the estimate. */
         e->runtime_reserve = (size_t)(GIB_F * (world > 1 ? 1.5 : 1.0));
     }
-    e->total = e->base_q4 + e->base_other + e->base_dense + e->adapters + e->grads + e->optimizer +
-               e->activations + e->step_buffers + e->logits + e->workspace;
+    e->total = e->base_q4 + e->base_other + e->base_dense + e->dense_lent + e->adapters + e->grads +
+               e->optimizer + e->activations + e->step_buffers + e->logits + e->workspace;
     return QL_OK;
 }

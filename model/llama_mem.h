@@ -25,6 +25,7 @@ typedef struct ql_mem_estimate {
     size_t base_q4;         /* 4-bit linears: packed codes + absmax (or 8-bit absmax + nested) */
     size_t base_other;      /* norms, biases, RoPE table, embeddings and lm_head (act dtype) */
     size_t base_dense;      /* linears also kept dequantized (dequantized_layers; device only) */
+    size_t dense_lent;      /* one layer's linears dequantized while it runs (checkpointing) */
     size_t adapters;        /* LoRA A and B, fp32 */
     size_t grads;           /* their gradients, fp32 */
     size_t optimizer;       /* AdamW m and v of this rank's ZeRO-1 slice, fp32 */

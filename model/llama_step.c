@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "kernels/cuda_api.h"
 #include "model/llama_impl.h"
 
 /* --------------------------------------------------------------- the batch */
@@ -156,9 +157,43 @@ static ql_status layer_fwd(ql_llama *m, int i, const ql_act *X, ql_act *Y, ql_ll
     return be->add(a->h, m->o, T * m->d, Y);
 }
 
+/* Layer i's linears get the model's buffers as their dequantized copies
+ * (setup_lending in llama_load.c) for as long as the layer runs: under
+ * checkpointing its recomputed forward pass and its backward pass then read
+ * one copy, one dequantize pass per weight where each call would make its
+ * own. Only when the 4-bit ops take the dequant path for m->T tokens, and not
+ * for weights with a copy of their own (quant.dequantized_layers). */
+static ql_status lend_layer(ql_llama *m, int i) {
+    if (!m->lend[0] || ql_cuda_q4_path_for(m->T) != QL_CUDA_Q4_DEQUANT_BLAS) return QL_OK;
+    ql_llama_layer *L = &m->layers[i];
+    for (int p = 0; p < QL_N_PROJ; p++) {
+        if (L->w[p].dense) continue;
+        const int64_t r = m->adapter_of[i * QL_N_PROJ + p] >= 0 ? m->ad.cfg.r : 0;
+        QL_TRY(m->be->q4_lend_dequantized(&L->w[p], r, m->lend[p]));
+        m->lent[p] = 1;
+    }
+    return QL_OK;
+}
+
+static void give_back_layer(ql_llama *m, int i) {
+    for (int p = 0; p < QL_N_PROJ; p++)
+        if (m->lent[p] && m->layers[i].w[p].dense == m->lend[p]) {
+            m->be->q4_lend_dequantized(&m->layers[i].w[p], 0, NULL);
+            m->lent[p] = 0;
+        }
+}
+
+/* layer_fwd with the layer's weights lent their copies. */
+static ql_status layer_fwd_lent(ql_llama *m, int i, const ql_act *X, ql_act *Y, ql_llama_acts *a) {
+    ql_status st = lend_layer(m, i);
+    if (st == QL_OK) st = layer_fwd(m, i, X, Y, a);
+    give_back_layer(m, i);
+    return st;
+}
+
 /* dX = ∂loss/∂X from dY, accumulating the layer's adapter gradients. dX may
  * be NULL (the first layer: the embeddings are frozen). */
-static ql_status layer_bwd(ql_llama *m, int i, const ql_act *dY, ql_act *dX) {
+static ql_status layer_bwd_lent(ql_llama *m, int i, const ql_act *dY, ql_act *dX) {
     const ql_backend *be = m->be;
     const ql_llama_layer *L = &m->layers[i];
     const int64_t T = m->T;
@@ -196,6 +231,13 @@ static ql_status layer_bwd(ql_llama *m, int i, const ql_act *dY, ql_act *dX) {
     return be->add(dX, m->dh, T * m->d, dX);
 }
 
+static ql_status layer_bwd(ql_llama *m, int i, const ql_act *dY, ql_act *dX) {
+    ql_status st = lend_layer(m, i);
+    if (st == QL_OK) st = layer_bwd_lent(m, i, dY, dX);
+    give_back_layer(m, i);
+    return st;
+}
+
 /* ------------------------------------------------------------- whole model */
 
 /* Embedding and every layer; with keep, each layer's activations are kept
@@ -206,7 +248,7 @@ ql_status ql_llama_forward_layers(ql_llama *m, int keep) {
     for (int i = 0; i < m->L; i++) {
         ql_llama_acts *a = &m->acts[keep && m->n_acts > 1 ? i : 0];
         if (m->layer_start) QL_TRY(m->layer_start(m->layer_start_ctx, i));
-        QL_TRY(layer_fwd(m, i, m->xs[i], m->xs[i + 1], a));
+        QL_TRY(layer_fwd_lent(m, i, m->xs[i], m->xs[i + 1], a));
     }
     return m->be->rmsnorm_fwd(m->xs[m->L], m->norm_f, m->eps, m->T, m->d, m->fnorm, m->rstd_f);
 }

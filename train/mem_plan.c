@@ -126,6 +126,9 @@ void ql_mem_plan_print(FILE *f, const ql_config *c, const ql_mem_estimate *e, si
                  (long long)c->quant.dequantized_layers);
         row(f, "base linears kept dequantized, bf16", e->base_dense, note);
     }
+    if (e->dense_lent)
+        row(f, "one layer's linears dequantized while it runs", e->dense_lent,
+            "checkpointing: its two passes share them");
     snprintf(note, sizeof note, "%s trainable", count((double)e->trainable, n1, sizeof n1));
     row(f, "LoRA parameters", e->adapters, note);
     row(f, "LoRA gradients", e->grads, NULL);
@@ -306,17 +309,22 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
                 (long long)s1, human(need_of(&p, s1, 1, 1), h, sizeof h));
     }
     size_t fixed = e->base_q4 + e->base_other + e->adapters + e->grads + e->optimizer;
+    char reserve[96] = "";
+    if (e->runtime_reserve)
+        snprintf(reserve, sizeof reserve,
+                 " and %s is allowed for the CUDA context, libraries and NCCL",
+                 human(e->runtime_reserve, h, sizeof h));
     if (!fit[0])
         return ql_error(QL_ENOMEM,
                         "memory: the estimate for one rank is %s but the limit is %s (%s); the "
-                        "model's weights, adapters and optimizer state alone take %s%s, so %sno "
+                        "model's weights, adapters and optimizer state alone take %s%s%s, so %sno "
                         "train.micro_batch, data.max_seq_len or train.activation_checkpointing "
                         "fits: use a device with more memory (or several pipeline stages, not yet "
                         "supported), a smaller model or a lower lora.r",
                         human(need, h, sizeof h), human(limit, h2, sizeof h2), what,
                         human(fixed, h3, sizeof h3),
                         without_copies ? " (without the copies of quant.dequantized_layers)" : "",
-                        without_copies ? "even with quant.dequantized_layers=0 " : "");
+                        reserve, without_copies ? "even with quant.dequantized_layers=0 " : "");
     char acts[32], wts[32];
     return ql_error(QL_ENOMEM,
                     "memory: the estimate for one rank is %s (activations %s, weights %s) but the "

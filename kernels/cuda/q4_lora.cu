@@ -99,7 +99,7 @@ extern "C" ql_status ql_cuda_q4_keep_dequantized(ql_q4 *w, int64_t r) {
     w->dense = NULL;
     w->dense_pad = 0;
     void *p = NULL;
-    const size_t bytes = (size_t)((w->rows + rpad) * ld) * sizeof(ql_bf16);
+    const size_t bytes = (size_t)ql_q4_dense_elems(w->rows, w->cols, r) * sizeof(ql_bf16);
     ql_status st = ql_cuda_malloc(bytes, &p);
     if (st != QL_OK)
         return ql_error_wrap(st, "keeping a [%lld, %lld] 4-bit weight dequantized (%zu bytes): ",
@@ -110,6 +110,24 @@ extern "C" ql_status ql_cuda_q4_keep_dequantized(ql_q4 *w, int64_t r) {
         return st;
     }
     w->dense = p;
+    w->dense_pad = rpad;
+    return QL_OK;
+}
+
+extern "C" ql_status ql_cuda_q4_lend_dequantized(ql_q4 *w, int64_t r, void *buf) {
+    if (!buf) {
+        w->dense = NULL;
+        w->dense_pad = 0;
+        return QL_OK;
+    }
+    if (r < 0)
+        return ql_error(QL_EINVAL, "lending a dequantized 4-bit weight: LoRA rank %lld",
+                        (long long)r);
+    if (w->dense)
+        return ql_error(QL_EINTERNAL, "lending a dequantized copy to a 4-bit weight that has one");
+    const int64_t rpad = r ? pad16(r) : 0;
+    QL_TRY(dequant_into(w, (ql_bf16 *)buf, w->cols + rpad, true));
+    w->dense = buf;
     w->dense_pad = rpad;
     return QL_OK;
 }

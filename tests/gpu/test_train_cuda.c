@@ -63,6 +63,10 @@ static const ql_backend *gpu, *cpu;
 static int stand_in;     /* QL_GPU_TEST_AS: gpu is a CPU backend */
 static int n_layers = 2; /* of the models load() makes */
 static int n_dense;      /* their layers kept dequantized too (quant.dequantized_layers) */
+static int ckpt;         /* activation checkpointing */
+static int lend = 1;     /* ql_llama_options.lend_dequantized */
+static unsigned targets = QL_PROJ_ALL; /* the projections with LoRA */
+static float dropout = 0.05f;
 
 #define GTRY(expr)                                                                                 \
     do {                                                                                           \
@@ -96,12 +100,15 @@ static void options(ql_llama_options *o, const ql_backend *be) {
     o->be = be;
     o->lora.r = 16;
     o->lora.alpha = 32.0f;
-    o->lora.dropout = 0.05f;
+    o->lora.dropout = dropout;
+    o->lora.targets = targets;
     o->max_batch = B;
     o->max_seq = S;
     o->seed = 99;
     o->quiet = 1;
     o->dequantized_layers = n_dense;
+    o->checkpoint_activations = ckpt;
+    o->lend_dequantized = lend;
 }
 
 static ql_llama *load(const ql_backend *be) {
@@ -451,7 +458,7 @@ static size_t test_memory(int dense) {
     ql_optim_free(&o);
     ql_llama_free(m);
     n_dense = 0;
-    return held - e.base_dense;
+    return held - e.base_dense - e.dense_lent;
 }
 
 /* Layers kept dequantized hold what the estimate says, to the byte (on the
@@ -462,6 +469,82 @@ static void test_memory_dense(void) {
            "model + optimizer with layer 0 kept dequantized, less the "
            "estimate's copies: %zu bytes, without: %zu",
            with_one, plain);
+}
+
+/* Under checkpointing on the dequant path a layer's weights are lent
+ * dequantized copies while it runs (llama_step.c): each is dequantized twice
+ * a step (the forward pass, the recomputed one) where the three calls
+ * (those two and the backward) dequantized it once each, the buffers hold
+ * what the estimate says to the byte, and the run's bits are those without
+ * lending. */
+static void test_lending(void) {
+    if (stand_in) return;
+    const ql_cuda_q4_path path = ql_cuda_q4_get_path();
+    ql_cuda_q4_set_path(QL_CUDA_Q4_DEQUANT_BLAS);
+    ckpt = 1;
+    /* Dropout on every projection; then no dropout (the backward's [W ; A]
+     * product), LoRA on q, v and down only (copies laid out for r 0 too)
+     * and layer 0 keeping a copy of its own (not lent one). */
+    static const struct {
+        float dropout;
+        unsigned targets;
+        int dense;
+    } cases[] = {{0.05f, QL_PROJ_ALL, 0},
+                 {0.0f, 1u << QL_PROJ_Q | 1u << QL_PROJ_V | 1u << QL_PROJ_DOWN, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        dropout = cases[c].dropout;
+        targets = cases[c].targets;
+        n_dense = cases[c].dense;
+        run_out r[2];
+        int64_t dequants[2];
+        for (int k = 0; k < 2; k++) {
+            lend = k;
+            memset(&r[k], 0, sizeof r[k]);
+            double ms[QL_Q4_PHASES];
+            int64_t calls[QL_Q4_PHASES];
+            ql_cuda_q4_phases_enable(1);
+            full_run(gpu, &r[k], NULL);
+            ql_cuda_q4_phases_get(ms, calls);
+            ql_cuda_q4_phases_enable(0);
+            dequants[k] = calls[QL_Q4_PHASE_DEQUANT];
+        }
+        /* Layers with a copy of their own dequantize nothing. The others,
+         * without lending: three a weight, less the backward's of layer 0's
+         * q, k and v (no dx there, so no W); with: the two forward passes'. */
+        int64_t without = 0, with = 0;
+        for (int l = n_dense; l < n_layers; l++) {
+            without += 3 * QL_N_PROJ - (l == 0 ? 3 : 0);
+            with += 2 * QL_N_PROJ;
+        }
+        without *= STEPS;
+        with *= STEPS;
+        CHECKF(dequants[0] == without && dequants[1] == with,
+               "case %zu: dequantize passes in %d steps: %lld without lending, %lld with (want "
+               "%lld and %lld)",
+               c, STEPS, (long long)dequants[0], (long long)dequants[1], (long long)without,
+               (long long)with);
+        const size_t bytes = (size_t)r[0].n * sizeof(float);
+        CHECKF(!memcmp(r[0].params, r[1].params, bytes) && !memcmp(r[0].m, r[1].m, bytes) &&
+                   !memcmp(r[0].v, r[1].v, bytes) &&
+                   !memcmp(r[0].loss, r[1].loss, sizeof r[0].loss) &&
+                   !memcmp(r[0].norm, r[1].norm, sizeof r[0].norm),
+               "case %zu: lending changed the run's bits", c);
+        run_free(&r[0]);
+        run_free(&r[1]);
+        lend = 0;
+        const size_t held_without = test_memory(cases[c].dense);
+        lend = 1;
+        const size_t held_with = test_memory(cases[c].dense);
+        CHECKF(held_with == held_without,
+               "case %zu: model + optimizer with lending, less the estimate's buffers: %zu "
+               "bytes, without: %zu",
+               c, held_with, held_without);
+    }
+    dropout = 0.05f;
+    targets = QL_PROJ_ALL;
+    n_dense = 0;
+    ckpt = 0;
+    ql_cuda_q4_set_path(path);
 }
 
 #ifdef QL_CUDA_EMULATED
@@ -547,6 +630,7 @@ int main(void) {
 #endif
     test_vec_ops();
     test_memory_dense();
+    test_lending();
     test_lockstep();
     test_against_cpu();
     test_determinism_and_resume();

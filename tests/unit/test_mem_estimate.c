@@ -207,7 +207,35 @@ static void test_llama3_8b(void) {
     /* The CPU backends keep none. */
     CHECK(ql_llama_mem_estimate(&cfg, &o, 0, 1, &ec) == QL_OK && ec.base_dense == 0);
     printf("Llama-3-8B kept dequantized: %.2f GiB\n", ed.base_dense / 1073741824.0);
+    /* Checkpointing, 2048 tokens (the dequant path): one layer's copies
+     * (a 32nd of the above), lent to each layer in turn, and no need for
+     * the dequant scratch's W: the largest projection, 14352 x 4112 bf16,
+     * as the allocator grows it (a quarter and 256 bytes more). Not with
+     * lending off, every layer keeping its own, the fused path (256 tokens)
+     * or the CPU. */
     o.dequantized_layers = 0;
+    o.checkpoint_activations = 1;
+    ql_mem_estimate el, en;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &el) == QL_OK);
+    o.lend_dequantized = 0;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &en) == QL_OK);
+    o.lend_dequantized = 1;
+    const double w_scratch = 2.0 * 14352 * 4112;
+    CHECKF(el.dense_lent == (size_t)(dense / 32) && en.dense_lent == 0 &&
+               en.workspace - el.workspace == (size_t)(w_scratch + w_scratch / 4 + 256) &&
+               el.total == en.total - en.workspace + el.workspace + el.dense_lent,
+           "8B lent: %zu bytes (by hand %.0f), workspace %zu vs %zu without lending", el.dense_lent,
+           dense / 32, el.workspace, en.workspace);
+    o.dequantized_layers = 32;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &en) == QL_OK && en.dense_lent == 0);
+    o.dequantized_layers = 31;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &en) == QL_OK && en.dense_lent == el.dense_lent);
+    o.dequantized_layers = 0;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 0, 1, &en) == QL_OK && en.dense_lent == 0);
+    o.max_seq = 256;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &en) == QL_OK && en.dense_lent == 0);
+    o.max_seq = 2048;
+    o.checkpoint_activations = 0;
     /* ZeRO-1: the moments of 8 ranks are an eighth (rounded up). */
     ql_mem_estimate e8;
     CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 8, &e8) == QL_OK);
@@ -266,7 +294,9 @@ static void test_too_big(void) {
     CHECK(ql_mem_plan_check(&c, &cfg, 4096, 1, 1, &e, e.total + e.runtime_reserve, "x") == QL_OK);
     /* A limit below the weights: nothing fits, and it says so. */
     st = ql_mem_plan_check(&c, &cfg, 4096, 1, 1, &e, e.base_q4 / 2, "a tiny limit");
-    CHECK(st == QL_ENOMEM && strstr(ql_error_message(), "alone take"));
+    CHECKF(st == QL_ENOMEM && strstr(ql_error_message(), "alone take") &&
+               strstr(ql_error_message(), "is allowed for the CUDA context"),
+           "message: %s", ql_error_message());
     ql_hf_config_free(&cfg);
 }
 
