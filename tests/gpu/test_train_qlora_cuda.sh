@@ -10,7 +10,8 @@
 #     boundary, exit 75) and started again ends with the same adapter bytes
 #     (cmp) and the same loss column as a run that was never interrupted;
 #   - linears kept dequantized (quant.dequantized_layers) give the same
-#     adapter bytes as dequantizing at every call;
+#     adapter bytes as dequantizing at every call, and so does checkpointing
+#     with a layer's linears dequantized once for both of its passes;
 #   - out of device memory (the emulator's QL_EMU_DEVICE_GB) in the pass at
 #     the largest micro-batch before the first step: the figures and the
 #     settings to change, nothing written;
@@ -126,6 +127,21 @@ for kept in 1 100; do
     grep -q "^  kept dequantized: the linears of $([ $kept = 1 ] && echo 1 || echo 2) layers, " \
         gpu_dq$kept.err || bad "the load summary does not say what $kept layers kept dequantized hold"
 done
+# Checkpointing recomputes each layer's forward pass with a layer's linears
+# dequantized once and lent to both of its passes (model/llama_step.c): the
+# same 5 dequant-path steps end with the adapter bytes of the run without
+# checkpointing, and the load summary and --dry-run count the lent copies.
+QL_CUDA_Q4_FUSED_MAX_T=1 "$QLORA" train cfg.yaml --output_dir=gpu_dqck --backend=cuda \
+    --train.steps=5 --train.activation_checkpointing=true >gpu_dqck.out 2>gpu_dqck.err ||
+    { bad "checkpointed dequant-path run exited $?"; tail -5 gpu_dqck.err; }
+cmp -s gpu_dq/adapter/adapter_model.safetensors gpu_dqck/adapter/adapter_model.safetensors ||
+    bad "checkpointing (with lent copies): the adapter differs from the run without it"
+grep -q "^  dequantized while a layer runs (checkpointing): one layer's linears, " gpu_dqck.err ||
+    bad "the load summary does not count the lent copies"
+QL_CUDA_Q4_FUSED_MAX_T=1 "$QLORA" train cfg.yaml --dry-run --backend=cuda \
+    --train.activation_checkpointing=true >dry_ck.out 2>&1 || bad "--dry-run with checkpointing exited $?"
+grep -q "one layer's linears dequantized while it runs" dry_ck.out ||
+    bad "--dry-run does not count the lent copies: $(cat dry_ck.out)"
 "$QLORA" train cfg.yaml --dry-run --quant.dequantized_layers=1 >dry_k.out 2>&1 ||
     bad "--dry-run with a layer kept dequantized exited $?"
 grep -q "base linears kept dequantized, bf16 .*quant.dequantized_layers: 1" dry_k.out ||
