@@ -270,15 +270,19 @@ static void test_gguf_config(void) {
     ql_hf_config_free(&b);
 }
 
-static void test_too_big(void) {
-    ql_cfg_override ov[] = {{"model", "m"},
-                            {"output_dir", "o"},
-                            {"data.train", "t.jsonl"},
-                            {"train.micro_batch", "8"},
-                            {"data.max_seq_len", "4096"}};
-    ql_config c;
-    ql_status st = ql_config_parse(NULL, 0, "test", ov, sizeof ov / sizeof *ov, &c);
+/* A configuration of the keys every one needs and two more. */
+static void config_with(const char *k1, const char *v1, const char *k2, const char *v2,
+                        ql_config *c) {
+    ql_cfg_override ov[] = {
+        {"model", "m"}, {"output_dir", "o"}, {"data.train", "t.jsonl"}, {k1, v1}, {k2, v2}};
+    ql_status st = ql_config_parse(NULL, 0, "test", ov, sizeof ov / sizeof *ov, c);
     CHECKF(st == QL_OK, "%s", ql_error_message());
+}
+
+static void test_too_big(void) {
+    ql_config c;
+    config_with("train.micro_batch", "8", "data.max_seq_len", "4096", &c);
+    ql_status st;
     ql_hf_config cfg;
     parse(SMOLLM2, &cfg);
     ql_mem_estimate e;
@@ -306,14 +310,9 @@ static void test_too_big(void) {
 static void test_rank_rows(void) {
     CHECK(ql_train_rank_rows(8, 4, 8) == 1 && ql_train_rank_rows(8, 4, 1) == 4 &&
           ql_train_rank_rows(64, 4, 8) == 4 && ql_train_rank_rows(24, 4, 8) == 3);
-    ql_cfg_override ov[] = {{"model", "m"},
-                            {"output_dir", "o"},
-                            {"data.train", "t.jsonl"},
-                            {"train.global_batch", "8"},
-                            {"train.micro_batch", "4"}};
     ql_config c;
-    ql_status st = ql_config_parse(NULL, 0, "test", ov, sizeof ov / sizeof *ov, &c);
-    CHECKF(st == QL_OK, "%s", ql_error_message());
+    config_with("train.global_batch", "8", "train.micro_batch", "4", &c);
+    ql_status st;
     ql_hf_config cfg;
     parse(SMOLLM2, &cfg);
     ql_llama_options o;

@@ -10,15 +10,13 @@
 
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/mma.cuh"
+#include "test_child.h"
 
 #include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -271,35 +269,16 @@ static void launch_misaligned(int *d) { QL_LAUNCH((1, 32, 0, 0), k_misaligned)(d
  * get their turn; the child must die of SIGABRT with every needle on stderr. */
 static void expect_abort(const char *what, void (*launch)(int *), int flip,
                          std::initializer_list<const char *> needles) {
-    int fd[2];
-    if (pipe(fd) != 0) {
-        CHECK(0, "%s: pipe failed", what);
-        return;
-    }
-    fflush(stdout), fflush(stderr);
-    const pid_t pid = fork();
-    if (pid == 0) {
-        close(fd[0]);
-        dup2(fd[1], 2);
-        close(fd[1]);
-        const struct rlimit no_core = {0, 0};
-        setrlimit(RLIMIT_CORE, &no_core);
-        alarm(20);
-        int *d;
-        cudaMalloc((void **)&d, 32 * sizeof(int));
-        for (int i = 0; i < flip; i++) QL_LAUNCH((1, 1, 0, 0), k_nop)(d);
-        launch(d);
-        _exit(0);
-    }
-    close(fd[1]);
     std::string msg;
-    char buf[512];
-    ssize_t n;
-    while ((n = read(fd[0], buf, sizeof buf)) > 0) msg.append(buf, (size_t)n);
-    close(fd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    const bool aborted = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+    const int st = ql_emu_run_child(
+        [&] {
+            int *d;
+            cudaMalloc((void **)&d, 32 * sizeof(int));
+            for (int i = 0; i < flip; i++) QL_LAUNCH((1, 1, 0, 0), k_nop)(d);
+            launch(d);
+        },
+        &msg);
+    const bool aborted = ql_emu_aborted(st);
     bool named = true;
     for (const char *s : needles) named = named && msg.find(s) != std::string::npos;
     CHECK(aborted && named, "%s (order %d): status %#x, stderr: %s", what, flip, st, msg.c_str());

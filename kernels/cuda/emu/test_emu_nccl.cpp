@@ -11,19 +11,16 @@
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
 
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <string>
 
 #include "cuda_runtime.h"
 #include "nccl.h"
+#include "test_child.h"
 
 static int g_rank, g_size, g_fails, g_checks;
 
@@ -78,32 +75,9 @@ static void poll_done(ncclComm_t c) {
  * stderr. The child makes no MPI call (a world of one). */
 template <class F>
 static void expect_abort(const char *what, F body, const char *n1, const char *n2) {
-    int fd[2];
-    if (pipe(fd) != 0) {
-        CHECK(!"pipe");
-        return;
-    }
-    fflush(stdout), fflush(stderr);
-    const pid_t pid = fork();
-    if (pid == 0) {
-        close(fd[0]);
-        dup2(fd[1], 2);
-        close(fd[1]);
-        const struct rlimit no_core = {0, 0};
-        setrlimit(RLIMIT_CORE, &no_core);
-        alarm(20);
-        body();
-        _exit(0);
-    }
-    close(fd[1]);
     std::string msg;
-    char buf[512];
-    ssize_t n;
-    while ((n = read(fd[0], buf, sizeof buf)) > 0) msg.append(buf, (size_t)n);
-    close(fd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    const bool died = WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+    const int st = ql_emu_run_child(body, &msg);
+    const bool died = ql_emu_aborted(st);
     const bool named = msg.find(n1) != std::string::npos && msg.find(n2) != std::string::npos;
     if (!died || !named)
         fprintf(stderr, "%s: status %#x, stderr: %s\n", what, (unsigned)st, msg.c_str());
