@@ -97,6 +97,12 @@ ql_status ql_llama_alloc(ql_llama *m, size_t bytes, const char *what, void **out
 ql_status ql_llama_prepare_batch(ql_llama *m, const ql_batch *b, int need_targets, int dropping);
 ql_status ql_llama_forward_layers(ql_llama *m, int keep);
 
+/* The LoRA rank of (layer, p)'s adapter, 0 without one: what a dequantized
+ * copy of its weight is laid out for. */
+static inline int64_t ql_llama_proj_rank(const ql_llama *m, int layer, ql_proj p) {
+    return m->adapter_of[layer * QL_N_PROJ + p] >= 0 ? m->ad.cfg.r : 0;
+}
+
 static inline ql_act *ql_llama_act_at(const ql_llama *m, ql_act *p, int64_t elems) {
     return (char *)p + (size_t)elems * m->esz;
 }

@@ -292,8 +292,7 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
 
 /* The backend's dequantized copy of a linear, laid out for its LoRA rank. */
 static ql_status keep_dequantized(ql_llama *m, int layer, ql_proj p, ql_q4 *w) {
-    const ql_lora_config *lc = &m->opt.lora;
-    const int r = lc->r > 0 && ((lc->targets >> p) & 1u) ? lc->r : 0;
+    const int64_t r = ql_llama_proj_rank(m, layer, p);
     ql_mem_stats before, after;
     m->be->mem_stats(&before);
     ql_status st = m->be->q4_keep_dequantized(w, r);
@@ -400,7 +399,7 @@ static ql_status setup_lending(ql_llama *m) {
         return QL_OK;
     for (int p = 0; p < QL_N_PROJ; p++) {
         const ql_q4 *w = &m->layers[0].w[p];
-        const int64_t r = m->adapter_of[p] >= 0 ? m->ad.cfg.r : 0; /* as in every layer */
+        const int64_t r = ql_llama_proj_rank(m, 0, (ql_proj)p); /* as in every layer */
         const size_t bytes = (size_t)ql_q4_dense_elems(w->rows, w->cols, r) * 2; /* bf16 */
         QL_TRY(
             ql_llama_alloc(m, bytes, "a layer's linears, dequantized while it runs", &m->lend[p]));
@@ -428,7 +427,7 @@ static ql_status setup_activations(ql_llama *m) {
         QL_TRY(f32_buf(m, 1, "rmsnorm rstd", &a->rstd1));
         QL_TRY(f32_buf(m, 1, "rmsnorm rstd", &a->rstd2));
         for (int p = 0; p < QL_N_PROJ; p++)
-            if (m->ad.cfg.r > 0 && m->adapter_of[p] >= 0) /* same targets in every layer */
+            if (ql_llama_proj_rank(m, 0, (ql_proj)p) > 0) /* same targets in every layer */
                 QL_TRY(f32_buf(m, m->ad.cfg.r, "LoRA x·Aᵀ", &a->xa[p]));
     }
     QL_TRY(act_buf(m, m->d, "norm output", &m->n1));

@@ -168,8 +168,8 @@ static ql_status lend_layer(ql_llama *m, int i) {
     ql_llama_layer *L = &m->layers[i];
     for (int p = 0; p < QL_N_PROJ; p++) {
         if (L->w[p].dense) continue;
-        const int64_t r = m->adapter_of[i * QL_N_PROJ + p] >= 0 ? m->ad.cfg.r : 0;
-        QL_TRY(m->be->q4_lend_dequantized(&L->w[p], r, m->lend[p]));
+        QL_TRY(
+            m->be->q4_lend_dequantized(&L->w[p], ql_llama_proj_rank(m, i, (ql_proj)p), m->lend[p]));
         m->lent[p] = 1;
     }
     return QL_OK;
