@@ -152,6 +152,31 @@ int64_t ql_cuda_q4_fused_max_tokens(void);
 void ql_cuda_q4_set_fused_max_tokens(int64_t t); /* tests, benchmarks; < 0: the environment's */
 /* FUSED or DEQUANT_BLAS: what a call with T tokens runs. */
 ql_cuda_q4_path ql_cuda_q4_path_for(int64_t T);
+/* The LoRA products that read the dropout-masked input, x'·Aᵀ and Eᵀ·x'
+ * (kernels/cuda/lora_skinny.cu), and how they split their reductions;
+ * plain C in kernels/cuda_lora_plan.c so that the memory estimate sizes
+ * their scratch by the same rule.
+ *   _skinny_ok       whether the kernels take in (a multiple of 8) and rpad
+ *                    (16..64); where not, q4_lora writes x' and uses cuBLASLt
+ *   _skinny_scratch  bytes of partial sums a call with T tokens asks for:
+ *                    at least what it needs, and growing with T
+ *   _split           a reduction of len in steps of `step` beside `tiles`
+ *                    independent tiles: the length of a split (a multiple
+ *                    of step), their number in *splits */
+#define QL_LORA_SKINNY_WARPS 8
+int ql_cuda_lora_skinny_ok(int64_t in, int64_t rpad);
+size_t ql_cuda_lora_skinny_scratch(int64_t T, int64_t in, int64_t rpad);
+int64_t ql_cuda_lora_split(int64_t tiles, int64_t len, int64_t step, int64_t *splits);
+/* The kernels, d NULL or off: x' = x. A, E: bf16, rpad columns (rows of
+ * A), padding zero; r ≤ rpad of them stored. On the backend's stream.
+ *   ql_cuda_lora_xa:  xa[T, r] = alpha · x'·Aᵀ, A [rpad, in]
+ *   ql_cuda_lora_dA:  dA[r, in] += alpha · Eᵀ·x', E [T, lde]
+ * QL_EUNSUPPORTED unless ql_cuda_lora_skinny_ok(in, rpad) and x (and A)
+ * are 16-byte aligned. Deterministic: the same shapes give the same bits. */
+ql_status ql_cuda_lora_xa(const uint16_t *x, const uint16_t *A, int64_t rpad, int64_t r,
+                          const ql_dropout *d, float alpha, int64_t T, int64_t in, float *xa);
+ql_status ql_cuda_lora_dA(const uint16_t *E, int64_t lde, const uint16_t *x, const ql_dropout *d,
+                          float alpha, int64_t r, int64_t rpad, int64_t T, int64_t in, float *dA);
 /* The path the backend's last q4_lora_fwd/bwd call ran (-1 before any):
  * tests check the rule by it, since the two paths may give the same bits. */
 int ql_cuda_q4_last_path(void);

@@ -68,6 +68,25 @@ static size_t dequant_path_bytes(const ql_hf_config *c, const ql_llama_options *
     return b;
 }
 
+/* Under dropout, what the LoRA products reading x' = x ⊙ mask take
+ * (kernels/cuda/q4_lora.cu): their partial sums where lora_skinny.cu's
+ * kernels take the projection's shape, x' written whole [T, in] in bf16
+ * where not. */
+static size_t dropout_bytes(const ql_hf_config *c, const ql_llama_options *o, int64_t cap) {
+    size_t part = 0, xdrop = 0;
+    for (int p = 0; p < QL_N_PROJ; p++) {
+        const int64_t r = proj_rank(o, p), rpad = (r + 15) / 16 * 16;
+        int64_t in, out;
+        if (!r) continue;
+        ql_proj_shape(c, (ql_proj)p, &in, &out);
+        const size_t b = ql_cuda_lora_skinny_scratch(cap, in, rpad);
+        if (b > part) part = b;
+        if (!ql_cuda_lora_skinny_ok(in, rpad) && (size_t)(cap * in) * 2 > xdrop)
+            xdrop = (size_t)(cap * in) * 2;
+    }
+    return (part ? grown(part) : 0) + (xdrop ? grown(xdrop) : 0);
+}
+
 ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o, int device,
                                 int world, ql_mem_estimate *e) {
     memset(e, 0, sizeof *e);
@@ -148,15 +167,15 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
 
     if (device) {
         /* kernels/cuda: bf16 copies of A [rpad, in] and B [out, rpad],
-         * s·xa or s·dy·B [T, rpad] bf16, xa [T, rpad] bf16, dy·B [T, rpad] fp32, x ⊙ mask
-         * [T, in] bf16 under dropout, attention's rowsum(dO ⊙ O) [batch,
-         * heads, seq] fp32, the norm's block sums, the cuBLASLt workspace. */
+         * s·xa or s·dy·B [T, rpad] bf16, xa [T, rpad] bf16, dy·B [T, rpad] fp32, under
+         * dropout the masked products' partial sums (or x ⊙ mask), attention's rowsum(dO ⊙ O)
+         * [batch, heads, seq] fp32, the norm's block sums, the cuBLASLt workspace. */
         int64_t rpad = (r + 15) / 16 * 16;
         if (r > 0) {
             e->workspace +=
                 grown((size_t)(rpad * max_in) * 2) + grown((size_t)(max_out * rpad) * 2);
             e->workspace += 2 * grown((size_t)(cap * rpad) * 2) + grown((size_t)(cap * rpad) * 4);
-            if (o->lora.dropout > 0.0f) e->workspace += grown((size_t)(cap * max_in) * 2);
+            if (o->lora.dropout > 0.0f) e->workspace += dropout_bytes(c, o, cap);
         }
         if (ql_cuda_q4_path_for(cap) == QL_CUDA_Q4_DEQUANT_BLAS)
             e->workspace += dequant_path_bytes(c, o, cap);

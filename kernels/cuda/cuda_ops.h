@@ -29,18 +29,19 @@ static inline cudaStream_t ql_cuda_stream(void) { return (cudaStream_t)0; }
  * Two ops never use the same slot at the same time (one stream, and an op
  * finishes its launches before the next op starts enqueuing). */
 enum {
-    QL_SCRATCH_LORA_A,  /* bf16 copy of LoRA A, [rpad, in] */
-    QL_SCRATCH_LORA_B,  /* bf16 copy of LoRA B, [out, rpad] */
-    QL_SCRATCH_LORA_T,  /* bf16 [T, rpad]: s·xa (fwd) or s·(dy·B) (bwd) */
-    QL_SCRATCH_LORA_G,  /* fp32 [T, rpad]: dy·B (bwd) */
-    QL_SCRATCH_LORA_XA, /* bf16 [T, rpad]: xa for dB (bwd) */
-    QL_SCRATCH_XDROP,   /* bf16 [T, in]: x ⊙ dropout mask */
-    QL_SCRATCH_DEQUANT, /* bf16 W whole with LoRA's B columns or A rows: the dequant path */
-    QL_SCRATCH_CONCAT,  /* bf16 [T, k + rpad]: [x | s·xa] or [dy | s·dy·B], the dequant path */
-    QL_SCRATCH_F32_OUT, /* fp32 [T, in]: the dequant path's dy·W under dropout */
-    QL_SCRATCH_ATTN_D,  /* fp32 [batch, heads, seq]: rowsum(dout ⊙ out) */
-    QL_SCRATCH_FLAG,    /* small: the cross-entropy target check's word (xent.cu) */
-    QL_SCRATCH_NORM,    /* fp64 block sums of sq_sum_f32 (kernels/cuda/vec.cu) */
+    QL_SCRATCH_LORA_A,    /* bf16 copy of LoRA A, [rpad, in] */
+    QL_SCRATCH_LORA_B,    /* bf16 copy of LoRA B, [out, rpad] */
+    QL_SCRATCH_LORA_T,    /* bf16 [T, rpad]: s·xa (fwd) or s·(dy·B) (bwd) */
+    QL_SCRATCH_LORA_G,    /* fp32 [T, rpad]: dy·B (bwd) */
+    QL_SCRATCH_LORA_XA,   /* bf16 [T, rpad]: xa for dB (bwd) */
+    QL_SCRATCH_XDROP,     /* bf16 [T, in]: x ⊙ dropout mask */
+    QL_SCRATCH_DEQUANT,   /* bf16 W whole with LoRA's B columns or A rows: the dequant path */
+    QL_SCRATCH_CONCAT,    /* bf16 [T, k + rpad]: [x | s·xa] or [dy | s·dy·B], the dequant path */
+    QL_SCRATCH_F32_OUT,   /* fp32 [T, in]: the dequant path's dy·W under dropout */
+    QL_SCRATCH_LORA_PART, /* fp32: lora_skinny.cu's partial sums (ql_cuda_lora_skinny_scratch) */
+    QL_SCRATCH_ATTN_D,    /* fp32 [batch, heads, seq]: rowsum(dout ⊙ out) */
+    QL_SCRATCH_FLAG,      /* small: the cross-entropy target check's word (xent.cu) */
+    QL_SCRATCH_NORM,      /* fp64 block sums of sq_sum_f32 (kernels/cuda/vec.cu) */
     QL_SCRATCH_COUNT
 };
 ql_status ql_cuda_scratch(int slot, size_t bytes, void **out);
@@ -124,6 +125,8 @@ template <typename F> static ql_status ql_cuda_q4_timed(int phase, F f) {
 ql_status ql_cuda_lora_dx_dropout(const float *acc, const ql_bf16 *E, int64_t lde, const ql_bf16 *A,
                                   int64_t r, const ql_dropout *d, int64_t T, int64_t in,
                                   ql_bf16 *dx);
+
+/* ql_cuda_lora_xa, ql_cuda_lora_dA: kernels/cuda_api.h. */
 
 /* The cross-entropy target check of the calls since the last one
  * (kernels/cuda/xent.cu): QL_EINVAL naming the first target outside the

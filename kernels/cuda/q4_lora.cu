@@ -8,14 +8,17 @@
  * at small shapes a LoRA call is launch-bound.
  *
  * Forward:
- *   xa = x'·Aᵀ (fp32 out, cuBLASLt); x' = x ⊙ mask with drop.scale as alpha
+ *   xa = x'·Aᵀ (fp32 out); x' = x ⊙ mask with drop.scale as alpha: cuBLASLt
+ *        without dropout, under it lora_skinny.cu's kernel, which applies
+ *        the mask as it reads x (x' is never written)
  *   E = bf16(s·xa) [T, rpad]
  *   y = [x | E]·[W | B]ᵀ in one GEMM
  * Backward:
  *   G = dy·B (fp32), E = bf16(s·G)
  *   dx = [dy | E]·[W ; A] in one GEMM; under dropout the E·A part is kept
  *        apart and added only where the mask kept x, times drop.scale
- *   dA += drop.scale · Eᵀ·x',   dB += s · dyᵀ·bf16(xa)   (cuBLASLt, beta = 1)
+ *   dA += drop.scale · Eᵀ·x',   dB += s · dyᵀ·bf16(xa)   (cuBLASLt, beta = 1;
+ *        dA under dropout by lora_skinny.cu, the mask applied as x is read)
  *
  * "One GEMM" is, by ql_cuda_q4_path_for(T) (kernels/cuda_q4_path.c):
  *   fused    the kernel of q4_gemm.cu, W decoded tile by tile in its main loop;
@@ -132,6 +135,14 @@ extern "C" ql_status ql_cuda_q4_lend_dequantized(ql_q4 *w, int64_t r, void *buf)
     return QL_OK;
 }
 
+/* Whether the products reading x' apply the mask as they read x
+ * (lora_skinny.cu): under dropout, where the kernels take the shapes. Else
+ * x' is written to scratch for cuBLASLt. Without dropout cuBLASLt reads x
+ * once already. */
+static bool skinny(const ql_lora *l, const ql_bf16 *x, int64_t in) {
+    return l->drop.on && ql_cuda_lora_skinny_ok(in, pad16(l->r)) && ((uintptr_t)x & 15u) == 0;
+}
+
 /* The LoRA branch's input x' (x ⊙ mask, exact in bf16) and the factor
  * drop.scale that the products using it take as alpha. */
 static ql_status lora_input(const ql_lora *l, const ql_bf16 *x, int64_t T, int64_t in,
@@ -190,11 +201,17 @@ static ql_status lora_fwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
                                                : b_job(lora, out, rpad, Wb + in, K)};
         QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_CONVERT,
                                 [&] { return ql_cuda_f32_to_bf16_pad_n(jobs, 2); }));
-        QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
-        /* xa[T, r] = alpha · x'·Aᵀ, A stored [N = r, K = in]. */
-        QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_LORA_GEMM, [&] {
-            return ql_cuda_gemm(T, r, in, alpha, xin, in, 0, Ab, in, 1, 0.0f, xa, QL_DT_F32, r);
-        }));
+        if (skinny(lora, x, in)) {
+            QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_LORA_GEMM, [&] {
+                return ql_cuda_lora_xa(x, Ab, rpad, r, &lora->drop, lora->drop.scale, T, in, xa);
+            }));
+        } else {
+            QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
+            /* xa[T, r] = alpha · x'·Aᵀ, A stored [N = r, K = in]. */
+            QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_LORA_GEMM, [&] {
+                return ql_cuda_gemm(T, r, in, alpha, xin, in, 0, Ab, in, 1, 0.0f, xa, QL_DT_F32, r);
+            }));
+        }
     }
 
     if (fused) {
@@ -364,11 +381,15 @@ static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
     if (!r) return QL_OK;
 
     /* dA[r, in] += alpha · Eᵀ·x': E stored [K = T, M = r] (row stride lde). */
-    const ql_bf16 *xin;
+    const ql_bf16 *xin = NULL;
     float alpha;
-    QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
+    const bool fold_mask = skinny(lora, x, in);
+    if (!fold_mask) QL_TRY(lora_input(lora, x, T, in, &xin, &alpha));
     return ql_cuda_q4_timed(QL_Q4_PHASE_LORA_GEMM, [&] {
-        QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, lde, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
+        if (fold_mask)
+            QL_TRY(ql_cuda_lora_dA(E, lde, x, &lora->drop, lora->drop.scale, r, rpad, T, in, dA));
+        else
+            QL_TRY(ql_cuda_gemm(r, in, T, alpha, E, lde, 1, xin, in, 0, 1.0f, dA, QL_DT_F32, in));
         /* dB[out, r] += s · dyᵀ·bf16(xa): dy stored [K = T, M = out]. */
         return ql_cuda_gemm(out, r, T, lora->scale, dy, out, 1, xab, rpad, 0, 1.0f, dB, QL_DT_F32,
                             r);

@@ -16,7 +16,9 @@
 #      SIGUSR1 -> exit 75 -> resume with the same adapter bytes);
 #   3. the CUDA benchmarks: bench_cuda_dequant (NF4+DQ vs device copy),
 #      bench_cuda_q4gemm (4-bit + LoRA linear vs cuBLASLt bf16, Llama-3-8B
-#      shapes), bench_cuda_attn (attention fwd+bwd vs the cuBLASLt rate),
+#      shapes), bench_cuda_lora (the dropout-masked LoRA products vs the
+#      mask written + cuBLASLt), bench_cuda_attn (attention fwd+bwd vs the
+#      cuBLASLt rate),
 #      bench_cuda_train (the whole QLoRA step on a Llama-3-8B-shaped model,
 #      with and without activation checkpointing: tokens/s, MFU, peak
 #      memory) and, where torch + transformers + peft import,
@@ -85,7 +87,7 @@ gpu_tests=(test_q4_dequant_cuda test_q4_quantize_cuda test_ops_cuda test_train_c
 full_tests=(test_nccl_comm)          # need MPI: CMake build only
 # need the qlora binary: CMake build only (the 2-rank ones skip on one GPU)
 gpu_scripts=(test_train_qlora_cuda test_train_multirank_cuda test_train_overlap_cuda)
-benches=(bench_cuda_train bench_cuda_dequant bench_cuda_q4gemm bench_cuda_attn)
+benches=(bench_cuda_train bench_cuda_dequant bench_cuda_q4gemm bench_cuda_lora bench_cuda_attn)
 budget=480
 left() { echo $((budget - ($(date +%s) - t0))); }
 
@@ -107,7 +109,7 @@ build_full() {
 # generated weights, the memory estimate and the optimizer, with
 # tests/gpu/min/ standing in for jansson.h, MPI and the model readers.
 min_c_srcs="core/status.c core/dtype.c core/rng.c kernels/rope.c kernels/cpu/quant4.c
-    kernels/cuda_q4_path.c kernels/cpu/cpu_mem.c kernels/cpu/cpu_vec.c
+    kernels/cuda_q4_path.c kernels/cuda_lora_plan.c kernels/cpu/cpu_mem.c kernels/cpu/cpu_vec.c
     kernels/cpu/ref_add.c kernels/cpu/ref_attn.c kernels/cpu/ref_linear.c kernels/cpu/ref_loss.c
     kernels/cpu/ref_norm.c kernels/cpu/ref_backend.c
     model/llama_load.c model/llama_step.c model/lora.c model/random_source.c model/llama_mem.c
@@ -403,6 +405,7 @@ for b in "${benches[@]}"; do
     case $b in
     bench_cuda_dequant) sed -n '/^shape/,$p' "$build/$b.log" | grep -v '^wrote' ;;
     bench_cuda_q4gemm) sed -n '/^shape/,$p' "$build/$b.log" | grep -v '^wrote' ;;
+    bench_cuda_lora) sed -n '/^product/,$p' "$build/$b.log" | grep -v '^wrote' ;;
     bench_cuda_attn) grep -E "^cuBLASLt" "$build/$b.log"; sed -n '/^ *batch/,$p' "$build/$b.log" | grep -v '^wrote' ;;
     bench_cuda_train) grep -E "^(device|model):" "$build/$b.log"; sed -n '/^checkpointing/,$p' "$build/$b.log" | grep -v '^wrote' ;;
     esac

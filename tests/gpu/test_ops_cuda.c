@@ -327,6 +327,86 @@ static void test_lora_dropout_pattern(int64_t out, int64_t in, int64_t T, ql_cud
     ql_q4_free(&host);
 }
 
+/* The LoRA products that apply the dropout mask as they read x
+ * (ql_cuda_lora_xa, ql_cuda_lora_dA) against sums in double: x'·Aᵀ and
+ * dA + alpha·Eᵀ·x', x' masked by the generator on the host. Shapes give
+ * several splits, rows and columns that fill no tile, every rank padding the
+ * kernels take (16..64) and E with a row stride past its columns. */
+static double keep(const ql_dropout *d, int64_t e) {
+    return !d->on || ql_dropout_keep(d->seed, d->thresh, e) ? 1.0 : 0.0;
+}
+
+static void test_lora_skinny(int64_t T, int64_t in, int r, int dropout) {
+    const int64_t rpad = (r + 15) / 16 * 16, lde = rpad + 8;
+    const ql_dropout d = {dropout, tops_u32() * 0x100000001ull + 99, 1ull << 30, 4.0f / 3.0f};
+    const float alpha = dropout ? d.scale : 0.5f;
+    char what[96];
+    snprintf(what, sizeof what, "lora skinny T=%lld in=%lld r=%d drop=%d", (long long)T,
+             (long long)in, r, dropout);
+    float *x = rand_bf16(T * in, -1, 1), *A = rand_bf16(rpad * in, -0.5f, 0.5f);
+    float *E = rand_bf16(T * lde, -1, 1), *dA0 = rand_bf16((int64_t)r * in, -1, 1);
+    for (int64_t n = r; n < rpad; n++)
+        for (int64_t k = 0; k < in; k++) A[n * in + k] = 0.0f;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t n = r; n < lde; n++) E[t * lde + n] = n < rpad ? 0.0f : NAN;
+    void *gx = up_act(x, T * in), *gA = up_act(A, rpad * in), *gE = up_act(E, T * lde);
+    void *gxa = dev_poisoned((size_t)(T * r) * 4), *gdA = up_raw(dA0, (size_t)(r * in) * 4);
+    GTRY(ql_cuda_lora_xa(gx, gA, rpad, r, dropout ? &d : NULL, alpha, T, in, gxa));
+    GTRY(ql_cuda_lora_dA(gE, lde, gx, dropout ? &d : NULL, alpha, r, rpad, T, in, gdA));
+    float *xa = down_f32(gxa, T * r), *dA = down_f32(gdA, (int64_t)r * in);
+    int64_t bad = 0, first = -1;
+    for (int64_t t = 0; t < T; t++)
+        for (int n = 0; n < r; n++) {
+            double s = 0, mag = 0;
+            for (int64_t k = 0; k < in; k++) {
+                const double v = keep(&d, t * in + k) * x[t * in + k] * A[n * in + k];
+                s += v, mag += fabs(v);
+            }
+            s *= alpha, mag *= fabs(alpha);
+            if (!(fabs(xa[t * r + n] - s) <= 1e-4 * mag + 1e-30) && bad++ == 0) first = t * r + n;
+        }
+    CHECKF(bad == 0, "%s: x'·Aᵀ: %lld of %lld differ, first %lld", what, (long long)bad,
+           (long long)(T * r), (long long)first);
+    bad = 0;
+    for (int n = 0; n < r; n++)
+        for (int64_t i = 0; i < in; i++) {
+            double s = 0, mag = 0;
+            for (int64_t t = 0; t < T; t++) {
+                const double v = keep(&d, t * in + i) * x[t * in + i] * E[t * lde + n];
+                s += v, mag += fabs(v);
+            }
+            const double want = dA0[n * in + i] + alpha * s;
+            mag = fabs(alpha) * mag + fabs(dA0[n * in + i]);
+            if (!(fabs(dA[n * in + i] - want) <= 1e-4 * mag) && bad++ == 0) first = n * in + i;
+        }
+    CHECKF(bad == 0, "%s: dA + Eᵀ·x': %lld of %lld differ, first %lld", what, (long long)bad,
+           (long long)(r * in), (long long)first);
+    /* The same bits again: the splits are fixed by the shapes. */
+    void *xa1 = down_bytes(gxa, (size_t)(T * r) * 4), *dA1 = down_bytes(gdA, (size_t)(r * in) * 4);
+    poison(gxa, (size_t)(T * r) * 4);
+    GTRY(gpu->upload(gdA, dA0, (size_t)(r * in) * 4));
+    GTRY(ql_cuda_lora_xa(gx, gA, rpad, r, dropout ? &d : NULL, alpha, T, in, gxa));
+    GTRY(ql_cuda_lora_dA(gE, lde, gx, dropout ? &d : NULL, alpha, r, rpad, T, in, gdA));
+    same_bits(gxa, xa1, (size_t)(T * r) * 4, what);
+    same_bits(gdA, dA1, (size_t)(r * in) * 4, what);
+    n_ops_run++;
+    free(x), free(A), free(E), free(dA0), free(xa), free(dA), free(xa1), free(dA1);
+    gpu->free(gx), gpu->free(gA), gpu->free(gE), gpu->free(gxa), gpu->free(gdA);
+}
+
+/* Shapes the kernels do not take are refused, not computed wrong. */
+static void test_lora_skinny_refuses(void) {
+    void *g = dev_alloc(64 * 80 * 2);
+    float *o = dev_alloc(64 * 80 * 4);
+    CHECK(ql_cuda_lora_xa(g, g, 16, 16, NULL, 1.0f, 4, 77, o) == QL_EUNSUPPORTED);
+    CHECK(ql_cuda_lora_xa(g, g, 80, 70, NULL, 1.0f, 4, 64, o) == QL_EUNSUPPORTED);
+    CHECK(ql_cuda_lora_dA(g, 16, (const uint16_t *)g + 1, NULL, 1.0f, 16, 16, 4, 64, o) ==
+          QL_EUNSUPPORTED);
+    CHECK(!ql_cuda_lora_skinny_ok(77, 16) && !ql_cuda_lora_skinny_ok(64, 80) &&
+          ql_cuda_lora_skinny_ok(64, 64));
+    gpu->free(g), gpu->free(o);
+}
+
 /* The phase timing of q4_lora (ql_cuda_q4_phases_*): each phase counted as
  * often as the path runs it, a time that is a number, nothing counted while
  * it is off. One forward and backward with dropout and dx on each path. */
@@ -344,8 +424,10 @@ static void test_q4_phases(ql_cuda_q4_path path) {
     void *gdB = up_raw(B, (size_t)(out * r) * 4);
     ql_lora dl = {.A = gA, .B = gB, .r = r, .scale = 2.0f, .drop = {1, 77, 429496730, 1.0f / 0.9f}};
     ql_cuda_q4_set_path(path);
-    /* dequantize, base GEMM, LoRA GEMMs, bf16 copies, concat, dropout */
-    const int64_t want[2][QL_Q4_PHASES] = {{0, 2, 3, 4, 0, 2}, {2, 2, 3, 4, 1, 3}};
+    /* dequantize, base GEMM, LoRA GEMMs, bf16 copies, concat, dropout (x'·Aᵀ
+     * and Eᵀ·x' apply the mask as they read x: no dropout phase of their own;
+     * the dequant path's dx still has one) */
+    const int64_t want[2][QL_Q4_PHASES] = {{0, 2, 3, 4, 0, 0}, {2, 2, 3, 4, 1, 1}};
     /* Four calls: timing off; on; on with W kept dequantized for another
      * rank's layout (not used); on with it kept for this one (no dequantize
      * pass on the dequant path, the rest as before). */
@@ -839,6 +921,13 @@ int main(void) {
         test_lora_dropout_pattern(256, 128, 130, (ql_cuda_q4_path)p); /* fast tiles */
         test_lora_dropout_pattern(40, 77, 19, (ql_cuda_q4_path)p);    /* odd in */
     }
+    test_lora_skinny(200, 520, 16, 1); /* 3 and 2 splits, partial tiles */
+    test_lora_skinny(200, 520, 16, 0);
+    test_lora_skinny(37, 64, 40, 0);   /* rpad 48 */
+    test_lora_skinny(300, 136, 64, 1); /* rpad 64 */
+    test_lora_skinny(16, 8, 20, 1);    /* rpad 32, one chunk */
+    test_lora_skinny(1, 24, 1, 1);
+    test_lora_skinny_refuses();
     test_auto_path();
     test_q4_phases(QL_CUDA_Q4_FUSED);
     test_q4_phases(QL_CUDA_Q4_DEQUANT_BLAS);

@@ -553,12 +553,13 @@ static void test_lending(void) {
  * upload of ids, targets, positions and documents, the losses, the
  * cross-entropy's target check, the gradient norm), so none that grows with
  * the depth: a host read inside a layer would make the host wait for the
- * device once per layer. Kernels per layer are held to what this model
- * (r 16 on all seven projections, dropout, the fused path) takes now: more
- * means a change added launches to every layer of every step; raise the
- * bound only for a reason. */
+ * device once per layer. Launches per layer (kernels and cuBLASLt matmuls:
+ * the masked LoRA products are kernels of qlora's where they were matmuls)
+ * are held to what this model (r 16 on all seven projections, dropout, the
+ * fused path) takes now: more means a change added launches to every layer
+ * of every step; raise the bound only for a reason. */
 #define WARM_STEP_MAX_WAITS 4
-#define LAYER_MAX_KERNELS 80
+#define LAYER_MAX_LAUNCHES 108
 static void count_warm_step(int layers, ql_emu_counts *d) {
     n_layers = layers;
     ql_llama *m = load(gpu);
@@ -601,9 +602,10 @@ static void test_warm_step_counts(void) {
            two.host_waits, WARM_STEP_MAX_WAITS);
     printf("per layer: %lld kernels, %lld cuBLASLt matmuls\n", three.launches - two.launches,
            three.matmuls - two.matmuls);
-    CHECKF(three.launches - two.launches <= LAYER_MAX_KERNELS,
-           "kernels per layer: %lld, at most %d expected", three.launches - two.launches,
-           LAYER_MAX_KERNELS);
+    const long long per_layer = three.launches - two.launches + three.matmuls - two.matmuls;
+    CHECKF(per_layer <= LAYER_MAX_LAUNCHES,
+           "kernels and matmuls per layer: %lld, at most %d expected", per_layer,
+           LAYER_MAX_LAUNCHES);
 }
 #endif
 

@@ -236,6 +236,18 @@ static void test_llama3_8b(void) {
     CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &en) == QL_OK && en.dense_lent == 0);
     o.max_seq = 2048;
     o.checkpoint_activations = 0;
+    /* LoRA dropout 0.1: no x ⊙ mask [2048, 14336] bf16 any more, the masked
+     * products' partial sums instead: at most 3 splits of 16 x 14336 fp32
+     * for down's Eᵀ·x' (1024 blocks wanted over 448 column tiles), the
+     * largest; and the dequant path's dy·W [2048, 14336] fp32 for dx. */
+    ql_mem_estimate edrop;
+    o.lora.dropout = 0.1f;
+    CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 1, &edrop) == QL_OK);
+    o.lora.dropout = 0.0f;
+    const double part = 3.0 * 16 * 14336 * 4, f32_out = 2048.0 * 14336 * 4;
+    CHECKF(edrop.workspace - e.workspace ==
+               (size_t)(part + part / 4 + 256) + (size_t)(f32_out + f32_out / 4 + 256),
+           "8B dropout: workspace %zu, without dropout %zu", edrop.workspace, e.workspace);
     /* ZeRO-1: the moments of 8 ranks are an eighth (rounded up). */
     ql_mem_estimate e8;
     CHECK(ql_llama_mem_estimate(&cfg, &o, 1, 8, &e8) == QL_OK);
@@ -413,6 +425,37 @@ static void test_too_big_dense(void) {
     ql_hf_config_free(&cfg);
 }
 
+/* The scratch the masked LoRA products ask for (ql_cuda_lora_skinny_scratch)
+ * holds the partial sums of the splits ql_cuda_lora_split gives, for every
+ * T, and never shrinks as T grows, so the estimate's figure at the largest
+ * micro-batch bounds every call's. */
+static void test_skinny_scratch(void) {
+    static const int64_t ins[] = {8, 64, 520, 576, 1536, 4096, 14336};
+    int64_t bad = 0, shrank = 0;
+    for (size_t k = 0; k < sizeof ins / sizeof ins[0]; k++)
+        for (int64_t rpad = 16; rpad <= 64; rpad += 16) {
+            size_t last = 0;
+            for (int64_t T = 1; T <= 20000; T += T < 600 ? 1 : 37) {
+                const int64_t in = ins[k];
+                int64_t s_fwd, s_bwd;
+                ql_cuda_lora_split((T + 15) / 16, in, 32, &s_fwd);
+                ql_cuda_lora_split((in + 31) / 32, T, 16, &s_bwd);
+                const size_t b = ql_cuda_lora_skinny_scratch(T, in, rpad);
+                const size_t need_f = (size_t)(s_fwd * T * rpad) * 4;
+                const size_t need_b = (size_t)(s_bwd * rpad * in) * 4;
+                if ((need_f > b || need_b > b) && bad++ == 0)
+                    printf("skinny scratch T %lld in %lld rpad %lld: %zu bytes, needs %zu/%zu\n",
+                           (long long)T, (long long)in, (long long)rpad, b, need_f, need_b);
+                shrank += b < last;
+                last = b;
+            }
+        }
+    CHECKF(bad == 0 && shrank == 0, "skinny scratch: %lld too small, %lld shrank", (long long)bad,
+           (long long)shrank);
+    CHECK(ql_cuda_lora_skinny_scratch(100, 77, 16) == 0 &&
+          ql_cuda_lora_skinny_scratch(0, 64, 16) == 0);
+}
+
 int main(void) {
     /* The estimate follows the 4-bit path rule: the default one, whatever
      * QL_CUDA_Q4_PATH or QL_CUDA_Q4_FUSED_MAX_T say in the environment. */
@@ -426,5 +469,6 @@ int main(void) {
     test_too_big();
     test_too_big_dense();
     test_rank_rows();
+    test_skinny_scratch();
     return CHECK_DONE();
 }
