@@ -211,10 +211,10 @@ ql_status ql_cuda_lora_xa(const ql_bf16 *x, const ql_bf16 *A, int64_t rpad, int6
     const size_t bytes = ql_cuda_lora_skinny_scratch(T, in, rpad);
     QL_ASSERT((size_t)(splits * T * rpad) * sizeof(float) <= bytes);
     QL_TRY(ql_cuda_scratch(QL_SCRATCH_LORA_PART, bytes, (void **)&part));
-    const ql_dropout dd = d ? *d : ql_dropout{0, 0, 0, 1.0f};
-    const dim3 grid((unsigned)((T + 15) / 16), (unsigned)splits);
     if ((T + 15) / 16 > 0x7fffffff)
         return ql_error(QL_EUNSUPPORTED, "LoRA x·Aᵀ kernel: %lld rows is too many", (long long)T);
+    const ql_dropout dd = d ? *d : ql_dropout{0, 0, 0, 1.0f};
+    const dim3 grid((unsigned)((T + 15) / 16), (unsigned)splits);
     switch (rpad / 16) {
     case 1:
         QL_LAUNCH((grid, SK_THREADS, 0, ql_cuda_stream()), k_lora_xa_part<1>)

@@ -7,7 +7,11 @@
 #   - against the 1-rank cuda run of the same global batch: the same steps,
 #     every loss within 1e-4 relative (the fp32 gradients are summed in
 #     another order: per rank, then across ranks);
-#   - the 2-rank run twice: the same adapter bytes and the same losses.
+#   - the 2-rank run twice: the same adapter bytes and the same losses;
+#   - on the emulator, rank 1 out of device memory after the start-up pass
+#     (its first cudaMalloc after it fails: QL_EMU_FAIL_MALLOC): both ranks
+#     stop, with the failing rank's message, rank 0's hint naming the
+#     settings and no step, checkpoint or adapter written.
 # Runs on the CUDA emulator (kernels/cuda/emu: each rank an MPI process with
 # its own emulated device, NCCL over MPI) or on a machine whose nvidia-smi
 # lists at least 2 GPUs; exit 77 elsewhere, or without mpirun or a Python
@@ -64,6 +68,34 @@ if a != b:
     print("first difference:", next(((x, y) for x, y in zip(a, b) if x != y), (len(a), len(b))))
     sys.exit(1)
 EOF
+
+# Rank 1 out of memory after the pass at the largest micro-batch. Its
+# allocations up to then are counted in a run that stops it right there
+# (QL_FAULT_INJECT at "load", which follows the pass); the next one fails.
+if grep -q "CUDA emulator" dry.out; then
+    MPMD=(mpirun --allow-run-as-root --oversubscribe -x QL_EMU_DEVICES -x OMP_NUM_THREADS
+        -x OMP_WAIT_POLICY)
+    timeout 300 "${MPMD[@]}" -np 1 "$QLORA" train cfg.yaml --output_dir=count "${A[@]}" : \
+        -np 1 env QL_EMU_TRACE_MALLOC=1 QL_FAULT_INJECT=rank=1,kind=error,where=load \
+        "$QLORA" train cfg.yaml --output_dir=count "${A[@]}" >count.out 2>count.err
+    n=$(grep -c "^emulator: cudaMalloc #" count.err)
+    grep -q "injected fault (QL_FAULT_INJECT): error at load" count.err && [ "$n" -gt 0 ] ||
+        bad "the counting run did not stop rank 1 at load: $(tail -3 count.err)"
+    timeout 300 "${MPMD[@]}" -np 1 "$QLORA" train cfg.yaml --output_dir=oom "${A[@]}" : \
+        -np 1 env QL_EMU_FAIL_MALLOC=$((n + 1)) "$QLORA" train cfg.yaml --output_dir=oom "${A[@]}" \
+        >oom.out 2>oom.err
+    rc=$?
+    [ $rc = 1 ] || bad "rank 1 out of memory after the pass: exit $rc, want 1 (124: a rank hung)"
+    grep -q "rank 1.*out of GPU memory: [0-9]* bytes" oom.err ||
+        bad "rank 1 out of memory after the pass: no message from it: $(grep -m3 -i error oom.err)"
+    grep -q "^hint: a step needs less GPU memory with a smaller train.micro_batch" oom.err ||
+        bad "rank 1 out of memory after the pass: rank 0 gives no hint: $(tail -3 oom.err)"
+    # The run directory is set up by then (its lock, an empty metrics file);
+    # no adapter, checkpoint or step may be there.
+    [ -e oom/adapter ] || [ -n "$(ls oom/checkpoints 2>/dev/null)" ] || [ -s oom/metrics.jsonl ] &&
+        bad "rank 1 out of memory after the pass: something was written: $(ls -R oom)"
+    echo "rank 1 out of memory at its allocation $((n + 1)) (after the pass): exit $rc"
+fi
 
 [ $fails = 0 ] && echo "all passed"
 exit $((fails > 0))

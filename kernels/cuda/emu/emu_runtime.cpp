@@ -951,9 +951,29 @@ void ql_emu_device_open_range(const void *p, size_t bytes) {
 
 static void land_all(void); /* every stream's deferred writes */
 
+/* QL_EMU_FAIL_MALLOC=N: the process's N-th cudaMalloc (from 1) fails as
+ * out of memory, whatever its size, to test the out-of-memory paths at a
+ * chosen point; QL_EMU_TRACE_MALLOC=1 prints every call's number and size
+ * to stderr, which finds N. */
+static long long malloc_fault_at(void) {
+    static const long long n = [] {
+        const char *e = getenv("QL_EMU_FAIL_MALLOC");
+        return e && *e ? atoll(e) : 0LL;
+    }();
+    return n;
+}
+
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     *p = nullptr;
     std::lock_guard<std::mutex> lk(g_mem_mu);
+    static long long calls = 0;
+    static const bool trace = [] {
+        const char *e = getenv("QL_EMU_TRACE_MALLOC");
+        return e && *e == '1';
+    }();
+    ++calls;
+    if (trace) fprintf(stderr, "emulator: cudaMalloc #%lld: %zu bytes\n", calls, bytes);
+    if (calls == malloc_fault_at()) return cudaErrorMemoryAllocation;
     size_t &used = g_alloc_bytes[g_device];
     if (used + bytes > total_mem()) return cudaErrorMemoryAllocation;
     /* Whole pages of its own (page-aligned, so 256-byte aligned as
