@@ -87,24 +87,10 @@ static result run_case(const ql_backend *be, int64_t batch, int64_t seq, int doc
 }
 
 int main(int argc, char **argv) {
-    const char *json = NULL;
-    int reps = 5, quick = 0, tiny = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json") && i + 1 < argc)
-            json = argv[++i];
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--quick"))
-            quick = 1;
-        else if (!strcmp(argv[i], "--tiny"))
-            tiny = 1;
-        else {
-            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick] [--tiny]\n", argv[0]);
-            return 2;
-        }
-    }
-    if (tiny && reps > 2) reps = 2;
-    if (reps < 1) reps = 1;
+    bench_opts opt;
+    if (bench_parse_opts(argc, argv, 5, 2, &opt)) return 2;
+    const char *json = opt.json;
+    const int reps = opt.reps, quick = opt.quick, tiny = opt.tiny;
     /* Tokens per case (rows x seq) and the cuBLASLt cube: shrunk by 64 and 32 under --tiny. */
     const int64_t tokens = tiny ? 256 : 16384, cube = tiny ? 256 : 8192;
     const int64_t long_seq = tiny ? 256 : 8192, short_seq = tiny ? 128 : 2048;
@@ -160,9 +146,7 @@ int main(int argc, char **argv) {
                     (long long)res[i].batch, (long long)res[i].seq, n_heads, n_kv, res[i].docs,
                     res[i].fwd_ms, res[i].bwd_ms, res[i].tflops, res[i].ratio,
                     i + 1 < n ? "," : "");
-        fprintf(f, "  ]\n}\n");
-        fclose(f);
-        printf("wrote %s\n", json);
+        bench_json_close(f, json);
     }
     return 0;
 }

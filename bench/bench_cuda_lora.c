@@ -31,16 +31,18 @@ typedef struct job {
     ql_dropout d;
 } job;
 
+/* What cuBLASLt reads before: x, or x' written by the mask kernel. */
+static const void *old_input(job *j) {
+    if (!j->d.on) return j->x;
+    BTRY(ql_cuda_dropout_bf16(j->x, &j->d, j->T * j->in, j->xm));
+    return j->xm;
+}
+
 static void xa_old(void *p) {
     job *j = p;
-    const ql_dropout *d = &j->d;
-    const void *src = j->x;
-    if (d->on) {
-        BTRY(ql_cuda_dropout_bf16(j->x, d, j->T * j->in, j->xm));
-        src = j->xm;
-    }
-    BTRY(ql_cuda_gemm_bf16(j->T, RANK, j->in, d->scale, src, j->in, 0, j->A, j->in, 1, 0.0f, j->xa,
-                           QL_DT_F32, RANK));
+    const void *src = old_input(j);
+    BTRY(ql_cuda_gemm_bf16(j->T, RANK, j->in, j->d.scale, src, j->in, 0, j->A, j->in, 1, 0.0f,
+                           j->xa, QL_DT_F32, RANK));
 }
 static void xa_new(void *p) {
     job *j = p;
@@ -48,13 +50,8 @@ static void xa_new(void *p) {
 }
 static void dA_old(void *p) {
     job *j = p;
-    const ql_dropout *d = &j->d;
-    const void *src = j->x;
-    if (d->on) {
-        BTRY(ql_cuda_dropout_bf16(j->x, d, j->T * j->in, j->xm));
-        src = j->xm;
-    }
-    BTRY(ql_cuda_gemm_bf16(RANK, j->in, j->T, d->scale, j->E, RANK, 1, src, j->in, 0, 1.0f, j->dA,
+    const void *src = old_input(j);
+    BTRY(ql_cuda_gemm_bf16(RANK, j->in, j->T, j->d.scale, j->E, RANK, 1, src, j->in, 0, 1.0f, j->dA,
                            QL_DT_F32, j->in));
 }
 static void dA_new(void *p) {
@@ -100,24 +97,10 @@ static void run_shape(int64_t T, int64_t in, int reps, result *res) {
 }
 
 int main(int argc, char **argv) {
-    const char *json = NULL;
-    int reps = 15, quick = 0, tiny = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json") && i + 1 < argc)
-            json = argv[++i];
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--quick"))
-            quick = 1;
-        else if (!strcmp(argv[i], "--tiny"))
-            tiny = 1;
-        else {
-            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick] [--tiny]\n", argv[0]);
-            return 2;
-        }
-    }
-    if (tiny && reps > 3) reps = 3;
-    if (reps < 1) reps = 1;
+    bench_opts opt;
+    if (bench_parse_opts(argc, argv, 15, 3, &opt)) return 2;
+    const char *json = opt.json;
+    const int reps = opt.reps, quick = opt.quick, tiny = opt.tiny;
     if (ql_cuda_device_count() == 0) {
         printf("no CUDA device\n");
         return 0;
@@ -166,9 +149,7 @@ int main(int argc, char **argv) {
                     res[i].what, (long long)res[i].T, (long long)res[i].in, res[i].old_ms,
                     res[i].new_ms, gbps(&res[i], res[i].old_ms), gbps(&res[i], res[i].new_ms),
                     res[i].old_ms / res[i].new_ms, i + 1 < n ? "," : "");
-        fprintf(f, "  ]\n}\n");
-        fclose(f);
-        printf("wrote %s\n", json);
+        bench_json_close(f, json);
     }
     return 0;
 }

@@ -146,24 +146,10 @@ static double tflops(const result *r, int k) {
 }
 
 int main(int argc, char **argv) {
-    const char *json = NULL;
-    int reps = 7, quick = 0, tiny = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json") && i + 1 < argc)
-            json = argv[++i];
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--quick"))
-            quick = 1;
-        else if (!strcmp(argv[i], "--tiny"))
-            tiny = 1;
-        else {
-            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick] [--tiny]\n", argv[0]);
-            return 2;
-        }
-    }
-    if (tiny && reps > 3) reps = 3;
-    if (reps < 1) reps = 1;
+    bench_opts opt;
+    if (bench_parse_opts(argc, argv, 7, 3, &opt)) return 2;
+    const char *json = opt.json;
+    const int reps = opt.reps, quick = opt.quick, tiny = opt.tiny;
     if (ql_cuda_device_count() == 0) {
         printf("no CUDA device\n");
         return 0;
@@ -256,9 +242,7 @@ int main(int argc, char **argv) {
                 tflops(&res[i], 1) / tflops(&res[i], 0),
                 tflops(&res[i], res[i].auto_k) / tflops(&res[i], 0), goal, i + 1 < n ? "," : "");
         }
-        fprintf(f, "  ]\n}\n");
-        fclose(f);
-        printf("wrote %s\n", json);
+        bench_json_close(f, json);
     }
     return 0;
 }

@@ -136,4 +136,40 @@ static inline FILE *bench_json_open(const char *path, const char *bench,
     return f;
 }
 
+/* The kernel benchmarks' options: --json PATH, --reps N (default `reps`,
+ * at most `tiny_reps` under --tiny, at least 1), --quick, --tiny. Returns 0,
+ * or 2 after printing the usage. */
+typedef struct bench_opts {
+    const char *json;
+    int reps, quick, tiny;
+} bench_opts;
+static inline int bench_parse_opts(int argc, char **argv, int reps, int tiny_reps, bench_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->reps = reps;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            o->json = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            o->reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            o->quick = 1;
+        else if (!strcmp(argv[i], "--tiny"))
+            o->tiny = 1;
+        else {
+            fprintf(stderr, "usage: %s [--json PATH] [--reps N] [--quick] [--tiny]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (o->tiny && o->reps > tiny_reps) o->reps = tiny_reps;
+    if (o->reps < 1) o->reps = 1;
+    return 0;
+}
+
+/* Ends the "results" array bench_json_open's caller wrote and the file. */
+static inline void bench_json_close(FILE *f, const char *path) {
+    fprintf(f, "  ]\n}\n");
+    fclose(f);
+    printf("wrote %s\n", path);
+}
+
 #endif
