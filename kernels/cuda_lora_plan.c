@@ -6,8 +6,8 @@
  * the same partial sums in the same order. */
 #include "kernels/cuda_api.h"
 
-/* Enough blocks to fill an H200 (132 SMs, 8 blocks of 256 threads each)
- * with some to spare. */
+/* Enough blocks to fill an H200 several times over: 132 SMs hold 1 to 4
+ * blocks of 256 threads each at these kernels' register counts. */
 #define BLOCKS_WANTED 1024
 
 int64_t ql_cuda_lora_split(int64_t tiles, int64_t len, int64_t step, int64_t *splits) {

@@ -349,7 +349,11 @@ static void test_lora_skinny(int64_t T, int64_t in, int r, int dropout) {
         for (int64_t k = 0; k < in; k++) A[n * in + k] = 0.0f;
     for (int64_t t = 0; t < T; t++)
         for (int64_t n = r; n < lde; n++) E[t * lde + n] = n < rpad ? 0.0f : NAN;
-    void *gx = up_act(x, T * in), *gA = up_act(A, rpad * in), *gE = up_act(E, T * lde);
+    /* x with a row of NaN after it: a read past x's end shows (0·NaN). */
+    float *xp = tops_alloc((T + 1) * in);
+    memcpy(xp, x, (size_t)(T * in) * sizeof(float));
+    for (int64_t k = 0; k < in; k++) xp[T * in + k] = NAN;
+    void *gx = up_act(xp, (T + 1) * in), *gA = up_act(A, rpad * in), *gE = up_act(E, T * lde);
     void *gxa = dev_poisoned((size_t)(T * r) * 4), *gdA = up_raw(dA0, (size_t)(r * in) * 4);
     GTRY(ql_cuda_lora_xa(gx, gA, rpad, r, dropout ? &d : NULL, alpha, T, in, gxa));
     GTRY(ql_cuda_lora_dA(gE, lde, gx, dropout ? &d : NULL, alpha, r, rpad, T, in, gdA));
@@ -390,7 +394,7 @@ static void test_lora_skinny(int64_t T, int64_t in, int r, int dropout) {
     same_bits(gxa, xa1, (size_t)(T * r) * 4, what);
     same_bits(gdA, dA1, (size_t)(r * in) * 4, what);
     n_ops_run++;
-    free(x), free(A), free(E), free(dA0), free(xa), free(dA), free(xa1), free(dA1);
+    free(x), free(xp), free(A), free(E), free(dA0), free(xa), free(dA), free(xa1), free(dA1);
     gpu->free(gx), gpu->free(gA), gpu->free(gE), gpu->free(gxa), gpu->free(gdA);
 }
 
@@ -402,6 +406,10 @@ static void test_lora_skinny_refuses(void) {
     CHECK(ql_cuda_lora_xa(g, g, 80, 70, NULL, 1.0f, 4, 64, o) == QL_EUNSUPPORTED);
     CHECK(ql_cuda_lora_dA(g, 16, (const uint16_t *)g + 1, NULL, 1.0f, 16, 16, 4, 64, o) ==
           QL_EUNSUPPORTED);
+    CHECK(ql_cuda_lora_xa(g, (const uint16_t *)g + 4, 16, 16, NULL, 1.0f, 4, 64, o) ==
+          QL_EUNSUPPORTED); /* A at an 8-byte boundary */
+    CHECK(ql_cuda_lora_xa(g, g, 16, 17, NULL, 1.0f, 4, 64, o) == QL_EUNSUPPORTED);    /* r > rpad */
+    CHECK(ql_cuda_lora_dA(g, 8, g, NULL, 1.0f, 16, 16, 4, 64, o) == QL_EUNSUPPORTED); /* lde */
     CHECK(!ql_cuda_lora_skinny_ok(77, 16) && !ql_cuda_lora_skinny_ok(64, 80) &&
           ql_cuda_lora_skinny_ok(64, 64));
     gpu->free(g), gpu->free(o);
