@@ -164,6 +164,7 @@ ql_cuda_q4_path ql_cuda_q4_path_for(int64_t T);
  *                    independent tiles: the length of a split (a multiple
  *                    of step), their number in *splits */
 #define QL_LORA_SKINNY_WARPS 8
+#define QL_LORA_SKINNY_XA_ROWS 32 /* rows of x a block of x'·Aᵀ takes */
 int ql_cuda_lora_skinny_ok(int64_t in, int64_t rpad);
 size_t ql_cuda_lora_skinny_scratch(int64_t T, int64_t in, int64_t rpad);
 int64_t ql_cuda_lora_split(int64_t tiles, int64_t len, int64_t step, int64_t *splits);

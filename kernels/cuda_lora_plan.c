@@ -29,14 +29,16 @@ int ql_cuda_lora_skinny_ok(int64_t in, int64_t rpad) {
 /* Not the exact need of a call but a bound on it that grows with T, so that
  * the scratch a run holds is this at its largest micro-batch (the estimate's
  * figure) whatever order the calls come in. The forward's splits s are at
- * most ceil(in / 256) and ceil(BLOCKS_WANTED / tiles), so s·T ≤
- * BLOCKS_WANTED·16 + T + 16; the backward's at most ceil(T / 128) and
- * ceil(BLOCKS_WANTED / column tiles), both growing with T. */
+ * most ceil(in / 256) and ceil(BLOCKS_WANTED / tiles) with tiles =
+ * ceil(T / XA_ROWS), so s·T ≤ BLOCKS_WANTED·XA_ROWS + T; the backward's at
+ * most ceil(T / 128) and ceil(BLOCKS_WANTED / column tiles), both growing
+ * with T. */
 size_t ql_cuda_lora_skinny_scratch(int64_t T, int64_t in, int64_t rpad) {
     if (T <= 0 || !ql_cuda_lora_skinny_ok(in, rpad)) return 0;
     const int64_t w = QL_LORA_SKINNY_WARPS, col_tiles = (in + 31) / 32;
+    const int64_t fwd_most = BLOCKS_WANTED * QL_LORA_SKINNY_XA_ROWS + T + QL_LORA_SKINNY_XA_ROWS;
     int64_t fwd = (in + 32 * w - 1) / (32 * w) * T;
-    if (fwd > BLOCKS_WANTED * 16 + T + 16) fwd = BLOCKS_WANTED * 16 + T + 16;
+    if (fwd > fwd_most) fwd = fwd_most;
     int64_t bwd = (BLOCKS_WANTED + col_tiles - 1) / col_tiles;
     if (bwd > (T + 16 * w - 1) / (16 * w)) bwd = (T + 16 * w - 1) / (16 * w);
     if (bwd < 1) bwd = 1;

@@ -39,57 +39,68 @@ static __device__ __forceinline__ uint32_t keep_bits(const ql_dropout &d, uint64
 
 /* ------------------------------------------------------------------ forward: x'·Aᵀ */
 
-/* Block (tile, split): rows 16·tile.., the split's K range; warp w takes the
- * range's 32-wide chunks w, w + 8, .... Partial sums part[split][t][n]. */
+/* Block (tile, split): rows XA_ROWS·tile.., two 16-row MMA tiles, so that
+ * each fragment of A (read from L2, as often as x itself at r = 16) serves
+ * both; the split's K range; warp w takes the range's 32-wide chunks w,
+ * w + 8, .... Partial sums part[split][t][n], the warps' added in warp order. */
+#define XA_ROWS QL_LORA_SKINNY_XA_ROWS
+#define XA_TILES (XA_ROWS / 16)
 template <int NT>
 __global__ void k_lora_xa_part(const ql_bf16 *x, const ql_bf16 *A, ql_dropout d, int64_t T,
                                int64_t in, int64_t k_per_split, float *part) {
-    __shared__ float red[SK_WARPS][16][NT * 16];
+    __shared__ float red[XA_ROWS][NT * 16];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    const int64_t t0 = (int64_t)blockIdx.x * 16, k_lo = (int64_t)blockIdx.y * k_per_split;
+    const int64_t t0 = (int64_t)blockIdx.x * XA_ROWS, k_lo = (int64_t)blockIdx.y * k_per_split;
     const int64_t k_hi = k_lo + k_per_split < in ? k_lo + k_per_split : in;
-    float acc[NT][2][4] = {};
+    float acc[XA_TILES][NT][2][4] = {};
     for (int64_t k0 = k_lo + 32 * warp; k0 < k_hi; k0 += 32 * SK_WARPS) {
         const int64_t seg = k0 + 8 * c; /* in % 8 == 0: a segment is in or out whole */
-        uint4 xr[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-        for (int h = 0; h < 2; h++) {
-            const int64_t t = t0 + g + 8 * h;
-            if (seg >= k_hi || t >= T) continue;
-            uint4 v = *(const uint4 *)(x + t * in + seg);
-            if (d.on) {
-                const uint64_t j = (uint64_t)(t * in + seg) / 2;
-                v.x &= keep_bits(d, j);
-                v.y &= keep_bits(d, j + 1);
-                v.z &= keep_bits(d, j + 2);
-                v.w &= keep_bits(d, j + 3);
+        uint32_t a_lo[XA_TILES][4], a_hi[XA_TILES][4];
+        for (int tt = 0; tt < XA_TILES; tt++) {
+            uint4 xr[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+            for (int h = 0; h < 2; h++) {
+                const int64_t t = t0 + 16 * tt + g + 8 * h;
+                if (seg >= k_hi || t >= T) continue;
+                uint4 v = *(const uint4 *)(x + t * in + seg);
+                if (d.on) {
+                    const uint64_t j = (uint64_t)(t * in + seg) / 2;
+                    v.x &= keep_bits(d, j);
+                    v.y &= keep_bits(d, j + 1);
+                    v.z &= keep_bits(d, j + 2);
+                    v.w &= keep_bits(d, j + 3);
+                }
+                xr[h] = v;
             }
-            xr[h] = v;
+            a_lo[tt][0] = xr[0].x, a_lo[tt][1] = xr[1].x, a_lo[tt][2] = xr[0].y;
+            a_lo[tt][3] = xr[1].y;
+            a_hi[tt][0] = xr[0].z, a_hi[tt][1] = xr[1].z, a_hi[tt][2] = xr[0].w;
+            a_hi[tt][3] = xr[1].w;
         }
-        const uint32_t a_lo[4] = {xr[0].x, xr[1].x, xr[0].y, xr[1].y};
-        const uint32_t a_hi[4] = {xr[0].z, xr[1].z, xr[0].w, xr[1].w};
         for (int nt = 0; nt < NT; nt++)
             for (int h = 0; h < 2; h++) {
                 uint4 b = {0, 0, 0, 0};
                 if (seg < k_hi) b = *(const uint4 *)(A + (int64_t)(16 * nt + 8 * h + g) * in + seg);
-                ql_mma_bf16(acc[nt][h], a_lo, b.x, b.y);
-                ql_mma_bf16(acc[nt][h], a_hi, b.z, b.w);
+                for (int tt = 0; tt < XA_TILES; tt++) {
+                    ql_mma_bf16(acc[tt][nt][h], a_lo[tt], b.x, b.y);
+                    ql_mma_bf16(acc[tt][nt][h], a_hi[tt], b.z, b.w);
+                }
             }
     }
-    for (int nt = 0; nt < NT; nt++)
-        for (int h = 0; h < 2; h++) {
-            const int n = 16 * nt + 8 * h + 2 * c;
-            red[warp][g][n] = acc[nt][h][0];
-            red[warp][g][n + 1] = acc[nt][h][1];
-            red[warp][g + 8][n] = acc[nt][h][2];
-            red[warp][g + 8][n + 1] = acc[nt][h][3];
-        }
-    __syncthreads();
-    for (int e = threadIdx.x; e < 16 * NT * 16; e += SK_THREADS) {
+    for (int w = 0; w < SK_WARPS; w++) {
+        if (warp == w)
+            for (int tt = 0; tt < XA_TILES; tt++)
+                for (int nt = 0; nt < NT; nt++)
+                    for (int h = 0; h < 2; h++)
+                        for (int f = 0; f < 4; f++) {
+                            const int row = 16 * tt + g + 8 * (f >> 1);
+                            const int n = 16 * nt + 8 * h + 2 * c + (f & 1);
+                            red[row][n] = (w ? red[row][n] : 0.0f) + acc[tt][nt][h][f];
+                        }
+        __syncthreads();
+    }
+    for (int e = threadIdx.x; e < XA_ROWS * NT * 16; e += SK_THREADS) {
         const int row = e / (NT * 16), n = e % (NT * 16);
-        if (t0 + row >= T) continue;
-        float s = 0.0f;
-        for (int w = 0; w < SK_WARPS; w++) s += red[w][row][n];
-        part[((int64_t)blockIdx.y * T + t0 + row) * (NT * 16) + n] = s;
+        if (t0 + row < T) part[((int64_t)blockIdx.y * T + t0 + row) * (NT * 16) + n] = red[row][n];
     }
 }
 
@@ -206,15 +217,16 @@ ql_status ql_cuda_lora_xa(const ql_bf16 *x, const ql_bf16 *A, int64_t rpad, int6
                         (long long)in, (long long)rpad, (long long)r);
     if (T <= 0) return QL_OK;
     int64_t splits;
-    const int64_t per = ql_cuda_lora_split((T + 15) / 16, in, 32, &splits);
+    const int64_t tiles = (T + XA_ROWS - 1) / XA_ROWS;
+    const int64_t per = ql_cuda_lora_split(tiles, in, 32, &splits);
     float *part;
     const size_t bytes = ql_cuda_lora_skinny_scratch(T, in, rpad);
     QL_ASSERT((size_t)(splits * T * rpad) * sizeof(float) <= bytes);
     QL_TRY(ql_cuda_scratch(QL_SCRATCH_LORA_PART, bytes, (void **)&part));
-    if ((T + 15) / 16 > 0x7fffffff)
+    if (tiles > 0x7fffffff)
         return ql_error(QL_EUNSUPPORTED, "LoRA x·Aᵀ kernel: %lld rows is too many", (long long)T);
     const ql_dropout dd = d ? *d : ql_dropout{0, 0, 0, 1.0f};
-    const dim3 grid((unsigned)((T + 15) / 16), (unsigned)splits);
+    const dim3 grid((unsigned)tiles, (unsigned)splits);
     switch (rpad / 16) {
     case 1:
         QL_LAUNCH((grid, SK_THREADS, 0, ql_cuda_stream()), k_lora_xa_part<1>)

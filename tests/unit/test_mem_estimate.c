@@ -438,7 +438,8 @@ static void test_skinny_scratch(void) {
             for (int64_t T = 1; T <= 20000; T += T < 600 ? 1 : 37) {
                 const int64_t in = ins[k];
                 int64_t s_fwd, s_bwd;
-                ql_cuda_lora_split((T + 15) / 16, in, 32, &s_fwd);
+                ql_cuda_lora_split((T + QL_LORA_SKINNY_XA_ROWS - 1) / QL_LORA_SKINNY_XA_ROWS, in,
+                                   32, &s_fwd);
                 ql_cuda_lora_split((in + 31) / 32, T, 16, &s_bwd);
                 const size_t b = ql_cuda_lora_skinny_scratch(T, in, rpad);
                 const size_t need_f = (size_t)(s_fwd * T * rpad) * 4;
