@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/cpu_lanes.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/cpu_v8.h"
 
 ql_status ql_rmsnorm_fwd_cpu(const ql_act *x_, const float *w, float eps, int64_t T, int64_t d,
                              ql_act *y_, float *rstd) {
@@ -87,13 +88,23 @@ ql_status ql_rope_bwd_cpu(ql_act *dx, const int32_t *pos, const float *inv_freq,
     return rope_rotate(dx, pos, inv_freq, T, n_heads, head_dim, -1.0f);
 }
 
+/* SiLU's exp for a chunk of gates at a time, eight lanes at once. */
+#define SWIGLU_CHUNK 512
+
+static void neg_exp(float *e, const float *gate, int64_t n) {
+    for (int64_t i = 0; i < n; i++) e[i] = -gate[i];
+    ql_exp_f32(e, e, n);
+}
+
 ql_status ql_swiglu_fwd_cpu(const ql_act *gate_, const ql_act *up_, int64_t n, ql_act *out_) {
     const float *gate = gate_, *up = up_;
     float *out = out_;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+    for (int64_t c = 0; c < n; c += SWIGLU_CHUNK) {
+        int64_t len = n - c < SWIGLU_CHUNK ? n - c : SWIGLU_CHUNK;
+        float e[SWIGLU_CHUNK];
+        neg_exp(e, gate + c, len);
+        for (int64_t i = 0; i < len; i++) out[c + i] = gate[c + i] / (1.0f + e[i]) * up[c + i];
     }
     return QL_OK;
 }
@@ -103,12 +114,18 @@ ql_status ql_swiglu_bwd_cpu(const ql_act *dout_, const ql_act *gate_, const ql_a
     const float *dout = dout_, *gate = gate_, *up = up_;
     float *dgate = dgate_, *dup = dup_;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float g = gate[i], u = up[i], d = dout[i];
-        float sig = 1.0f / (1.0f + expf(-g));
-        float silu = g * sig;
-        dgate[i] = d * u * (sig * (1.0f + g * (1.0f - sig)));
-        dup[i] = d * silu;
+    for (int64_t c = 0; c < n; c += SWIGLU_CHUNK) {
+        int64_t len = n - c < SWIGLU_CHUNK ? n - c : SWIGLU_CHUNK;
+        float e[SWIGLU_CHUNK];
+        neg_exp(e, gate + c, len);
+        for (int64_t k = 0; k < len; k++) {
+            int64_t i = c + k;
+            float g = gate[i], u = up[i], d = dout[i];
+            float sig = 1.0f / (1.0f + e[k]);
+            float silu = g * sig;
+            dgate[i] = d * u * (sig * (1.0f + g * (1.0f - sig)));
+            dup[i] = d * silu;
+        }
     }
     return QL_OK;
 }
@@ -125,6 +142,8 @@ ql_status ql_embed_fwd_cpu(const ql_act *table_, const int32_t *ids, int64_t T, 
     return QL_OK;
 }
 
+#define XENT_CHUNK 1024
+
 ql_status ql_xent_fwd_bwd_cpu(const ql_act *logits_, const int32_t *targets, int64_t T, int64_t V,
                               float grad_scale, float *losses, ql_act *dlogits_) {
     const float *logits = logits_;
@@ -140,21 +159,28 @@ ql_status ql_xent_fwd_bwd_cpu(const ql_act *logits_, const int32_t *targets, int
             if (dt) memset(dt, 0, (size_t)V * sizeof(float));
             continue;
         }
-        float mx = -INFINITY;
+        float mx = -INFINITY, picked = lt[y];
         for (int64_t j = 0; j < V; j++) mx = lt[j] > mx ? lt[j] : mx;
-        float acc[QL_LANES] = {0};
-        int64_t j = 0;
-        for (; j + QL_LANES <= V; j += QL_LANES)
-            for (int l = 0; l < QL_LANES; l++) acc[l] += expf(lt[j + l] - mx);
-        for (int l = 0; j < V; j++, l++) acc[l] += expf(lt[j] - mx);
+        /* exp(l - max) once, into the gradient row where there is one, else
+         * a chunk at a time; summed in 8 lanes in index order either way. */
+        float acc[QL_LANES] = {0}, chunk[XENT_CHUNK];
+        for (int64_t j0 = 0; j0 < V; j0 += XENT_CHUNK) {
+            int64_t len = V - j0 < XENT_CHUNK ? V - j0 : XENT_CHUNK;
+            float *e = dt ? dt + j0 : chunk;
+            for (int64_t j = 0; j < len; j++) e[j] = lt[j0 + j] - mx;
+            ql_exp_f32(e, e, len);
+            int64_t j = 0; /* XENT_CHUNK is a multiple of the lanes */
+            for (; j + QL_LANES <= len; j += QL_LANES)
+                for (int l = 0; l < QL_LANES; l++) acc[l] += e[j + l];
+            for (int l = 0; j < len; j++, l++) acc[l] += e[j];
+        }
         float sum = ql_lanes_total(acc);
         float lse = mx + logf(sum);
-        losses[t] = lse - lt[y];
+        losses[t] = lse - picked;
         if (dt) {
             float inv = grad_scale / sum;
-            float picked = lt[y];
-            for (j = 0; j < V; j++) dt[j] = expf(lt[j] - mx) * inv;
-            dt[y] = expf(picked - mx) * inv - grad_scale;
+            for (int64_t j = 0; j < V; j++) dt[j] *= inv;
+            dt[y] -= grad_scale;
         }
     }
     return QL_OK;
