@@ -336,6 +336,10 @@ int main(void) {
     test_attn(1, 19, 3, 3, 8, 0);  /* MHA, no mask */
     test_attn(3, 50, 9, 3, 16, 5);
     test_attn(1, 23, 4, 4, 64, 3);
+    /* Past one tile of 64 keys and 16 query rows (kernels/cpu/cpu_attn.c):
+     * a partial last tile of both, head_dim with a tail past 8 lanes. */
+    test_attn(2, 150, 4, 2, 12, 3);
+    test_attn(1, 130, 6, 2, 64, 0);
 
     test_embed();
     test_xent(13, 1000);
