@@ -36,6 +36,13 @@ if [ ! -f "$model/model.safetensors" ]; then
     "$py" "$repo/bench/torch_lora_step.py" --write-model "$model"
 fi
 
+# bench_train does not restart itself as qlora does (launcher/blas_tune.c):
+# it gets the kernels qlora would run with, unless the caller chose.
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -x "$build/qlora" ]; then
+    core=$(OPENBLAS_VERBOSE=2 "$build/qlora" version 2>&1 >/dev/null | sed -n 's/^Core: //p' | tail -n 1)
+    [ -z "$core" ] || export OPENBLAS_CORETYPE=$core
+fi
+
 threads=$(nproc)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
