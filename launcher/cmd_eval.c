@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "data/jsonl_tokens.h"
+#include "data/packing.h"
 #include "data/records.h"
 #include "core/fsutil.h"
 #include "data/tokenizer.h"
@@ -54,7 +55,9 @@ static void usage(FILE *f) {
             "                       more than --drift-threshold above it is drift, exit 3\n"
             "  --drift-threshold X  relative loss increase that is drift (default 0.05 = 5%%)\n"
             "  --max-seq-len N      truncate longer records to N tokens (default: no limit)\n"
-            "  --batch N            records per forward pass (default 4)\n"
+            "  --batch N            rows per forward pass (default 4): records are packed\n"
+            "                       into rows as long as the longest one, each attending\n"
+            "                       only to itself\n"
             "  --backend NAME       cpu (default), cpu-ref or cuda\n"
             "  --quiet              no model summary or progress on stderr\n"
             "  --help               this text\n"
@@ -157,16 +160,21 @@ static ql_status load_records(const eval_args *a, ql_token_data *d, ql_records_r
     return st;
 }
 
-static ql_status evaluate(ql_llama *m, const ql_token_data *d, int64_t batch, int show,
-                          const char *what, double *loss_sum, int64_t *n_targets) {
+/* Records packed into rows of d->max_len tokens (first-fit decreasing,
+ * data/packing.h): each keeps its own positions and attends only to itself,
+ * so its loss is what it would be alone, and a forward pass computes far
+ * fewer padding tokens than one record per row would. */
+static ql_status evaluate(ql_llama *m, const ql_token_data *d, const ql_packing *p, int64_t batch,
+                          int show, const char *what, double *loss_sum, int64_t *n_targets) {
     ql_batcher b;
-    QL_TRY(ql_batcher_init(&b, d, 0, 0, 0, d->max_len, batch));
+    QL_TRY(ql_batcher_init_rows(&b, d, p, 0, 0, 0, batch));
     ql_status st = QL_OK;
     *loss_sum = 0;
     *n_targets = 0;
-    int64_t n_batches = (d->n + batch - 1) / batch;
+    int64_t n_batches = (p->n_rows + batch - 1) / batch;
     for (int64_t i = 0; i < n_batches && st == QL_OK; i++) {
-        int64_t first = i * batch, rows = d->n - first < batch ? d->n - first : batch, tok, nt = 0;
+        int64_t first = i * batch, rows = p->n_rows - first < batch ? p->n_rows - first : batch;
+        int64_t tok, nt = 0;
         ql_batch mb;
         double ls = 0;
         st = ql_batcher_fill(&b, first, rows, &mb, &tok);
@@ -185,15 +193,16 @@ static ql_status evaluate(ql_llama *m, const ql_token_data *d, int64_t batch, in
 /* The base model's loss through the same model: the adapter's values are
  * set aside, zeros uploaded (B = 0 makes every LoRA term exactly 0), the pass
  * run, and the values put back. */
-static ql_status base_pass(ql_llama *m, const ql_backend *be, const ql_token_data *d, int64_t batch,
-                           int show, double *loss_sum, int64_t *n_targets) {
+static ql_status base_pass(ql_llama *m, const ql_backend *be, const ql_token_data *d,
+                           const ql_packing *p, int64_t batch, int show, double *loss_sum,
+                           int64_t *n_targets) {
     ql_adapters *ad = ql_llama_adapters(m);
     size_t bytes = (size_t)ad->n * sizeof(float);
     float *keep = ql_malloc(bytes ? bytes : 1, "a copy of the adapter"),
           *zero = ql_calloc(ad->n ? (size_t)ad->n : 1, sizeof(float), "zeros");
     ql_status st = keep && zero ? be->download(keep, ad->params, bytes) : QL_ENOMEM;
     if (st == QL_OK) st = be->upload(ad->params, zero, bytes);
-    if (st == QL_OK) st = evaluate(m, d, batch, show, "base model", loss_sum, n_targets);
+    if (st == QL_OK) st = evaluate(m, d, p, batch, show, "base model", loss_sum, n_targets);
     ql_status st2 = keep ? be->upload(ad->params, keep, bytes) : QL_OK;
     free(keep);
     free(zero);
@@ -239,9 +248,14 @@ int ql_cmd_eval(int argc, char **argv) {
     }
     ql_token_data d = {0};
     ql_records_report rep = {0};
+    ql_packing rows = {0};
     if (st == QL_OK) st = load_records(&a, &d, &rep);
-    if (st != QL_OK) return ql_report(st);
-    o.max_batch = a.batch < d.n ? a.batch : d.n;
+    if (st == QL_OK) st = ql_packing_build(&d, d.max_len, 1, &rows);
+    if (st != QL_OK) {
+        ql_jsonl_tokens_free(&d);
+        return ql_report(st);
+    }
+    o.max_batch = a.batch < rows.n_rows ? a.batch : rows.n_rows;
     o.max_seq = d.max_len;
     ql_llama *m = NULL;
     st = ql_llama_load(a.model, &o, &m);
@@ -260,9 +274,10 @@ int ql_cmd_eval(int argc, char **argv) {
     int64_t n_base = 0, n_tg = 0;
     int show = !a.quiet && isatty(fileno(stderr));
     if (st == QL_OK && side_by_side)
-        st = base_pass(m, be, &d, o.max_batch, show, &base_sum, &n_base);
+        st = base_pass(m, be, &d, &rows, o.max_batch, show, &base_sum, &n_base);
     if (st == QL_OK)
-        st = evaluate(m, &d, o.max_batch, show, a.adapter ? "adapter" : "base", &loss_sum, &n_tg);
+        st = evaluate(m, &d, &rows, o.max_batch, show, a.adapter ? "adapter" : "base", &loss_sum,
+                      &n_tg);
     if (st == QL_OK && n_tg == 0)
         st = ql_error(QL_EINVAL, "%s: no target tokens (every label is -100)", a.data);
     ql_eval_summary sum;
@@ -372,6 +387,7 @@ int ql_cmd_eval(int argc, char **argv) {
     fflush(stdout);
     ql_llama_free(m);
     ql_jsonl_tokens_free(&d);
+    ql_packing_free(&rows);
     if (st != QL_OK) return ql_report(st);
     if (drifted) {
         fprintf(stderr,
