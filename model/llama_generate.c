@@ -5,8 +5,11 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/cpu_lanes.h"
+#include "kernels/cpu/cpu_v8.h"
 #include "model/llama_impl.h"
 
 typedef struct kv_slot {
@@ -30,8 +33,6 @@ struct ql_llama_kv {
     /* host */
     int32_t *h_pos;
     float *hq, *hk, *hv, *hao;
-    float *scores; /* [scores_cap]: one query's attention weights */
-    int64_t scores_cap;
     void *conv; /* act_dtype staging for conversions */
     size_t conv_bytes;
 };
@@ -129,7 +130,6 @@ void ql_llama_kv_free(ql_llama_kv *kv) {
     free(kv->hk);
     free(kv->hv);
     free(kv->hao);
-    free(kv->scores);
     free(kv->conv);
     free(kv);
 }
@@ -146,13 +146,7 @@ ql_status ql_llama_kv_reset(ql_llama_kv *kv, int slot, int64_t ctx) {
     free(s->v);
     s->k = ql_malloc(n * sizeof(float), "KV cache keys");
     s->v = ql_malloc(n * sizeof(float), "KV cache values");
-    float *sc =
-        ctx > kv->scores_cap ? realloc(kv->scores, (size_t)ctx * sizeof(float)) : kv->scores;
-    if (sc && ctx > kv->scores_cap) {
-        kv->scores = sc;
-        kv->scores_cap = ctx;
-    }
-    if (!s->k || !s->v || !sc) {
+    if (!s->k || !s->v) {
         free(s->k);
         free(s->v);
         s->k = s->v = NULL;
@@ -226,36 +220,51 @@ static ql_status attend_cached(ql_llama_kv *kv, int layer, int64_t T, const int 
         memcpy(s->v + at, kv->hv + t * kvdim, (size_t)kvdim * sizeof(float));
     }
     const float scale = 1.0f / sqrtf((float)D);
-    float *sc = kv->scores;
-    for (int64_t t = 0; t < T; t++) {
-        const kv_slot *s = &kv->slots[slot_of[t]];
-        const int64_t n = kv->h_pos[t] + 1;
-        const float *K = s->k + (size_t)(layer * s->cap) * kvdim;
-        const float *V = s->v + (size_t)(layer * s->cap) * kvdim;
-        for (int64_t h = 0; h < H; h++) {
+    int64_t n_max = 1;
+    for (int64_t t = 0; t < T; t++) n_max = kv->h_pos[t] + 1 > n_max ? kv->h_pos[t] + 1 : n_max;
+    int failed = 0;
+    /* One (token, head) per task; each sums in a fixed order, so the bits do
+     * not depend on the thread count or on which tokens share the step. */
+#pragma omp parallel
+    {
+        float *sc = malloc((size_t)n_max * sizeof(float));
+        if (!sc) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t th = 0; th < T * H; th++) {
+            if (!sc) continue;
+            const int64_t t = th / H, h = th % H;
+            const kv_slot *s = &kv->slots[slot_of[t]];
+            const int64_t n = kv->h_pos[t] + 1;
+            const float *K = s->k + (size_t)(layer * s->cap) * kvdim;
+            const float *V = s->v + (size_t)(layer * s->cap) * kvdim;
             const float *q = kv->hq + t * qdim + h * D;
             const int64_t kh = (h / group) * D;
             float mx = -INFINITY;
             for (int64_t j = 0; j < n; j++) {
-                const float *k = K + j * kvdim + kh;
-                float dot = 0.0f;
-                for (int64_t e = 0; e < D; e++) dot += q[e] * k[e];
-                sc[j] = dot * scale;
-                if (sc[j] > mx) mx = sc[j];
+                sc[j] = ql_dot_lanes(q, K + j * kvdim + kh, D) * scale;
+                mx = sc[j] > mx ? sc[j] : mx;
             }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < n; j++) {
-                sc[j] = expf(sc[j] - mx);
-                sum += sc[j];
-            }
+            for (int64_t j = 0; j < n; j++) sc[j] -= mx;
+            ql_exp_f32(sc, sc, n);
+            float acc[QL_LANES] = {0};
+            int64_t j = 0;
+            for (; j + QL_LANES <= n; j += QL_LANES)
+                for (int l = 0; l < QL_LANES; l++) acc[l] += sc[j + l];
+            for (int l = 0; j < n; j++, l++) acc[l] += sc[j];
+            const float inv = 1.0f / ql_lanes_total(acc);
             float *o = kv->hao + t * qdim + h * D;
             memset(o, 0, (size_t)D * sizeof(float));
-            for (int64_t j = 0; j < n; j++) {
-                const float w = sc[j] / sum, *v = V + j * kvdim + kh;
+            for (j = 0; j < n; j++) {
+                const float w = sc[j] * inv, *v = V + j * kvdim + kh;
                 for (int64_t e = 0; e < D; e++) o[e] += w * v[e];
             }
         }
+        free(sc);
     }
+    if (failed) return ql_error(QL_ENOMEM, "generation: out of memory for attention scores");
     return to_backend(kv, kv->hao, T * qdim, kv->ao);
 }
 

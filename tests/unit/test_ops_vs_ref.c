@@ -323,6 +323,8 @@ int main(void) {
     test_lora(40, 4112, QL_QTYPE_NF4, 4096, 1, 5, 4, 1); /* rows start mid-block */
 
     test_matmul(5, 33, 70);
+    test_matmul(11, 64, 130); /* the dot-product path: two token groups, rows past a task */
+    test_matmul(16, 40, 65);
     test_matmul(130, 200, 301);
 
     test_rmsnorm(7, 576);
