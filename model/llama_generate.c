@@ -250,14 +250,11 @@ static ql_status attend_cached(ql_llama_kv *kv, int layer, int64_t T, const int 
             for (int64_t j = 0; j < n; j++) sc[j] -= mx;
             ql_exp_f32(sc, sc, n);
             float acc[QL_LANES] = {0};
-            int64_t j = 0;
-            for (; j + QL_LANES <= n; j += QL_LANES)
-                for (int l = 0; l < QL_LANES; l++) acc[l] += sc[j + l];
-            for (int l = 0; j < n; j++, l++) acc[l] += sc[j];
+            ql_lanes_add(acc, sc, n);
             const float inv = 1.0f / ql_lanes_total(acc);
             float *o = kv->hao + t * qdim + h * D;
             memset(o, 0, (size_t)D * sizeof(float));
-            for (j = 0; j < n; j++) {
+            for (int64_t j = 0; j < n; j++) {
                 const float w = sc[j] * inv, *v = V + j * kvdim + kh;
                 for (int64_t e = 0; e < D; e++) o[e] += w * v[e];
             }

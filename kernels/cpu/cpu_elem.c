@@ -169,10 +169,7 @@ ql_status ql_xent_fwd_bwd_cpu(const ql_act *logits_, const int32_t *targets, int
             float *e = dt ? dt + j0 : chunk;
             for (int64_t j = 0; j < len; j++) e[j] = lt[j0 + j] - mx;
             ql_exp_f32(e, e, len);
-            int64_t j = 0; /* XENT_CHUNK is a multiple of the lanes */
-            for (; j + QL_LANES <= len; j += QL_LANES)
-                for (int l = 0; l < QL_LANES; l++) acc[l] += e[j + l];
-            for (int l = 0; j < len; j++, l++) acc[l] += e[j];
+            ql_lanes_add(acc, e, len); /* XENT_CHUNK is a multiple of the lanes */
         }
         float sum = ql_lanes_total(acc);
         float lse = mx + logf(sum);
