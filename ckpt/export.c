@@ -9,6 +9,7 @@
 #include "ckpt/store.h"
 #include "core/config.h"
 #include "core/fsutil.h"
+#include "model/gguf_lora.h"
 #include "model/lora.h"
 #include "model/peft.h"
 #include "model/safetensors.h"
@@ -329,22 +330,24 @@ static ql_status newest_checkpoint(const char *root, FILE *progress, ql_config *
 
 /* ------------------------------------------------------------- the merge */
 
-/* The base model and the 4-bit settings the run trained with: from `cfg`
- * (a checkpoint's configuration) or the run's config.resolved.yaml. */
-static ql_status merge_settings(const ql_export_opts *o, const ql_config *cfg,
-                                const char *base_in_adapter, ql_export_result *r) {
+/* The base model: --model, else the run's `model` (from `cfg`, a
+ * checkpoint's configuration, or the run's config.resolved.yaml), else the
+ * adapter's base_model_name_or_path, whichever exists. With `quant`, also the
+ * 4-bit settings the run trained with (qlora's defaults without a run). */
+static ql_status base_model(const ql_export_opts *o, const ql_config *cfg,
+                            const char *base_in_adapter, int quant, ql_export_result *r) {
     r->qtype = QL_QTYPE_NF4;
     r->blocksize = 64;
     r->double_quant = 1;
     ql_config *own = NULL;
-    if (!cfg && r->run_dir[0]) {
+    if (!cfg && r->run_dir[0] && (quant || !o->model)) {
         char *path = ql_fs_join(r->run_dir, "config.resolved.yaml");
         own = ql_calloc(1, sizeof *own, "the run configuration");
         ql_status st = path && own ? ql_config_load(path, NULL, 0, own) : QL_ENOMEM;
         free(path);
         if (st != QL_OK) {
             free(own);
-            return ql_error_wrap(st, "reading the run's 4-bit settings: ");
+            return ql_error_wrap(st, "reading the run's base model and 4-bit settings: ");
         }
         cfg = own;
     }
@@ -365,8 +368,11 @@ static ql_status merge_settings(const ql_export_opts *o, const ql_config *cfg,
         snprintf(r->model, sizeof r->model, "%s", base_in_adapter);
     else
         return ql_error(QL_ENOTFOUND,
-                        "cannot find the base model to merge into (the run's model: %s; the "
-                        "adapter's base_model_name_or_path: %s); give it with --model PATH",
+                        "cannot find the base model %s (the run's model: %s; the adapter's "
+                        "base_model_name_or_path: %s); give it with --model PATH",
+                        o->merge ? "to merge into"
+                                 : "whose architecture and heads the GGUF "
+                                   "adapter needs",
                         run_model[0] ? run_model : "none",
                         base_in_adapter[0] ? base_in_adapter : "none");
     return QL_OK;
@@ -377,6 +383,11 @@ static ql_status merge_settings(const ql_export_opts *o, const ql_config *cfg,
 ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
     memset(r, 0, sizeof *r);
     if (!o->out_dir || !*o->out_dir) return ql_error(QL_EINVAL, "no output directory given");
+    if (o->merge && o->gguf)
+        return ql_error(QL_EINVAL, "--merge and --gguf write different things; choose one");
+    if (o->gguf && ql_fs_is_dir(o->out_dir))
+        return ql_error(QL_EINVAL, "%s is a directory; --gguf writes a file (e.g. adapter.gguf)",
+                        o->out_dir);
     if (ql_fs_exists(o->out_dir) && !o->force)
         return ql_error(QL_EINVAL, "%s already exists; choose another --out or add --force",
                         o->out_dir);
@@ -420,7 +431,7 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
     }
     snprintf(r->base_name, sizeof r->base_name, "%s",
              o->base_name ? o->base_name : base_in_adapter);
-    if (st == QL_OK && o->merge) st = merge_settings(o, cfg, base_in_adapter, r);
+    if (st == QL_OK && o->merge) st = base_model(o, cfg, base_in_adapter, 1, r);
     if (st == QL_OK && o->merge) {
         a.params = host;
         ql_merge_opts mo = {.model = r->model,
@@ -438,6 +449,15 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
                             .cancel = o->cancel};
         st = ql_merge_write(&mo, &r->merge);
         r->n_tensors = r->merge.n_tensors;
+    } else if (st == QL_OK && o->gguf) {
+        ql_gguf_lora_base b;
+        r->n_tensors = a.n_tensors;
+        st = base_model(o, cfg, base_in_adapter, 0, r);
+        if (st == QL_OK) st = ql_gguf_lora_base_of(r->model, &b);
+        if (st == QL_OK) {
+            snprintf(r->gguf_arch, sizeof r->gguf_arch, "%s", b.arch);
+            st = ql_gguf_lora_save(o->out_dir, &a, host, &b, r->dtype);
+        }
     } else if (st == QL_OK) {
         r->n_tensors = a.n_tensors;
         a.params = host;

@@ -8,7 +8,8 @@
  * shard sizes, attributes, SHA-256). The output is either a PEFT adapter directory
  * (adapter_model.safetensors + adapter_config.json, FORMATS §3) that PEFT's
  * PeftModel.from_pretrained and vLLM's LoRA loader read, or, with merge, a
- * merged Hugging Face model directory (model/merge.h). Outputs appear
+ * merged Hugging Face model directory (model/merge.h), or, with gguf, the
+ * LoRA adapter file llama.cpp loads (model/gguf_lora.h). Outputs appear
  * atomically; an existing one is replaced only with force. */
 #ifndef QL_EXPORT_H
 #define QL_EXPORT_H
@@ -26,8 +27,9 @@
 
 typedef struct ql_export_opts {
     const char *src;       /* run, adapter or checkpoint directory */
-    const char *out_dir;   /* the directory to create */
+    const char *out_dir;   /* the directory to create (the file, with gguf) */
     int merge;             /* 0: a PEFT adapter; 1: a merged model */
+    int gguf;              /* 1: a llama.cpp LoRA adapter file (model/gguf_lora.h) */
     int dtype;             /* a ql_dtype, or -1: F32 for an adapter, BF16 merged */
     const char *model;     /* the base model; NULL: the run's, else the adapter's */
     const char *base_name; /* base_model_name_or_path to write; NULL: keep */
@@ -54,8 +56,9 @@ typedef struct ql_export_result {
     int64_t step;                         /* the checkpoint's step (checkpoints only) */
     char adapter_dir[QL_EXPORT_PATH_MAX]; /* where the adapter was read (adapter or step dir) */
     char run_dir[QL_EXPORT_PATH_MAX];     /* the run holding it, or "" */
-    char model[QL_EXPORT_PATH_MAX];       /* the base model merged into ("" without merge) */
-    char base_name[QL_EXPORT_PATH_MAX];   /* base_model_name_or_path written */
+    char model[QL_EXPORT_PATH_MAX];     /* the base model merged into or read for gguf ("" else) */
+    char gguf_arch[32];                 /* gguf: general.architecture written */
+    char base_name[QL_EXPORT_PATH_MAX]; /* base_model_name_or_path written */
     ql_lora_config lora;
     int n_tensors;
     ql_dtype dtype;

@@ -1,5 +1,6 @@
-/* qlora export RUN_OR_ADAPTER --out DIR [--merge]: the adapter in PEFT's
- * format, or a merged Hugging Face model (docs/export.md). */
+/* qlora export RUN_OR_ADAPTER --out DIR [--merge | --gguf]: the adapter in
+ * PEFT's format, a merged Hugging Face model, or llama.cpp's LoRA GGUF
+ * (docs/export.md). */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: qlora export RUN_OR_ADAPTER --out DIR [--merge] [flags]\n"
+            "usage: qlora export RUN_OR_ADAPTER --out DIR [--merge | --gguf] [flags]\n"
             "\n"
             "Writes what a run trained in the form deployment tools read:\n"
             "  without --merge  a PEFT adapter directory (adapter_model.safetensors +\n"
@@ -19,16 +20,21 @@ static void usage(FILE *f) {
             "                   tokenizer files) for transformers' AutoModelForCausalLM: each\n"
             "                   linear W + s*B*A, where W is the base as qlora held it in\n"
             "                   training (after the 4-bit round trip; see --base-weights)\n"
+            "  with --gguf      one file, the LoRA adapter llama.cpp loads beside a GGUF base\n"
+            "                   (llama-cli -m BASE.gguf --lora OUT.gguf)\n"
             "\n"
-            "RUN_OR_ADAPTER is a run directory (its adapter/ is used) or an adapter directory.\n"
-            "Checkpoints (OUT/checkpoints/step-N/) cannot be exported yet.\n"
+            "RUN_OR_ADAPTER is a run directory (its adapter/, else its newest checkpoint that\n"
+            "verifies), a checkpoints directory, one checkpoint (RUN/checkpoints/step-N) or an\n"
+            "adapter directory.\n"
             "\n"
             "flags:\n"
-            "  --out DIR               the directory to write (appears complete or not at all)\n"
+            "  --out DIR               the directory to write (appears complete or not at all);\n"
+            "                          with --gguf, the file\n"
             "  --merge                 write a merged model instead of an adapter\n"
+            "  --gguf                  write a llama.cpp LoRA adapter file instead\n"
             "  --dtype bf16|f16|f32    tensor dtype (default: f32 for an adapter, bf16 merged)\n"
-            "  --model PATH            base model for --merge (default: the run's `model`, else\n"
-            "                          the adapter's base_model_name_or_path)\n"
+            "  --model PATH            base model for --merge and --gguf (default: the run's\n"
+            "                          `model`, else the adapter's base_model_name_or_path)\n"
             "  --base-model-name NAME  base_model_name_or_path to write in adapter_config.json\n"
             "                          (e.g. a Hugging Face id; default: the adapter's)\n"
             "  --base-weights quantized|original\n"
@@ -62,6 +68,10 @@ static int parse_args(int argc, char **argv, ql_export_opts *o, int *quiet) {
         }
         if (!strcmp(s, "--merge")) {
             o->merge = 1;
+            continue;
+        }
+        if (!strcmp(s, "--gguf")) {
+            o->gguf = 1;
             continue;
         }
         if (!strcmp(s, "--force")) {
@@ -108,8 +118,14 @@ static int parse_args(int argc, char **argv, ql_export_opts *o, int *quiet) {
     }
     if (!o->src) return bad_usage("%s", "a run or adapter directory is required");
     if (!o->out_dir) return bad_usage("%s is required", "--out");
-    if (!o->merge && (o->model || o->base_original))
-        fprintf(stderr, "qlora export: note: --model and --base-weights apply to --merge only\n");
+    if (o->merge && o->gguf) return bad_usage("%s", "--merge and --gguf: choose one");
+    if (!o->merge && !o->gguf && o->model)
+        fprintf(stderr, "qlora export: note: --model applies to --merge and --gguf only\n");
+    if (!o->merge && o->base_original)
+        fprintf(stderr, "qlora export: note: --base-weights applies to --merge only\n");
+    if (o->gguf && o->base_name)
+        fprintf(stderr, "qlora export: note: --base-model-name does not apply to --gguf (a GGUF "
+                        "adapter does not name its base)\n");
     return -1;
 }
 
@@ -150,7 +166,12 @@ int ql_cmd_export(int argc, char **argv) {
                r.lora.use_rslora ? ", rsLoRA" : "");
     print_targets(r.lora.targets);
     printf(")\n");
-    if (!o.merge) {
+    if (o.gguf) {
+        printf("base      %s (general.architecture %s)\n", r.model, r.gguf_arch);
+        printf("wrote     %s: llama.cpp LoRA adapter, %d tensors in %s\n", o.out_dir, r.n_tensors,
+               dtype_word(r.dtype));
+        printf("use       llama-cli -m BASE.gguf --lora %s\n", o.out_dir);
+    } else if (!o.merge) {
         printf("wrote     %s: PEFT adapter, %d tensors in %s\n", o.out_dir, r.n_tensors,
                dtype_word(r.dtype));
         printf("base      base_model_name_or_path = %s\n", r.base_name[0] ? r.base_name : "null");

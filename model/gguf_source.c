@@ -38,8 +38,8 @@ static const struct {
     {"post_attention_layernorm", "ffn_norm"},
 };
 
-/* The GGUF name of HF tensor `hf` into buf; 0 if it has none. */
-static int gguf_name_of(const char *hf, char *buf, size_t n) {
+/* The GGUF name of an HF tensor (model/source.h). */
+int ql_gguf_name_of(const char *hf, char *buf, size_t n) {
     if (!strcmp(hf, "model.embed_tokens.weight")) return snprintf(buf, n, "token_embd.weight"), 1;
     if (!strcmp(hf, "model.norm.weight")) return snprintf(buf, n, "output_norm.weight"), 1;
     if (!strcmp(hf, "lm_head.weight")) return snprintf(buf, n, "output.weight"), 1;
@@ -323,7 +323,7 @@ static ql_status check_tensors(gsrc *g, const ql_hf_config *c, int permuted) {
     ql_status st = QL_OK;
     for (size_t i = 0; i < g->n_exp && st == QL_OK; i++) {
         const ql_hf_expected *e = &g->exp[i];
-        if (!gguf_name_of(e->name, gname, sizeof gname)) {
+        if (!ql_gguf_name_of(e->name, gname, sizeof gname)) {
             st = ql_error(QL_EINTERNAL, "%s: no GGUF name for '%s'", f->path, e->name);
             break;
         }

@@ -10,6 +10,7 @@
 #ifndef QL_MODEL_SOURCE_H
 #define QL_MODEL_SOURCE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/status.h"
@@ -58,5 +59,10 @@ ql_status ql_model_config_load(const char *path, ql_hf_config *c);
 /* The GGUF and HF implementations (used by ql_model_source_open). */
 ql_status ql_gguf_source_open(const char *path, ql_model_source *s);
 ql_status ql_hf_source_open(const char *dir, ql_model_source *s);
+
+/* The GGUF name of Hugging Face tensor `hf` ("model.layers.3.self_attn.q_proj.weight"
+ * -> "blk.3.attn_q.weight", as llama.cpp's converter names it) into buf; 0 if it
+ * has none. */
+int ql_gguf_name_of(const char *hf, char *buf, size_t n);
 
 #endif

@@ -1,0 +1,195 @@
+/* GGUF version 3 writer (model/gguf_write.h). Layout, as ggml's gguf.cpp reads
+ * it: magic "GGUF", version, tensor count and metadata count (u64); each
+ * key-value (string key, u32 type, value); each tensor's info (name, u32
+ * n_dims, u64 ne[n_dims], u32 type, u64 offset into the data section); zero
+ * padding to the alignment; then the tensors, each padded with zeros to a
+ * multiple of the alignment. */
+#include "model/gguf_write.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fsutil.h"
+
+#define ALIGN QL_GGUF_DEFAULT_ALIGNMENT
+
+static ql_status grow(void **p, size_t *cap, size_t n, size_t size) {
+    if (n < *cap) return QL_OK;
+    size_t c = *cap ? 2 * *cap : 16;
+    void *q = realloc(*p, c * size);
+    if (!q) return ql_error(QL_ENOMEM, "out of memory building a GGUF file");
+    *p = q;
+    *cap = c;
+    return QL_OK;
+}
+
+static ql_status new_kv(ql_gguf_writer *w, const char *key, uint32_t type, ql_gguf_out_kv **out) {
+    for (size_t i = 0; i < w->n_kv; i++)
+        if (!strcmp(w->kvs[i].key, key))
+            return ql_error(QL_EINTERNAL, "GGUF metadata key '%s' added twice", key);
+    QL_TRY(grow((void **)&w->kvs, &w->cap_kv, w->n_kv, sizeof *w->kvs));
+    ql_gguf_out_kv *kv = &w->kvs[w->n_kv];
+    memset(kv, 0, sizeof *kv);
+    if (!(kv->key = strdup(key))) return ql_error(QL_ENOMEM, "out of memory building a GGUF file");
+    kv->type = type;
+    w->n_kv++;
+    *out = kv;
+    return QL_OK;
+}
+
+ql_status ql_gguf_writer_add_str(ql_gguf_writer *w, const char *key, const char *value) {
+    ql_gguf_out_kv *kv;
+    QL_TRY(new_kv(w, key, QL_GGUF_STRING, &kv));
+    if (!(kv->str = strdup(value)))
+        return ql_error(QL_ENOMEM, "out of memory building a GGUF file");
+    return QL_OK;
+}
+
+ql_status ql_gguf_writer_add_f32(ql_gguf_writer *w, const char *key, float value) {
+    ql_gguf_out_kv *kv;
+    QL_TRY(new_kv(w, key, QL_GGUF_F32, &kv));
+    kv->f32 = value;
+    return QL_OK;
+}
+
+ql_status ql_gguf_writer_add_u32(ql_gguf_writer *w, const char *key, uint32_t value) {
+    ql_gguf_out_kv *kv;
+    QL_TRY(new_kv(w, key, QL_GGUF_U32, &kv));
+    kv->u32 = value;
+    return QL_OK;
+}
+
+ql_status ql_gguf_writer_add_tensor(ql_gguf_writer *w, const char *name, int n_dims,
+                                    const int64_t *ne, uint32_t type, const void *data,
+                                    uint64_t nbytes) {
+    uint64_t esz = type == QL_GGML_F32 ? 4 : type == QL_GGML_F16 || type == QL_GGML_BF16 ? 2 : 0;
+    if (!esz)
+        return ql_error(QL_EINTERNAL, "GGUF tensor '%s': type %u is not F32/F16/BF16", name, type);
+    if (n_dims < 1 || n_dims > QL_GGUF_MAX_DIMS)
+        return ql_error(QL_EINTERNAL, "GGUF tensor '%s': %d dimensions", name, n_dims);
+    uint64_t numel = 1;
+    for (int d = 0; d < n_dims; d++) {
+        if (ne[d] < 1)
+            return ql_error(QL_EINTERNAL, "GGUF tensor '%s': dimension %d is %lld", name, d,
+                            (long long)ne[d]);
+        numel *= (uint64_t)ne[d];
+    }
+    if (numel * esz != nbytes)
+        return ql_error(QL_EINTERNAL, "GGUF tensor '%s': %llu bytes for %llu elements", name,
+                        (unsigned long long)nbytes, (unsigned long long)numel);
+    for (size_t i = 0; i < w->n_tensors; i++)
+        if (!strcmp(w->tensors[i].name, name))
+            return ql_error(QL_EINTERNAL, "GGUF tensor '%s' added twice", name);
+    QL_TRY(grow((void **)&w->tensors, &w->cap_tensors, w->n_tensors, sizeof *w->tensors));
+    ql_gguf_out_tensor *t = &w->tensors[w->n_tensors];
+    memset(t, 0, sizeof *t);
+    if (!(t->name = strdup(name))) return ql_error(QL_ENOMEM, "out of memory building a GGUF file");
+    t->n_dims = n_dims;
+    for (int d = 0; d < QL_GGUF_MAX_DIMS; d++) t->ne[d] = d < n_dims ? ne[d] : 1;
+    t->type = type;
+    t->data = data;
+    t->nbytes = nbytes;
+    w->n_tensors++;
+    return QL_OK;
+}
+
+/* ---- the file ----------------------------------------------------------- */
+
+/* The header and infos go through a growing buffer (they are small); the
+ * tensor data is written from the caller's memory. */
+typedef struct buf {
+    uint8_t *p;
+    size_t n, cap;
+    int failed;
+} buf;
+
+static void put(buf *b, const void *src, size_t len) {
+    if (b->failed) return;
+    if (b->n + len > b->cap) {
+        size_t c = b->cap ? b->cap : 4096;
+        while (c < b->n + len) c *= 2;
+        uint8_t *q = realloc(b->p, c);
+        if (!q) {
+            b->failed = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = c;
+    }
+    memcpy(b->p + b->n, src, len);
+    b->n += len;
+}
+
+/* GGUF is little-endian; so are the machines qlora builds for (x86-64,
+ * aarch64), which the static assertion below keeps honest. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF writer assumes little-endian");
+
+static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(buf *b, const char *s) {
+    put_u64(b, strlen(s));
+    put(b, s, strlen(s));
+}
+
+static uint64_t pad_to(uint64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
+
+ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
+    buf b = {0};
+    put(&b, "GGUF", 4);
+    put_u32(&b, 3);
+    put_u64(&b, w->n_tensors);
+    put_u64(&b, w->n_kv);
+    for (size_t i = 0; i < w->n_kv; i++) {
+        const ql_gguf_out_kv *kv = &w->kvs[i];
+        put_str(&b, kv->key);
+        put_u32(&b, kv->type);
+        if (kv->type == QL_GGUF_STRING)
+            put_str(&b, kv->str);
+        else if (kv->type == QL_GGUF_F32)
+            put(&b, &kv->f32, 4);
+        else
+            put_u32(&b, kv->u32);
+    }
+    uint64_t off = 0;
+    for (size_t i = 0; i < w->n_tensors; i++) {
+        const ql_gguf_out_tensor *t = &w->tensors[i];
+        put_str(&b, t->name);
+        put_u32(&b, (uint32_t)t->n_dims);
+        for (int d = 0; d < t->n_dims; d++) put_u64(&b, (uint64_t)t->ne[d]);
+        put_u32(&b, t->type);
+        put_u64(&b, off);
+        off = pad_to(off + t->nbytes);
+    }
+    static const uint8_t zeros[ALIGN];
+    put(&b, zeros, pad_to(b.n) - b.n);
+    if (b.failed) {
+        free(b.p);
+        return ql_error(QL_ENOMEM, "out of memory writing %s", path);
+    }
+
+    ql_fs_tmpfile f;
+    ql_status st = ql_fs_tmpfile_open(path, &f);
+    if (st == QL_OK) st = ql_fs_tmpfile_write(&f, b.p, b.n);
+    for (size_t i = 0; st == QL_OK && i < w->n_tensors; i++) {
+        const ql_gguf_out_tensor *t = &w->tensors[i];
+        st = ql_fs_tmpfile_write(&f, t->data, t->nbytes);
+        /* The last one too: ggml, reading the data section whole, reads
+         * every tensor's padded size. */
+        if (st == QL_OK) st = ql_fs_tmpfile_write(&f, zeros, pad_to(t->nbytes) - t->nbytes);
+    }
+    if (st == QL_OK) st = ql_fs_tmpfile_commit(&f);
+    ql_fs_tmpfile_abort(&f);
+    free(b.p);
+    return st;
+}
+
+void ql_gguf_writer_free(ql_gguf_writer *w) {
+    for (size_t i = 0; i < w->n_kv; i++) {
+        free(w->kvs[i].key);
+        free(w->kvs[i].str);
+    }
+    for (size_t i = 0; i < w->n_tensors; i++) free(w->tensors[i].name);
+    free(w->kvs);
+    free(w->tensors);
+    memset(w, 0, sizeof *w);
+}

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Judges the LoRA adapter GGUFs `qlora export --gguf` writes, reading them
+with the PyPI `gguf` package (llama.cpp's gguf-py), not qlora's reader.
+
+  same OURS REF [--alpha A]
+      OURS has REF's tensors (names, shapes, types, bytes) and its
+      general.architecture, general.type, adapter.type and adapter.lora.alpha
+      (A instead, where given); REF is what llama.cpp's convert_lora_to_gguf.py
+      wrote (tests/fixtures/gguf_lora/, make_gguf_lora_reference.py).
+  rounding F32 OTHER f16|bf16
+      OTHER holds the same tensors as F32, each the round-to-nearest-even
+      float16 / bfloat16 of F32's, with the same metadata.
+  from-peft GGUF PEFT_DIR ARCH N_HEADS N_KV_HEADS
+      GGUF is the PEFT adapter directory PEFT_DIR converted as the converter
+      converts it: names blk.N.<gguf>.weight.lora_{a,b}, lora_a = lora_A,
+      lora_b = lora_B with its q/k rows permuted for RoPE as
+      convert_hf_to_gguf.py's LlamaModel.permute does (not for qwen2), alpha
+      lora_alpha (times sqrt(r) with use_rslora), architecture ARCH.
+Exit status 0 when it holds; otherwise 1 with the first difference.
+"""
+import json
+import math
+import sys
+
+import numpy as np
+from gguf import GGUFReader
+
+KEYS = ["general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"]
+GGUF_NAME = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+
+
+def fail(msg):
+    print("check_gguf_lora: " + msg)
+    sys.exit(1)
+
+
+def read(path):
+    r = GGUFReader(path)
+    kv = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    t = {x.name: x for x in r.tensors}
+    return kv, t
+
+
+def values(t):
+    """A tensor as float32, [ne1, ne0] (row-major, as PyTorch had it)."""
+    a = np.asarray(t.data)
+    if t.tensor_type.name == "BF16":
+        a = (a.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32).reshape(int(t.shape[1]), int(t.shape[0]))
+
+
+def check_keys(kv, want, path):
+    for k in KEYS:
+        if k not in kv:
+            fail(f"{path}: metadata key {k} missing")
+        if k == "adapter.lora.alpha":
+            if not math.isclose(kv[k], want[k], rel_tol=1e-6):
+                fail(f"{path}: {k} = {kv[k]}, want {want[k]}")
+        elif kv[k] != want[k]:
+            fail(f"{path}: {k} = {kv[k]!r}, want {want[k]!r}")
+
+
+def same(ours, ref, alpha=None):
+    kv_o, t_o = read(ours)
+    kv_r, t_r = read(ref)
+    if alpha is not None:
+        kv_r["adapter.lora.alpha"] = float(alpha)
+    check_keys(kv_o, kv_r, ours)
+    if set(t_o) != set(t_r):
+        fail(f"{ours}: tensors {sorted(set(t_o) ^ set(t_r))} in one file only")
+    for n, r in t_r.items():
+        o = t_o[n]
+        if list(o.shape) != list(r.shape) or o.tensor_type != r.tensor_type:
+            fail(f"{ours}: {n} is {list(o.shape)} {o.tensor_type.name}, want {list(r.shape)} {r.tensor_type.name}")
+        if np.asarray(o.data).tobytes() != np.asarray(r.data).tobytes():
+            fail(f"{ours}: {n} differs from the converter's (max {np.abs(values(o) - values(r)).max():.3g})")
+    print(f"{ours}: {len(t_o)} tensors and the metadata as in {ref}")
+
+
+def bf16_rne(x):
+    b = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def rounding(f32, other, kind):
+    kv_a, t_a = read(f32)
+    kv_b, t_b = read(other)
+    check_keys(kv_b, kv_a, other)
+    if set(t_a) != set(t_b):
+        fail(f"{other}: not the same tensors as {f32}")
+    want_type = {"f16": "F16", "bf16": "BF16"}[kind]
+    for n, a in t_a.items():
+        b = t_b[n]
+        if b.tensor_type.name != want_type:
+            fail(f"{other}: {n} is {b.tensor_type.name}, want {want_type}")
+        x = values(a)
+        want = x.astype(np.float16).astype(np.float32) if kind == "f16" else bf16_rne(x)
+        if not np.array_equal(values(b), want):
+            fail(f"{other}: {n} is not the {kind} rounding of {f32}'s")
+    print(f"{other}: every tensor the {kind} rounding of {f32}'s")
+
+
+def load_safetensors(path):
+    """{name: float32 array} of a safetensors file (F32, F16 or BF16), read by
+    hand: numpy has no bfloat16 for the safetensors package to return."""
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    out = {}
+    for k, v in json.loads(raw[8:8 + n]).items():
+        if k == "__metadata__":
+            continue
+        b, e = v["data_offsets"]
+        buf = raw[8 + n + b:8 + n + e]
+        if v["dtype"] == "BF16":
+            a = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(buf, {"F32": "<f4", "F16": "<f2"}[v["dtype"]]).astype(np.float32)
+        out[k] = a.reshape(v["shape"])
+    return out
+
+
+def permute(w, heads):
+    """convert_hf_to_gguf.py's LlamaModel.permute, on lora_B's rows."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def from_peft(path, peft_dir, arch, n_heads, n_kv):
+    cfg = json.load(open(f"{peft_dir}/adapter_config.json"))
+    st = load_safetensors(f"{peft_dir}/adapter_model.safetensors")
+    r = cfg["r"]
+    alpha = cfg["lora_alpha"] * (math.sqrt(r) if cfg.get("use_rslora") else 1.0)
+    kv, t = read(path)
+    check_keys(kv, {"general.architecture": arch, "general.type": "adapter", "adapter.type": "lora",
+                    "adapter.lora.alpha": alpha}, path)
+    want = {}
+    for k, v in st.items():
+        base = k.replace("base_model.model.", "").replace(".lora_A.weight", "").replace(".lora_B.weight", "")
+        layer, mod = base.split(".")[2], ".".join(base.split(".")[3:])
+        name = f"blk.{layer}.{GGUF_NAME[mod]}.weight.lora_{'b' if '.lora_B.' in k else 'a'}"
+        v = v.astype(np.float32)
+        if arch != "qwen2" and name.endswith("lora_b") and GGUF_NAME[mod] in ("attn_q", "attn_k"):
+            v = permute(v, n_heads if GGUF_NAME[mod] == "attn_q" else n_kv)
+        want[name] = v
+    if set(want) != set(t):
+        fail(f"{path}: tensors {sorted(set(want) ^ set(t))} in one side only")
+    for n, v in want.items():
+        if not np.array_equal(values(t[n]), v):
+            fail(f"{path}: {n} is not the converted {peft_dir} tensor")
+    print(f"{path}: {len(t)} tensors, {peft_dir} as the converter converts it ({arch})")
+
+
+def main(a):
+    if a and a[0] == "same" and len(a) in (3, 5):
+        same(a[1], a[2], a[4] if len(a) == 5 and a[3] == "--alpha" else None)
+    elif a and a[0] == "rounding" and len(a) == 4:
+        rounding(a[1], a[2], a[3])
+    elif a and a[0] == "from-peft" and len(a) == 6:
+        from_peft(a[1], a[2], a[3], int(a[4]), int(a[5]))
+    else:
+        print(__doc__)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,106 @@
+/* The GGUF writer (model/gguf_write.c) read back by qlora's strict reader
+ * (model/gguf.c, which validates as ggml's gguf.cpp does): metadata of each
+ * written type, tensors of each type whose sizes are not multiples of the
+ * alignment (so the padding between them matters), the file replacing an
+ * existing one atomically, and the writer's refusals. That llama.cpp's own
+ * reader (the PyPI gguf package) reads the files alike is
+ * tests/e2e/test_export_gguf.sh. */
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/fsutil.h"
+#include "model/gguf.h"
+#include "model/gguf_write.h"
+#include "tests/check.h"
+
+static int count_tmp_files(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += strstr(e->d_name, ".tmp-") != NULL;
+    if (d) closedir(d);
+    return n;
+}
+
+int main(void) {
+    char dir[] = "/tmp/ql_gguf_write_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *path = ql_fs_join(dir, "a.gguf");
+
+    float f32[5 * 3];
+    uint16_t f16[7], bf16[3 * 2];
+    for (int i = 0; i < 15; i++) f32[i] = (float)i * 0.25f - 1.0f;
+    for (int i = 0; i < 7; i++) f16[i] = (uint16_t)(0x3c00 + i);
+    for (int i = 0; i < 6; i++) bf16[i] = (uint16_t)(0x4000 + 3 * i);
+
+    ql_gguf_writer w = {0};
+    CHECK(ql_gguf_writer_add_str(&w, "general.architecture", "llama") == QL_OK);
+    CHECK(ql_gguf_writer_add_f32(&w, "adapter.lora.alpha", 45.25f) == QL_OK);
+    CHECK(ql_gguf_writer_add_u32(&w, "general.quantization_version", 2) == QL_OK);
+    CHECK(ql_gguf_writer_add_str(&w, "general.architecture", "qwen2") == QL_EINTERNAL);
+    CHECK(ql_gguf_writer_add_tensor(&w, "t.f32", 2, (int64_t[]){3, 5}, QL_GGML_F32, f32,
+                                    sizeof f32) == QL_OK);
+    CHECK(ql_gguf_writer_add_tensor(&w, "t.f16", 1, (int64_t[]){7}, QL_GGML_F16, f16, sizeof f16) ==
+          QL_OK);
+    CHECK(ql_gguf_writer_add_tensor(&w, "t.bf16", 2, (int64_t[]){2, 3}, QL_GGML_BF16, bf16,
+                                    sizeof bf16) == QL_OK);
+    /* refused: a wrong byte count, a quantized type, a duplicate name */
+    CHECK(ql_gguf_writer_add_tensor(&w, "bad", 1, (int64_t[]){4}, QL_GGML_F32, f32, 12) ==
+          QL_EINTERNAL);
+    CHECK(ql_gguf_writer_add_tensor(&w, "q", 1, (int64_t[]){32}, QL_GGML_Q4_0, f32, 18) ==
+          QL_EINTERNAL);
+    CHECK(ql_gguf_writer_add_tensor(&w, "t.f16", 1, (int64_t[]){7}, QL_GGML_F16, f16, sizeof f16) ==
+          QL_EINTERNAL);
+
+    /* An existing file is replaced whole. */
+    CHECK(ql_fs_write_atomic(path, "old", 3) == QL_OK);
+    CHECK(ql_gguf_writer_save(&w, path) == QL_OK);
+    CHECK(count_tmp_files(dir) == 0);
+
+    ql_gguf_file f;
+    ql_status st = ql_gguf_open(path, &f);
+    CHECKF(st == QL_OK, "%s", ql_error_message());
+    if (st == QL_OK) {
+        CHECK(f.version == 3 && f.n_kv == 3 && f.n_tensors == 3);
+        ql_gguf_str s;
+        CHECK(ql_gguf_get_str(&f, "general.architecture", &s) == QL_OK && s.len == 5 &&
+              !memcmp(s.p, "llama", 5));
+        double alpha;
+        CHECK(ql_gguf_get_f64(&f, "adapter.lora.alpha", &alpha) == QL_OK && alpha == 45.25);
+        uint64_t qv;
+        CHECK(ql_gguf_get_u64(&f, "general.quantization_version", &qv) == QL_OK && qv == 2);
+        CHECK(ql_gguf_find_kv(&f, "adapter.lora.alpha")->type == QL_GGUF_F32);
+        const ql_gguf_tensor *a = ql_gguf_find_tensor(&f, "t.f32"),
+                             *b = ql_gguf_find_tensor(&f, "t.f16"),
+                             *c = ql_gguf_find_tensor(&f, "t.bf16");
+        CHECK(a && b && c);
+        if (a && b && c) {
+            CHECK(a->n_dims == 2 && a->ne[0] == 3 && a->ne[1] == 5 && a->type == QL_GGML_F32);
+            CHECK(b->n_dims == 1 && b->ne[0] == 7 && b->type == QL_GGML_F16);
+            CHECK(c->n_dims == 2 && c->ne[0] == 2 && c->ne[1] == 3 && c->type == QL_GGML_BF16);
+            CHECK(!memcmp(a->data, f32, sizeof f32));
+            CHECK(!memcmp(b->data, f16, sizeof f16));
+            CHECK(!memcmp(c->data, bf16, sizeof bf16));
+            /* 60 and 14 bytes: the next tensors start on the 32-byte boundaries */
+            CHECK(a->offset == 0 && b->offset == 64 && c->offset == 96);
+            /* and the last is padded too, as ggml's reader of the whole data
+             * section expects */
+            CHECK(f.map_len == f.data_offset + 128);
+        }
+        ql_gguf_close(&f);
+    }
+
+    /* A destination that cannot be written: an error naming it, nothing left. */
+    char *bad = ql_fs_join(dir, "no/such/dir/x.gguf");
+    st = ql_gguf_writer_save(&w, bad);
+    CHECK(st == QL_EIO && strstr(ql_error_message(), "x.gguf"));
+    CHECK(count_tmp_files(dir) == 0);
+    free(bad);
+
+    ql_gguf_writer_free(&w);
+    unlink(path);
+    rmdir(dir);
+    free(path);
+    return CHECK_DONE();
+}
