@@ -61,12 +61,13 @@ printf '%s' "$prompt"
 $Q generate --model "$gguf" --adapter "$run" --no-chat --stop-at-dedent --max-new-tokens 96 \
     --prompt "$prompt" --quiet
 
-part "6/6 the loss plot"
+part "6/6 the loss plot, and the adapter for llama.cpp"
 report="(qlora report is not in this build)"
 if $Q report --help >/dev/null 2>&1; then
     $Q report "$run"
     report="$run/report.html and $run/loss.png"
 fi
+$Q export "$run" --gguf --out "$run/adapter.gguf" --force
 
 total=$(clock)
 # The numbers from the last (JSON) line of each evaluation.
@@ -79,6 +80,7 @@ cat <<EOF
   held-out loss      base model $(num "$out/.demo-eval" base_loss) -> adapter $(num "$out/.demo-eval" loss) (perplexity $(num "$out/.demo-eval" base_perplexity) -> $(num "$out/.demo-eval" perplexity))
   pass@1             base model $(pass "$out/.demo-code" base)/$n_code -> adapter $(pass "$out/.demo-code" adapter)/$n_code (functions with unit tests)
   adapter (PEFT)     $run/adapter/   (PeftModel.from_pretrained; qlora export $run --out DIR [--merge])
+  llama.cpp adapter  $run/adapter.gguf (llama-cli -m $gguf --lora $run/adapter.gguf)
   review sheet       $run/review.md  (base vs adapter answers to held-out prompts, unit-test verdicts)
   metrics            $run/metrics.jsonl (steps, eval, samples)
   evaluation         $run/eval.json  (loss base vs adapter)
