@@ -33,6 +33,7 @@ cd "$T" || exit 1
 fails=0
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 chk() { "$PY" "$CHK" "$@"; }
+. "$QL_SOURCE_DIR/tests/e2e/export_lib.sh"
 
 # --- 1 and 2. PEFT's adapters against llama.cpp's converter
 for c in llama_all:llama:4:2:- llama_tied_rslora:llama_tied:4:2:45.254834 qwen2_bf16:qwen2:4:2:-; do
@@ -62,14 +63,7 @@ grep -q "^wrote     llama_all.gguf: llama.cpp LoRA adapter, 28 tensors in f32" l
 grep -q "general.architecture qwen2" qwen2_bf16.out || bad "qwen2 summary: $(cat qwen2_bf16.out)"
 
 # --- 3. runs trained from GGUF files
-"$PY" - <<'PYEOF' || exit 1
-import json, random
-r = random.Random(5)
-with open("train.jsonl", "w") as f:
-    for i in range(24):
-        n, start = r.randint(8, 16), r.randint(0, 39)
-        f.write(json.dumps({"input_ids": [(start + 3 * t) % 40 for t in range(n)]}) + "\n")
-PYEOF
+progressions_jsonl train.jsonl || exit 1
 train() { # name model rslora
     cat >"$1.yaml" <<YEOF
 model: $2
@@ -109,14 +103,6 @@ cmp -s ck.gguf lrun.gguf || bad "the final checkpoint's GGUF differs from the ru
 cmp -s ck2.gguf lrun.gguf && bad "step 2 exported the same tensors as step 4"
 
 # --- 4. errors
-expect_fail() { # code pattern args...
-    local code=$1 pat=$2
-    shift 2
-    "$QLORA" export "$@" >err.out 2>&1
-    local rc=$?
-    [ $rc = "$code" ] || bad "export $*: exit $rc, want $code"
-    grep -q -- "$pat" err.out || bad "export $*: message lacks '$pat': $(cat err.out)"
-}
 expect_fail 2 "choose one" lrun --gguf --merge --out x.gguf
 cp ck2.gguf keep.gguf
 expect_fail 1 "keep.gguf already exists" lrun --gguf --out keep.gguf

@@ -45,6 +45,7 @@ cd "$T" || exit 1
 fails=0
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 chk() { "$PY" "$CHK" "$@"; }
+. "$QL_SOURCE_DIR/tests/e2e/export_lib.sh"
 
 # --- 0. the numpy judge agrees with transformers + PEFT on PEFT's own adapters
 for c in llama_all:llama llama_tied_rslora:llama_tied qwen2_bf16:qwen2; do
@@ -55,16 +56,8 @@ for c in llama_all:llama llama_tied_rslora:llama_tied qwen2_bf16:qwen2; do
 done
 
 # --- training data: arithmetic progressions (learnable), ids < 40 (every vocab here)
-"$PY" - <<'EOF' || exit 1
-import json, random
-import numpy as np
-r = random.Random(5)
-with open("train.jsonl", "w") as f:
-    for i in range(24):
-        n, start = r.randint(8, 16), r.randint(0, 39)
-        f.write(json.dumps({"input_ids": [(start + 3 * t) % 40 for t in range(n)]}) + "\n")
-np.random.default_rng(9).integers(0, 40, (2, 10)).astype("<i4").tofile("ids40.i32")
-EOF
+progressions_jsonl train.jsonl || exit 1
+"$PY" -c 'import numpy as np; np.random.default_rng(9).integers(0, 40, (2, 10)).astype("<i4").tofile("ids40.i32")' || exit 1
 IDS="$FX/peft/ref/ids.i32" # 2 x 12, ids < 67
 
 train() { # name model double_quant
@@ -216,14 +209,6 @@ chk logits c32 "$IDS" 2 12 np_c32.f32 && chk compare np_c32.f32 q_ck4.f32 1e-4 "
     bad "merge from a checkpoint: logits"
 
 # --- 6. errors
-expect_fail() { # code pattern args...
-    local code=$1 pat=$2
-    shift 2
-    "$QLORA" export "$@" >err.out 2>&1
-    local rc=$?
-    [ $rc = "$code" ] || bad "export $*: exit $rc, want $code"
-    grep -q -- "$pat" err.out || bad "export $*: message lacks '$pat': $(cat err.out)"
-}
 expect_fail 1 "exp already exists" run --out exp
 "$QLORA" export run --out exp --force >/dev/null 2>&1 || bad "--force did not replace"
 expect_fail 1 "nowhere: no such directory" nowhere --out x1

@@ -1,0 +1,25 @@
+# Shared by the export e2e tests (sourced after they define `bad`): the
+# training data they train on and the check of a refused export.
+
+# 24 records of arithmetic progressions mod 40 (learnable in a few steps; ids
+# below 40 fit every fixture model's vocabulary) into FILE.
+progressions_jsonl() {
+    "$PY" - "$1" <<'PYEOF'
+import json, random, sys
+r = random.Random(5)
+with open(sys.argv[1], "w") as f:
+    for i in range(24):
+        n, start = r.randint(8, 16), r.randint(0, 39)
+        f.write(json.dumps({"input_ids": [(start + 3 * t) % 40 for t in range(n)]}) + "\n")
+PYEOF
+}
+
+# `qlora export ARGS...` must exit CODE with PATTERN in its output.
+expect_fail() { # code pattern args...
+    local code=$1 pat=$2
+    shift 2
+    "$QLORA" export "$@" >err.out 2>&1
+    local rc=$?
+    [ $rc = "$code" ] || bad "export $*: exit $rc, want $code"
+    grep -q -- "$pat" err.out || bad "export $*: message lacks '$pat': $(cat err.out)"
+}
