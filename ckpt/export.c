@@ -9,6 +9,7 @@
 #include "ckpt/store.h"
 #include "core/config.h"
 #include "core/fsutil.h"
+#include "model/gguf.h"
 #include "model/gguf_lora.h"
 #include "model/lora.h"
 #include "model/peft.h"
@@ -383,15 +384,21 @@ static ql_status base_model(const ql_export_opts *o, const ql_config *cfg,
 ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
     memset(r, 0, sizeof *r);
     if (!o->out_dir || !*o->out_dir) return ql_error(QL_EINVAL, "no output directory given");
-    if (o->merge && o->gguf)
-        return ql_error(QL_EINVAL, "--merge and --gguf write different things; choose one");
+    if (o->q8_0 && !(o->merge && o->gguf))
+        return ql_error(QL_EINVAL, "q8_0 is a type for a merged GGUF (--merge --gguf) only");
     if (o->gguf && ql_fs_is_dir(o->out_dir))
         return ql_error(QL_EINVAL, "%s is a directory; --gguf writes a file (e.g. adapter.gguf)",
                         o->out_dir);
     if (ql_fs_exists(o->out_dir) && !o->force)
         return ql_error(QL_EINVAL, "%s already exists; choose another --out or add --force",
                         o->out_dir);
-    r->dtype = o->dtype >= 0 ? (ql_dtype)o->dtype : o->merge ? QL_DT_BF16 : QL_DT_F32;
+    /* Defaults: an adapter as PEFT saves it (f32), a merged directory as
+     * models are published (bf16), a merged GGUF as llama.cpp's converter
+     * writes it (f16). */
+    r->dtype = o->dtype >= 0         ? (ql_dtype)o->dtype
+               : o->merge && o->gguf ? QL_DT_F16
+               : o->merge            ? QL_DT_BF16
+                                     : QL_DT_F32;
     if (r->dtype != QL_DT_F32 && r->dtype != QL_DT_BF16 && r->dtype != QL_DT_F16)
         return ql_error(QL_EINVAL, "dtype must be bf16, f16 or f32");
     ql_export_source src;
@@ -440,6 +447,11 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
                             .adapters = src.kind == QL_EXPORT_FROM_ADAPTER ? NULL : &a,
                             .out_dir = o->out_dir,
                             .dtype = r->dtype,
+                            .gguf = o->gguf,
+                            .gguf_type = o->q8_0                  ? QL_GGML_Q8_0
+                                         : r->dtype == QL_DT_F32  ? QL_GGML_F32
+                                         : r->dtype == QL_DT_BF16 ? QL_GGML_BF16
+                                                                  : QL_GGML_F16,
                             .qtype = r->qtype,
                             .blocksize = r->blocksize,
                             .double_quant = r->double_quant,

@@ -29,7 +29,9 @@ typedef struct ql_export_opts {
     const char *src;       /* run, adapter or checkpoint directory */
     const char *out_dir;   /* the directory to create (the file, with gguf) */
     int merge;             /* 0: a PEFT adapter; 1: a merged model */
-    int gguf;              /* 1: a llama.cpp LoRA adapter file (model/gguf_lora.h) */
+    int gguf;              /* 1: a llama.cpp LoRA adapter file (model/gguf_lora.h), or
+                              with merge one merged GGUF model file (model/merge.h) */
+    int q8_0;              /* merge + gguf: the linears in Q8_0 (else per dtype) */
     int dtype;             /* a ql_dtype, or -1: F32 for an adapter, BF16 merged */
     const char *model;     /* the base model; NULL: the run's, else the adapter's */
     const char *base_name; /* base_model_name_or_path to write; NULL: keep */

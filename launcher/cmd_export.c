@@ -1,6 +1,6 @@
-/* qlora export RUN_OR_ADAPTER --out DIR [--merge | --gguf]: the adapter in
- * PEFT's format, a merged Hugging Face model, or llama.cpp's LoRA GGUF
- * (docs/export.md). */
+/* qlora export RUN_OR_ADAPTER --out DIR [--merge] [--gguf]: the adapter in
+ * PEFT's format or llama.cpp's LoRA GGUF, or a merged model as a Hugging Face
+ * directory or one GGUF file (docs/export.md). */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,7 +11,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: qlora export RUN_OR_ADAPTER --out DIR [--merge | --gguf] [flags]\n"
+            "usage: qlora export RUN_OR_ADAPTER --out DIR [--merge] [--gguf] [flags]\n"
             "\n"
             "Writes what a run trained in the form deployment tools read:\n"
             "  without --merge  a PEFT adapter directory (adapter_model.safetensors +\n"
@@ -22,6 +22,9 @@ static void usage(FILE *f) {
             "                   training (after the 4-bit round trip; see --base-weights)\n"
             "  with --gguf      one file, the LoRA adapter llama.cpp loads beside a GGUF base\n"
             "                   (llama-cli -m BASE.gguf --lora OUT.gguf)\n"
+            "  --merge --gguf   one GGUF file, the merged model for llama.cpp (llama-cli -m\n"
+            "                   OUT.gguf), from a run trained on a GGUF file: its tokenizer and\n"
+            "                   other tensors copied as stored, the linears in --dtype\n"
             "\n"
             "RUN_OR_ADAPTER is a run directory (its adapter/, else its newest checkpoint that\n"
             "verifies), a checkpoints directory, one checkpoint (RUN/checkpoints/step-N) or an\n"
@@ -31,8 +34,10 @@ static void usage(FILE *f) {
             "  --out DIR               the directory to write (appears complete or not at all);\n"
             "                          with --gguf, the file\n"
             "  --merge                 write a merged model instead of an adapter\n"
-            "  --gguf                  write a llama.cpp LoRA adapter file instead\n"
-            "  --dtype bf16|f16|f32    tensor dtype (default: f32 for an adapter, bf16 merged)\n"
+            "  --gguf                  write a llama.cpp GGUF file instead (adapter or merged)\n"
+            "  --dtype bf16|f16|f32|q8_0\n"
+            "                          tensor dtype (default: f32 for an adapter, bf16 merged,\n"
+            "                          f16 merged GGUF; q8_0 for a merged GGUF only)\n"
             "  --model PATH            base model for --merge and --gguf (default: the run's\n"
             "                          `model`, else the adapter's base_model_name_or_path)\n"
             "  --base-model-name NAME  base_model_name_or_path to write in adapter_config.json\n"
@@ -103,8 +108,10 @@ static int parse_args(int argc, char **argv, ql_export_opts *o, int *quiet) {
                 o->dtype = QL_DT_F16;
             else if (!strcmp(val, "f32"))
                 o->dtype = QL_DT_F32;
+            else if (!strcmp(val, "q8_0"))
+                o->q8_0 = 1;
             else
-                return bad_usage("--dtype must be bf16, f16 or f32, not '%s'", val);
+                return bad_usage("--dtype must be bf16, f16, f32 or q8_0, not '%s'", val);
             break;
         case 2: o->model = val; break;
         case 3: o->base_name = val; break;
@@ -118,7 +125,8 @@ static int parse_args(int argc, char **argv, ql_export_opts *o, int *quiet) {
     }
     if (!o->src) return bad_usage("%s", "a run or adapter directory is required");
     if (!o->out_dir) return bad_usage("%s is required", "--out");
-    if (o->merge && o->gguf) return bad_usage("%s", "--merge and --gguf: choose one");
+    if (o->q8_0 && !(o->merge && o->gguf))
+        return bad_usage("%s", "--dtype q8_0 is for a merged GGUF (--merge --gguf) only");
     if (!o->merge && !o->gguf && o->model)
         fprintf(stderr, "qlora export: note: --model applies to --merge and --gguf only\n");
     if (!o->merge && o->base_original)
@@ -129,8 +137,8 @@ static int parse_args(int argc, char **argv, ql_export_opts *o, int *quiet) {
     return -1;
 }
 
-static const char *dtype_word(ql_dtype d) {
-    return d == QL_DT_BF16 ? "bf16" : d == QL_DT_F16 ? "f16" : "f32";
+static const char *dtype_word(ql_dtype d, int q8_0) {
+    return q8_0 ? "q8_0" : d == QL_DT_BF16 ? "bf16" : d == QL_DT_F16 ? "f16" : "f32";
 }
 
 static void print_targets(unsigned t) {
@@ -166,14 +174,14 @@ int ql_cmd_export(int argc, char **argv) {
                r.lora.use_rslora ? ", rsLoRA" : "");
     print_targets(r.lora.targets);
     printf(")\n");
-    if (o.gguf) {
+    if (o.gguf && !o.merge) {
         printf("base      %s (general.architecture %s)\n", r.model, r.gguf_arch);
         printf("wrote     %s: llama.cpp LoRA adapter, %d tensors in %s\n", o.out_dir, r.n_tensors,
-               dtype_word(r.dtype));
+               dtype_word(r.dtype, o.q8_0));
         printf("use       llama-cli -m BASE.gguf --lora %s\n", o.out_dir);
     } else if (!o.merge) {
         printf("wrote     %s: PEFT adapter, %d tensors in %s\n", o.out_dir, r.n_tensors,
-               dtype_word(r.dtype));
+               dtype_word(r.dtype, o.q8_0));
         printf("base      base_model_name_or_path = %s\n", r.base_name[0] ? r.base_name : "null");
         size_t n = strlen(r.base_name);
         if (n > 5 && !strcmp(r.base_name + n - 5, ".gguf"))
@@ -190,10 +198,19 @@ int ql_cmd_export(int argc, char **argv) {
                    r.qtype == QL_QTYPE_FP4 ? "fp4" : "nf4", r.blocksize,
                    r.double_quant ? ", double quant" : "",
                    r.quant_from_run ? "the run's settings" : "qlora's defaults");
+        if (o.gguf) {
+            printf("wrote     %s: merged GGUF model, %d tensors (%d with the adapter added; %d "
+                   "copied as stored), %.1f MB, linears in %s\n",
+                   o.out_dir, r.merge.n_tensors, r.merge.n_merged, r.merge.n_copied,
+                   (double)r.merge.bytes / 1e6, dtype_word(r.dtype, o.q8_0));
+            printf("use       llama-cli -m %s\n", o.out_dir);
+            fflush(stdout);
+            return QL_EXIT_OK;
+        }
         printf("wrote     %s: merged model, %d tensors (%d with the adapter added), %.1f MB %s "
                "in %d file%s\n",
                o.out_dir, r.merge.n_tensors, r.merge.n_merged, (double)r.merge.bytes / 1e6,
-               dtype_word(r.dtype), r.merge.n_shards, r.merge.n_shards == 1 ? "" : "s");
+               dtype_word(r.dtype, o.q8_0), r.merge.n_shards, r.merge.n_shards == 1 ? "" : "s");
         if (r.merge.tokenizer_missing)
             printf("tokenizer not written: %s has no tokenizer.json%s; copy the base model's "
                    "tokenizer files into %s (docs/export.md)\n",

@@ -129,6 +129,9 @@ int ql_gguf_can_dequantize(uint32_t type);
 /* n elements (a multiple of the type's block) from `src` to float32,
  * bit-exact with ggml's reference dequantization. */
 ql_status ql_gguf_dequantize(uint32_t type, const void *src, int64_t n, float *dst);
+/* n floats (a multiple of 32) to Q8_0 blocks (n / 32 * 34 bytes), bit-exact
+ * with ggml's reference quantization. */
+void ql_gguf_quantize_q8_0(const float *x, int64_t n, void *dst);
 /* A whole tensor to float32 in its stored order (numel floats). */
 ql_status ql_gguf_tensor_f32(const ql_gguf_file *f, const ql_gguf_tensor *t, float *out);
 

@@ -44,11 +44,10 @@ ql_status ql_gguf_lora_base_of(const char *model, ql_gguf_lora_base *b) {
     return st;
 }
 
-/* B's rows in the order llama.cpp's converter gives q/k weights: row
- * h*D + 2i + j of the result is row h*D + j*D/2 + i of `w` (the inverse of
- * model/gguf_source.c's un-permutation). */
-static ql_status permute_rows(float *w, int64_t rows, int64_t cols, int64_t heads,
-                              const char *what) {
+/* Row h*D + 2i + j of the result is row h*D + j*D/2 + i of `w` (the inverse
+ * of model/gguf_source.c's un-permutation). */
+ql_status ql_gguf_permute_qk_rows(float *w, int64_t rows, int64_t cols, int64_t heads,
+                                  const char *what) {
     if (heads < 1 || rows % heads || (rows / heads) % 2)
         return ql_error(QL_EFORMAT, "%s: %lld rows cannot be split into %lld heads of an even size",
                         what, (long long)rows, (long long)heads);
@@ -105,8 +104,8 @@ ql_status ql_gguf_lora_save(const char *path, const ql_adapters *a, const float 
     for (int i = 0; st == QL_OK && i < a->n_tensors; i++) {
         const ql_adapter_tensor *t = &a->tensors[i];
         if (!b->permute_qk || !t->is_b || (t->proj != QL_PROJ_Q && t->proj != QL_PROJ_K)) continue;
-        st = permute_rows(work + t->offset, t->rows, t->cols,
-                          t->proj == QL_PROJ_Q ? b->n_heads : b->n_kv_heads, t->name);
+        st = ql_gguf_permute_qk_rows(work + t->offset, t->rows, t->cols,
+                                     t->proj == QL_PROJ_Q ? b->n_heads : b->n_kv_heads, t->name);
     }
     if (st == QL_OK && dtype != QL_DT_F32) {
         if (!(conv = ql_malloc(n * esz, "the converted GGUF adapter")))

@@ -33,6 +33,12 @@ typedef struct ql_gguf_lora_base {
  * makes them; qwen2 stays "qwen2"). */
 ql_status ql_gguf_lora_base_of(const char *model, ql_gguf_lora_base *b);
 
+/* Rows of a q/k weight (or of its lora_B) from Hugging Face's order into the
+ * order llama.cpp's converter writes for the interleaved RoPE, in groups of
+ * `heads` heads; `what` names it in errors. */
+ql_status ql_gguf_permute_qk_rows(float *w, int64_t rows, int64_t cols, int64_t heads,
+                                  const char *what);
+
 /* Writes the adapters `a` (parameters in host memory `host`) to `path` as a
  * llama.cpp LoRA GGUF with tensors in `dtype` (F32, F16 or BF16; rounded to
  * nearest even), atomically. */

@@ -4,6 +4,7 @@
  * ggml's, in the same order, so results are bit-exact with it (the build's
  * -ffp-contract=off keeps Q4_1's d*q + m two roundings). */
 #include <inttypes.h>
+#include <math.h>
 #include <string.h>
 
 #include "core/dtype.h"
@@ -155,4 +156,19 @@ ql_status ql_gguf_tensor_f32(const ql_gguf_file *f, const ql_gguf_tensor *t, flo
                         f->path, t->name, name ? name : "unknown", t->type);
     }
     return ql_gguf_dequantize(t->type, t->data, t->numel, out);
+}
+
+/* ggml's quantize_row_q8_0_ref: per 32 elements d = absmax / 127 (stored as
+ * F16), q = roundf(x / d) (half away from zero), with the reciprocal of the
+ * float d, not of its F16 rounding, as ggml does. */
+void ql_gguf_quantize_q8_0(const float *x, int64_t n, void *dst) {
+    uint8_t *out = dst;
+    for (int64_t b = 0; b < n / 32; b++, x += 32, out += 34) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = ql_f32_to_f16(d);
+        memcpy(out, &h, 2);
+        for (int j = 0; j < 32; j++) out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+    }
 }

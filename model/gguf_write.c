@@ -59,14 +59,30 @@ ql_status ql_gguf_writer_add_u32(ql_gguf_writer *w, const char *key, uint32_t va
     return QL_OK;
 }
 
-ql_status ql_gguf_writer_add_tensor(ql_gguf_writer *w, const char *name, int n_dims,
-                                    const int64_t *ne, uint32_t type, const void *data,
-                                    uint64_t nbytes) {
-    uint64_t esz = type == QL_GGML_F32 ? 4 : type == QL_GGML_F16 || type == QL_GGML_BF16 ? 2 : 0;
-    if (!esz)
-        return ql_error(QL_EINTERNAL, "GGUF tensor '%s': type %u is not F32/F16/BF16", name, type);
+ql_status ql_gguf_writer_copy_kv(ql_gguf_writer *w, const ql_gguf_kv *kv) {
+    ql_gguf_out_kv *o;
+    QL_TRY(new_kv(w, kv->key, kv->type, &o));
+    /* An array's value starts with its element type (u32) and count (u64),
+     * which the reader's `at` skips. */
+    const uint8_t *from = kv->type == QL_GGUF_ARRAY ? kv->at - 12 : kv->at;
+    o->raw_len = (size_t)kv->size + (kv->type == QL_GGUF_ARRAY ? 12 : 0);
+    if (!(o->raw = malloc(o->raw_len ? o->raw_len : 1)))
+        return ql_error(QL_ENOMEM, "out of memory building a GGUF file");
+    memcpy(o->raw, from, o->raw_len);
+    return QL_OK;
+}
+
+static ql_status new_tensor(ql_gguf_writer *w, const char *name, int n_dims, const int64_t *ne,
+                            uint32_t type, uint64_t nbytes, ql_gguf_out_tensor **out) {
+    int64_t block;
+    uint64_t bsize;
+    if (!ql_gguf_type_size(type, &block, &bsize))
+        return ql_error(QL_EINTERNAL, "GGUF tensor '%s': unknown type %u", name, type);
     if (n_dims < 1 || n_dims > QL_GGUF_MAX_DIMS)
         return ql_error(QL_EINTERNAL, "GGUF tensor '%s': %d dimensions", name, n_dims);
+    if (ne[0] % block)
+        return ql_error(QL_EINTERNAL, "GGUF tensor '%s': ne[0] %lld is not a multiple of %lld",
+                        name, (long long)ne[0], (long long)block);
     uint64_t numel = 1;
     for (int d = 0; d < n_dims; d++) {
         if (ne[d] < 1)
@@ -74,7 +90,7 @@ ql_status ql_gguf_writer_add_tensor(ql_gguf_writer *w, const char *name, int n_d
                             (long long)ne[d]);
         numel *= (uint64_t)ne[d];
     }
-    if (numel * esz != nbytes)
+    if (numel / (uint64_t)block * bsize != nbytes)
         return ql_error(QL_EINTERNAL, "GGUF tensor '%s': %llu bytes for %llu elements", name,
                         (unsigned long long)nbytes, (unsigned long long)numel);
     for (size_t i = 0; i < w->n_tensors; i++)
@@ -87,9 +103,29 @@ ql_status ql_gguf_writer_add_tensor(ql_gguf_writer *w, const char *name, int n_d
     t->n_dims = n_dims;
     for (int d = 0; d < QL_GGUF_MAX_DIMS; d++) t->ne[d] = d < n_dims ? ne[d] : 1;
     t->type = type;
-    t->data = data;
     t->nbytes = nbytes;
     w->n_tensors++;
+    *out = t;
+    return QL_OK;
+}
+
+ql_status ql_gguf_writer_add_tensor(ql_gguf_writer *w, const char *name, int n_dims,
+                                    const int64_t *ne, uint32_t type, const void *data,
+                                    uint64_t nbytes) {
+    ql_gguf_out_tensor *t;
+    QL_TRY(new_tensor(w, name, n_dims, ne, type, nbytes, &t));
+    t->data = data;
+    return QL_OK;
+}
+
+ql_status ql_gguf_writer_add_tensor_fill(ql_gguf_writer *w, const char *name, int n_dims,
+                                         const int64_t *ne, uint32_t type, uint64_t nbytes,
+                                         ql_gguf_fill_fn fill, void *ctx, size_t index) {
+    ql_gguf_out_tensor *t;
+    QL_TRY(new_tensor(w, name, n_dims, ne, type, nbytes, &t));
+    t->fill = fill;
+    t->fill_ctx = ctx;
+    t->fill_index = index;
     return QL_OK;
 }
 
@@ -143,7 +179,9 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
         const ql_gguf_out_kv *kv = &w->kvs[i];
         put_str(&b, kv->key);
         put_u32(&b, kv->type);
-        if (kv->type == QL_GGUF_STRING)
+        if (kv->raw)
+            put(&b, kv->raw, kv->raw_len);
+        else if (kv->type == QL_GGUF_STRING)
             put_str(&b, kv->str);
         else if (kv->type == QL_GGUF_F32)
             put(&b, &kv->f32, 4);
@@ -167,18 +205,34 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
         return ql_error(QL_ENOMEM, "out of memory writing %s", path);
     }
 
+    /* One staging buffer for the tensors that are filled as they go. */
+    uint64_t fill_max = 0;
+    for (size_t i = 0; i < w->n_tensors; i++)
+        if (!w->tensors[i].data && w->tensors[i].nbytes > fill_max) fill_max = w->tensors[i].nbytes;
+    void *stage = fill_max ? ql_malloc((size_t)fill_max, "a GGUF tensor") : NULL;
+    if (fill_max && !stage) {
+        free(b.p);
+        return QL_ENOMEM;
+    }
+
     ql_fs_tmpfile f;
     ql_status st = ql_fs_tmpfile_open(path, &f);
     if (st == QL_OK) st = ql_fs_tmpfile_write(&f, b.p, b.n);
     for (size_t i = 0; st == QL_OK && i < w->n_tensors; i++) {
         const ql_gguf_out_tensor *t = &w->tensors[i];
-        st = ql_fs_tmpfile_write(&f, t->data, t->nbytes);
+        const void *data = t->data;
+        if (!data) {
+            st = t->fill(t->fill_ctx, t->fill_index, stage);
+            data = stage;
+        }
+        if (st == QL_OK) st = ql_fs_tmpfile_write(&f, data, t->nbytes);
         /* The last one too: ggml, reading the data section whole, reads
          * every tensor's padded size. */
         if (st == QL_OK) st = ql_fs_tmpfile_write(&f, zeros, pad_to(t->nbytes) - t->nbytes);
     }
     if (st == QL_OK) st = ql_fs_tmpfile_commit(&f);
     ql_fs_tmpfile_abort(&f);
+    free(stage);
     free(b.p);
     return st;
 }
@@ -187,6 +241,7 @@ void ql_gguf_writer_free(ql_gguf_writer *w) {
     for (size_t i = 0; i < w->n_kv; i++) {
         free(w->kvs[i].key);
         free(w->kvs[i].str);
+        free(w->kvs[i].raw);
     }
     for (size_t i = 0; i < w->n_tensors; i++) free(w->tensors[i].name);
     free(w->kvs);

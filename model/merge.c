@@ -1,4 +1,5 @@
 #include "model/merge.h"
+#include "model/merge_impl.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -8,6 +9,7 @@
 #include "core/fsutil.h"
 #include "core/json_float.h"
 #include "kernels/quant4.h"
+#include "model/gguf.h"
 #include "model/hf_model.h"
 #include "model/hf_quantize.h"
 #include "model/lora.h"
@@ -18,19 +20,7 @@
 /* transformers' default max_shard_size. */
 #define DEFAULT_SHARD_BYTES 5000000000ull
 
-typedef struct merge_ctx {
-    const ql_merge_opts *o;
-    ql_model_source src;
-    int src_open;
-    ql_adapters ad; /* cfg.r == 0: no adapter */
-    float *params;  /* host copy of the adapter's flat vector */
-    int *a_of;      /* [layers * QL_N_PROJ]: index of the lora_A tensor, -1 when none */
-    ql_hf_expected *exp;
-    size_t n_exp;
-    float *buf; /* float32 staging for the largest tensor */
-} merge_ctx;
-
-static void ctx_free(merge_ctx *c) {
+void ql_merge_ctx_free(merge_ctx *c) {
     if (c->src_open) ql_model_source_close(&c->src);
     ql_adapters_layout_free(&c->ad);
     free(c->params);
@@ -39,7 +29,7 @@ static void ctx_free(merge_ctx *c) {
     free(c->buf);
 }
 
-static int64_t numel(const ql_hf_expected *e) {
+int64_t ql_merge_numel(const ql_hf_expected *e) {
     return e->ndim == 1 ? e->shape[0] : e->shape[0] * e->shape[1];
 }
 
@@ -68,7 +58,7 @@ static ql_status copy_adapters(merge_ctx *c, const ql_adapters *given) {
 
 /* The adapter, read against the base model's config (every tensor present
  * with its shape, nothing else). */
-static ql_status load_adapter(merge_ctx *c) {
+ql_status ql_merge_load_adapter(merge_ctx *c) {
     const ql_merge_opts *o = c->o;
     if (!o->adapter_dir && !o->adapters) return QL_OK;
     ql_lora_config lc;
@@ -143,25 +133,32 @@ static ql_status base_linear(merge_ctx *c, const ql_hf_expected *e, float *w) {
     return QL_OK;
 }
 
+int ql_merge_targeted(const merge_ctx *c, const ql_hf_expected *e, int *layer, ql_proj *p) {
+    char mod[32], proj[32];
+    if (!c->params || !e->is_linear ||
+        sscanf(e->name, "model.layers.%d.%31[^.].%31[^.].weight", layer, mod, proj) != 3)
+        return 0;
+    *p = ql_proj_from_name(proj);
+    return *p != QL_N_PROJ && c->a_of[*layer * QL_N_PROJ + *p] >= 0;
+}
+
+ql_status ql_merge_tensor_f32(merge_ctx *c, const ql_hf_expected *e, float *w, int *merged) {
+    int layer = -1;
+    ql_proj p;
+    *merged = 0;
+    if (!e->is_linear) return c->src.get_f32(&c->src, e->name, w);
+    QL_TRY(base_linear(c, e, w));
+    if (ql_merge_targeted(c, e, &layer, &p)) {
+        add_delta(c, layer, p, w, e->shape[0], e->shape[1]);
+        *merged = 1;
+    }
+    return QL_OK;
+}
+
 /* Tensor e in the output dtype into dst. */
 static ql_status produce(merge_ctx *c, const ql_hf_expected *e, void *dst, int *merged) {
-    int layer = -1;
-    char mod[32], proj[32];
-    *merged = 0;
-    if (e->is_linear) {
-        QL_TRY(base_linear(c, e, c->buf));
-        if (c->params &&
-            sscanf(e->name, "model.layers.%d.%31[^.].%31[^.].weight", &layer, mod, proj) == 3) {
-            ql_proj p = ql_proj_from_name(proj);
-            if (p != QL_N_PROJ && c->a_of[layer * QL_N_PROJ + p] >= 0) {
-                add_delta(c, layer, p, c->buf, e->shape[0], e->shape[1]);
-                *merged = 1;
-            }
-        }
-    } else {
-        QL_TRY(c->src.get_f32(&c->src, e->name, c->buf));
-    }
-    if (ql_dtype_from_f32(c->o->dtype, c->buf, dst, (size_t)numel(e)) != 0)
+    QL_TRY(ql_merge_tensor_f32(c, e, c->buf, merged));
+    if (ql_dtype_from_f32(c->o->dtype, c->buf, dst, (size_t)ql_merge_numel(e)) != 0)
         return ql_error(QL_EINTERNAL, "%s: cannot convert to %s", e->name,
                         ql_dtype_name(c->o->dtype));
     return QL_OK;
@@ -184,7 +181,7 @@ static size_t plan_shards(const merge_ctx *c, const int *keep, uint64_t max, siz
     uint64_t cur = 0, esz = ql_dtype_size(c->o->dtype);
     for (size_t i = 0; i < c->n_exp; i++) {
         if (!keep[i]) continue;
-        uint64_t b = (uint64_t)numel(&c->exp[i]) * esz;
+        uint64_t b = (uint64_t)ql_merge_numel(&c->exp[i]) * esz;
         if (n == 0 || (cur > 0 && cur + b > max)) {
             n++;
             cur = 0;
@@ -210,7 +207,7 @@ static ql_status write_shard(merge_ctx *c, const char *tmp, const char *fname, c
             break;
         }
         const ql_hf_expected *x = &c->exp[i];
-        uint64_t bytes = (uint64_t)numel(x) * esz;
+        uint64_t bytes = (uint64_t)ql_merge_numel(x) * esz;
         bufs[k] = ql_malloc((size_t)(bytes ? bytes : 1), x->name);
         if (!bufs[k]) {
             st = QL_ENOMEM;
@@ -231,7 +228,7 @@ static ql_status write_shard(merge_ctx *c, const char *tmp, const char *fname, c
         k++;
         s->n_tensors++;
         s->n_merged += merged;
-        s->params += numel(x);
+        s->params += ql_merge_numel(x);
         s->bytes += bytes;
     }
     if (st == QL_OK) {
@@ -258,7 +255,7 @@ static ql_status write_tensors(merge_ctx *c, const char *tmp, ql_merge_stats *s)
         /* lm_head is optional only with tied embeddings, and then
          * transformers stores none. */
         keep[i] = !c->exp[i].optional;
-        if (keep[i] && numel(&c->exp[i]) > biggest) biggest = numel(&c->exp[i]);
+        if (keep[i] && ql_merge_numel(&c->exp[i]) > biggest) biggest = ql_merge_numel(&c->exp[i]);
     }
     c->buf = ql_malloc((size_t)biggest * sizeof(float), "the staging buffer");
     uint64_t max = c->o->max_shard_bytes ? c->o->max_shard_bytes : DEFAULT_SHARD_BYTES;
@@ -335,7 +332,10 @@ static ql_status copy_side_files(merge_ctx *c, const char *tmp, ql_merge_stats *
 }
 
 static ql_status check_opts(const ql_merge_opts *o) {
-    if (o->dtype != QL_DT_BF16 && o->dtype != QL_DT_F16 && o->dtype != QL_DT_F32)
+    if (o->gguf && o->gguf_type != QL_GGML_F32 && o->gguf_type != QL_GGML_F16 &&
+        o->gguf_type != QL_GGML_BF16 && o->gguf_type != QL_GGML_Q8_0)
+        return ql_error(QL_EINVAL, "a merged GGUF's linears must be f32, f16, bf16 or q8_0");
+    if (!o->gguf && o->dtype != QL_DT_BF16 && o->dtype != QL_DT_F16 && o->dtype != QL_DT_F32)
         return ql_error(QL_EINVAL, "merged model dtype must be bf16, f16 or f32, not %s",
                         ql_dtype_name(o->dtype));
     if (!o->base_original && !ql_q4_blocksize_ok(o->blocksize))
@@ -354,8 +354,13 @@ ql_status ql_merge_write(const ql_merge_opts *o, ql_merge_stats *s) {
     char *tmp = NULL;
     ql_status st = ql_model_source_open(o->model, &c.src);
     if (st == QL_OK) c.src_open = 1;
-    if (st == QL_OK) st = load_adapter(&c);
+    if (st == QL_OK) st = ql_merge_load_adapter(&c);
     if (st == QL_OK) st = ql_hf_expected_tensors(&c.src.cfg, &c.exp, &c.n_exp);
+    if (st == QL_OK && o->gguf) {
+        st = ql_merge_write_gguf(&c, s);
+        ql_merge_ctx_free(&c);
+        return st;
+    }
     if (st == QL_OK) st = ql_fs_mkdtemp_beside(o->out_dir, &tmp);
     if (st == QL_OK) st = write_tensors(&c, tmp, s);
     if (st == QL_OK) st = write_config(&c, tmp);
@@ -365,6 +370,6 @@ ql_status ql_merge_write(const ql_merge_opts *o, ql_merge_stats *s) {
     if (st == QL_OK) st = ql_fs_commit_dir(tmp, o->out_dir, o->force);
     if (st != QL_OK && tmp) ql_fs_remove_tree(tmp);
     free(tmp);
-    ctx_free(&c);
+    ql_merge_ctx_free(&c);
     return st;
 }

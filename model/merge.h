@@ -3,6 +3,11 @@
  * (safetensors in BF16, F16 or F32, config.json without quantization_config,
  * the tokenizer files) that transformers' AutoModelForCausalLM loads.
  *
+ * With gguf, the output is instead one GGUF file for llama.cpp, from a GGUF
+ * base: its metadata (tokenizer included) and every tensor the merge does not
+ * change copied as stored, the linears written in gguf_type with their Q/K
+ * rows in the file's order (model/merge_gguf.c).
+ *
  * Which W: by default the base as qlora held it while training, i.e. each
  * linear after the 4-bit round trip (quantized with the run's NF4/FP4, block
  * size and double-quantization settings, then dequantized; a bitsandbytes
@@ -30,8 +35,10 @@ typedef struct ql_merge_opts {
      * model's layout for adapters->cfg must be there with its shape, under
      * its PEFT name. Both NULL: the base alone. */
     const ql_adapters *adapters;
-    const char *out_dir;
+    const char *out_dir;           /* the directory; with gguf, the file */
     ql_dtype dtype;                /* QL_DT_BF16, QL_DT_F16 or QL_DT_F32 */
+    int gguf;                      /* 1: one GGUF file (the model must be a GGUF file) */
+    uint32_t gguf_type;            /* with gguf: the merged linears' ggml type, F32 F16 BF16 Q8_0 */
     ql_qtype qtype;                /* the 4-bit round trip: as the run trained */
     int blocksize;                 /* 64 ... 4096 */
     int double_quant;              /* 1: absmax stored in 8 bits, as bitsandbytes' double quant */
@@ -49,6 +56,7 @@ typedef struct ql_merge_stats {
     int tokenizer_files;   /* side files copied */
     int tokenizer_missing; /* no tokenizer.json written: 1 a GGUF source, 2 a directory without one
                             */
+    int n_copied;          /* gguf: tensors copied as stored */
 } ql_merge_stats;
 
 /* Writes the merged model to o->out_dir atomically (built beside it, renamed

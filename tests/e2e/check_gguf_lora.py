@@ -16,10 +16,21 @@ with the PyPI `gguf` package (llama.cpp's gguf-py), not qlora's reader.
       lora_b = lora_B with its q/k rows permuted for RoPE as
       convert_hf_to_gguf.py's LlamaModel.permute does (not for qwen2), alpha
       lora_alpha (times sqrt(r) with use_rslora), architecture ARCH.
+  merged GGUF BASE_GGUF HF_DIR [f32|f16|bf16|q8_0]
+      GGUF is the merged model of HF_DIR (a float32 merged directory written
+      by `qlora export --merge`, checked elsewhere against PEFT) as one file on
+      the base BASE_GGUF: every metadata entry of BASE_GGUF with its value
+      (general.file_type: the type's), every tensor of BASE_GGUF; those that
+      are HF_DIR linears hold HF_DIR's values (q/k rows permuted as the
+      converter permutes them, except qwen2) in the given type (f16/bf16: the
+      roundings; q8_0: gguf.quants.quantize's bytes); the others are
+      BASE_GGUF's bytes and type (a linear kept as stored is counted as
+      copied: --base-weights original leaves the untargeted ones so).
 Exit status 0 when it holds; otherwise 1 with the first difference.
 """
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -152,11 +163,66 @@ def from_peft(path, peft_dir, arch, n_heads, n_kv):
     print(f"{path}: {len(t)} tensors, {peft_dir} as the converter converts it ({arch})")
 
 
+LINEAR_GGUF = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
+
+
+def merged(path, base, hf_dir, kind):
+    import gguf
+    kv_m, t_m = read(path)
+    kv_b, t_b = read(base)
+    for k, v in kv_b.items():
+        want = FILE_TYPE[kind] if k == "general.file_type" else v
+        if k not in kv_m or (kv_m[k] != want and not (isinstance(v, float) and math.isclose(kv_m[k], v))):
+            fail(f"{path}: metadata {k} = {kv_m.get(k)!r}, want {want!r}")
+    if set(t_m) != set(t_b):
+        fail(f"{path}: tensors {sorted(set(t_m) ^ set(t_b))} in one file only")
+    arch = kv_b["general.architecture"]
+    heads = kv_b[f"{arch}.attention.head_count"]
+    kv_heads = kv_b.get(f"{arch}.attention.head_count_kv", heads)
+    hf = {}
+    for f in sorted(os.listdir(hf_dir)):
+        if f.endswith(".safetensors"):
+            hf.update(load_safetensors(os.path.join(hf_dir, f)))
+    n_linear = n_copied = 0
+    for n, b in t_b.items():
+        m = t_m[n]
+        if list(m.shape) != list(b.shape):
+            fail(f"{path}: {n} is {list(m.shape)}, want {list(b.shape)}")
+        parts = n.split(".")
+        if parts[0] == "blk" and parts[2] in LINEAR_GGUF and parts[3] == "weight":
+            mod = next(k for k, v in GGUF_NAME.items() if v == parts[2])
+            w = hf[f"model.layers.{parts[1]}.{mod}.weight"]
+            if arch != "qwen2" and parts[2] in ("attn_q", "attn_k"):
+                w = permute(w, heads if parts[2] == "attn_q" else kv_heads)
+            if m.tensor_type == b.tensor_type and np.asarray(m.data).tobytes() == np.asarray(b.data).tobytes() \
+                    and m.tensor_type.name != {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[kind]:
+                n_copied += 1  # an untargeted linear kept as stored (--base-weights original)
+                continue
+            if kind == "q8_0":
+                want = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0).tobytes()
+                if m.tensor_type.name != "Q8_0" or np.asarray(m.data).tobytes() != want:
+                    fail(f"{path}: {n} is not gguf.quants' Q8_0 of the merged weights")
+            else:
+                want = {"f32": w, "f16": w.astype(np.float16).astype(np.float32), "bf16": bf16_rne(w)}[kind]
+                if m.tensor_type.name != kind.upper() or not np.array_equal(values(m), want):
+                    fail(f"{path}: {n} ({m.tensor_type.name}) is not the {kind} merged weight of {hf_dir}")
+            n_linear += 1
+        else:
+            if m.tensor_type != b.tensor_type or np.asarray(m.data).tobytes() != np.asarray(b.data).tobytes():
+                fail(f"{path}: {n} is not {base}'s tensor as stored")
+            n_copied += 1
+    print(f"{path}: {len(kv_b)} metadata entries as {base}; {n_linear} merged linears ({kind}) as {hf_dir}; "
+          f"{n_copied} tensors copied as stored")
+
+
 def main(a):
     if a and a[0] == "same" and len(a) in (3, 5):
         same(a[1], a[2], a[4] if len(a) == 5 and a[3] == "--alpha" else None)
     elif a and a[0] == "rounding" and len(a) == 4:
         rounding(a[1], a[2], a[3])
+    elif a and a[0] == "merged" and len(a) == 5:
+        merged(a[1], a[2], a[3], a[4])
     elif a and a[0] == "from-peft" and len(a) == 6:
         from_peft(a[1], a[2], a[3], int(a[4]), int(a[5]))
     else:

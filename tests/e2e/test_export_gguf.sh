@@ -18,9 +18,15 @@
 #      quantization; qwen2, not permuted), exported from the run, from
 #      RUN/checkpoints and from the final checkpoint (the same bytes), are
 #      their PEFT exports converted; --dtype f16 and bf16 are the roundings;
-#   4. errors: --merge with --gguf, an existing --out without --force (left
-#      as it was), a directory as --out, no base model to read; no temporary
-#      file is left behind.
+#   4. --merge --gguf: the merged model as one GGUF on the GGUF base: the
+#      base's metadata and non-linear tensors as stored, the linears those of
+#      the float32 merged directory (itself checked against PEFT by
+#      test_export_peft.sh) with llama.cpp's Q/K order, in f32, f16, bf16
+#      (the roundings) and q8_0 (gguf.quants' bytes); with --base-weights
+#      original, untargeted linears kept as stored; from an HF base, refused;
+#   5. errors: --dtype q8_0 without --merge --gguf, an existing --out without
+#      --force (left as it was), a directory as --out, no base model to read;
+#      no temporary file is left behind.
 set -u
 : "${QLORA:?}" "${QL_SOURCE_DIR:?}"
 PY="$QL_SOURCE_DIR/.venv/bin/python"
@@ -64,7 +70,7 @@ grep -q "general.architecture qwen2" qwen2_bf16.out || bad "qwen2 summary: $(cat
 
 # --- 3. runs trained from GGUF files
 progressions_jsonl train.jsonl || exit 1
-train() { # name model rslora
+train() { # name model rslora [targets]
     cat >"$1.yaml" <<YEOF
 model: $2
 output_dir: $1
@@ -74,6 +80,7 @@ lora:
   r: 4
   alpha: 8
   use_rslora: $3
+  targets: ${4:-all-linear}
 train:
   steps: 4
   global_batch: 4
@@ -85,7 +92,7 @@ YEOF
     "$QLORA" train "$1.yaml" >"$1.trn" 2>&1 || { bad "qlora train $1"; tail -5 "$1.trn"; }
 }
 train lrun "$FX/gguf/tiny_llama.gguf" true
-train qrun "$FX/gguf/tiny_qwen2.gguf" false
+train qrun "$FX/gguf/tiny_qwen2.gguf" false "[q_proj, v_proj, down_proj]"
 for c in lrun:llama qrun:qwen2; do
     IFS=: read -r run arch <<<"$c"
     "$QLORA" export "$run" --gguf --out "$run.gguf" >"$run.out" 2>&1 || { bad "export $run --gguf"; cat "$run.out"; }
@@ -102,8 +109,50 @@ cmp -s ck.gguf lrun.gguf || bad "the final checkpoint's GGUF differs from the ru
 "$QLORA" export lrun/checkpoints/step-00000002 --gguf --out ck2.gguf >/dev/null 2>&1 || bad "export step 2 --gguf"
 cmp -s ck2.gguf lrun.gguf && bad "step 2 exported the same tensors as step 4"
 
-# --- 4. errors
-expect_fail 2 "choose one" lrun --gguf --merge --out x.gguf
+# --- 4. merged GGUF models
+# tiny_llama3 holds a tensor with no Hugging Face counterpart (rope_freqs)
+train l3run "$FX/gguf/tiny_llama3.gguf" false
+for c in lrun:tiny_llama qrun:tiny_qwen2 l3run:tiny_llama3; do
+    IFS=: read -r run base <<<"$c"
+    "$QLORA" export "$run" --merge --dtype f32 --out "$run.m32" >/dev/null 2>&1 || bad "export $run --merge f32"
+    types="f32 f16 bf16 q8_0"
+    [ "$run" = l3run ] && types="f32 f16 bf16" # o_proj has 16 columns: Q8_0 blocks are 32
+    for d in $types; do
+        "$QLORA" export "$run" --merge --gguf --dtype $d --out "$run.m.$d.gguf" >"$run.m.out" 2>&1 ||
+            { bad "export $run --merge --gguf --dtype $d"; cat "$run.m.out"; continue; }
+        chk merged "$run.m.$d.gguf" "$FX/gguf/$base.gguf" "$run.m32" $d || bad "$run: merged GGUF ($d)"
+    done
+    "$QLORA" export "$run" --merge --gguf --out "$run.m.gguf" >"$run.m.out" 2>&1 || bad "export $run --merge --gguf"
+    cmp -s "$run.m.gguf" "$run.m.f16.gguf" || bad "$run: a merged GGUF is not f16 by default"
+    "$QLORA" export "$run" --merge --dtype f32 --base-weights original --out "$run.o32" >/dev/null 2>&1 &&
+        "$QLORA" export "$run" --merge --gguf --dtype f32 --base-weights original --out "$run.o.gguf" \
+            >/dev/null 2>&1 || bad "export $run --merge --base-weights original"
+    chk merged "$run.o.gguf" "$FX/gguf/$base.gguf" "$run.o32" f32 || bad "$run: merged GGUF, original base"
+done
+grep -q "^wrote     qrun.m.gguf: merged GGUF model, .* (3 with the adapter added; " qrun.m.out ||
+    bad "merged GGUF summary: $(cat qrun.m.out)"
+# qrun targets q, v and down: with the original base its 4 other linears are kept as stored
+"$PY" - "$FX/gguf/tiny_qwen2.gguf" qrun.o.gguf qrun.m.f32.gguf <<'PYEOF' ||
+import sys
+import numpy as np
+from gguf import GGUFReader
+base, orig, quant = ({t.name: t for t in GGUFReader(p).tensors} for p in sys.argv[1:])
+same = lambda a, b: a.tensor_type == b.tensor_type and np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes()
+for proj in ("attn_k", "attn_output", "ffn_gate", "ffn_up"):
+    n = f"blk.0.{proj}.weight"
+    assert same(orig[n], base[n]), f"{n}: not kept as stored with the original base"
+    assert not same(quant[n], base[n]), f"{n}: kept as stored without --base-weights original"
+for proj in ("attn_q", "attn_v", "ffn_down"):
+    assert not same(orig[f"blk.0.{proj}.weight"], base[f"blk.0.{proj}.weight"]), f"{proj}: not merged"
+PYEOF
+    bad "--base-weights original: untargeted linears not kept as stored, or targeted ones not merged"
+expect_fail 1 "16 columns, not a multiple of Q8_0's 32; use --dtype f16" l3run --merge --gguf --dtype q8_0 --out l3.gguf
+train hrun "$FX/llama/llama" false
+expect_fail 1 "is not a GGUF file" hrun --merge --gguf --out h.gguf
+[ ! -e h.gguf ] || bad "a refused merged GGUF left h.gguf"
+
+# --- 5. errors
+expect_fail 2 "q8_0 is for a merged GGUF" lrun --gguf --dtype q8_0 --out x.gguf
 cp ck2.gguf keep.gguf
 expect_fail 1 "keep.gguf already exists" lrun --gguf --out keep.gguf
 cmp -s ck2.gguf keep.gguf || bad "a refused export changed the existing file"

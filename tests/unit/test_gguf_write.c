@@ -15,6 +15,14 @@
 #include "model/gguf_write.h"
 #include "tests/check.h"
 
+/* A tensor filled while the file is written: byte k of tensor `index` is
+ * index + k. */
+static ql_status fill_pattern(void *ctx, size_t index, void *dst) {
+    *(int *)ctx += 1;
+    for (int k = 0; k < 34; k++) ((uint8_t *)dst)[k] = (uint8_t)(index + (size_t)k);
+    return QL_OK;
+}
+
 static int count_tmp_files(const char *dir) {
     DIR *d = opendir(dir);
     int n = 0;
@@ -48,10 +56,17 @@ int main(void) {
     /* refused: a wrong byte count, a quantized type, a duplicate name */
     CHECK(ql_gguf_writer_add_tensor(&w, "bad", 1, (int64_t[]){4}, QL_GGML_F32, f32, 12) ==
           QL_EINTERNAL);
-    CHECK(ql_gguf_writer_add_tensor(&w, "q", 1, (int64_t[]){32}, QL_GGML_Q4_0, f32, 18) ==
+    CHECK(ql_gguf_writer_add_tensor(&w, "q", 1, (int64_t[]){32}, QL_GGML_Q4_0, f32, 16) ==
+          QL_EINTERNAL);
+    CHECK(ql_gguf_writer_add_tensor(&w, "q", 1, (int64_t[]){33}, QL_GGML_Q8_0, f32, 34) ==
           QL_EINTERNAL);
     CHECK(ql_gguf_writer_add_tensor(&w, "t.f16", 1, (int64_t[]){7}, QL_GGML_F16, f16, sizeof f16) ==
           QL_EINTERNAL);
+
+    /* A quantized type, filled at save time. */
+    int fills = 0;
+    CHECK(ql_gguf_writer_add_tensor_fill(&w, "t.q8_0", 1, (int64_t[]){32}, QL_GGML_Q8_0, 34,
+                                         fill_pattern, &fills, 7) == QL_OK);
 
     /* An existing file is replaced whole. */
     CHECK(ql_fs_write_atomic(path, "old", 3) == QL_OK);
@@ -62,7 +77,11 @@ int main(void) {
     ql_status st = ql_gguf_open(path, &f);
     CHECKF(st == QL_OK, "%s", ql_error_message());
     if (st == QL_OK) {
-        CHECK(f.version == 3 && f.n_kv == 3 && f.n_tensors == 3);
+        CHECK(f.version == 3 && f.n_kv == 3 && f.n_tensors == 4);
+        CHECK(fills == 1);
+        const ql_gguf_tensor *q = ql_gguf_find_tensor(&f, "t.q8_0");
+        CHECK(q && q->type == QL_GGML_Q8_0 && q->nbytes == 34 && q->offset == 128);
+        if (q) CHECK(q->data[0] == 7 && q->data[33] == 7 + 33);
         ql_gguf_str s;
         CHECK(ql_gguf_get_str(&f, "general.architecture", &s) == QL_OK && s.len == 5 &&
               !memcmp(s.p, "llama", 5));
@@ -86,10 +105,37 @@ int main(void) {
             CHECK(a->offset == 0 && b->offset == 64 && c->offset == 96);
             /* and the last is padded too, as ggml's reader of the whole data
              * section expects */
-            CHECK(f.map_len == f.data_offset + 128);
+            CHECK(f.map_len == f.data_offset + 128 + 64);
         }
         ql_gguf_close(&f);
     }
+
+    /* Every metadata entry of another file copied as it is, arrays (nested
+     * ones included) and all: tests/fixtures/gguf/types.gguf has each type. */
+    const char *src_dir = getenv("QL_SOURCE_DIR");
+    char *types = ql_fs_join(src_dir ? src_dir : ".", "tests/fixtures/gguf/types.gguf");
+    char *copy = ql_fs_join(dir, "copy.gguf");
+    ql_gguf_file a, b;
+    CHECKF(ql_gguf_open(types, &a) == QL_OK, "%s", ql_error_message());
+    ql_gguf_writer w2 = {0};
+    for (size_t i = 0; i < a.n_kv; i++)
+        if (strcmp(a.kvs[i].key, "general.alignment")) /* the writer's is the default */
+            CHECK(ql_gguf_writer_copy_kv(&w2, &a.kvs[i]) == QL_OK);
+    CHECK(ql_gguf_writer_save(&w2, copy) == QL_OK);
+    CHECKF(ql_gguf_open(copy, &b) == QL_OK, "%s", ql_error_message());
+    CHECK(a.n_kv > 8 && b.n_kv + 1 == a.n_kv);
+    for (size_t i = 0; i < b.n_kv; i++) {
+        const ql_gguf_kv *x = &b.kvs[i], *y = ql_gguf_find_kv(&a, x->key);
+        CHECKF(y && x->type == y->type && x->elem == y->elem && x->count == y->count &&
+                   x->size == y->size && !memcmp(x->at, y->at, x->size),
+               "%s", x->key);
+    }
+    ql_gguf_close(&a);
+    ql_gguf_close(&b);
+    ql_gguf_writer_free(&w2);
+    unlink(copy);
+    free(copy);
+    free(types);
 
     /* A destination that cannot be written: an error naming it, nothing left. */
     char *bad = ql_fs_join(dir, "no/such/dir/x.gguf");
