@@ -178,7 +178,9 @@ int ql_cmd_export(int argc, char **argv) {
         printf("base      %s (general.architecture %s)\n", r.model, r.gguf_arch);
         printf("wrote     %s: llama.cpp LoRA adapter, %d tensors in %s\n", o.out_dir, r.n_tensors,
                dtype_word(r.dtype, o.q8_0));
-        printf("use       llama-cli -m BASE.gguf --lora %s\n", o.out_dir);
+        size_t m = strlen(r.model);
+        printf("use       llama-cli -m %s --lora %s\n",
+               m > 5 && !strcmp(r.model + m - 5, ".gguf") ? r.model : "BASE.gguf", o.out_dir);
     } else if (!o.merge) {
         printf("wrote     %s: PEFT adapter, %d tensors in %s\n", o.out_dir, r.n_tensors,
                dtype_word(r.dtype, o.q8_0));
