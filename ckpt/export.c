@@ -13,6 +13,7 @@
 #include "model/gguf_lora.h"
 #include "model/lora.h"
 #include "model/peft.h"
+#include "model/source.h"
 #include "model/safetensors.h"
 
 /* ------------------------------------------------------------ the source */
@@ -379,6 +380,21 @@ static ql_status base_model(const ql_export_opts *o, const ql_config *cfg,
     return QL_OK;
 }
 
+/* The adapter table `a` is the one `model` gives its configuration, so that
+ * a GGUF adapter (whose Q/K order depends on the model's heads) is never
+ * written against a base it does not fit. */
+static ql_status adapter_fits(const ql_adapters *a, const char *model) {
+    ql_hf_config hc;
+    QL_TRY(ql_model_config_load(model, &hc));
+    ql_adapters want;
+    memset(&want, 0, sizeof want);
+    ql_status st = ql_adapters_layout(&hc, &a->cfg, &want);
+    if (st == QL_OK) st = ql_adapters_match(&want, a, model, NULL);
+    ql_adapters_layout_free(&want);
+    ql_hf_config_free(&hc);
+    return st;
+}
+
 /* ---------------------------------------------------------------- export */
 
 ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
@@ -465,6 +481,7 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
         ql_gguf_lora_base b;
         r->n_tensors = a.n_tensors;
         st = base_model(o, cfg, base_in_adapter, 0, r);
+        if (st == QL_OK) st = adapter_fits(&a, r->model);
         if (st == QL_OK) st = ql_gguf_lora_base_of(r->model, &b);
         if (st == QL_OK) {
             snprintf(r->gguf_arch, sizeof r->gguf_arch, "%s", b.arch);

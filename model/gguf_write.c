@@ -11,7 +11,7 @@
 
 #include "core/fsutil.h"
 
-#define ALIGN QL_GGUF_DEFAULT_ALIGNMENT
+#define MAX_ALIGN 4096 /* the largest alignment the writer pads to */
 
 static ql_status grow(void **p, size_t *cap, size_t n, size_t size) {
     if (n < *cap) return QL_OK;
@@ -167,9 +167,15 @@ static void put_str(buf *b, const char *s) {
     put(b, s, strlen(s));
 }
 
-static uint64_t pad_to(uint64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
+static uint64_t pad_to(uint64_t n, uint64_t align) { return (n + align - 1) / align * align; }
 
 ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
+    const uint64_t align = w->alignment ? w->alignment : QL_GGUF_DEFAULT_ALIGNMENT;
+    if (align > MAX_ALIGN || (align & (align - 1)))
+        return ql_error(QL_EUNSUPPORTED,
+                        "%s: GGUF alignment %llu: the writer pads to a power of 2 "
+                        "up to %d",
+                        path, (unsigned long long)align, MAX_ALIGN);
     buf b = {0};
     put(&b, "GGUF", 4);
     put_u32(&b, 3);
@@ -196,10 +202,10 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
         for (int d = 0; d < t->n_dims; d++) put_u64(&b, (uint64_t)t->ne[d]);
         put_u32(&b, t->type);
         put_u64(&b, off);
-        off = pad_to(off + t->nbytes);
+        off = pad_to(off + t->nbytes, align);
     }
-    static const uint8_t zeros[ALIGN];
-    put(&b, zeros, pad_to(b.n) - b.n);
+    static const uint8_t zeros[MAX_ALIGN];
+    put(&b, zeros, pad_to(b.n, align) - b.n);
     if (b.failed) {
         free(b.p);
         return ql_error(QL_ENOMEM, "out of memory writing %s", path);
@@ -228,7 +234,7 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
         if (st == QL_OK) st = ql_fs_tmpfile_write(&f, data, t->nbytes);
         /* The last one too: ggml, reading the data section whole, reads
          * every tensor's padded size. */
-        if (st == QL_OK) st = ql_fs_tmpfile_write(&f, zeros, pad_to(t->nbytes) - t->nbytes);
+        if (st == QL_OK) st = ql_fs_tmpfile_write(&f, zeros, pad_to(t->nbytes, align) - t->nbytes);
     }
     if (st == QL_OK) st = ql_fs_tmpfile_commit(&f);
     ql_fs_tmpfile_abort(&f);

@@ -1,5 +1,5 @@
 /* Writing GGUF files (shared FORMATS.md §5): version 3, little-endian, the
- * default 32-byte alignment. A writer collects metadata and tensors, then
+ * default 32-byte alignment or another one. A writer collects metadata and tensors, then
  * writes the file in one pass, atomically (a temporary file beside the
  * destination, fsynced and renamed into place), so a reader never sees half
  * of one. It is the counterpart of model/gguf.h's reader, which checks what
@@ -39,6 +39,9 @@ typedef struct ql_gguf_out_tensor {
 } ql_gguf_out_tensor;
 
 typedef struct ql_gguf_writer {
+    /* 0: 32. Another value pads to it; the caller writes general.alignment
+     * (u32) with the same value, as readers lay the file out by that key. */
+    uint64_t alignment;
     ql_gguf_out_kv *kvs;
     size_t n_kv, cap_kv;
     ql_gguf_out_tensor *tensors;

@@ -114,3 +114,26 @@ void ql_adapters_init(const ql_adapters *a, uint64_t seed, float *params) {
         for (int64_t e = 0; e < n; e++) p[e] = ql_rng_uniform_range(&r, -bound, bound);
     }
 }
+
+ql_status ql_adapters_match(const ql_adapters *want, const ql_adapters *given, const char *model,
+                            int *at) {
+    if (given->n_tensors != want->n_tensors)
+        return ql_error(QL_EFORMAT,
+                        "the adapter has %d tensors; model %s with r %d on these targets has %d",
+                        given->n_tensors, model, want->cfg.r, want->n_tensors);
+    for (int i = 0; i < want->n_tensors; i++) {
+        const ql_adapter_tensor *t = &want->tensors[i];
+        int j = 0;
+        while (j < given->n_tensors && strcmp(given->tensors[j].name, t->name)) j++;
+        if (j == given->n_tensors)
+            return ql_error(QL_ENOTFOUND, "the adapter has no tensor '%s'", t->name);
+        const ql_adapter_tensor *g = &given->tensors[j];
+        if (g->rows != t->rows || g->cols != t->cols)
+            return ql_error(QL_EFORMAT,
+                            "adapter tensor '%s' is [%lld, %lld]; model %s expects [%lld, %lld]",
+                            t->name, (long long)g->rows, (long long)g->cols, model,
+                            (long long)t->rows, (long long)t->cols);
+        if (at) at[i] = j;
+    }
+    return QL_OK;
+}

@@ -20,6 +20,12 @@ ql_status ql_lora_config_check(const ql_lora_config *l);
 ql_status ql_adapters_layout(const ql_hf_config *c, const ql_lora_config *l, ql_adapters *a);
 void ql_adapters_layout_free(ql_adapters *a);
 
+/* `given` holds exactly the tensors of layout `want` (names and shapes, in
+ * any order), else an error naming the first difference and `model`. The
+ * index of want's tensor i in given goes to at[i] (NULL: not wanted). */
+ql_status ql_adapters_match(const ql_adapters *want, const ql_adapters *given, const char *model,
+                            int *at);
+
 /* PEFT's initialisation into a host vector [a->n]: every A ~ U(±1/sqrt(in))
  * from its own stream (seed, 1 + layer·QL_N_PROJ + proj), so values do not
  * depend on which other tensors exist; every B = 0. */

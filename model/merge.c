@@ -36,24 +36,17 @@ int64_t ql_merge_numel(const ql_hf_expected *e) {
 /* The adapters of `given` placed in the model's own layout: the same tensor
  * set (names and shapes) or an error naming the first difference. */
 static ql_status copy_adapters(merge_ctx *c, const ql_adapters *given) {
-    if (given->n_tensors != c->ad.n_tensors)
-        return ql_error(QL_EFORMAT,
-                        "the adapter has %d tensors; model %s with r %d on these targets has %d",
-                        given->n_tensors, c->o->model, c->ad.cfg.r, c->ad.n_tensors);
-    for (int i = 0; i < c->ad.n_tensors; i++) {
-        const ql_adapter_tensor *t = &c->ad.tensors[i], *g = NULL;
-        for (int j = 0; j < given->n_tensors && !g; j++)
-            if (!strcmp(given->tensors[j].name, t->name)) g = &given->tensors[j];
-        if (!g) return ql_error(QL_ENOTFOUND, "the adapter has no tensor '%s'", t->name);
-        if (g->rows != t->rows || g->cols != t->cols)
-            return ql_error(QL_EFORMAT,
-                            "adapter tensor '%s' is [%lld, %lld]; model %s expects [%lld, %lld]",
-                            t->name, (long long)g->rows, (long long)g->cols, c->o->model,
-                            (long long)t->rows, (long long)t->cols);
+    int *at = ql_malloc((size_t)(c->ad.n_tensors ? c->ad.n_tensors : 1) * sizeof *at,
+                        "the adapter index");
+    if (!at) return QL_ENOMEM;
+    ql_status st = ql_adapters_match(&c->ad, given, c->o->model, at);
+    for (int i = 0; st == QL_OK && i < c->ad.n_tensors; i++) {
+        const ql_adapter_tensor *t = &c->ad.tensors[i], *g = &given->tensors[at[i]];
         memcpy(c->params + t->offset, given->params + g->offset,
                (size_t)(t->rows * t->cols) * sizeof(float));
     }
-    return QL_OK;
+    free(at);
+    return st;
 }
 
 /* The adapter, read against the base model's config (every tensor present

@@ -100,7 +100,9 @@ ql_status ql_merge_write_gguf(merge_ctx *c, ql_merge_stats *s) {
     if (st == QL_OK && !(c->buf = ql_malloc((size_t)biggest * sizeof(float), "the staging buffer")))
         st = QL_ENOMEM;
 
-    ql_gguf_writer w = {0};
+    /* The base's general.alignment, if it has one, is copied below: the
+     * file must then be laid out by it. */
+    ql_gguf_writer w = {.alignment = f->alignment};
     int file_type_set = 0;
     for (size_t i = 0; st == QL_OK && i < f->n_kv; i++) {
         if (strcmp(f->kvs[i].key, "general.file_type")) {

@@ -25,8 +25,8 @@
 #      (the roundings) and q8_0 (gguf.quants' bytes); with --base-weights
 #      original, untargeted linears kept as stored; from an HF base, refused;
 #   5. errors: --dtype q8_0 without --merge --gguf, an existing --out without
-#      --force (left as it was), a directory as --out, no base model to read;
-#      no temporary file is left behind.
+#      --force (left as it was), a base the adapter does not fit, a directory
+#      as --out, no base model to read; no temporary file is left behind.
 set -u
 : "${QLORA:?}" "${QL_SOURCE_DIR:?}"
 PY="$QL_SOURCE_DIR/.venv/bin/python"
@@ -129,6 +129,37 @@ for c in lrun:tiny_llama qrun:tiny_qwen2 l3run:tiny_llama3; do
             >/dev/null 2>&1 || bad "export $run --merge --base-weights original"
     chk merged "$run.o.gguf" "$FX/gguf/$base.gguf" "$run.o32" f32 || bad "$run: merged GGUF, original base"
 done
+# a base laid out on 64 bytes (general.alignment): the merged file must be too
+"$PY" - "$FX/gguf/tiny_llama.gguf" al64.gguf <<'PYEOF' || exit 1
+import sys
+import numpy as np
+import gguf
+r = gguf.GGUFReader(sys.argv[1])
+w = gguf.GGUFWriter(sys.argv[2], r.fields["general.architecture"].contents())
+w.add_custom_alignment(64)
+for k, f in r.fields.items():
+    if k.startswith("GGUF.") or k in ("general.architecture", "general.alignment"):
+        continue
+    if f.types[0] == gguf.GGUFValueType.ARRAY:
+        w.add_key_value(k, f.contents(), f.types[0], sub_type=f.types[-1])
+    else:
+        w.add_key_value(k, f.contents(), f.types[0])
+for t in r.tensors:
+    d = np.asarray(t.data)
+    if t.tensor_type.name in ("F32", "F16"):
+        w.add_tensor(t.name, d)
+    else:
+        w.add_tensor(t.name, d, raw_shape=d.shape, raw_dtype=t.tensor_type)
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+PYEOF
+train arun al64.gguf false
+"$QLORA" export arun --merge --dtype f32 --out arun.m32 >/dev/null 2>&1 || bad "export arun --merge f32"
+"$QLORA" export arun --merge --gguf --dtype f32 --out arun.m.gguf >/dev/null 2>&1 || bad "export arun --merge --gguf"
+chk merged arun.m.gguf al64.gguf arun.m32 f32 || bad "merged GGUF of a base aligned on 64 bytes"
+
 grep -q "^wrote     qrun.m.gguf: merged GGUF model, .* (3 with the adapter added; " qrun.m.out ||
     bad "merged GGUF summary: $(cat qrun.m.out)"
 # qrun targets q, v and down: with the original base its 4 other linears are kept as stored
@@ -158,6 +189,8 @@ expect_fail 1 "keep.gguf already exists" lrun --gguf --out keep.gguf
 cmp -s ck2.gguf keep.gguf || bad "a refused export changed the existing file"
 "$QLORA" export lrun --gguf --out keep.gguf --force >/dev/null 2>&1 && cmp -s keep.gguf lrun.gguf ||
     bad "--force did not replace the file"
+expect_fail 1 "tiny_llama3.gguf with r 4 on these targets has 14" lrun --gguf --model "$FX/gguf/tiny_llama3.gguf" --out w.gguf
+[ ! -e w.gguf ] || bad "an adapter written against a base it does not fit"
 mkdir adir
 expect_fail 1 "adir is a directory" lrun --gguf --out adir --force
 cp -r lrun.peft lone && sed -i 's|"base_model_name_or_path": "[^"]*"|"base_model_name_or_path": "org/not-here"|' lone/adapter_config.json

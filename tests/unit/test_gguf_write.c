@@ -110,28 +110,45 @@ int main(void) {
         ql_gguf_close(&f);
     }
 
-    /* Every metadata entry of another file copied as it is, arrays (nested
-     * ones included) and all: tests/fixtures/gguf/types.gguf has each type. */
+    /* Another file rewritten whole: every metadata entry copied as it is,
+     * arrays (nested ones included) and all, and its tensors, at its own
+     * alignment (tests/fixtures/gguf/types.gguf: every value type,
+     * general.alignment 64, quantized tensors). */
     const char *src_dir = getenv("QL_SOURCE_DIR");
     char *types = ql_fs_join(src_dir ? src_dir : ".", "tests/fixtures/gguf/types.gguf");
     char *copy = ql_fs_join(dir, "copy.gguf");
     ql_gguf_file a, b;
     CHECKF(ql_gguf_open(types, &a) == QL_OK, "%s", ql_error_message());
-    ql_gguf_writer w2 = {0};
-    for (size_t i = 0; i < a.n_kv; i++)
-        if (strcmp(a.kvs[i].key, "general.alignment")) /* the writer's is the default */
-            CHECK(ql_gguf_writer_copy_kv(&w2, &a.kvs[i]) == QL_OK);
+    CHECK(a.alignment == 64);
+    ql_gguf_writer w2 = {.alignment = a.alignment};
+    for (size_t i = 0; i < a.n_kv; i++) CHECK(ql_gguf_writer_copy_kv(&w2, &a.kvs[i]) == QL_OK);
+    for (size_t i = 0; i < a.n_tensors; i++) {
+        const ql_gguf_tensor *t = &a.tensors[i];
+        CHECK(ql_gguf_writer_add_tensor(&w2, t->name, t->n_dims, t->ne, t->type, t->data,
+                                        t->nbytes) == QL_OK);
+    }
     CHECK(ql_gguf_writer_save(&w2, copy) == QL_OK);
     CHECKF(ql_gguf_open(copy, &b) == QL_OK, "%s", ql_error_message());
-    CHECK(a.n_kv > 8 && b.n_kv + 1 == a.n_kv);
+    CHECK(a.n_kv > 8 && b.n_kv == a.n_kv && b.alignment == 64 && a.n_tensors > 4 &&
+          b.n_tensors == a.n_tensors);
     for (size_t i = 0; i < b.n_kv; i++) {
         const ql_gguf_kv *x = &b.kvs[i], *y = ql_gguf_find_kv(&a, x->key);
         CHECKF(y && x->type == y->type && x->elem == y->elem && x->count == y->count &&
                    x->size == y->size && !memcmp(x->at, y->at, x->size),
                "%s", x->key);
     }
+    for (size_t i = 0; i < b.n_tensors; i++) {
+        const ql_gguf_tensor *x = &b.tensors[i], *y = ql_gguf_find_tensor(&a, x->name);
+        CHECKF(y && x->type == y->type && x->nbytes == y->nbytes && x->offset % 64 == 0 &&
+                   !memcmp(x->data, y->data, x->nbytes),
+               "%s", x->name);
+    }
     ql_gguf_close(&a);
     ql_gguf_close(&b);
+    unlink(copy);
+    w2.alignment = 48; /* not a power of 2: refused, nothing written */
+    CHECK(ql_gguf_writer_save(&w2, copy) == QL_EUNSUPPORTED);
+    CHECK(!ql_fs_exists(copy) && count_tmp_files(dir) == 0);
     ql_gguf_writer_free(&w2);
     unlink(copy);
     free(copy);
