@@ -16,7 +16,7 @@ with the PyPI `gguf` package (llama.cpp's gguf-py), not qlora's reader.
       lora_b = lora_B with its q/k rows permuted for RoPE as
       convert_hf_to_gguf.py's LlamaModel.permute does (not for qwen2), alpha
       lora_alpha (times sqrt(r) with use_rslora), architecture ARCH.
-  merged GGUF BASE_GGUF HF_DIR [f32|f16|bf16|q8_0]
+  merged GGUF BASE_GGUF HF_DIR f32|f16|bf16|q8_0 [original]
       GGUF is the merged model of HF_DIR (a float32 merged directory written
       by `qlora export --merge`, checked elsewhere against PEFT) as one file on
       the base BASE_GGUF: every metadata entry of BASE_GGUF with its value
@@ -24,8 +24,8 @@ with the PyPI `gguf` package (llama.cpp's gguf-py), not qlora's reader.
       are HF_DIR linears hold HF_DIR's values (q/k rows permuted as the
       converter permutes them, except qwen2) in the given type (f16/bf16: the
       roundings; q8_0: gguf.quants.quantize's bytes); the others are
-      BASE_GGUF's bytes and type (a linear kept as stored is counted as
-      copied: --base-weights original leaves the untargeted ones so).
+      BASE_GGUF's bytes and type; with `original` (--base-weights original)
+      a linear may also be kept as stored (the untargeted ones are).
 Exit status 0 when it holds; otherwise 1 with the first difference.
 """
 import json
@@ -167,7 +167,7 @@ LINEAR_GGUF = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"
 FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
 
 
-def merged(path, base, hf_dir, kind):
+def merged(path, base, hf_dir, kind, original=False):
     import gguf
     kv_m, t_m = read(path)
     kv_b, t_b = read(base)
@@ -195,7 +195,7 @@ def merged(path, base, hf_dir, kind):
             w = hf[f"model.layers.{parts[1]}.{mod}.weight"]
             if arch != "qwen2" and parts[2] in ("attn_q", "attn_k"):
                 w = permute(w, heads if parts[2] == "attn_q" else kv_heads)
-            if m.tensor_type == b.tensor_type and np.asarray(m.data).tobytes() == np.asarray(b.data).tobytes() \
+            if original and m.tensor_type == b.tensor_type and np.asarray(m.data).tobytes() == np.asarray(b.data).tobytes() \
                     and m.tensor_type.name != {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[kind]:
                 n_copied += 1  # an untargeted linear kept as stored (--base-weights original)
                 continue
@@ -221,8 +221,8 @@ def main(a):
         same(a[1], a[2], a[4] if len(a) == 5 and a[3] == "--alpha" else None)
     elif a and a[0] == "rounding" and len(a) == 4:
         rounding(a[1], a[2], a[3])
-    elif a and a[0] == "merged" and len(a) == 5:
-        merged(a[1], a[2], a[3], a[4])
+    elif a and a[0] == "merged" and len(a) in (5, 6) and a[5:] in ([], ["original"]):
+        merged(a[1], a[2], a[3], a[4], a[5:] == ["original"])
     elif a and a[0] == "from-peft" and len(a) == 6:
         from_peft(a[1], a[2], a[3], int(a[4]), int(a[5]))
     else:

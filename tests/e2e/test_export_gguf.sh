@@ -127,7 +127,7 @@ for c in lrun:tiny_llama qrun:tiny_qwen2 l3run:tiny_llama3; do
     "$QLORA" export "$run" --merge --dtype f32 --base-weights original --out "$run.o32" >/dev/null 2>&1 &&
         "$QLORA" export "$run" --merge --gguf --dtype f32 --base-weights original --out "$run.o.gguf" \
             >/dev/null 2>&1 || bad "export $run --merge --base-weights original"
-    chk merged "$run.o.gguf" "$FX/gguf/$base.gguf" "$run.o32" f32 || bad "$run: merged GGUF, original base"
+    chk merged "$run.o.gguf" "$FX/gguf/$base.gguf" "$run.o32" f32 original || bad "$run: merged GGUF, original base"
 done
 # a base laid out on 64 bytes (general.alignment): the merged file must be too
 "$PY" - "$FX/gguf/tiny_llama.gguf" al64.gguf <<'PYEOF' || exit 1
