@@ -2,7 +2,8 @@
  * (model/gguf.c, which validates as ggml's gguf.cpp does): metadata of each
  * written type, tensors of each type whose sizes are not multiples of the
  * alignment (so the padding between them matters), the file replacing an
- * existing one atomically, and the writer's refusals. That llama.cpp's own
+ * existing one atomically, the writer's refusals, and Q8_0 quantization
+ * against the PyPI gguf package's on edge blocks. That llama.cpp's own
  * reader (the PyPI gguf package) reads the files alike is
  * tests/e2e/test_export_gguf.sh. */
 #include <dirent.h>
@@ -29,6 +30,32 @@ static int count_tmp_files(const char *dir) {
     for (struct dirent *e; d && (e = readdir(d));) n += strstr(e->d_name, ".tmp-") != NULL;
     if (d) closedir(d);
     return n;
+}
+
+/* ql_gguf_quantize_q8_0 against the PyPI gguf package's Q8_0 on blocks at
+ * the algorithm's edges (tests/fixtures/make_q8_0_reference.py). */
+static void check_q8_0(const char *src_dir) {
+    char *in = ql_fs_join(src_dir, "tests/fixtures/gguf/q8_0.input.f32");
+    char *ref = ql_fs_join(src_dir, "tests/fixtures/gguf/q8_0.blocks.bin");
+    char *x = NULL, *want = NULL;
+    size_t nx = 0, nw = 0;
+    CHECKF(ql_fs_read_file(in, &x, &nx) == QL_OK && ql_fs_read_file(ref, &want, &nw) == QL_OK, "%s",
+           ql_error_message());
+    const int64_t n = (int64_t)(nx / sizeof(float));
+    CHECK(n > 0 && n % 32 == 0 && nw == (size_t)(n / 32 * 34));
+    if (n > 0 && nw == (size_t)(n / 32 * 34)) {
+        uint8_t *got = malloc(nw);
+        ql_gguf_quantize_q8_0((const float *)x, n, got);
+        int64_t bad = -1;
+        for (int64_t b = 0; b < n / 32 && bad < 0; b++)
+            if (memcmp(got + b * 34, want + b * 34, 34)) bad = b;
+        CHECKF(bad < 0, "Q8_0 block %lld differs from gguf.quants'", (long long)bad);
+        free(got);
+    }
+    free(x);
+    free(want);
+    free(in);
+    free(ref);
 }
 
 int main(void) {
@@ -153,6 +180,8 @@ int main(void) {
     unlink(copy);
     free(copy);
     free(types);
+
+    check_q8_0(src_dir ? src_dir : ".");
 
     /* A destination that cannot be written: an error naming it, nothing left. */
     char *bad = ql_fs_join(dir, "no/such/dir/x.gguf");
