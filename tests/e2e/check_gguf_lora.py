@@ -26,6 +26,9 @@ with the PyPI `gguf` package (llama.cpp's gguf-py), not qlora's reader.
       roundings; q8_0: gguf.quants.quantize's bytes); the others are
       BASE_GGUF's bytes and type; with `original` (--base-weights original)
       a linear may also be kept as stored (the untargeted ones are).
+  rewrite SRC OUT [--alignment N] [--f32-embedding]
+      (a tool, not a check) SRC rewritten by gguf-py's GGUFWriter: laid out
+      on N bytes, or with token_embd.weight dequantized to F32.
 Exit status 0 when it holds; otherwise 1 with the first difference.
 """
 import json
@@ -216,6 +219,35 @@ def merged(path, base, hf_dir, kind, original=False):
           f"{n_copied} tensors copied as stored")
 
 
+def rewrite(src, out, alignment=None, f32_embedding=False):
+    """SRC's metadata and tensors written again by gguf-py (see the usage)."""
+    import gguf
+    r = GGUFReader(src)
+    w = gguf.GGUFWriter(out, r.fields["general.architecture"].contents())
+    if alignment:
+        w.add_custom_alignment(alignment)
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture" or (alignment and k == "general.alignment"):
+            continue
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(k, f.contents(), f.types[0], sub_type=f.types[-1])
+        else:
+            w.add_key_value(k, f.contents(), f.types[0])
+    for t in r.tensors:
+        d = np.asarray(t.data)
+        if f32_embedding and t.name == "token_embd.weight":
+            shape = [int(x) for x in reversed(t.shape)]
+            w.add_tensor(t.name, gguf.quants.dequantize(d, t.tensor_type).reshape(shape).astype(np.float32))
+        elif t.tensor_type.name in ("F32", "F16"):
+            w.add_tensor(t.name, d)
+        else:
+            w.add_tensor(t.name, d, raw_shape=d.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main(a):
     if a and a[0] == "same" and len(a) in (3, 5):
         same(a[1], a[2], a[4] if len(a) == 5 and a[3] == "--alpha" else None)
@@ -223,6 +255,9 @@ def main(a):
         rounding(a[1], a[2], a[3])
     elif a and a[0] == "merged" and len(a) in (5, 6) and a[5:] in ([], ["original"]):
         merged(a[1], a[2], a[3], a[4], a[5:] == ["original"])
+    elif a and a[0] == "rewrite" and len(a) >= 3:
+        al = int(a[a.index("--alignment") + 1]) if "--alignment" in a else None
+        rewrite(a[1], a[2], al, "--f32-embedding" in a)
     elif a and a[0] == "from-peft" and len(a) == 6:
         from_peft(a[1], a[2], a[3], int(a[4]), int(a[5]))
     else:

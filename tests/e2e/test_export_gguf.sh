@@ -130,31 +130,7 @@ for c in lrun:tiny_llama qrun:tiny_qwen2 l3run:tiny_llama3; do
     chk merged "$run.o.gguf" "$FX/gguf/$base.gguf" "$run.o32" f32 original || bad "$run: merged GGUF, original base"
 done
 # a base laid out on 64 bytes (general.alignment): the merged file must be too
-"$PY" - "$FX/gguf/tiny_llama.gguf" al64.gguf <<'PYEOF' || exit 1
-import sys
-import numpy as np
-import gguf
-r = gguf.GGUFReader(sys.argv[1])
-w = gguf.GGUFWriter(sys.argv[2], r.fields["general.architecture"].contents())
-w.add_custom_alignment(64)
-for k, f in r.fields.items():
-    if k.startswith("GGUF.") or k in ("general.architecture", "general.alignment"):
-        continue
-    if f.types[0] == gguf.GGUFValueType.ARRAY:
-        w.add_key_value(k, f.contents(), f.types[0], sub_type=f.types[-1])
-    else:
-        w.add_key_value(k, f.contents(), f.types[0])
-for t in r.tensors:
-    d = np.asarray(t.data)
-    if t.tensor_type.name in ("F32", "F16"):
-        w.add_tensor(t.name, d)
-    else:
-        w.add_tensor(t.name, d, raw_shape=d.shape, raw_dtype=t.tensor_type)
-w.write_header_to_file()
-w.write_kv_data_to_file()
-w.write_tensors_to_file()
-w.close()
-PYEOF
+chk rewrite "$FX/gguf/tiny_llama.gguf" al64.gguf --alignment 64 || exit 1
 train arun al64.gguf false
 "$QLORA" export arun --merge --dtype f32 --out arun.m32 >/dev/null 2>&1 || bad "export arun --merge f32"
 "$QLORA" export arun --merge --gguf --dtype f32 --out arun.m.gguf >/dev/null 2>&1 || bad "export arun --merge --gguf"
