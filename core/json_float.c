@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bytebuf.h"
+
 int ql_json_float_repr(double x, char buf[QL_FLOAT_REPR_MAX]) {
     if (isnan(x)) return snprintf(buf, QL_FLOAT_REPR_MAX, "nan");
     if (isinf(x)) return snprintf(buf, QL_FLOAT_REPR_MAX, x < 0 ? "-inf" : "inf");
@@ -64,30 +66,9 @@ int ql_json_float_repr(double x, char buf[QL_FLOAT_REPR_MAX]) {
     return (int)(o - buf);
 }
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
+typedef ql_bytebuf sbuf;
 
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->len + n + 1 > cap) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
+static void sb_put(sbuf *b, const char *s, size_t n) { ql_bytebuf_put(b, s, n); }
 static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
 
 static void sb_indent(sbuf *b, int indent, int level) {

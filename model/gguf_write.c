@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bytebuf.h"
 #include "core/fsutil.h"
 
 #define MAX_ALIGN 4096 /* the largest alignment the writer pads to */
@@ -131,40 +132,17 @@ ql_status ql_gguf_writer_add_tensor_fill(ql_gguf_writer *w, const char *name, in
 
 /* ---- the file ----------------------------------------------------------- */
 
-/* The header and infos go through a growing buffer (they are small); the
- * tensor data is written from the caller's memory. */
-typedef struct buf {
-    uint8_t *p;
-    size_t n, cap;
-    int failed;
-} buf;
-
-static void put(buf *b, const void *src, size_t len) {
-    if (b->failed) return;
-    if (b->n + len > b->cap) {
-        size_t c = b->cap ? b->cap : 4096;
-        while (c < b->n + len) c *= 2;
-        uint8_t *q = realloc(b->p, c);
-        if (!q) {
-            b->failed = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = c;
-    }
-    memcpy(b->p + b->n, src, len);
-    b->n += len;
-}
-
+/* The header and infos go through a ql_bytebuf (they are small); the tensor
+ * data is written from the caller's memory. */
 /* GGUF is little-endian; so are the machines qlora builds for (x86-64,
  * aarch64), which the static assertion below keeps honest. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF writer assumes little-endian");
 
-static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
-static void put_str(buf *b, const char *s) {
+static void put_u32(ql_bytebuf *b, uint32_t v) { ql_bytebuf_put(b, &v, 4); }
+static void put_u64(ql_bytebuf *b, uint64_t v) { ql_bytebuf_put(b, &v, 8); }
+static void put_str(ql_bytebuf *b, const char *s) {
     put_u64(b, strlen(s));
-    put(b, s, strlen(s));
+    ql_bytebuf_put(b, s, strlen(s));
 }
 
 static uint64_t pad_to(uint64_t n, uint64_t align) { return (n + align - 1) / align * align; }
@@ -176,8 +154,8 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
                         "%s: GGUF alignment %llu: the writer pads to a power of 2 "
                         "up to %d",
                         path, (unsigned long long)align, MAX_ALIGN);
-    buf b = {0};
-    put(&b, "GGUF", 4);
+    ql_bytebuf b = {0};
+    ql_bytebuf_put(&b, "GGUF", 4);
     put_u32(&b, 3);
     put_u64(&b, w->n_tensors);
     put_u64(&b, w->n_kv);
@@ -186,11 +164,11 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
         put_str(&b, kv->key);
         put_u32(&b, kv->type);
         if (kv->raw)
-            put(&b, kv->raw, kv->raw_len);
+            ql_bytebuf_put(&b, kv->raw, kv->raw_len);
         else if (kv->type == QL_GGUF_STRING)
             put_str(&b, kv->str);
         else if (kv->type == QL_GGUF_F32)
-            put(&b, &kv->f32, 4);
+            ql_bytebuf_put(&b, &kv->f32, 4);
         else
             put_u32(&b, kv->u32);
     }
@@ -205,8 +183,8 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
         off = pad_to(off + t->nbytes, align);
     }
     static const uint8_t zeros[MAX_ALIGN];
-    put(&b, zeros, pad_to(b.n, align) - b.n);
-    if (b.failed) {
+    ql_bytebuf_put(&b, zeros, pad_to(b.len, align) - b.len);
+    if (b.oom) {
         free(b.p);
         return ql_error(QL_ENOMEM, "out of memory writing %s", path);
     }
@@ -223,7 +201,7 @@ ql_status ql_gguf_writer_save(const ql_gguf_writer *w, const char *path) {
 
     ql_fs_tmpfile f;
     ql_status st = ql_fs_tmpfile_open(path, &f);
-    if (st == QL_OK) st = ql_fs_tmpfile_write(&f, b.p, b.n);
+    if (st == QL_OK) st = ql_fs_tmpfile_write(&f, b.p, b.len);
     for (size_t i = 0; st == QL_OK && i < w->n_tensors; i++) {
         const ql_gguf_out_tensor *t = &w->tensors[i];
         const void *data = t->data;

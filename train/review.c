@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bytebuf.h"
 #include "core/fsutil.h"
 #include "data/tokenizer.h"
 #include "train/code_eval.h"
@@ -44,29 +45,9 @@ struct ql_review {
 
 /* ------------------------------------------------------------ a text buffer */
 
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-    int failed;
-} sbuf;
+typedef ql_bytebuf sbuf;
 
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (b->len + n + 1 > cap) cap *= 2;
-        char *ns = realloc(b->s, cap);
-        if (!ns) {
-            b->failed = 1;
-            return;
-        }
-        b->s = ns;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
+static void sb_put(sbuf *b, const char *s, size_t n) { ql_bytebuf_put(b, s, n); }
 
 static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
 
@@ -84,7 +65,7 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
     }
     char *big = malloc((size_t)n + 1);
     if (!big) {
-        b->failed = 1;
+        b->oom = 1;
         return;
     }
     va_start(ap, fmt);
@@ -501,14 +482,14 @@ static ql_status write_sheet(const ql_review *r, int64_t step, const char *out_d
                 sb_str(&b, "</pre></details>\n");
             }
     }
-    if (b.failed) {
-        free(b.s);
+    if (b.oom) {
+        free(b.p);
         return ql_error(QL_ENOMEM, "out of memory writing the review sheet");
     }
     char *path = ql_fs_join(out_dir, "review.md");
-    ql_status st = path ? ql_fs_write_atomic(path, b.s, b.len) : QL_ENOMEM;
+    ql_status st = path ? ql_fs_write_atomic(path, b.p, b.len) : QL_ENOMEM;
     free(path);
-    free(b.s);
+    free(b.p);
     return st;
 }
 
