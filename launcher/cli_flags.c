@@ -35,6 +35,12 @@ int ql_cli_number(const char *s, double lo, double hi, int integer, double *out)
     return 0;
 }
 
+int ql_cli_base_weights(const char *val, int *original) {
+    if (strcmp(val, "quantized") && strcmp(val, "original")) return -1;
+    *original = !strcmp(val, "original");
+    return 0;
+}
+
 int ql_cli_usage_error(const char *cmd, const char *fmt, const char *arg) {
     fprintf(stderr, "qlora %s: ", cmd);
     fprintf(stderr, fmt, arg);

@@ -18,6 +18,10 @@ int ql_cli_valued_flag(int argc, char **argv, int *i, const char *const *names, 
  * `s`: 0 with *out set, else -1. */
 int ql_cli_number(const char *s, double lo, double hi, int integer, double *out);
 
+/* --base-weights quantized|original: 0 with *original set, else -1. */
+int ql_cli_base_weights(const char *val, int *original);
+#define QL_CLI_BASE_WEIGHTS_BAD "--base-weights must be quantized or original, not '%s'"
+
 /* "qlora CMD: " + fmt (one %s: arg) and the --help hint on stderr; returns
  * the bad-command-line exit code. */
 int ql_cli_usage_error(const char *cmd, const char *fmt, const char *arg);

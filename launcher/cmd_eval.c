@@ -47,6 +47,11 @@ static void usage(FILE *f) {
             "                       records, as for qlora train (data.md)\n"
             "  --adapter DIR        a PEFT adapter directory, or a run directory holding adapter/\n"
             "  --no-base            with --adapter: skip the base model's pass\n"
+            "  --base-weights quantized|original\n"
+            "                       quantized (default): the linears rounded to 4 bits as\n"
+            "                       qlora train holds them; original: as the file stores them\n"
+            "                       (float32 on the CPU), for a merged model (qlora export\n"
+            "                       --merge) or to see what the 4-bit rounding costs\n"
             "  --out DIR            store the result as DIR/eval.json (created if needed);\n"
             "                       with --adapter RUN (a run directory) it is stored in\n"
             "                       RUN/eval.json unless --no-save (or RUN is the baseline)\n"
@@ -74,7 +79,7 @@ typedef struct eval_args {
     const char *model, *data, *adapter, *backend, *out, *baseline;
     int64_t max_seq_len, batch;
     double drift_threshold;
-    int quiet, no_base, no_save;
+    int quiet, no_base, no_save, base_original;
 } eval_args;
 
 static int parse_count(const char *s, int64_t lo, int64_t *out) {
@@ -101,9 +106,9 @@ static int parse_args(int argc, char **argv, eval_args *a) {
             *(s[2] == 'q' ? &a->quiet : s[5] == 'b' ? &a->no_base : &a->no_save) = 1;
             continue;
         }
-        static const char *const valued[] = {"--model",       "--data",     "--adapter",
-                                             "--max-seq-len", "--batch",    "--backend",
-                                             "--out",         "--baseline", "--drift-threshold"};
+        static const char *const valued[] = {
+            "--model",   "--data", "--adapter",  "--max-seq-len",     "--batch",
+            "--backend", "--out",  "--baseline", "--drift-threshold", "--base-weights"};
         const char *val = NULL;
         int which =
             ql_cli_valued_flag(argc, argv, &i, valued, sizeof valued / sizeof *valued, &val);
@@ -133,6 +138,10 @@ static int parse_args(int argc, char **argv, eval_args *a) {
                 return bad_usage("--drift-threshold must be a number >= 0, not '%s'", val);
             break;
         }
+        case 9:
+            if (ql_cli_base_weights(val, &a->base_original))
+                return bad_usage(QL_CLI_BASE_WEIGHTS_BAD, val);
+            break;
         }
     }
     if (!a->model) return bad_usage("%s is required", "--model");
@@ -238,6 +247,7 @@ int ql_cmd_eval(int argc, char **argv) {
     ql_llama_options_default(&o);
     o.be = be;
     o.quiet = a.quiet;
+    o.base_original = a.base_original;
     o.lora = (ql_lora_config){.r = 0, .targets = 0}; /* r 0: the base model alone */
     char adir[4096] = "";
     ql_status st = QL_OK;
@@ -294,6 +304,7 @@ int ql_cmd_eval(int argc, char **argv) {
             sum.base_perplexity = exp(sum.base_loss);
         }
         snprintf(sum.model, sizeof sum.model, "%s", a.model);
+        sum.base_original = a.base_original;
         snprintf(sum.adapter, sizeof sum.adapter, "%s", a.adapter ? adir : "");
         snprintf(sum.data, sizeof sum.data, "%s", a.data);
         st = ql_eval_file_sha256(a.data, sum.data_sha256);
@@ -314,7 +325,8 @@ int ql_cmd_eval(int argc, char **argv) {
         return ql_report(st);
     }
     double secs = ql_now() - t0, loss = sum.loss, ppl = sum.perplexity;
-    printf("model       %s\n", a.model);
+    printf("model       %s%s\n", a.model,
+           a.base_original ? " (base weights as stored, not quantized)" : "");
     if (a.adapter)
         printf("adapter     %s (r %d, alpha %g%s)\n", adir, o.lora.r, (double)o.lora.alpha,
                o.lora.use_rslora ? ", rsLoRA" : "");
@@ -343,10 +355,13 @@ int ql_cmd_eval(int argc, char **argv) {
     if (sum.has_drift) {
         const ql_eval_drift *dr = &sum.drift;
         drifted = dr->drifted;
-        printf("baseline    %s: loss %.10g; now %+.6g (%+.2f%%), threshold %+.2f%%: %s%s\n",
+        printf("baseline    %s: loss %.10g; now %+.6g (%+.2f%%), threshold %+.2f%%: %s%s%s\n",
                dr->path, dr->baseline_loss, dr->change, 100.0 * dr->relative_change,
                100.0 * dr->threshold, drifted ? "DRIFT" : "ok",
-               dr->same_data ? "" : " (other data than the baseline's)");
+               dr->same_data ? "" : " (other data than the baseline's)",
+               dr->same_base_weights ? ""
+               : sum.base_original   ? " (base weights as stored; the baseline's were quantized)"
+                                     : " (base weights quantized; the baseline's were as stored)");
     }
     /* Where the result is kept: --out, else the run the adapter came from. */
     char save[QL_EVAL_PATH_MAX] = "";

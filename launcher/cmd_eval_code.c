@@ -34,6 +34,10 @@ static void usage(FILE *f) {
            "  --model PATH          Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
            "  --adapter DIR         a PEFT adapter directory, or a run directory holding adapter/\n"
            "  --no-base             with --adapter: evaluate only the adapter\n"
+           "  --base-weights quantized|original\n"
+           "                        quantized (default): the linears rounded to 4 bits as qlora\n"
+           "                        train holds them; original: as the file stores them (float32\n"
+           "                        on the CPU), for a merged model (qlora export --merge)\n"
            "  --max-new-tokens N    at most N tokens per completion (default 256)\n"
            "  --batch N             completions decoded together (default 8)\n"
            "  --limit N             only the first N records with tests\n"
@@ -62,7 +66,7 @@ static int bad_usage(const char *fmt, const char *arg) {
 typedef struct code_args {
     const char *code, *model, *adapter, *python, *output, *backend;
     int64_t max_new, limit;
-    int batch, quiet, no_base, allow_network;
+    int batch, quiet, no_base, allow_network, base_original;
     double timeout, memory_mb;
 } code_args;
 
@@ -91,9 +95,10 @@ static int parse_args(int argc, char **argv, code_args *a) {
             a->allow_network = 1;
             continue;
         }
-        static const char *const valued[] = {
-            "--code",   "--model",   "--adapter", "--max-new-tokens", "--batch",  "--limit",
-            "--python", "--timeout", "--memory",  "--output",         "--backend"};
+        static const char *const valued[] = {"--code",           "--model",   "--adapter",
+                                             "--max-new-tokens", "--batch",   "--limit",
+                                             "--python",         "--timeout", "--memory",
+                                             "--output",         "--backend", "--base-weights"};
         const char *val = NULL;
         int which =
             ql_cli_valued_flag(argc, argv, &i, valued, sizeof valued / sizeof *valued, &val);
@@ -133,6 +138,10 @@ static int parse_args(int argc, char **argv, code_args *a) {
             break;
         case 9: a->output = val; break;
         case 10: a->backend = val; break;
+        case 11:
+            if (ql_cli_base_weights(val, &a->base_original))
+                return bad_usage(QL_CLI_BASE_WEIGHTS_BAD, val);
+            break;
         }
     }
     if (!a->code) return bad_usage("%s is required", "--code");
@@ -268,7 +277,8 @@ int ql_cmd_eval_code(int argc, char **argv) {
         st = ql_gen_prompt_text(tok, recs[i]->prompt, ql_code_prompt_len(recs[i]->prompt), 0,
                                 QL_CHAT_AUTO, &prompts[i]);
     if (st == QL_OK)
-        st = ql_infer_load(a.model, a.adapter, be, a.quiet, &m, adir, sizeof adir, &lc);
+        st = ql_infer_load(a.model, a.adapter, be, a.quiet, a.base_original, &m, adir, sizeof adir,
+                           &lc);
 
     const char *labels[2];
     int use[2], n_runs = 0;

@@ -116,10 +116,8 @@ static int parse_args(int argc, char **argv, ql_export_opts *o, int *quiet) {
         case 2: o->model = val; break;
         case 3: o->base_name = val; break;
         case 4:
-            if (!strcmp(val, "original"))
-                o->base_original = 1;
-            else if (strcmp(val, "quantized"))
-                return bad_usage("--base-weights must be quantized or original, not '%s'", val);
+            if (ql_cli_base_weights(val, &o->base_original))
+                return bad_usage(QL_CLI_BASE_WEIGHTS_BAD, val);
             break;
         }
     }
@@ -220,6 +218,9 @@ int ql_cmd_export(int argc, char **argv) {
         if (r.merge.tokenizer_files)
             printf("tokenizer %d file%s copied\n", r.merge.tokenizer_files,
                    r.merge.tokenizer_files == 1 ? "" : "s");
+        /* Without the flag qlora would round the merged linears to 4 bits,
+         * and that rounding is larger than the update. */
+        printf("evaluate  qlora eval --model %s --base-weights original --data FILE\n", o.out_dir);
     }
     fflush(stdout);
     return QL_EXIT_OK;

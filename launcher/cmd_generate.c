@@ -27,6 +27,10 @@ static void usage(FILE *f) {
         "flags:\n"
         "  --model PATH          Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
         "  --adapter DIR         a PEFT adapter directory, or a run directory holding adapter/\n"
+        "  --base-weights quantized|original\n"
+        "                        quantized (default): the linears rounded to 4 bits as qlora\n"
+        "                        train holds them; original: as the file stores them (float32\n"
+        "                        on the CPU), for a merged model (qlora export --merge)\n"
         "  --prompt TEXT         one prompt (\"-\": read it from standard input)\n"
         "  --prompts FILE        JSONL, one prompt per line: {\"prompt\": ...}, {\"text\": ...}\n"
         "                        or {\"messages\": [...]} (a conversation ending in a user turn)\n"
@@ -64,7 +68,7 @@ static int bad_usage(const char *fmt, const char *arg) {
 typedef struct gen_args {
     const char *model, *adapter, *prompt, *prompts, *output, *backend, *chat_template;
     int chat; /* -1 auto */
-    int quiet, stop_at_dedent;
+    int quiet, stop_at_dedent, base_original;
     ql_gen_config gc;
 } gen_args;
 
@@ -90,9 +94,9 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             continue;
         }
         static const char *const valued[] = {
-            "--model",       "--adapter", "--prompt", "--prompts", "--max-new-tokens",
-            "--temperature", "--top-k",   "--top-p",  "--seed",    "--chat-template",
-            "--batch",       "--output",  "--backend"};
+            "--model",       "--adapter", "--prompt",  "--prompts",     "--max-new-tokens",
+            "--temperature", "--top-k",   "--top-p",   "--seed",        "--chat-template",
+            "--batch",       "--output",  "--backend", "--base-weights"};
         const char *val = NULL;
         int which =
             ql_cli_valued_flag(argc, argv, &i, valued, sizeof valued / sizeof *valued, &val);
@@ -143,6 +147,10 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             break;
         case 11: a->output = val; break;
         case 12: a->backend = val; break;
+        case 13:
+            if (ql_cli_base_weights(val, &a->base_original))
+                return bad_usage(QL_CLI_BASE_WEIGHTS_BAD, val);
+            break;
         }
     }
     if (!a->model) return bad_usage("%s is required", "--model");
@@ -375,7 +383,8 @@ int ql_cmd_generate(int argc, char **argv) {
     char adir[4096];
     ql_lora_config lc;
     if (st == QL_OK)
-        st = ql_infer_load(a.model, a.adapter, be, a.quiet, &m, adir, sizeof adir, &lc);
+        st = ql_infer_load(a.model, a.adapter, be, a.quiet, a.base_original, &m, adir, sizeof adir,
+                           &lc);
     if (st == QL_OK && (int64_t)ti->vocab_size > ql_llama_config(m)->vocab_size)
         st = ql_error(QL_EINVAL, "%s: the tokenizer has %d ids but the model only %lld", a.model,
                       ti->vocab_size, (long long)ql_llama_config(m)->vocab_size);

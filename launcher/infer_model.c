@@ -3,13 +3,15 @@
 #include "model/peft.h"
 
 ql_status ql_infer_load(const char *model, const char *adapter, const ql_backend *be, int quiet,
-                        ql_llama **m, char *adir, size_t cap, ql_lora_config *lc) {
+                        int base_original, ql_llama **m, char *adir, size_t cap,
+                        ql_lora_config *lc) {
     *m = NULL;
     adir[0] = '\0';
     ql_llama_options o;
     ql_llama_options_default(&o);
     o.be = be;
     o.quiet = quiet;
+    o.base_original = base_original;
     o.lora = (ql_lora_config){.r = 0, .targets = 0};
     if (adapter) {
         QL_TRY(ql_peft_find(adapter, adir, cap));

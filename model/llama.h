@@ -98,6 +98,14 @@ typedef struct ql_llama_options {
      * forward pass and the backward pass share one dequantize pass (CUDA:
      * calls on the dequant path). Memory for speed; never the results. */
     int lend_dequantized;
+    /* 1: the linears are held as the source stores them, not quantized to
+     * 4 bits on load: F32/F16/BF16 weights (and a GGUF's, dequantized) in
+     * float32 through ql_backend.dense_upload, a bitsandbytes 4-bit
+     * directory's as stored. For a model whose weights must not take the
+     * 4-bit rounding (a merged model: the LoRA update is far smaller than
+     * it), or to measure what that rounding costs. Backends without
+     * dense_upload refuse it. */
+    int base_original;
 } ql_llama_options;
 
 /* Sensible defaults: CPU backend, NF4 + double quant, block 64, r 16,

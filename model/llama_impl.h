@@ -79,7 +79,8 @@ struct ql_llama {
     void **allocs; /* backend buffers to free */
     size_t n_allocs, cap_allocs;
     size_t backend_bytes;
-    size_t dense_bytes; /* of which the linears kept dequantized (dequantized_layers) */
+    size_t dense_bytes;    /* of which the linears kept dequantized (dequantized_layers) */
+    int64_t float_linears; /* linears held in float32 as stored (opt.base_original) */
     /* one layer's linears dequantized while it runs (opt.lend_dequantized):
      * the buffers, which projections hold one now, and their bytes */
     void *lend[QL_N_PROJ];

@@ -153,6 +153,11 @@ static ql_status check_options(const ql_llama_options *o) {
                         o->blocksize);
     if (o->quant_type != QL_QTYPE_NF4 && o->quant_type != QL_QTYPE_FP4)
         return ql_error(QL_EINVAL, "model: quant_type must be nf4 or fp4");
+    if (o->base_original && !o->be->dense_upload)
+        return ql_error(QL_EUNSUPPORTED,
+                        "model: backend %s holds linears in 4 bits only; the base weights as "
+                        "stored (--base-weights original) need the cpu or cpu-ref backend",
+                        o->be->name);
     return ql_lora_config_check(&o->lora);
 }
 
@@ -267,7 +272,16 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
         QL_TRY(s->get_f32(s, name, host));
         double t1 = ql_clock_s();
         m->read_s += t1 - t0;
-        if (m->be->q4_quantize_upload && !m->opt.quantize_on_host) {
+        if (m->opt.base_original) {
+            st = m->be->dense_upload(host, out, in, dst);
+            m->upload_s += ql_clock_s() - t1;
+            if (st == QL_OK) {
+                m->backend_bytes += (size_t)(in * out) * sizeof(float);
+                m->base_params += in * out;
+                m->float_linears++;
+                return QL_OK;
+            }
+        } else if (m->be->q4_quantize_upload && !m->opt.quantize_on_host) {
             /* The host ql_q4 is never built: the float32 matrix goes to the
              * device and is quantized there, to the same bytes. */
             doing = "quantizing on the device";
@@ -333,7 +347,7 @@ static ql_status load_weights(ql_llama *m, const ql_model_source *s) {
         QL_TRY_GOTO(st, upload_f32(m, s, name, m->d, host, &L->norm_post), out);
         for (int p = 0; p < QL_N_PROJ; p++) {
             QL_TRY_GOTO(st, load_linear(m, s, l, (ql_proj)p, host, &L->w[p]), out);
-            if (l < m->opt.dequantized_layers && m->be->q4_keep_dequantized)
+            if (l < m->opt.dequantized_layers && m->be->q4_keep_dequantized && L->w[p].packed)
                 QL_TRY_GOTO(st, keep_dequantized(m, l, (ql_proj)p, &L->w[p]), out);
             if (has_bias(c, (ql_proj)p)) {
                 int64_t in, n;
@@ -395,7 +409,8 @@ static ql_status f32_buf(ql_llama *m, int64_t per_token, const char *what, float
  * share one dequantize pass; unless every layer keeps a copy of its own. */
 static ql_status setup_lending(ql_llama *m) {
     if (!m->opt.lend_dequantized || !m->opt.checkpoint_activations || !m->be->q4_lend_dequantized ||
-        m->opt.dequantized_layers >= m->L || ql_cuda_q4_path_for(m->cap) != QL_CUDA_Q4_DEQUANT_BLAS)
+        m->float_linears || m->opt.dequantized_layers >= m->L ||
+        ql_cuda_q4_path_for(m->cap) != QL_CUDA_Q4_DEQUANT_BLAS)
         return QL_OK;
     for (int p = 0; p < QL_N_PROJ; p++) {
         const ql_q4 *w = &m->layers[0].w[p];
@@ -559,7 +574,8 @@ void ql_llama_free(ql_llama *m) {
     if (m->layers)
         for (int64_t l = 0; l < m->L; l++)
             for (int p = 0; p < QL_N_PROJ; p++)
-                if (m->layers[l].w[p].packed) m->be->q4_free(&m->layers[l].w[p]);
+                if (m->layers[l].w[p].packed || m->layers[l].w[p].dense)
+                    m->be->q4_free(&m->layers[l].w[p]);
     for (size_t i = 0; i < m->n_allocs; i++) m->be->free(m->allocs[i]);
     free(m->allocs);
     free(m->layers);
@@ -593,7 +609,12 @@ void ql_llama_describe(const ql_llama *m, FILE *f) {
             c->architecture[0] ? c->architecture : "?", c->model_type, m->L, m->d, m->inter, m->H,
             m->KV, m->D, m->V, c->tie_word_embeddings ? " (tied)" : "", c->rope_type_name,
             c->rope_theta);
-    fprintf(f, "  parameters: %.2fM base (linears in 4-bit), %.3fM trainable", m->base_params / 1e6,
+    const int64_t n_linears = m->L * QL_N_PROJ;
+    fprintf(f, "  parameters: %.2fM base (%s), %.3fM trainable", m->base_params / 1e6,
+            m->float_linears == 0           ? "linears in 4-bit"
+            : m->float_linears == n_linears ? "linears in float32 as stored, not quantized"
+                                            : "linears as stored: float32, or 4-bit where the "
+                                              "file holds them in 4 bits",
             m->ad.n / 1e6);
     if (m->ad.cfg.r > 0) {
         fprintf(f, " (LoRA r %d, alpha %g%s, scale %g, dropout %g, on", m->ad.cfg.r,

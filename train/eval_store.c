@@ -37,6 +37,8 @@ ql_status ql_eval_summary_write(const char *path, ql_eval_summary *s) {
     json_object_set_new(o, "perplexity", num(s->perplexity));
     json_object_set_new(o, "base_loss", s->has_base ? num(s->base_loss) : json_null());
     json_object_set_new(o, "base_perplexity", s->has_base ? num(s->base_perplexity) : json_null());
+    json_object_set_new(o, "base_weights",
+                        json_string(s->base_original ? "original" : "quantized"));
     if (s->has_drift) {
         const ql_eval_drift *d = &s->drift;
         json_t *b = json_object();
@@ -47,6 +49,7 @@ ql_status ql_eval_summary_write(const char *path, ql_eval_summary *s) {
         json_object_set_new(b, "threshold", num(d->threshold));
         json_object_set_new(b, "drifted", json_boolean(d->drifted));
         json_object_set_new(b, "same_data", json_boolean(d->same_data));
+        json_object_set_new(b, "same_base_weights", json_boolean(d->same_base_weights));
         json_object_set_new(o, "baseline", b);
     }
     char *text = NULL;
@@ -106,6 +109,12 @@ ql_status ql_eval_summary_read(const char *path, ql_eval_summary *s) {
         get_str(o, "adapter", s->adapter, sizeof s->adapter);
         get_str(o, "data", s->data, sizeof s->data);
         get_str(o, "data_sha256", s->data_sha256, sizeof s->data_sha256);
+        const json_t *bw = json_object_get(o, "base_weights");
+        if (json_is_string(bw) && !strcmp(json_string_value(bw), "original"))
+            s->base_original = 1;
+        else if (bw && !(json_is_string(bw) && !strcmp(json_string_value(bw), "quantized")))
+            st = ql_error(QL_EFORMAT,
+                          "%s: \"base_weights\": expected \"quantized\" or \"original\"", path);
     }
     json_decref(o);
     return st;
@@ -143,6 +152,7 @@ void ql_eval_drift_check(const ql_eval_summary *baseline, const char *path,
     /* A loss that is not a number is drift too: something broke. */
     d->drifted = !(d->relative_change <= threshold);
     d->same_data = baseline->data_sha256[0] && !strcmp(baseline->data_sha256, now->data_sha256);
+    d->same_base_weights = baseline->base_original == now->base_original;
 }
 
 ql_status ql_eval_file_sha256(const char *path, char hex[65]) {

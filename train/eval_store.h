@@ -6,9 +6,12 @@
  *   data (the path), data_sha256 (of the file's bytes), records, tokens
  *   (target tokens), loss and perplexity of the evaluated model (with the
  *   adapter when there is one), base_loss and base_perplexity (when the base
- *   model was evaluated too, else null), and, when the evaluation was compared
+ *   model was evaluated too, else null), base_weights ("quantized": the
+ *   linears rounded to 4 bits as training holds them, or "original": as
+ *   stored; absent in older files, which were "quantized"), and, when the evaluation was compared
  *   with a baseline, baseline: {path, loss, change, relative_change, threshold,
- *   drifted}. Readers ignore keys they do not know. */
+ *   drifted, same_data, same_base_weights}. Readers ignore keys they do not
+ *   know. */
 #ifndef QL_EVAL_STORE_H
 #define QL_EVAL_STORE_H
 
@@ -27,8 +30,9 @@ typedef struct ql_eval_drift {
     double change;          /* loss - baseline_loss */
     double relative_change; /* change / baseline_loss */
     double threshold;
-    int drifted;   /* relative_change > threshold */
-    int same_data; /* the baseline was measured on the same bytes */
+    int drifted;           /* relative_change > threshold */
+    int same_data;         /* the baseline was measured on the same bytes */
+    int same_base_weights; /* ... with the base weights held the same way */
 } ql_eval_drift;
 
 typedef struct ql_eval_summary {
@@ -41,6 +45,7 @@ typedef struct ql_eval_summary {
     double loss, perplexity; /* the evaluated model (with the adapter when there is one) */
     int has_base;            /* base_loss and base_perplexity are set */
     double base_loss, base_perplexity;
+    int base_original; /* the linears as stored ("original"), not rounded to 4 bits */
     int has_drift;
     ql_eval_drift drift;
 } ql_eval_summary;

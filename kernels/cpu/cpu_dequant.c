@@ -13,6 +13,10 @@ float ql_q4_block_absmax_cpu(const ql_q4 *w, int64_t b) {
 }
 
 void ql_q4_dequant_range_cpu(const ql_q4 *w, int64_t e0, int64_t e1, float *out) {
+    if (!w->packed) { /* held in float32 (dense_upload) */
+        memcpy(out, (const float *)w->dense + e0, (size_t)(e1 - e0) * sizeof(float));
+        return;
+    }
     float book[16];
     for (unsigned c = 0; c < 16; c++) book[c] = ql_q4_value(w->type, c);
 #ifdef __AVX2__

@@ -91,7 +91,29 @@ ql_status ql_q4_upload_cpu(const ql_q4 *host, ql_q4 *dst) {
     return QL_OK;
 }
 
+/* The CPU backends never keep a dequantized copy beside 4-bit data, so a
+ * weight with dense set holds float32 only. */
+ql_status ql_dense_upload_cpu(const float *host_w, int64_t rows, int64_t cols, ql_q4 *dst) {
+    memset(dst, 0, sizeof *dst);
+    if (rows <= 0 || cols <= 0 || rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
+        return ql_error(QL_EINVAL, "cpu backend: float32 weight shape [%lld, %lld] is not valid",
+                        (long long)rows, (long long)cols);
+    void *p = NULL;
+    QL_TRY(ql_alloc_cpu((size_t)(rows * cols) * sizeof(float), &p));
+    memcpy(p, host_w, (size_t)(rows * cols) * sizeof(float));
+    dst->rows = rows;
+    dst->cols = cols;
+    dst->n = rows * cols;
+    dst->dense = p;
+    return QL_OK;
+}
+
 void ql_q4_free_cpu(ql_q4 *dst) {
+    if (!dst->packed && dst->dense) {
+        ql_free_cpu(dst->dense);
+        memset(dst, 0, sizeof *dst);
+        return;
+    }
     if (dst->packed) count_free(q4_buffer_bytes(dst));
     ql_q4_free(dst);
 }

@@ -1,4 +1,5 @@
-/* Fast 4-bit linear layers: W is never materialised whole. Forward tiles W by
+/* Fast 4-bit linear layers: W is never materialised whole (a weight held in
+ * float32 by dense_upload is read in place instead of dequantized). Forward tiles W by
  * rows (a tile of y's columns per sgemm), backward by columns (a tile of dx's
  * columns, summing over W's rows in a fixed order inside one thread), so no
  * output element is ever a sum across threads. */
@@ -109,7 +110,7 @@ ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
     const int64_t tiles = ql_ceil_div64(out, rt);
     int failed = 0;
 #ifdef __AVX2__
-    const int fused = T <= FUSED_MAX_T && in % 16 == 0;
+    const int fused = T <= FUSED_MAX_T && in % 16 == 0 && w->packed;
 #else
     const int fused = 0;
 #endif
@@ -121,7 +122,7 @@ ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
     free(xl);
 #pragma omp parallel
     {
-        float *buf = fused ? (float *)x : ql_cpu_scratch((size_t)(rt * in));
+        float *buf = fused || !w->packed ? (float *)x : ql_cpu_scratch((size_t)(rt * in));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
@@ -136,9 +137,13 @@ ql_status ql_q4_lora_fwd_cpu(const ql_q4 *w, const ql_lora *lora, const ql_act *
             } else
 #endif
             {
-                ql_q4_dequant_range_cpu(w, r0 * in, (r0 + rows) * in, buf);
+                const float *wt = buf; /* W's rows r0 .. r0 + rows, float32 */
+                if (w->packed)
+                    ql_q4_dequant_range_cpu(w, r0 * in, (r0 + rows) * in, buf);
+                else
+                    wt = (const float *)w->dense + r0 * in;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)rows, (int)in,
-                            1.0f, x, (int)in, buf, (int)in, 0.0f, y + r0, (int)out);
+                            1.0f, x, (int)in, wt, (int)in, 0.0f, y + r0, (int)out);
             }
             if (r)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)rows, r,
@@ -159,23 +164,30 @@ static int dx_tiles(const ql_q4 *w, const float *dy, int64_t T, const float *g, 
     int failed = 0;
 #pragma omp parallel
     {
-        float *buf = ql_cpu_scratch((size_t)(rc * BWD_COLS));
-        if (!buf) {
+        float *buf = w->packed ? ql_cpu_scratch((size_t)(rc * BWD_COLS)) : NULL;
+        const int ok = buf || !w->packed;
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t ti = 0; ti < tiles; ti++) {
-            if (!buf) continue;
+            if (!ok) continue;
             int64_t c0 = ti * BWD_COLS, cw = ql_min64(BWD_COLS, in - c0);
             for (int64_t r0 = 0; r0 < out; r0 += rc) {
                 int64_t rows = ql_min64(rc, out - r0);
-                for (int64_t o = 0; o < rows; o++) {
+                const float *wt = buf; /* W[r0 .. r0 + rows, c0 .. c0 + cw], leading dim ld */
+                int64_t ld = cw;
+                if (!w->packed) {
+                    wt = (const float *)w->dense + r0 * in + c0;
+                    ld = in;
+                }
+                for (int64_t o = 0; w->packed && o < rows; o++) {
                     int64_t e0 = (r0 + o) * in + c0;
                     ql_q4_dequant_range_cpu(w, e0, e0 + cw, buf + o * cw);
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)cw, (int)rows,
-                            1.0f, dy + r0, (int)out, buf, (int)cw, r0 == 0 ? 0.0f : 1.0f, dx + c0,
+                            1.0f, dy + r0, (int)out, wt, (int)ld, r0 == 0 ? 0.0f : 1.0f, dx + c0,
                             (int)in);
             }
             if (r)

@@ -11,6 +11,7 @@ static const ql_backend cpu_ref = {
     .download = ql_download_cpu,
     .q4_upload = ql_q4_upload_cpu,
     .q4_free = ql_q4_free_cpu,
+    .dense_upload = ql_dense_upload_cpu,
     .sync = ql_sync_cpu,
     .q4_dequantize = ql_q4_dequantize_ref,
     .q4_lora_fwd = ql_q4_lora_fwd_ref,

@@ -2,20 +2,23 @@
  * every dot product is accumulated in double and rounded once, so these are
  * the most accurate values the fast kernels are compared against. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
 
 static ql_status dequantize_whole(const ql_q4 *w, float **out) {
     *out = ql_malloc((size_t)w->n * sizeof(float), "cpu-ref dequantized weight");
     if (!*out) return QL_ENOMEM;
-    ql_q4_dequantize(w, *out);
-    return QL_OK;
+    return ql_q4_dequantize_ref(w, *out);
 }
 
 static int has_lora(const ql_lora *lora) { return lora && lora->r > 0; }
 
 ql_status ql_q4_dequantize_ref(const ql_q4 *w, ql_act *out) {
-    ql_q4_dequantize(w, out);
+    if (w->packed)
+        ql_q4_dequantize(w, out);
+    else /* held in float32 (dense_upload) */
+        memcpy(out, w->dense, (size_t)w->n * sizeof(float));
     return QL_OK;
 }
 

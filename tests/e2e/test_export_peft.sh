@@ -16,6 +16,8 @@
 #      quantization, so the merge must use the run's 4-bit round trip; from a
 #      bitsandbytes 4-bit directory; from a GGUF file), and --base-weights
 #      original does not (the round trip matters and is what was done);
+#      `qlora eval --base-weights original` of the merged model gives the run's
+#      loss with the adapter, and the default (linears rounded to 4 bits) not;
 #   3. --merge (bf16): every tensor is exactly the bfloat16 rounding of the f32
 #      export, the logits are within bf16 rounding (3e-2 of the largest logit: 2^-9 per weight, over the layers)
 #      of qlora's; config.json has torch_dtype and no quantization_config, other
@@ -141,6 +143,36 @@ chk logits r32 "$IDS" 2 12 np_r32.f32 && chk compare np_r32.f32 q_rrun.f32 1e-4 
 "$QLORA" export rrun --merge --dtype f32 --base-weights original --out r32o >/dev/null 2>&1 || bad "--base-weights original"
 chk logits r32o "$IDS" 2 12 np_r32o.f32 && chk differ np_r32o.f32 q_rrun.f32 1e-3 "merged into the original weights differs" ||
     bad "--base-weights original: indistinguishable from the round trip (the test cannot tell them apart)"
+
+# --- qlora itself on the merged model: with --base-weights original its loss is
+# the run's (base as trained + adapter); the default rounds the merged linears
+# to 4 bits, which loses the update (the check can tell the two apart)
+evloss() { # out-file eval-args...: the JSON line's loss
+    "$QLORA" eval --quiet --data train.jsonl "${@:2}" >"$1" 2>"$1.err" || { bad "qlora eval ${*:2}"; cat "$1.err"; }
+    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["loss"])' "$1"
+}
+l_ad=$(evloss ev_ad.out --model rnd --adapter rrun --no-save)
+l_mo=$(evloss ev_mo.out --model r32 --base-weights original --out evo)
+l_mq=$(evloss ev_mq.out --model r32 --no-save)
+"$PY" - "$l_ad" "$l_mo" "$l_mq" <<'EOF' || bad "eval of the merged model: adapter $l_ad, merged as stored $l_mo, merged in 4 bits $l_mq"
+import sys
+ad, mo, mq = map(float, sys.argv[1:])
+assert abs(mo - ad) <= 1e-5 * ad, "merged, --base-weights original, is not the run's loss"
+# 6 steps on random weights move the loss little (about 2e-3 here): 4-bit
+# rounding must miss by far more than the as-stored load does.
+assert abs(mq - ad) > max(1e-4 * ad, 100 * abs(mo - ad)), "merged, rounded to 4 bits, is still the run's loss"
+EOF
+grep -q "^model       r32 (base weights as stored, not quantized)" ev_mo.out || bad "eval does not say the weights are as stored: $(head -1 ev_mo.out)"
+grep -q '"base_weights": "original"' evo/eval.json || bad "eval.json: base_weights not original"
+"$QLORA" eval --model r32 --base-weights original --data train.jsonl --no-save 2>ev_mo2.err >/dev/null
+grep -q "linears in float32 as stored, not quantized" ev_mo2.err || bad "the model summary does not say float32: $(grep parameters ev_mo2.err)"
+grep -q "^evaluate  qlora eval --model r32 --base-weights original" r32.out || bad "merge summary: no eval hint: $(cat r32.out)"
+"$QLORA" eval --model r32 --data train.jsonl --baseline evo --no-save >ev_bl.out 2>&1
+grep -q "the baseline's were as stored" ev_bl.out || bad "drift check: a baseline with other base weights is not said: $(grep baseline ev_bl.out)"
+for c in eval generate; do
+    "$QLORA" $c --model r32 --base-weights fp8 --data x --prompt x >bw.out 2>&1
+    [ $? = 2 ] && grep -q "base-weights must be quantized or original, not 'fp8'" bw.out || bad "$c --base-weights fp8: $(cat bw.out)"
+done
 
 # --- from a bitsandbytes 4-bit directory (as stored) and from a GGUF file
 "$QLORA" quantize --model rnd --out rnd4 --quiet >/dev/null || bad "quantize"

@@ -141,6 +141,67 @@ static void test_lora(int64_t out, int64_t in, ql_qtype type, int bs, int dq, in
     ql_q4_free(&w);
 }
 
+/* fwd then bwd of one weight on one backend: y, xa, dx, dA, dB side by side
+ * in one buffer of T·out + T·r + T·in + r·in + out·r floats. */
+static float *lora_pass(const ql_backend *be, const ql_q4 *w, const float *x, const float *dy,
+                        const ql_lora *lp, int64_t T) {
+    const int64_t out = w->rows, in = w->cols, r = lp->r;
+    float *v = tops_alloc(T * out + T * r + T * in + r * in + out * r);
+    float *y = v, *xa = y + T * out, *dx = xa + T * r, *dA = dx + T * in, *dB = dA + r * in;
+    CHECK(be->q4_lora_fwd(w, lp, x, T, y, xa) == QL_OK);
+    CHECK(be->q4_lora_bwd(w, lp, x, xa, dy, T, dx, dA, dB) == QL_OK);
+    return v;
+}
+
+/* A weight held in float32 (dense_upload: --base-weights original). The
+ * cpu-ref backend must read from it the W it reads from the 4-bit weight
+ * whose dequantization it holds (bit for bit, dequantize included), and the
+ * two backends must agree on a W that no 4-bit weight holds. */
+static void test_lora_dense(int64_t out, int64_t in, int64_t T, int r) {
+    ql_q4 w = tops_q4(out, in, QL_QTYPE_NF4, 64, 1);
+    float *W = tops_alloc(out * in), *Wd = tops_alloc(out * in);
+    ql_q4_dequantize(&w, W);
+    float *x = tops_rand(T * in, -1, 1), *dy = tops_rand(T * out, -1, 1);
+    float *A = tops_rand((int64_t)r * in, -0.1f, 0.1f), *B = tops_rand(out * r, -0.1f, 0.1f);
+    ql_lora lora = {.A = A, .B = B, .r = r, .scale = 2.0f};
+    const int64_t n = T * out + T * r + T * in + (int64_t)r * in + out * r;
+    char what[128];
+    snprintf(what, sizeof what, "dense lora %lldx%lld T=%lld r=%d", (long long)out, (long long)in,
+             (long long)T, r);
+
+    ql_q4 dw;
+    CHECK(fast->dense_upload(W, out, in, &dw) == QL_OK);
+    CHECKF(!dw.packed && dw.dense && dw.dense != (void *)W && dw.rows == out && dw.cols == in,
+           "%s: dense_upload's weight", what);
+    for (int k = 0; k < 2; k++) {
+        CHECK((k ? fast : ref)->q4_dequantize(&dw, Wd) == QL_OK);
+        CHECKF(tops_same_bytes(Wd, W, (size_t)(out * in) * 4), "%s: %s dequantize", what,
+               k ? "cpu" : "cpu-ref");
+    }
+    float *from_q4 = lora_pass(ref, &w, x, dy, &lora, T),
+          *from_f32 = lora_pass(ref, &dw, x, dy, &lora, T);
+    CHECKF(tops_same_bytes(from_f32, from_q4, (size_t)n * 4), "%s: cpu-ref, float32 vs 4-bit W",
+           what);
+    ref->q4_free(&dw);
+    CHECK(!dw.dense);
+
+    /* W moved off the 4-bit grid: no 4-bit weight holds it. */
+    for (int64_t e = 0; e < out * in; e++) W[e] += tops_uniform(-1e-2f, 1e-2f);
+    CHECK(fast->dense_upload(W, out, in, &dw) == QL_OK);
+    float *a = lora_pass(ref, &dw, x, dy, &lora, T), *b = lora_pass(fast, &dw, x, dy, &lora, T);
+    CHECKF(!tops_same_bytes(a, from_q4, (size_t)(T * out) * 4), "%s: the moved W is not read",
+           what);
+    TOPS_CLOSE(b, a, T * out, 2e-6 * sqrt((double)in), what);
+    TOPS_CLOSE(b + T * out, a + T * out, T * r, 2e-6 * sqrt((double)in), "dense xa");
+    TOPS_CLOSE(b + T * (out + r), a + T * (out + r), T * in, 2e-6 * sqrt((double)out), "dense dx");
+    TOPS_CLOSE(b + T * (out + r + in), a + T * (out + r + in), (int64_t)r * (in + out),
+               2e-6 * sqrt((double)T + out), "dense dA, dB");
+    fast->q4_free(&dw);
+    free(from_q4), free(from_f32), free(a), free(b);
+    free(W), free(Wd), free(x), free(dy), free(A), free(B);
+    ql_q4_free(&w);
+}
+
 static void test_matmul(int64_t T, int64_t in, int64_t out) {
     float *W = tops_rand(out * in, -0.2f, 0.2f), *x = tops_rand(T * in, -1, 1);
     float *dy = tops_rand(T * out, -1, 1);
@@ -321,6 +382,12 @@ int main(void) {
     test_lora(75, 4096, QL_QTYPE_NF4, 64, 1, 9, 16, 1);
     test_lora(33, 320, QL_QTYPE_FP4, 32, 0, 16, 4, 1);
     test_lora(40, 4112, QL_QTYPE_NF4, 4096, 1, 5, 4, 1); /* rows start mid-block */
+
+    /* Weights held in float32: backward row chunks and column tiles past
+     * one (136 = 128 + 8), one token (generation: no fused path), many. */
+    test_lora_dense(2100, 136, 3, 4);
+    test_lora_dense(200, 1024, 1, 8);
+    test_lora_dense(300, 200, 37, 16);
 
     test_matmul(5, 33, 70);
     test_matmul(11, 64, 130); /* the dot-product path: two token groups, rows past a task */

@@ -27,7 +27,9 @@
 #include <string.h>
 
 #include "check.h"
+#include "core/fsutil.h"
 #include "model/llama.h"
+#include "model/merge.h"
 #include "model/peft.h"
 
 static char fixdir[2048];
@@ -48,13 +50,15 @@ static void *read_raw(const char *path, long *n_bytes) {
     return p;
 }
 
-/* Loads MODEL (4-bit: NF4, block 64, double quantization as asked) with the
- * adapter of ADAPTER (NULL: none) and computes logits of ids [batch, seq]. */
-static ql_status qlora_logits(const char *model, const char *adapter, const int32_t *ids,
-                              int64_t batch, int64_t seq, int double_quant, float **out,
-                              int64_t *vocab) {
+/* Loads MODEL (4-bit: NF4, block 64, double quantization as asked; or with
+ * base_original its linears as stored, in float32) with the adapter of
+ * ADAPTER (NULL: none) and computes logits of ids [batch, seq]. */
+static ql_status qlora_logits_as(const char *model, const char *adapter, const int32_t *ids,
+                                 int64_t batch, int64_t seq, int double_quant, int base_original,
+                                 float **out, int64_t *vocab) {
     ql_llama_options o;
     ql_llama_options_default(&o);
+    o.base_original = base_original;
     o.quant_type = QL_QTYPE_NF4;
     o.blocksize = 64;
     o.double_quant = double_quant;
@@ -76,6 +80,12 @@ static ql_status qlora_logits(const char *model, const char *adapter, const int3
     free(tg);
     ql_llama_free(m);
     return st;
+}
+
+static ql_status qlora_logits(const char *model, const char *adapter, const int32_t *ids,
+                              int64_t batch, int64_t seq, int double_quant, float **out,
+                              int64_t *vocab) {
+    return qlora_logits_as(model, adapter, ids, batch, seq, double_quant, 0, out, vocab);
 }
 
 static int logits_tool(int argc, char **argv) {
@@ -118,6 +128,9 @@ static double rel_diff(const float *a, const float *b, int64_t n) {
     }
     return d / m;
 }
+
+static void run_merged(const char *name, const char *model, const char *adapter, const int32_t *ids,
+                       int64_t batch, int64_t seq);
 
 static double absmax_of(const float *a, int64_t n) {
     double m = 0;
@@ -173,6 +186,64 @@ static void run_case(const char *name, json_t *c, const int32_t *ids, int64_t ba
         free(lg);
         free(ref);
     }
+    run_merged(name, model, adapter, ids, batch, seq);
+}
+
+/* The merged model (qlora export --merge, float32) loaded with its linears as
+ * stored (--base-weights original) must give what transformers gives after
+ * PEFT's merge_and_unload. The merged linears are no longer NF4-exact, so
+ * loading them the default way (rounded to 4 bits) must miss: the rounding
+ * is larger than the update, which the check must be able to see. */
+static void run_merged(const char *name, const char *model, const char *adapter, const int32_t *ids,
+                       int64_t batch, int64_t seq) {
+    char dir[] = "/tmp/ql_peft_merged_XXXXXX", out[600], path[2600], what[256];
+    if (!mkdtemp(dir)) {
+        CHECKF(0, "mkdtemp: %s", dir);
+        return;
+    }
+    snprintf(out, sizeof out, "%s/merged", dir);
+    ql_merge_opts mo = {.model = model,
+                        .adapter_dir = adapter,
+                        .out_dir = out,
+                        .dtype = QL_DT_F32,
+                        .qtype = QL_QTYPE_NF4,
+                        .blocksize = 64,
+                        .double_quant = 0};
+    ql_merge_stats ms;
+    ql_status st = ql_merge_write(&mo, &ms);
+    CHECKF(st == QL_OK, "%s: merge: %s", name, ql_error_message());
+    long nb = 0;
+    snprintf(path, sizeof path, "%s/peft/ref/%s.merged.f32", fixdir, name);
+    float *ref = read_raw(path, &nb);
+    CHECKF(ref != NULL, "%s: cannot read", path);
+    for (int original = 1; st == QL_OK && ref && original >= 0; original--) {
+        float *lg = NULL;
+        int64_t vocab = 0;
+        ql_status ls = qlora_logits_as(out, NULL, ids, batch, seq, 0, original, &lg, &vocab);
+        CHECKF(ls == QL_OK, "%s merged: %s", name, ql_error_message());
+        int64_t n = batch * seq * vocab;
+        if (ls == QL_OK && nb == (long)(n * 4)) {
+            double r = rel_diff(lg, ref, n);
+            if (original) {
+                snprintf(what, sizeof what,
+                         "%s merged, --base-weights original vs transformers merge_and_unload",
+                         name);
+                CHECK_CLOSE(lg, ref, n, 1e-5 * absmax_of(ref, n), 1e-4, what);
+            } else {
+                CHECKF(r > 1e-3,
+                       "%s merged, rounded to 4 bits: still within %.2e of the merged "
+                       "reference; the check could not tell the two loads apart",
+                       name, r);
+            }
+            printf("%-18s %-15s max|diff|/max|ref| %.2e\n", name,
+                   original ? "merged, orig." : "merged, 4-bit", r);
+        } else if (ls == QL_OK) {
+            CHECKF(0, "%s: %ld bytes, want %lld", path, nb, (long long)n * 4);
+        }
+        free(lg);
+    }
+    free(ref);
+    ql_fs_remove_tree(dir);
 }
 
 /* The check must be able to fail: a changed adapter value and a scaling read
