@@ -54,6 +54,11 @@ static int is_ckpt_root(const char *dir) {
 
 ql_status ql_export_resolve(const char *src, ql_export_source *out) {
     memset(out, 0, sizeof *out);
+    if (ql_gguf_lora_is_file(src) && ql_fs_exists(src)) { /* a llama.cpp LoRA adapter */
+        out->kind = QL_EXPORT_FROM_ADAPTER;
+        snprintf(out->path, sizeof out->path, "%s", src);
+        return QL_OK;
+    }
     if (!ql_fs_is_dir(src))
         return ql_fs_exists(src) ? ql_error(QL_EINVAL,
                                             "%s: not a directory; give a run directory, an "
@@ -166,6 +171,37 @@ static ql_status finish_table(ql_adapters *a, const ql_lora_config *lc, unsigned
         a->n = off;
     }
     return QL_OK;
+}
+
+/* A llama.cpp GGUF adapter: its table comes from the base model (its layers,
+ * and the heads its q/k rows were permuted by), which must be given. */
+static ql_status adapter_from_gguf(const char *path, const char *model, const ql_lora_config *lc,
+                                   ql_adapters *a, float **host) {
+    memset(a, 0, sizeof *a);
+    *host = NULL;
+    if (!model)
+        return ql_error(QL_EINVAL,
+                        "%s: a GGUF adapter's tensors are laid out by its base model; give the "
+                        "base with --model PATH",
+                        path);
+    ql_hf_config hc;
+    QL_TRY(ql_model_config_load(model, &hc));
+    ql_status st = ql_adapters_layout(&hc, lc, a);
+    ql_hf_config_free(&hc);
+    if (st == QL_OK &&
+        !(*host = ql_malloc((size_t)(a->n ? a->n : 1) * sizeof **host, "the adapter weights")))
+        st = QL_ENOMEM;
+    if (st == QL_OK) {
+        a->params = *host;
+        st = ql_peft_load(path, a, NULL);
+        a->params = NULL;
+    }
+    if (st != QL_OK) {
+        free(*host);
+        *host = NULL;
+        ql_adapters_layout_free(a);
+    }
+    return st;
 }
 
 /* The adapter table as the file itself describes it, for an export that
@@ -355,7 +391,8 @@ static ql_status base_model(const ql_export_opts *o, const ql_config *cfg,
     }
     char run_model[QL_EXPORT_PATH_MAX] = "";
     if (cfg) {
-        r->qtype = cfg->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
+        r->qtype = cfg->quant.type == QL_QTYPE_FP4 ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
+        r->quant_none = cfg->quant.type == QL_QUANT_NONE;
         r->blocksize = (int)cfg->quant.blocksize;
         r->double_quant = cfg->quant.double_quant;
         r->quant_from_run = 1;
@@ -436,7 +473,10 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
         snprintf(r->adapter_dir, sizeof r->adapter_dir, "%s", src.path);
         st = ql_peft_read_config(src.path, &r->lora, base_in_adapter, sizeof base_in_adapter);
         /* The merge reads the adapter against the model itself. */
-        if (st == QL_OK && !o->merge) st = adapter_from_file(src.path, &r->lora, &a, &host);
+        if (st == QL_OK && !o->merge)
+            st = ql_gguf_lora_is_file(src.path)
+                     ? adapter_from_gguf(src.path, o->model, &r->lora, &a, &host)
+                     : adapter_from_file(src.path, &r->lora, &a, &host);
     } else {
         cfg = ql_calloc(1, sizeof *cfg, "the run configuration");
         if (!cfg) return QL_ENOMEM;
@@ -452,6 +492,9 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
             snprintf(base_in_adapter, sizeof base_in_adapter, "%s", cfg->model);
         }
     }
+    /* A GGUF adapter names no base; the one given lays it out. */
+    if (!base_in_adapter[0] && o->model && ql_gguf_lora_is_file(src.path))
+        snprintf(base_in_adapter, sizeof base_in_adapter, "%s", o->model);
     snprintf(r->base_name, sizeof r->base_name, "%s",
              o->base_name ? o->base_name : base_in_adapter);
     if (st == QL_OK && o->merge) st = base_model(o, cfg, base_in_adapter, 1, r);
@@ -471,7 +514,7 @@ ql_status ql_export(const ql_export_opts *o, ql_export_result *r) {
                             .qtype = r->qtype,
                             .blocksize = r->blocksize,
                             .double_quant = r->double_quant,
-                            .base_original = o->base_original,
+                            .base_original = o->base_original || r->quant_none,
                             .force = o->force,
                             .progress = o->progress,
                             .cancel = o->cancel};

@@ -68,6 +68,7 @@ typedef struct ql_export_result {
     ql_qtype qtype;
     int blocksize, double_quant;
     int quant_from_run; /* 1: the run's config.resolved.yaml; 0: qlora's defaults */
+    int quant_none; /* the run trained on the weights as stored (quant.type none): no round trip */
     ql_merge_stats merge;
 } ql_export_result;
 

@@ -29,6 +29,10 @@ typedef enum ql_nonfinite { QL_NONFINITE_SKIP, QL_NONFINITE_STOP } ql_nonfinite;
 /* How a micro-batch's rows are padded. */
 typedef enum ql_pad_to { QL_PAD_LONGEST, QL_PAD_MAX_SEQ_LEN } ql_pad_to;
 
+/* quant.type none: the linears held as the model file stores them (float32
+ * on the CPU backends), not quantized: LoRA rather than QLoRA. */
+#define QL_QUANT_NONE 2
+
 typedef struct ql_config {
     char model[QL_CFG_PATH_MAX];
     char output_dir[QL_CFG_PATH_MAX];
@@ -80,7 +84,7 @@ typedef struct ql_config {
         int64_t bucket_mb; /* reduce-scatter bucket */
     } dist;
     struct {
-        int type; /* ql_qtype: 0 nf4, 1 fp4 */
+        int type; /* ql_qtype: 0 nf4, 1 fp4; or QL_QUANT_NONE */
         int64_t blocksize;
         int double_quant;
         int64_t dequantized_layers; /* layers whose linears cuda also keeps in bf16 */

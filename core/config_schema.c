@@ -121,8 +121,9 @@ static const ql_cfg_key schema[] = {
     {"dist.bucket_mb", TYPED(QL_CFG_INT, dist.bucket_mb), "16", 1, 65536, 0, 0, 0, 0, NULL,
      "MiB of gradients the reduce-scatter moves per bucket (no effect on the result)"},
 
-    {"quant.type", TYPED(QL_CFG_CHOICE, quant.type), "nf4", 0, 0, 0, 0, 0, 0, "nf4|fp4",
-     "4-bit code book for weights quantized on load (a bnb-4bit directory keeps its own)"},
+    {"quant.type", TYPED(QL_CFG_CHOICE, quant.type), "nf4", 0, 0, 0, 0, 0, 0, "nf4|fp4|none",
+     "4-bit code book for weights quantized on load (a bnb-4bit directory keeps its own); none: "
+     "the linears as stored, in float32, not quantized (LoRA, not QLoRA; cpu backends only)"},
     {"quant.blocksize", TYPED(QL_CFG_INT, quant.blocksize), "64", 32, 4096, 0, 0, 0, 0, NULL,
      "elements per absmax block: 32, 64, 128, 256, 512, 1024, 2048 or 4096"},
     {"quant.double_quant", TYPED(QL_CFG_BOOL, quant.double_quant), "true", 0, 0, 0, 0, 0, 0, NULL,

@@ -18,6 +18,7 @@
 #include "core/fsutil.h"
 #include "data/tokenizer.h"
 #include "launcher/cli_flags.h"
+#include "launcher/infer_model.h"
 #include "launcher/commands.h"
 #include "model/llama.h"
 #include "model/peft.h"
@@ -45,7 +46,8 @@ static void usage(FILE *f) {
             "  --model PATH         Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
             "  --data FILE          JSONL: text, prompt/completion, messages or pre-tokenized\n"
             "                       records, as for qlora train (data.md)\n"
-            "  --adapter DIR        a PEFT adapter directory, or a run directory holding adapter/\n"
+            "  --adapter DIR        a PEFT adapter directory, a run directory holding adapter/,\n"
+            "                       or a llama.cpp LoRA adapter FILE.gguf\n"
             "  --no-base            with --adapter: skip the base model's pass\n"
             "  --base-weights quantized|original\n"
             "                       quantized (default): the linears rounded to 4 bits as\n"
@@ -93,6 +95,7 @@ static int parse_count(const char *s, int64_t lo, int64_t *out) {
 
 static int parse_args(int argc, char **argv, eval_args *a) {
     *a = (eval_args){.backend = "cpu",
+                     .base_original = -1,
                      .max_seq_len = (int64_t)1 << 20,
                      .batch = 4,
                      .drift_threshold = QL_DRIFT_THRESHOLD_DEFAULT};
@@ -247,7 +250,6 @@ int ql_cmd_eval(int argc, char **argv) {
     ql_llama_options_default(&o);
     o.be = be;
     o.quiet = a.quiet;
-    o.base_original = a.base_original;
     o.lora = (ql_lora_config){.r = 0, .targets = 0}; /* r 0: the base model alone */
     char adir[4096] = "";
     ql_status st = QL_OK;
@@ -256,6 +258,8 @@ int ql_cmd_eval(int argc, char **argv) {
         if (st == QL_OK) st = ql_peft_read_config(adir, &o.lora, NULL, 0);
         o.lora.dropout = 0.0f; /* evaluation: PEFT's eval() turns dropout off */
     }
+    ql_infer_base how = {0};
+    if (st == QL_OK) st = ql_infer_run_quant(adir, a.base_original, &o, &how);
     ql_token_data d = {0};
     ql_records_report rep = {0};
     ql_packing rows = {0};
@@ -304,7 +308,7 @@ int ql_cmd_eval(int argc, char **argv) {
             sum.base_perplexity = exp(sum.base_loss);
         }
         snprintf(sum.model, sizeof sum.model, "%s", a.model);
-        sum.base_original = a.base_original;
+        sum.base_original = how.base_original;
         snprintf(sum.adapter, sizeof sum.adapter, "%s", a.adapter ? adir : "");
         snprintf(sum.data, sizeof sum.data, "%s", a.data);
         st = ql_eval_file_sha256(a.data, sum.data_sha256);
@@ -325,8 +329,7 @@ int ql_cmd_eval(int argc, char **argv) {
         return ql_report(st);
     }
     double secs = ql_now() - t0, loss = sum.loss, ppl = sum.perplexity;
-    printf("model       %s%s\n", a.model,
-           a.base_original ? " (base weights as stored, not quantized)" : "");
+    printf("model       %s%s\n", a.model, ql_infer_base_words(&how));
     if (a.adapter)
         printf("adapter     %s (r %d, alpha %g%s)\n", adir, o.lora.r, (double)o.lora.alpha,
                o.lora.use_rslora ? ", rsLoRA" : "");

@@ -32,7 +32,8 @@ static void usage(FILE *f) {
            "  --code FILE           JSONL records with \"prompt\" and \"test\" (records without a\n"
            "                        test are skipped); data/code/valid.jsonl has 8\n"
            "  --model PATH          Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
-           "  --adapter DIR         a PEFT adapter directory, or a run directory holding adapter/\n"
+           "  --adapter DIR         a PEFT adapter directory, a run directory holding adapter/,\n"
+           "                        or a llama.cpp LoRA adapter FILE.gguf\n"
            "  --no-base             with --adapter: evaluate only the adapter\n"
            "  --base-weights quantized|original\n"
            "                        quantized (default): the linears rounded to 4 bits as qlora\n"
@@ -72,6 +73,7 @@ typedef struct code_args {
 
 static int parse_args(int argc, char **argv, code_args *a) {
     *a = (code_args){.python = "python3",
+                     .base_original = -1,
                      .backend = "cpu",
                      .max_new = 256,
                      .batch = 8,
@@ -267,6 +269,7 @@ int ql_cmd_eval_code(int argc, char **argv) {
     ql_tokenizer *tok = NULL;
     ql_llama *m = NULL;
     char adir[4096] = "";
+    ql_infer_base how = {0};
     ql_lora_config lc;
     if (!recs || !prompts) st = QL_ENOMEM;
     for (int64_t i = 0, k = 0; st == QL_OK && k < n; i++)
@@ -278,7 +281,7 @@ int ql_cmd_eval_code(int argc, char **argv) {
                                 QL_CHAT_AUTO, &prompts[i]);
     if (st == QL_OK)
         st = ql_infer_load(a.model, a.adapter, be, a.quiet, a.base_original, &m, adir, sizeof adir,
-                           &lc);
+                           &lc, &how);
 
     const char *labels[2];
     int use[2], n_runs = 0;
@@ -318,7 +321,7 @@ int ql_cmd_eval_code(int argc, char **argv) {
     if (st == QL_OK && a.output)
         st = write_output(a.output, recs, n, n_runs, labels, outs, (ql_sandbox_result *const *)res);
     if (st == QL_OK) {
-        printf("model       %s\n", a.model);
+        printf("model       %s%s\n", a.model, ql_infer_base_words(&how));
         if (a.adapter) printf("adapter     %s (r %d, alpha %g)\n", adir, lc.r, (double)lc.alpha);
         printf("data        %s: %lld records with tests (of %lld)\n", a.code, (long long)n,
                (long long)set.n);

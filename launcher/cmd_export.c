@@ -27,8 +27,9 @@ static void usage(FILE *f) {
             "                   other tensors copied as stored, the linears in --dtype\n"
             "\n"
             "RUN_OR_ADAPTER is a run directory (its adapter/, else its newest checkpoint that\n"
-            "verifies), a checkpoints directory, one checkpoint (RUN/checkpoints/step-N) or an\n"
-            "adapter directory.\n"
+            "verifies), a checkpoints directory, one checkpoint (RUN/checkpoints/step-N), an\n"
+            "adapter directory, or a llama.cpp LoRA adapter FILE.gguf (with --model BASE: its\n"
+            "layout and Q/K row order come from the base model).\n"
             "\n"
             "flags:\n"
             "  --out DIR               the directory to write (appears complete or not at all);\n"
@@ -38,8 +39,9 @@ static void usage(FILE *f) {
             "  --dtype bf16|f16|f32|q8_0\n"
             "                          tensor dtype (default: f32 for an adapter, bf16 merged,\n"
             "                          f16 merged GGUF; q8_0 for a merged GGUF only)\n"
-            "  --model PATH            base model for --merge and --gguf (default: the run's\n"
-            "                          `model`, else the adapter's base_model_name_or_path)\n"
+            "  --model PATH            base model for --merge, --gguf and a .gguf adapter\n"
+            "                          (default: the run's `model`, else the adapter's\n"
+            "                          base_model_name_or_path)\n"
             "  --base-model-name NAME  base_model_name_or_path to write in adapter_config.json\n"
             "                          (e.g. a Hugging Face id; default: the adapter's)\n"
             "  --base-weights quantized|original\n"
@@ -191,7 +193,9 @@ int ql_cmd_export(int argc, char **argv) {
                     "of the base model (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)\n");
     } else {
         printf("base      %s", r.model);
-        if (o.base_original)
+        if (r.quant_none)
+            printf(" (its own weights, as the run trained: quant.type none)\n");
+        else if (o.base_original)
             printf(" (its own weights, no 4-bit round trip)\n");
         else
             printf(" (after the 4-bit round trip: %s, block %d%s; %s)\n",

@@ -26,7 +26,8 @@ static void usage(FILE *f) {
         "\n"
         "flags:\n"
         "  --model PATH          Hugging Face directory, bitsandbytes 4-bit directory or .gguf\n"
-        "  --adapter DIR         a PEFT adapter directory, or a run directory holding adapter/\n"
+        "  --adapter DIR         a PEFT adapter directory, a run directory holding adapter/,\n"
+        "                        or a llama.cpp LoRA adapter FILE.gguf\n"
         "  --base-weights quantized|original\n"
         "                        quantized (default): the linears rounded to 4 bits as qlora\n"
         "                        train holds them; original: as the file stores them (float32\n"
@@ -73,7 +74,7 @@ typedef struct gen_args {
 } gen_args;
 
 static int parse_args(int argc, char **argv, gen_args *a) {
-    *a = (gen_args){.backend = "cpu", .chat = -1, .chat_template = "auto"};
+    *a = (gen_args){.backend = "cpu", .chat = -1, .chat_template = "auto", .base_original = -1};
     ql_gen_config_default(&a->gc);
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -381,10 +382,11 @@ int ql_cmd_generate(int argc, char **argv) {
     st = read_prompts(&a, tok, chat, fmt, &p);
     ql_llama *m = NULL;
     char adir[4096];
+    ql_infer_base how = {0};
     ql_lora_config lc;
     if (st == QL_OK)
         st = ql_infer_load(a.model, a.adapter, be, a.quiet, a.base_original, &m, adir, sizeof adir,
-                           &lc);
+                           &lc, &how);
     if (st == QL_OK && (int64_t)ti->vocab_size > ql_llama_config(m)->vocab_size)
         st = ql_error(QL_EINVAL, "%s: the tokenizer has %d ids but the model only %lld", a.model,
                       ti->vocab_size, (long long)ql_llama_config(m)->vocab_size);

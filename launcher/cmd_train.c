@@ -135,9 +135,7 @@ static ql_llama_options model_options(const ql_config *c, const ql_job *j, const
     ql_llama_options o;
     ql_llama_options_default(&o);
     o.be = be;
-    o.quant_type = c->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
-    o.blocksize = (int)c->quant.blocksize;
-    o.double_quant = c->quant.double_quant;
+    ql_quant_options_from_config(c, &o);
     o.dequantized_layers = c->quant.dequantized_layers;
     o.lora = (ql_lora_config){.r = (int)c->lora.r,
                               .alpha = (float)c->lora.alpha,
@@ -215,6 +213,11 @@ static ql_status memory_plan(const ql_config *c, const ql_job *j, int cuda, int 
     /* The estimate follows the 4-bit path rule: a mistyped variable is an
      * error here, not a silent default. */
     if (cuda) QL_TRY(ql_cuda_q4_check_env());
+    if (cuda && c->quant.type == QL_QUANT_NONE)
+        return ql_error(QL_EUNSUPPORTED,
+                        "quant.type none (the linears as stored, in float32) runs on the cpu "
+                        "backends only; the cuda backend holds them in 4 bits: set quant.type to "
+                        "nf4 or backend to cpu");
     ql_hf_config hc;
     QL_TRY(ql_model_config_load(c->model, &hc));
     ql_mem_estimate e;

@@ -39,6 +39,30 @@ ql_status ql_gguf_lora_base_of(const char *model, ql_gguf_lora_base *b);
 ql_status ql_gguf_permute_qk_rows(float *w, int64_t rows, int64_t cols, int64_t heads,
                                   const char *what);
 
+/* The inverse: rows in the converter's order back into Hugging Face's (what
+ * model/gguf_source.c does to a Llama GGUF's q/k weights). */
+ql_status ql_gguf_unpermute_qk_rows(float *w, int64_t rows, int64_t cols, int64_t heads,
+                                    const char *what);
+
+/* A llama.cpp LoRA adapter as input (`--adapter FILE.gguf`, lora.init_adapter,
+ * qlora export): `path` names a file ending in ".gguf". */
+int ql_gguf_lora_is_file(const char *path);
+
+/* Its configuration: r (every lora_a's rows, which must agree), alpha
+ * (adapter.lora.alpha; llama.cpp scales by alpha / r, so use_rslora is 0 and
+ * an alpha of 0 or none means a scale of 1, i.e. alpha = r), the targets
+ * (the projections every layer has a lora_a and lora_b for: they must be the
+ * same in every layer), dropout 0. general.type must be "adapter" and
+ * adapter.type "lora". The architecture goes to arch (cap bytes; may be NULL). */
+ql_status ql_gguf_lora_read_config(const char *path, ql_lora_config *lc, char *arch, size_t cap);
+
+/* Loads the file's tensors into `a` (laid out for the configuration above
+ * and the base model; be NULL: a->params is host memory): every tensor with
+ * its shape, nothing else in the file; F32, F16, BF16 or any type qlora can
+ * dequantize; q/k lora_b rows of a llama/mistral adapter back into Hugging
+ * Face's order with a->n_heads / a->n_kv_heads. */
+ql_status ql_gguf_lora_load(const char *path, ql_adapters *a, const ql_backend *be);
+
 /* Writes the adapters `a` (parameters in host memory `host`) to `path` as a
  * llama.cpp LoRA GGUF with tensors in `dtype` (F32, F16 or BF16; rounded to
  * nearest even), atomically. */

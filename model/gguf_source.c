@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "model/gguf.h"
+#include "model/gguf_lora.h"
 #include "model/hf_model.h"
 #include "model/source.h"
 
@@ -395,23 +396,6 @@ static int src_has(const ql_model_source *s, const char *name) {
     return i != (size_t)-1 && g->t[i] != NULL;
 }
 
-/* GGUF row h*D + 2i + j holds HF row h*D + j*D/2 + i (FORMATS.md §5.5). */
-static ql_status unpermute(float *w, int64_t rows, int64_t cols, int64_t heads, const char *what) {
-    int64_t d = rows / heads, half = d / 2;
-    float *tmp = malloc((size_t)(d * cols) * sizeof *tmp);
-    if (!tmp) return ql_error(QL_ENOMEM, "out of memory un-permuting %s", what);
-    for (int64_t h = 0; h < heads; h++) {
-        float *head = w + h * d * cols;
-        memcpy(tmp, head, (size_t)(d * cols) * sizeof *tmp);
-        for (int64_t i = 0; i < half; i++)
-            for (int64_t j = 0; j < 2; j++)
-                memcpy(head + (j * half + i) * cols, tmp + (2 * i + j) * cols,
-                       (size_t)cols * sizeof *tmp);
-    }
-    free(tmp);
-    return QL_OK;
-}
-
 static ql_status src_get_f32(const ql_model_source *s, const char *name, float *out) {
     const gsrc *g = s->impl;
     size_t i = find_exp(g, name);
@@ -421,7 +405,7 @@ static ql_status src_get_f32(const ql_model_source *s, const char *name, float *
     QL_TRY(ql_gguf_tensor_f32(&g->f, t, out));
     if (g->unpermute_heads[i]) {
         int64_t rows = t->n_dims == 2 ? t->ne[1] : t->ne[0], cols = t->n_dims == 2 ? t->ne[0] : 1;
-        QL_TRY(unpermute(out, rows, cols, g->unpermute_heads[i], name));
+        QL_TRY(ql_gguf_unpermute_qk_rows(out, rows, cols, g->unpermute_heads[i], name));
     }
     return QL_OK;
 }

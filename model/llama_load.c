@@ -156,7 +156,8 @@ static ql_status check_options(const ql_llama_options *o) {
     if (o->base_original && !o->be->dense_upload)
         return ql_error(QL_EUNSUPPORTED,
                         "model: backend %s holds linears in 4 bits only; the base weights as "
-                        "stored (--base-weights original) need the cpu or cpu-ref backend",
+                        "stored (quant.type none, --base-weights original) need the cpu or "
+                        "cpu-ref backend",
                         o->be->name);
     return ql_lora_config_check(&o->lora);
 }

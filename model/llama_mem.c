@@ -101,6 +101,8 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
     /* A bitsandbytes directory brings its own code book and double quant;
      * the block size of such files is 64 in practice. */
     int dq = c->quant.present ? c->quant.double_quant : o->double_quant;
+    /* Held as stored: a bitsandbytes directory stays 4-bit. */
+    e->linears_f32 = o->base_original && !c->quant.present;
 
     /* weights */
     int64_t max_in = d > qdim ? d : qdim, max_out = 0;
@@ -109,7 +111,8 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
         int64_t in, out;
         ql_proj_shape(c, (ql_proj)p, &in, &out);
         if (out > max_out) max_out = out;
-        e->base_q4 += (size_t)L * q4_device_bytes(in * out, o->blocksize, dq);
+        e->base_q4 += e->linears_f32 ? (size_t)(L * in * out) * f4
+                                     : (size_t)L * q4_device_bytes(in * out, o->blocksize, dq);
         e->base_params += L * in * out;
         if (has_bias(c, (ql_proj)p)) {
             e->base_other += (size_t)(L * out) * f4;

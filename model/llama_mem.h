@@ -22,7 +22,9 @@
 typedef struct ql_mem_estimate {
     int device;             /* 1: a device backend (bf16 activations, CUDA workspace) */
     size_t esz;             /* bytes per activation element */
-    size_t base_q4;         /* 4-bit linears: packed codes + absmax (or 8-bit absmax + nested) */
+    size_t base_q4;         /* 4-bit linears: packed codes + absmax (or 8-bit absmax + nested);
+                               with linears_f32, the linears in float32 */
+    int linears_f32;        /* the linears held as stored (base_original), not in 4 bits */
     size_t base_other;      /* norms, biases, RoPE table, embeddings and lm_head (act dtype) */
     size_t base_dense;      /* linears also kept dequantized (dequantized_layers; device only) */
     size_t dense_lent;      /* one layer's linears dequantized while it runs (checkpointing) */

@@ -62,6 +62,8 @@ ql_status ql_adapters_layout(const ql_hf_config *c, const ql_lora_config *l, ql_
     memset(a, 0, sizeof *a);
     QL_TRY(ql_lora_config_check(l));
     a->cfg = *l;
+    a->n_heads = c->num_attention_heads;
+    a->n_kv_heads = c->num_key_value_heads;
     if (l->r == 0) return QL_OK;
     a->scale = (float)(l->use_rslora ? (double)l->alpha / sqrt((double)l->r)
                                      : (double)l->alpha / (double)l->r);

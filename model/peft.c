@@ -9,6 +9,7 @@
 #include "core/config.h"
 #include "core/fsutil.h"
 #include "core/json_float.h"
+#include "model/gguf_lora.h"
 #include "model/safetensors.h"
 
 /* Bit i of ql_lora_config.targets is projection i for both the model and the
@@ -162,6 +163,11 @@ ql_status ql_peft_save_as(const char *dir, const ql_adapters *a, const ql_backen
 }
 
 ql_status ql_peft_find(const char *path, char *out, size_t cap) {
+    if (ql_gguf_lora_is_file(path)) {
+        if (!ql_fs_exists(path)) return ql_error(QL_ENOTFOUND, "%s: no such file", path);
+        snprintf(out, cap, "%s", path);
+        return QL_OK;
+    }
     char *direct = ql_fs_join(path, QL_PEFT_CONFIG),
          *in_run = ql_fs_join(path, "adapter/" QL_PEFT_CONFIG);
     ql_status st = QL_OK;
@@ -217,6 +223,10 @@ static ql_status read_targets(const char *path, const json_t *v, unsigned *out) 
 }
 
 ql_status ql_peft_read_config(const char *dir, ql_lora_config *lc, char *base_model, size_t cap) {
+    if (ql_gguf_lora_is_file(dir)) {
+        if (base_model && cap) base_model[0] = '\0';
+        return ql_gguf_lora_read_config(dir, lc, NULL, 0);
+    }
     char *path = ql_fs_join(dir, QL_PEFT_CONFIG);
     if (!path) return QL_ENOMEM;
     json_error_t err;
@@ -281,6 +291,7 @@ ql_status ql_peft_read_config(const char *dir, ql_lora_config *lc, char *base_mo
 }
 
 ql_status ql_peft_load(const char *dir, ql_adapters *a, const ql_backend *be) {
+    if (ql_gguf_lora_is_file(dir)) return ql_gguf_lora_load(dir, a, be);
     char *path = ql_fs_join(dir, QL_PEFT_WEIGHTS);
     if (!path) return QL_ENOMEM;
     ql_st_file f;

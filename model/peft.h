@@ -27,7 +27,12 @@ ql_status ql_peft_save_as(const char *dir, const ql_adapters *a, const ql_backen
                           const char *base_model, ql_dtype dtype);
 
 /* `path` is an adapter directory (it holds adapter_config.json) or a run
- * directory holding one in adapter/. The adapter directory into out. */
+ * directory holding one in adapter/. The adapter directory into out.
+ *
+ * A file ending in ".gguf" is a llama.cpp LoRA adapter instead
+ * (model/gguf_lora.h): find gives it back as it is, and read_config and
+ * load below read it (its configuration from the tensors and
+ * adapter.lora.alpha, base_model ""). */
 ql_status ql_peft_find(const char *path, char *out, size_t cap);
 
 /* Reads DIR/adapter_config.json into a LoRA configuration (r, alpha,

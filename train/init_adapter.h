@@ -1,6 +1,8 @@
 /* Starting a training run from an existing LoRA adapter (lora.init_adapter;
  * docs/training.md, "Starting from an adapter"): a PEFT adapter directory,
- * saved by PEFT or by qlora, or a run directory holding adapter/.
+ * saved by PEFT or by qlora, a run directory holding adapter/, or a llama.cpp
+ * LoRA adapter FILE.gguf (model/gguf_lora.h; its alpha is llama.cpp's, so
+ * use_rslora is off).
  *
  * The adapter fixes the LoRA layout: its r, lora_alpha, use_rslora and
  * target_modules become lora.r, lora.alpha, lora.use_rslora and

@@ -13,12 +13,17 @@
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
+void ql_quant_options_from_config(const ql_config *c, ql_llama_options *o) {
+    o->quant_type = c->quant.type == QL_QTYPE_FP4 ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
+    o->blocksize = (int)c->quant.blocksize;
+    o->double_quant = c->quant.double_quant;
+    o->base_original = c->quant.type == QL_QUANT_NONE;
+}
+
 void ql_mem_plan_options(const ql_config *c, int64_t max_seq, ql_llama_options *o) {
     ql_llama_options_default(o);
     o->be = NULL;
-    o->quant_type = c->quant.type ? QL_QTYPE_FP4 : QL_QTYPE_NF4;
-    o->blocksize = (int)c->quant.blocksize;
-    o->double_quant = c->quant.double_quant;
+    ql_quant_options_from_config(c, o);
     o->dequantized_layers = c->quant.dequantized_layers;
     o->lora = (ql_lora_config){.r = (int)c->lora.r,
                                .alpha = (float)c->lora.alpha,
@@ -117,8 +122,9 @@ void ql_mem_plan_print(FILE *f, const ql_config *c, const ql_mem_estimate *e, si
     snprintf(note, sizeof note, "%s base parameters in all",
              count((double)e->base_params, n1, sizeof n1));
     row(f,
-        c->quant.double_quant ? "base linears, 4-bit + double-quant absmax"
-                              : "base linears, 4-bit + absmax",
+        e->linears_f32          ? "base linears, float32 (quant.type none)"
+        : c->quant.double_quant ? "base linears, 4-bit + double-quant absmax"
+                                : "base linears, 4-bit + absmax",
         e->base_q4, note);
     row(f, "embeddings, lm_head, norms", e->base_other, NULL);
     if (e->base_dense) {

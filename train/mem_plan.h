@@ -16,6 +16,10 @@
 /* The model options a training configuration loads with (as
  * launcher/cmd_train.c builds them), for rows of at most max_seq tokens.
  * o->be is left NULL. */
+/* quant.* into the model options: the 4-bit code book, block size and double
+ * quantization, or (quant.type none) the linears as stored. */
+void ql_quant_options_from_config(const ql_config *c, ql_llama_options *o);
+
 void ql_mem_plan_options(const ql_config *c, int64_t max_seq, ql_llama_options *o);
 
 /* The estimate for configuration c and model config hc on one of `world`

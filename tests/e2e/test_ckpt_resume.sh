@@ -14,6 +14,8 @@
 #   - a second SIGUSR1 ends the process at once and LATEST still names a
 #     checkpoint that verifies;
 #   - SIGTERM too exits 75 after a checkpoint;
+#   - quant.type none (float32 base): SIGUSR1 and resume, bit for bit; a
+#     resume with another quant.type is refused;
 #   - checkpoint.every_minutes alone, keep_last; every_steps 0 writes none.
 set -u
 . "$(dirname "$0")/ckpt_lib.sh"
@@ -67,6 +69,26 @@ for np in 1 4; do
     [ "$(samples oref$np.err | wc -l)" = 24 ] || bad "np $np: trace has $(samples oref$np.err | wc -l) steps"
     same_run oref$np once$np
 done
+
+# quant.type none (LoRA on the weights as stored, float32): the same bitwise
+# resume; its base is not the 4-bit one (other losses than ref1's), and the
+# checkpoint's configuration refuses a resume with another quant.type.
+train 1 nref --quant.type=none
+[ $rc = 0 ] || { bad "quant none: uninterrupted run exited $rc"; tail -n 5 nref.err; }
+grep -q "linears in float32 as stored" nref.err || bad "quant none: the model summary does not say float32"
+at=$((2 + RANDOM % 6))
+interrupt 1 nusr USR1 $at --quant.type=none
+[ $rc = 75 ] || bad "quant none: SIGUSR1 at step $at: exit $rc, want 75"
+train 1 nusr --quant.type=nf4
+[ $rc != 0 ] && grep -q "quant.type" nusr.err || bad "quant none: resumed as nf4: exit $rc, $(tail -n 1 nusr.err)"
+train 1 nusr --quant.type=none
+[ $rc = 0 ] || { bad "quant none: resumed run exited $rc"; tail -n 5 nusr.err; }
+f0=$fails
+same_run nref nusr
+echo "quant none: SIGUSR1 at step $at, resumed: $([ $fails = $f0 ] && echo bit-identical || echo DIFFERENT)"
+first_loss() { "$PY" -c 'import json,sys; print(repr(json.loads(open(sys.argv[1]).readline())["loss"]))' "$1/metrics.jsonl"; }
+[ "$(first_loss nref)" != "$(first_loss ref1)" ] ||
+    bad "quant none: the first step's loss $(first_loss nref) is the 4-bit run's (the flag did nothing)"
 
 # Two signals: the second ends the process at once; the last checkpoint stays good.
 launch 1 twice

@@ -18,6 +18,8 @@
 #      quantization; qwen2, not permuted), exported from the run, from
 #      RUN/checkpoints and from the final checkpoint (the same bytes), are
 #      their PEFT exports converted; --dtype f16 and bf16 are the roundings;
+#      read back (qlora export X.gguf --model BASE, eval --adapter X.gguf,
+#      lora.init_adapter: X.gguf) they are the run's adapter again;
 #   4. --merge --gguf: the merged model as one GGUF on the GGUF base: the
 #      base's metadata and non-linear tensors as stored, the linears those of
 #      the float32 merged directory (itself checked against PEFT by
@@ -108,6 +110,49 @@ grep -q "step 4" ck.out || bad "checkpoints: not step 4: $(cat ck.out)"
 cmp -s ck.gguf lrun.gguf || bad "the final checkpoint's GGUF differs from the run's"
 "$QLORA" export lrun/checkpoints/step-00000002 --gguf --out ck2.gguf >/dev/null 2>&1 || bad "export step 2 --gguf"
 cmp -s ck2.gguf lrun.gguf && bad "step 2 exported the same tensors as step 4"
+
+# --- 3b. GGUF adapters as input: `qlora export X.gguf --model BASE` gives the
+# run's PEFT tensors byte for byte (q/k rows un-permuted; kv heads for k under
+# GQA; qwen2 not permuted); eval --adapter X.gguf gives the run's loss; a run
+# starting from it (lora.init_adapter, lr 0) keeps its values
+evloss() { # out-file eval-args...: the JSON line's loss
+    "$QLORA" eval --quiet --data train.jsonl "${@:2}" >"$1" 2>"$1.err" || { bad "qlora eval ${*:2}"; cat "$1.err"; }
+    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["loss"])' "$1"
+}
+for c in lrun:tiny_llama qrun:tiny_qwen2; do
+    IFS=: read -r run base <<<"$c"
+    "$QLORA" export "$run.gguf" --model "$FX/gguf/$base.gguf" --out "$run.back" >"$run.back.out" 2>&1 ||
+        { bad "export $run.gguf (a GGUF adapter) to PEFT"; cat "$run.back.out"; }
+    cmp -s "$run.back/adapter_model.safetensors" "$run.peft/adapter_model.safetensors" ||
+        bad "$run.gguf read back: tensors differ from the run's PEFT export"
+    a=$(evloss "$run.ev1" --model "$FX/gguf/$base.gguf" --adapter "$run" --no-save)
+    b=$(evloss "$run.ev2" --model "$FX/gguf/$base.gguf" --adapter "$run.gguf" --no-save)
+    [ -n "$a" ] && [ "$a" = "$b" ] || bad "$run: eval with the GGUF adapter $b, with the run $a"
+done
+grep -q "^adapter   lrun.gguf (r 4, alpha 16," lrun.back.out || bad "GGUF adapter summary: $(head -1 lrun.back.out)"
+cat >irun.yaml <<YEOF
+model: $FX/gguf/tiny_llama.gguf
+output_dir: irun
+data:
+  train: train.jsonl
+lora:
+  init_adapter: lrun.gguf
+train:
+  steps: 1
+  global_batch: 4
+  micro_batch: 4
+  lr: 0.0
+YEOF
+"$QLORA" train irun.yaml >irun.trn 2>&1 || { bad "train from a GGUF adapter"; tail -5 irun.trn; }
+cmp -s irun/adapter/adapter_model.safetensors lrun.back/adapter_model.safetensors ||
+    bad "lora.init_adapter: X.gguf with lr 0 did not keep its values"
+"$QLORA" eval --model "$FX/gguf/tiny_llama.gguf" --adapter "$FX/gguf/tiny_llama.gguf" --data train.jsonl >ga.out 2>&1
+[ $? = 1 ] && grep -q "tiny_llama.gguf: metadata key 'general.type' is missing: not a llama.cpp LoRA adapter" ga.out ||
+    bad "a base model given as a GGUF adapter: $(tail -1 ga.out)"
+"$QLORA" eval --model "$FX/gguf/tiny_llama3.gguf" --adapter lrun.gguf --data train.jsonl >gw.out 2>&1
+[ $? = 1 ] && grep -q "lrun.gguf: tensor 'blk.0.attn_q.weight.lora_b' has ne {4, 32}, expected {4, 16}" gw.out ||
+    bad "a GGUF adapter on a model it does not fit: $(tail -1 gw.out)"
+expect_fail 1 "give the base with --model PATH" lrun.gguf --out nomodel
 
 # --- 4. merged GGUF models
 # tiny_llama3 holds a tensor with no Hugging Face counterpart (rope_freqs)

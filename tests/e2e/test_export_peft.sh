@@ -18,6 +18,8 @@
 #      original does not (the round trip matters and is what was done);
 #      `qlora eval --base-weights original` of the merged model gives the run's
 #      loss with the adapter, and the default (linears rounded to 4 bits) not;
+#      a run trained with quant.type none: PEFT's reading of its export on the
+#      float32 base gives qlora's logits, its merge and eval take that base;
 #   3. --merge (bf16): every tensor is exactly the bfloat16 rounding of the f32
 #      export, the logits are within bf16 rounding (3e-2 of the largest logit: 2^-9 per weight, over the layers)
 #      of qlora's; config.json has torch_dtype and no quantization_config, other
@@ -173,6 +175,32 @@ for c in eval generate; do
     "$QLORA" $c --model r32 --base-weights fp8 --data x --prompt x >bw.out 2>&1
     [ $? = 2 ] && grep -q "base-weights must be quantized or original, not 'fp8'" bw.out || bad "$c --base-weights fp8: $(cat bw.out)"
 done
+
+# --- a run trained on the weights as stored (quant.type none): PEFT's reading
+# of its export on the float32 base (the numpy judge, no quantization) gives
+# qlora's logits with the linears as stored, not the 4-bit ones; its merge
+# skips the round trip; eval holds the base as the run trained
+sed -e 's/^output_dir: rrun$/output_dir: nrun/' -e 's/^quant:$/quant:\n  type: none/' rrun.yaml >nrun.yaml
+grep -q "^  type: none" nrun.yaml || bad "nrun.yaml: $(cat nrun.yaml)"
+"$QLORA" train nrun.yaml >nrun.out 2>nrun.err || { bad "qlora train nrun (quant none)"; tail -5 nrun.err; }
+logits rnd nrun/adapter "$IDS" 2 12 q_nrun.f32 --base-original
+logits rnd nrun/adapter "$IDS" 2 12 q_nrun4.f32 --double-quant
+"$QLORA" export nrun --out nexp >/dev/null 2>&1 || bad "export nrun"
+chk logits rnd "$IDS" 2 12 np_nexp.f32 --adapter nexp &&
+    chk compare np_nexp.f32 q_nrun.f32 1e-4 "quant none: PEFT reading of the export on the float base vs qlora" ||
+    bad "quant none: the exported adapter on the float base differs from qlora's logits"
+chk differ q_nrun4.f32 q_nrun.f32 1e-3 "quant none: the 4-bit base gives other logits" ||
+    bad "quant none: the float and 4-bit bases are indistinguishable (the check cannot fail)"
+"$QLORA" export nrun --merge --dtype f32 --out n32 >n32.out 2>&1 || { bad "export nrun --merge"; cat n32.out; }
+grep -q "as the run trained: quant.type none" n32.out || bad "quant none merge summary: $(cat n32.out)"
+chk logits n32 "$IDS" 2 12 np_n32.f32 && chk compare np_n32.f32 q_nrun.f32 1e-4 "quant none: merged vs qlora" ||
+    bad "quant none: the merge took a 4-bit round trip"
+l_n=$(evloss ev_n.out --model rnd --adapter nrun --no-save)
+l_no=$(evloss ev_no.out --model rnd --adapter nrun --base-weights original --no-save)
+l_nq=$(evloss ev_nq.out --model rnd --adapter nrun --base-weights quantized --no-save)
+[ "$l_n" = "$l_no" ] && [ "$l_n" != "$l_nq" ] || bad "eval of a quant none run: $l_n, as stored $l_no, 4-bit $l_nq"
+grep -q "^model       rnd (base weights as stored, as the run trained: quant.type none)" ev_n.out ||
+    bad "eval of a quant none run: $(head -1 ev_n.out)"
 
 # --- from a bitsandbytes 4-bit directory (as stored) and from a GGUF file
 "$QLORA" quantize --model rnd --out rnd4 --quiet >/dev/null || bad "quantize"

@@ -116,10 +116,17 @@ elif any(not np.array_equal(a[k].astype(np.float32), b[k]) for k in a):
     print("lr 0: the saved adapter is not PEFT's"); ok = False
 sys.exit(0 if ok else 1)
 EOF
-"$QLORA" eval --model "$M" --adapter "$AD" --data ref.jsonl --no-save --quiet >e_fix.out 2>&1 || bad "eval fixture"
+"$QLORA" eval --model "$M" --adapter "$AD" --data ref.jsonl --no-save --quiet >e_bare.out 2>&1 || bad "eval fixture"
+# eval --adapter RUN holds the base as the run did (double_quant false here):
+# PEFT's adapter inside a run with p0's configuration gives p0's result, and
+# the bare adapter directory (qlora's defaults: double quantization) not.
+mkdir fixrun && cp -r "$AD" fixrun/adapter && cp p0/config.resolved.yaml fixrun/
+"$QLORA" eval --model "$M" --adapter fixrun --data ref.jsonl --no-save --quiet >e_fix.out 2>&1 || bad "eval fixture in a run"
 "$QLORA" eval --model "$M" --adapter p0 --data ref.jsonl --no-save --quiet >e_p0.out 2>&1 || bad "eval p0"
 [ "$(tail -n1 e_fix.out)" = "$(tail -n1 e_p0.out)" ] ||
     bad "qlora eval: PEFT's adapter and the run from it differ: $(tail -n1 e_fix.out) / $(tail -n1 e_p0.out)"
+[ "$(tail -n1 e_bare.out)" != "$(tail -n1 e_p0.out)" ] ||
+    bad "qlora eval --adapter RUN: the run's double_quant false was not used (the same as qlora's defaults)"
 for f in report.html loss.png eval.json; do
     [ -s p0/$f ] || bad "no p0/$f"
 done

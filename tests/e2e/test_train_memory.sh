@@ -93,6 +93,14 @@ QL_CUDA_Q4_FUSED_MAX_T=lots "$QLORA" train cfg.yaml --model=l3 --backend=cuda --
 [ $? != 0 ] && grep -q 'QL_CUDA_Q4_FUSED_MAX_T="lots"' env.err ||
     { bad "QL_CUDA_Q4_FUSED_MAX_T=lots: not refused by name"; cat env.err; }
 
+# quant.type none: the linears in float32 on the CPU (8 times the 4-bit bytes
+# of a block-64 double-quant weight, near enough); refused on cuda by name.
+"$QLORA" train cfg.yaml --dry-run --quant.type=none >none.out 2>none.err || bad "--quant.type=none --dry-run: $(cat none.err)"
+grep -q "base linears, float32 (quant.type none)" none.out || bad "--dry-run, quant none: no float32 row: $(cat none.out)"
+"$QLORA" train cfg.yaml --model=l3 --backend=cuda --memory-limit=80 --quant.type=none --dry-run >nc.out 2>nc.err
+[ $? = 1 ] && grep -q "quant.type none .* runs on the cpu backends only" nc.err ||
+    bad "--quant.type=none on cuda: not refused by name: $(cat nc.err)"
+
 # Too small: the dry run and the real run.
 "$QLORA" train cfg.yaml --dry-run --memory-limit=0.0012 >small.out 2>small.err
 rc=$?

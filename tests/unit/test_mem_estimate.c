@@ -117,9 +117,12 @@ static size_t measured(const ql_hf_config *cfg, const ql_llama_options *o, int q
     return got;
 }
 
+static int g_base_original; /* options(): the linears as stored (quant.type none) */
+
 static void options(ql_llama_options *o, int64_t batch, int64_t seq, int r, int ckpt,
                     float dropout) {
     ql_llama_options_default(o);
+    o->base_original = g_base_original;
     o->max_batch = batch;
     o->max_seq = seq;
     o->lora.r = r;
@@ -465,6 +468,11 @@ int main(void) {
     test_against_allocations("tiny", TINY, 4, 48, 8, 0.0f, 0, 1);
     test_against_allocations("tiny, dropout", TINY, 3, 40, 4, 0.1f, 0, 1);
     test_against_allocations("SmolLM2-135M", SMOLLM2, 2, 256, 16, 0.0f, 1, 0);
+    /* quant.type none: the linears in float32, 8 times the 4-bit bytes. */
+    g_base_original = 1;
+    test_against_allocations("SmolLM2-135M, quant none", SMOLLM2, 2, 256, 16, 0.0f, 0, 0);
+    test_against_allocations("tiny, quant none", TINY, 4, 48, 8, 0.0f, 0, 1);
+    g_base_original = 0;
     test_llama3_8b();
     test_gguf_config();
     test_too_big();

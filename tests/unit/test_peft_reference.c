@@ -17,8 +17,10 @@
  *
  * Also a tool for tests/e2e/test_export_peft.sh:
  *   unit_test_peft_reference --logits MODEL ADAPTER|- IDS.i32 BATCH SEQ OUT.f32 [--double-quant]
+ *                             [--base-original]
  * writes qlora's float32 logits [BATCH, SEQ, vocab] for the ids, with the
- * adapter (read as above) or without one ("-"). */
+ * adapter (read as above) or without one ("-"), the linears in 4 bits or,
+ * with --base-original, as stored. */
 #include <jansson.h>
 #include <math.h>
 #include <stdint.h>
@@ -29,8 +31,10 @@
 #include "check.h"
 #include "core/fsutil.h"
 #include "model/llama.h"
+#include "model/lora.h"
 #include "model/merge.h"
 #include "model/peft.h"
+#include "model/source.h"
 
 static char fixdir[2048];
 
@@ -92,7 +96,7 @@ static int logits_tool(int argc, char **argv) {
     if (argc < 8) {
         fprintf(stderr,
                 "usage: %s --logits MODEL ADAPTER|- IDS.i32 BATCH SEQ OUT.f32 "
-                "[--double-quant]\n",
+                "[--double-quant] [--base-original]\n",
                 argv[0]);
         return 2;
     }
@@ -104,8 +108,19 @@ static int logits_tool(int argc, char **argv) {
         return 1;
     }
     float *lg = NULL;
-    ql_status st = qlora_logits(argv[2], strcmp(argv[3], "-") ? argv[3] : NULL, ids, batch, seq,
-                                argc > 8 && !strcmp(argv[8], "--double-quant"), &lg, &vocab);
+    int dq = 0, original = 0;
+    for (int i = 8; i < argc; i++) {
+        if (!strcmp(argv[i], "--double-quant"))
+            dq = 1;
+        else if (!strcmp(argv[i], "--base-original"))
+            original = 1;
+        else {
+            fprintf(stderr, "%s: unknown flag %s\n", argv[0], argv[i]);
+            return 2;
+        }
+    }
+    ql_status st = qlora_logits_as(argv[2], strcmp(argv[3], "-") ? argv[3] : NULL, ids, batch, seq,
+                                   dq, original, &lg, &vocab);
     if (st != QL_OK) {
         fprintf(stderr, "error: %s\n", ql_error_message());
         return 1;
@@ -131,6 +146,8 @@ static double rel_diff(const float *a, const float *b, int64_t n) {
 
 static void run_merged(const char *name, const char *model, const char *adapter, const int32_t *ids,
                        int64_t batch, int64_t seq);
+static void run_gguf_adapter(const char *name, const char *model, const char *adapter,
+                             const int32_t *ids, int64_t batch, int64_t seq, int rslora);
 
 static double absmax_of(const float *a, int64_t n) {
     double m = 0;
@@ -187,6 +204,7 @@ static void run_case(const char *name, json_t *c, const int32_t *ids, int64_t ba
         free(ref);
     }
     run_merged(name, model, adapter, ids, batch, seq);
+    run_gguf_adapter(name, model, adapter, ids, batch, seq, lc.use_rslora);
 }
 
 /* The merged model (qlora export --merge, float32) loaded with its linears as
@@ -244,6 +262,89 @@ static void run_merged(const char *name, const char *model, const char *adapter,
     }
     free(ref);
     ql_fs_remove_tree(dir);
+}
+
+/* The adapter as llama.cpp's convert_lora_to_gguf.py wrote it from PEFT's
+ * (tests/fixtures/gguf_lora, made by make_gguf_lora_reference.py): qlora
+ * reads it (--adapter FILE.gguf) into PEFT's values bit for bit, the Q/K
+ * rows the converter permuted put back, and gives transformers + PEFT's
+ * logits. The converter writes an rsLoRA adapter's lora_alpha unchanged,
+ * which llama.cpp scales by alpha / r: read as llama.cpp reads it, that
+ * file must miss PEFT's logits (index.json records 0.93 in llama.cpp). */
+static void run_gguf_adapter(const char *name, const char *model, const char *adapter,
+                             const int32_t *ids, int64_t batch, int64_t seq, int rslora) {
+    char gguf[2600], path[2600], what[256];
+    snprintf(gguf, sizeof gguf, "%s/gguf_lora/%s.gguf", fixdir, name);
+    ql_lora_config lp, lg;
+    char found[2600];
+    CHECKF(ql_peft_find(gguf, found, sizeof found) == QL_OK && !strcmp(found, gguf),
+           "%s: ql_peft_find on the GGUF file: %s", name, ql_error_message());
+    ql_status st = ql_peft_read_config(adapter, &lp, NULL, 0);
+    if (st == QL_OK) st = ql_peft_read_config(gguf, &lg, NULL, 0);
+    CHECKF(st == QL_OK, "%s: %s", name, ql_error_message());
+    if (st != QL_OK) return;
+    CHECKF(lg.r == lp.r && lg.alpha == lp.alpha && lg.targets == lp.targets && !lg.use_rslora &&
+               lg.dropout == 0.0f,
+           "%s: GGUF config r %d alpha %g targets %#x rslora %d; PEFT's r %d alpha %g targets %#x",
+           name, lg.r, (double)lg.alpha, lg.targets, lg.use_rslora, lp.r, (double)lp.alpha,
+           lp.targets);
+
+    /* The values: both files into one layout (host memory). */
+    ql_hf_config hc;
+    st = ql_model_config_load(model, &hc);
+    CHECKF(st == QL_OK, "%s: %s", model, ql_error_message());
+    if (st != QL_OK) return;
+    ql_adapters a;
+    CHECK(ql_adapters_layout(&hc, &lp, &a) == QL_OK);
+    float *pv = malloc((size_t)a.n * sizeof *pv), *gv = malloc((size_t)a.n * sizeof *gv);
+    if (!pv || !gv) abort();
+    a.params = pv;
+    CHECKF(ql_peft_load(adapter, &a, NULL) == QL_OK, "%s: %s", name, ql_error_message());
+    a.params = gv;
+    st = ql_peft_load(gguf, &a, NULL);
+    CHECKF(st == QL_OK, "%s: loading the GGUF adapter: %s", name, ql_error_message());
+    CHECKF(st == QL_OK && !memcmp(pv, gv, (size_t)a.n * sizeof *pv),
+           "%s: the GGUF adapter's values are not PEFT's", name);
+    free(pv);
+    free(gv);
+    ql_adapters_layout_free(&a);
+    ql_hf_config_free(&hc);
+
+    long nb = 0;
+    snprintf(path, sizeof path, "%s/peft/ref/%s.logits.f32", fixdir, name);
+    float *ref = read_raw(path, &nb), *lg_ = NULL;
+    int64_t vocab = 0;
+    st = ref ? qlora_logits(model, gguf, ids, batch, seq, 0, &lg_, &vocab) : QL_EIO;
+    CHECKF(st == QL_OK, "%s: logits with the GGUF adapter: %s", name, ql_error_message());
+    int64_t n = batch * seq * vocab;
+    if (st == QL_OK && nb == (long)(n * 4)) {
+        double r = rel_diff(lg_, ref, n);
+        if (!rslora) {
+            snprintf(what, sizeof what, "%s: the converter's GGUF adapter vs transformers+PEFT",
+                     name);
+            CHECK_CLOSE(lg_, ref, n, 1e-5 * absmax_of(ref, n), 1e-4, what);
+        } else {
+            CHECKF(r > 1e-2,
+                   "%s: the converter's rsLoRA file gives PEFT's logits (%.2e): its "
+                   "alpha was not read as llama.cpp reads it",
+                   name, r);
+        }
+        /* llama.cpp itself ran this file against the same logits
+         * (index.json's converter_err): qlora must read it the same way. */
+        snprintf(path, sizeof path, "%s/gguf_lora/index.json", fixdir);
+        json_error_t err;
+        json_t *gi = json_load_file(path, 0, &err);
+        double lc_err = json_number_value(
+            json_object_get(json_object_get(json_object_get(gi, "cases"), name), "converter_err"));
+        CHECKF(gi && lc_err > 0 && fabs(r - lc_err) <= fmax(1e-5, 0.01 * lc_err),
+               "%s: qlora's reading of the GGUF adapter misses PEFT by %.3e, llama.cpp's by %.3e",
+               name, r, lc_err);
+        json_decref(gi);
+        printf("%-18s %-15s max|diff|/max|ref| %.2e (llama.cpp: %.2e)\n", name, "GGUF adapter", r,
+               lc_err);
+    }
+    free(lg_);
+    free(ref);
 }
 
 /* The check must be able to fail: a changed adapter value and a scaling read
