@@ -38,7 +38,9 @@ typedef struct ql_q4 {
      * padding its layout has room for (CUDA: the rank rounded up to 16, 0
      * without LoRA; kernels/cuda/q4_lora.cu), used only by calls that need
      * exactly that layout; the 4-bit buffers above stay the weight's
-     * definition. */
+     * definition. On the CPU backends, a weight made by dense_upload
+     * (--base-weights original, quant.type none) has packed NULL and dense
+     * its float32 [rows, cols]: that is then its definition. */
     void *dense;
     int64_t dense_pad;
 } ql_q4;

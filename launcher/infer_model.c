@@ -14,14 +14,19 @@ ql_status ql_infer_run_quant(const char *adir, int base_weights, ql_llama_option
     memset(how, 0, sizeof *how);
     how->base_original = o->base_original = base_weights > 0;
     if (!adir || !adir[0]) return QL_OK;
-    /* RUN/adapter -> RUN/config.resolved.yaml */
+    /* The run an adapter belongs to is the directory holding it, when that
+     * has a config.resolved.yaml (as qlora export decides): RUN/adapter,
+     * RUN/adapter.gguf, "adapter" inside RUN. */
     char run[4096];
     snprintf(run, sizeof run, "%s", adir);
     size_t n = strlen(run);
     while (n > 1 && run[n - 1] == '/') run[--n] = '\0';
-    if (n < 8 || strcmp(run + n - 8, "/adapter") != 0) return QL_OK;
-    run[n - 8] = '\0';
-    char *path = ql_fs_join(run[0] ? run : "/", "config.resolved.yaml");
+    char *slash = strrchr(run, '/');
+    if (!slash)
+        snprintf(run, sizeof run, ".");
+    else
+        slash[slash == run] = '\0'; /* "/x": the run is "/" */
+    char *path = ql_fs_join(run, "config.resolved.yaml");
     if (!path) return QL_ENOMEM;
     if (!ql_fs_exists(path)) {
         free(path);
@@ -79,7 +84,7 @@ ql_status ql_infer_load(const char *model, const char *adapter, const ql_backend
 const char *ql_infer_base_words(const ql_infer_base *how) {
     if (how->base_original)
         return how->run_none ? " (base weights as stored, as the run trained: quant.type none)"
-                             : " (base weights as stored, not quantized)";
+                             : " (base weights as stored, not rounded to 4 bits by qlora)";
     return how->run_none ? " (base weights rounded to 4 bits, although the run trained on them "
                            "as stored: --base-weights quantized)"
                          : "";

@@ -169,8 +169,11 @@ static int proj_base_name(int layer, ql_proj p, char *out, size_t cap) {
 /* A tensor name "blk.N.<proj>.weight.lora_a|b": its layer, projection and
  * which factor; 0 when it is anything else. */
 static int parse_lora_name(const char *name, int *layer, ql_proj *p, int *is_b) {
-    int n = 0, used = 0;
-    if (sscanf(name, "blk.%d.%n", &n, &used) != 1 || used == 0 || n < 0) return 0;
+    if (strncmp(name, "blk.", 4) || name[4] < '0' || name[4] > '9') return 0;
+    char *end;
+    long v = strtol(name + 4, &end, 10);
+    if (*end != '.' || v < 0 || v > 1000000) return 0;
+    const int n = (int)v;
     size_t len = strlen(name);
     if (len < 7 || (strcmp(name + len - 7, ".lora_a") && strcmp(name + len - 7, ".lora_b")))
         return 0;
@@ -224,6 +227,11 @@ static ql_status read_config(const ql_gguf_file *f, ql_lora_config *lc, char *ar
     int permuted;
     QL_TRY(str_is(f, "general.type", "adapter"));
     QL_TRY(str_is(f, "adapter.type", "lora"));
+    if (ql_gguf_find_kv(f, "adapter.alora.invocation_tokens"))
+        return ql_error(QL_EUNSUPPORTED,
+                        "%s: an activated LoRA (adapter.alora.invocation_tokens): it applies "
+                        "only after its invocation tokens, which qlora does not do",
+                        f->path);
     QL_TRY(adapter_arch(f, arch, cap, &permuted));
     double alpha = 0;
     if (ql_gguf_find_kv(f, "adapter.lora.alpha"))
@@ -235,8 +243,12 @@ static ql_status read_config(const ql_gguf_file *f, ql_lora_config *lc, char *ar
     for (size_t i = 0; i < f->n_tensors; i++) {
         int layer, is_b;
         ql_proj p;
-        if (parse_lora_name(f->tensors[i].name, &layer, &p, &is_b) && layer + 1 > n_layers)
-            n_layers = layer + 1;
+        if (!parse_lora_name(f->tensors[i].name, &layer, &p, &is_b)) continue;
+        /* Every layer up to the last holds two tensors at least. */
+        if ((size_t)layer >= f->n_tensors)
+            return ql_error(QL_EFORMAT, "%s: tensor '%s': layer %d of a file of %zu tensors",
+                            f->path, f->tensors[i].name, layer, f->n_tensors);
+        if (layer + 1 > n_layers) n_layers = layer + 1;
     }
     unsigned *has = ql_calloc((size_t)(n_layers ? n_layers : 1), 2 * sizeof *has, "adapter layers");
     if (!has) return QL_ENOMEM;
@@ -316,7 +328,15 @@ ql_status ql_gguf_lora_load(const char *path, ql_adapters *a, const ql_backend *
     ql_gguf_file f;
     QL_TRY(ql_gguf_open(path, &f));
     int permuted = 0;
-    ql_status st = adapter_arch(&f, NULL, 0, &permuted);
+    char arch[32] = "";
+    ql_status st = adapter_arch(&f, arch, sizeof arch, &permuted);
+    /* The base's q/k rows are in the converter's order unless it is qwen2
+     * (model/gguf_source.c); an adapter of the other kind would be applied
+     * to rows it was not made for. llama.cpp refuses it too. */
+    if (st == QL_OK && a->model_type[0] && permuted != (strcmp(a->model_type, "qwen2") != 0))
+        st = ql_error(QL_EINVAL,
+                      "%s: an adapter for a %s model (general.architecture), but the base is %s",
+                      path, arch, a->model_type);
     float *host = ql_malloc((size_t)(a->n ? a->n : 1) * sizeof *host, "the adapter weights");
     if (!host) st = QL_ENOMEM;
     for (int i = 0; st == QL_OK && i < a->n_tensors; i++) {

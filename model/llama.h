@@ -67,9 +67,11 @@ typedef struct ql_adapters {
     float *grads;               /* backend memory [n]; backward accumulates (+=) here */
     ql_adapter_tensor *tensors; /* ordered by layer, projection, A before B */
     int n_tensors;
-    /* The base's attention heads (query, key/value), for formats that
-     * order q/k rows by head (llama.cpp's GGUF adapters). */
+    /* The base's attention heads (query, key/value) and model_type, for
+     * formats that order q/k rows by head per architecture (llama.cpp's
+     * GGUF adapters). */
     int64_t n_heads, n_kv_heads;
+    char model_type[32];
 } ql_adapters;
 
 typedef struct ql_llama_options {

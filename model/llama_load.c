@@ -157,7 +157,7 @@ static ql_status check_options(const ql_llama_options *o) {
         return ql_error(QL_EUNSUPPORTED,
                         "model: backend %s holds linears in 4 bits only; the base weights as "
                         "stored (quant.type none, --base-weights original) need the cpu or "
-                        "cpu-ref backend",
+                        "cpu-ref backend (or, to evaluate on this one, --base-weights quantized)",
                         o->be->name);
     return ql_lora_config_check(&o->lora);
 }

@@ -64,6 +64,7 @@ ql_status ql_adapters_layout(const ql_hf_config *c, const ql_lora_config *l, ql_
     a->cfg = *l;
     a->n_heads = c->num_attention_heads;
     a->n_kv_heads = c->num_key_value_heads;
+    snprintf(a->model_type, sizeof a->model_type, "%s", c->model_type);
     if (l->r == 0) return QL_OK;
     a->scale = (float)(l->use_rslora ? (double)l->alpha / sqrt((double)l->r)
                                      : (double)l->alpha / (double)l->r);

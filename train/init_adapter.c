@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/fsutil.h"
+#include "model/gguf_lora.h"
 #include "model/peft.h"
 
 #define DIR_MAX 4096
@@ -33,10 +34,12 @@ static double exact_alpha(const char *dir, float fallback) {
 
 static ql_status conflict(const char *key, const char *now, const char *dir, const char *peft_key,
                           const char *theirs) {
+    const int gguf = ql_gguf_lora_is_file(dir); /* its settings: adapter.lora.alpha, the tensors */
     return ql_error(QL_EINVAL,
-                    "%s is %s, but lora.init_adapter %s/%s has %s %s: the adapter sets %s; "
+                    "%s is %s, but lora.init_adapter %s%s%s has %s %s: the adapter sets %s; "
                     "leave %s out or make it %s",
-                    key, now, dir, QL_PEFT_CONFIG, peft_key, theirs, key, key, theirs);
+                    key, now, dir, gguf ? "" : "/", gguf ? "" : QL_PEFT_CONFIG,
+                    gguf ? "(as llama.cpp reads it)" : peft_key, theirs, key, key, theirs);
 }
 
 ql_status ql_init_adapter_resolve(ql_config *c) {

@@ -23,6 +23,7 @@ ql_status ql_train_eval_store(const ql_config *c, const ql_dataset *ds, const ql
         s->perplexity = exp(r->eval_loss);
         snprintf(s->model, sizeof s->model, "%s", c->model);
         snprintf(s->adapter, sizeof s->adapter, "%s", adapter);
+        s->base_original = c->quant.type == QL_QUANT_NONE; /* as the run held the base */
         if (c->data.valid[0]) {
             snprintf(s->data, sizeof s->data, "%s", c->data.valid);
             st = ql_eval_file_sha256(c->data.valid, s->data_sha256);

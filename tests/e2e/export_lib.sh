@@ -23,3 +23,10 @@ expect_fail() { # code pattern args...
     [ $rc = "$code" ] || bad "export $*: exit $rc, want $code"
     grep -q -- "$pat" err.out || bad "export $*: message lacks '$pat': $(cat err.out)"
 }
+
+# `qlora eval --data train.jsonl ARGS...` into OUT (stderr OUT.err); prints
+# the loss of its JSON line.
+evloss() { # out args...
+    "$QLORA" eval --quiet --data train.jsonl "${@:2}" >"$1" 2>"$1.err" || { bad "qlora eval ${*:2}"; cat "$1.err"; }
+    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["loss"])' "$1"
+}

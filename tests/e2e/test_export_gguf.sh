@@ -115,10 +115,6 @@ cmp -s ck2.gguf lrun.gguf && bad "step 2 exported the same tensors as step 4"
 # run's PEFT tensors byte for byte (q/k rows un-permuted; kv heads for k under
 # GQA; qwen2 not permuted); eval --adapter X.gguf gives the run's loss; a run
 # starting from it (lora.init_adapter, lr 0) keeps its values
-evloss() { # out-file eval-args...: the JSON line's loss
-    "$QLORA" eval --quiet --data train.jsonl "${@:2}" >"$1" 2>"$1.err" || { bad "qlora eval ${*:2}"; cat "$1.err"; }
-    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["loss"])' "$1"
-}
 for c in lrun:tiny_llama qrun:tiny_qwen2; do
     IFS=: read -r run base <<<"$c"
     "$QLORA" export "$run.gguf" --model "$FX/gguf/$base.gguf" --out "$run.back" >"$run.back.out" 2>&1 ||

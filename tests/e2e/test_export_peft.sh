@@ -149,10 +149,6 @@ chk logits r32o "$IDS" 2 12 np_r32o.f32 && chk differ np_r32o.f32 q_rrun.f32 1e-
 # --- qlora itself on the merged model: with --base-weights original its loss is
 # the run's (base as trained + adapter); the default rounds the merged linears
 # to 4 bits, which loses the update (the check can tell the two apart)
-evloss() { # out-file eval-args...: the JSON line's loss
-    "$QLORA" eval --quiet --data train.jsonl "${@:2}" >"$1" 2>"$1.err" || { bad "qlora eval ${*:2}"; cat "$1.err"; }
-    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["loss"])' "$1"
-}
 l_ad=$(evloss ev_ad.out --model rnd --adapter rrun --no-save)
 l_mo=$(evloss ev_mo.out --model r32 --base-weights original --out evo)
 l_mq=$(evloss ev_mq.out --model r32 --no-save)
@@ -164,7 +160,7 @@ assert abs(mo - ad) <= 1e-5 * ad, "merged, --base-weights original, is not the r
 # rounding must miss by far more than the as-stored load does.
 assert abs(mq - ad) > max(1e-4 * ad, 100 * abs(mo - ad)), "merged, rounded to 4 bits, is still the run's loss"
 EOF
-grep -q "^model       r32 (base weights as stored, not quantized)" ev_mo.out || bad "eval does not say the weights are as stored: $(head -1 ev_mo.out)"
+grep -q "^model       r32 (base weights as stored, not rounded to 4 bits by qlora)" ev_mo.out || bad "eval does not say the weights are as stored: $(head -1 ev_mo.out)"
 grep -q '"base_weights": "original"' evo/eval.json || bad "eval.json: base_weights not original"
 "$QLORA" eval --model r32 --base-weights original --data train.jsonl --no-save 2>ev_mo2.err >/dev/null
 grep -q "linears in float32 as stored, not quantized" ev_mo2.err || bad "the model summary does not say float32: $(grep parameters ev_mo2.err)"
@@ -180,8 +176,9 @@ done
 # of its export on the float32 base (the numpy judge, no quantization) gives
 # qlora's logits with the linears as stored, not the 4-bit ones; its merge
 # skips the round trip; eval holds the base as the run trained
-sed -e 's/^output_dir: rrun$/output_dir: nrun/' -e 's/^quant:$/quant:\n  type: none/' rrun.yaml >nrun.yaml
-grep -q "^  type: none" nrun.yaml || bad "nrun.yaml: $(cat nrun.yaml)"
+sed -e 's/^output_dir: rrun$/output_dir: nrun/' -e 's/^quant:$/quant:\n  type: none/' \
+    -e 's/^  train: train.jsonl$/  train: train.jsonl\n  valid_fraction: 0.25/' rrun.yaml >nrun.yaml
+grep -q "^  type: none" nrun.yaml && grep -q "^  valid_fraction: 0.25" nrun.yaml || bad "nrun.yaml: $(cat nrun.yaml)"
 "$QLORA" train nrun.yaml >nrun.out 2>nrun.err || { bad "qlora train nrun (quant none)"; tail -5 nrun.err; }
 logits rnd nrun/adapter "$IDS" 2 12 q_nrun.f32 --base-original
 logits rnd nrun/adapter "$IDS" 2 12 q_nrun4.f32 --double-quant
@@ -192,6 +189,7 @@ chk logits rnd "$IDS" 2 12 np_nexp.f32 --adapter nexp &&
 chk differ q_nrun4.f32 q_nrun.f32 1e-3 "quant none: the 4-bit base gives other logits" ||
     bad "quant none: the float and 4-bit bases are indistinguishable (the check cannot fail)"
 "$QLORA" export nrun --merge --dtype f32 --out n32 >n32.out 2>&1 || { bad "export nrun --merge"; cat n32.out; }
+grep -q '"base_weights": "original"' nrun/eval.json || bad "quant none: the run's eval.json does not say base_weights original"
 grep -q "as the run trained: quant.type none" n32.out || bad "quant none merge summary: $(cat n32.out)"
 chk logits n32 "$IDS" 2 12 np_n32.f32 && chk compare np_n32.f32 q_nrun.f32 1e-4 "quant none: merged vs qlora" ||
     bad "quant none: the merge took a 4-bit round trip"
