@@ -116,12 +116,16 @@ typedef struct ql_backend {
      * results. w must have no copy of its own. NULL on the CPU backends. */
     ql_status (*q4_lend_dequantized)(ql_q4 *w, int64_t r, void *buf);
     /* A frozen linear held as the float32 row-major [rows, cols] host matrix
-     * it was given, not in 4 bits (a merged model, or the base as stored,
-     * evaluated without the 4-bit rounding: `--base-weights original`): dst
-     * gets the shape, packed NULL and dense the backend's copy (the CPU
-     * backends: float32 [rows, cols]), and the 4-bit ops below read that as
-     * W. q4_free frees it. NULL on backends that hold 4-bit linears only. */
-    ql_status (*dense_upload)(const float *host_w, int64_t rows, int64_t cols, ql_q4 *dst);
+     * it was given, not in 4 bits (a merged model, or the base as stored:
+     * `--base-weights original`, quant.type none): dst gets the shape,
+     * packed NULL and dense the backend's copy, laid out for the LoRA rank r
+     * of the calls that will use it (CPU: float32 [rows, cols], r unused;
+     * CUDA: bf16 in q4_keep_dequantized's layout, rounded to nearest even),
+     * and the 4-bit ops below read that as W (on CUDA always on the dequant
+     * path). q4_free frees it. NULL on backends that hold 4-bit linears
+     * only. */
+    ql_status (*dense_upload)(const float *host_w, int64_t rows, int64_t cols, int64_t r,
+                              ql_q4 *dst);
     ql_status (*sync)(void);
 
     /* --- 4-bit linear layers with LoRA --------------------------------------- */

@@ -104,6 +104,11 @@ ql_status ql_cuda_q4_keep_dequantized(ql_q4 *dev_w, int64_t r);
 /* The backend's q4_lend_dequantized: W dequantized into dev_buf in that
  * layout and dev_w->dense pointed at it; dev_buf NULL gives it back. */
 ql_status ql_cuda_q4_lend_dequantized(ql_q4 *dev_w, int64_t r, void *dev_buf);
+/* The backend's dense_upload: the float32 host matrix rounded to bf16 into a
+ * new buffer at dst->dense in that layout for LoRA rank r, packed NULL: a
+ * weight the 4-bit ops read on the dequant path only. Waits until done. */
+ql_status ql_cuda_dense_upload(const float *host_w, int64_t rows, int64_t cols, int64_t r,
+                               ql_q4 *dst);
 
 /* --- dense GEMM and the 4-bit linear paths (benchmarks, tests) ------------------ */
 /* Row-major C[M,N] = alpha·op(A)·op(B) + beta·C, A and B bf16, fp32

@@ -213,11 +213,6 @@ static ql_status memory_plan(const ql_config *c, const ql_job *j, int cuda, int 
     /* The estimate follows the 4-bit path rule: a mistyped variable is an
      * error here, not a silent default. */
     if (cuda) QL_TRY(ql_cuda_q4_check_env());
-    if (cuda && c->quant.type == QL_QUANT_NONE)
-        return ql_error(QL_EUNSUPPORTED,
-                        "quant.type none (the linears as stored, in float32) runs on the cpu "
-                        "backends only; the cuda backend holds them in 4 bits: set quant.type to "
-                        "nf4 or backend to cpu");
     ql_hf_config hc;
     QL_TRY(ql_model_config_load(c->model, &hc));
     ql_mem_estimate e;

@@ -156,8 +156,8 @@ static ql_status check_options(const ql_llama_options *o) {
     if (o->base_original && !o->be->dense_upload)
         return ql_error(QL_EUNSUPPORTED,
                         "model: backend %s holds linears in 4 bits only; the base weights as "
-                        "stored (quant.type none, --base-weights original) need the cpu or "
-                        "cpu-ref backend (or, to evaluate on this one, --base-weights quantized)",
+                        "stored (quant.type none, --base-weights original) need a backend that "
+                        "can hold them (cpu, cpu-ref, cuda)",
                         o->be->name);
     return ql_lora_config_check(&o->lora);
 }
@@ -274,10 +274,13 @@ static ql_status load_linear(ql_llama *m, const ql_model_source *s, int layer, q
         double t1 = ql_clock_s();
         m->read_s += t1 - t0;
         if (m->opt.base_original) {
-            st = m->be->dense_upload(host, out, in, dst);
+            st = m->be->dense_upload(host, out, in, ql_llama_proj_rank(m, layer, p), dst);
             m->upload_s += ql_clock_s() - t1;
             if (st == QL_OK) {
-                m->backend_bytes += (size_t)(in * out) * sizeof(float);
+                m->backend_bytes +=
+                    m->be->act_dtype == QL_DT_F32
+                        ? (size_t)(in * out) * sizeof(float)
+                        : (size_t)ql_q4_dense_elems(out, in, ql_llama_proj_rank(m, layer, p)) * 2;
                 m->base_params += in * out;
                 m->float_linears++;
                 return QL_OK;
@@ -612,10 +615,12 @@ void ql_llama_describe(const ql_llama *m, FILE *f) {
             c->rope_theta);
     const int64_t n_linears = m->L * QL_N_PROJ;
     fprintf(f, "  parameters: %.2fM base (%s), %.3fM trainable", m->base_params / 1e6,
-            m->float_linears == 0           ? "linears in 4-bit"
-            : m->float_linears == n_linears ? "linears in float32 as stored, not quantized"
-                                            : "linears as stored: float32, or 4-bit where the "
-                                              "file holds them in 4 bits",
+            m->float_linears == 0 ? "linears in 4-bit"
+            : m->float_linears == n_linears
+                ? (m->be->act_dtype == QL_DT_F32 ? "linears in float32 as stored, not quantized"
+                                                 : "linears as stored, in bf16, not quantized")
+                : "linears as stored: float32, or 4-bit where the "
+                  "file holds them in 4 bits",
             m->ad.n / 1e6);
     if (m->ad.cfg.r > 0) {
         fprintf(f, " (LoRA r %d, alpha %g%s, scale %g, dropout %g, on", m->ad.cfg.r,

@@ -38,7 +38,7 @@ static int64_t proj_rank(const ql_llama_options *o, int p) {
  * layer runs (setup_lending in llama_load.c): checkpointing on the dequant
  * path, on a device, unless every layer keeps its own. */
 static int lends(const ql_hf_config *c, const ql_llama_options *o, int device, int64_t cap) {
-    return device && o->lend_dequantized && o->checkpoint_activations &&
+    return device && o->lend_dequantized && o->checkpoint_activations && !o->base_original &&
            o->dequantized_layers < c->num_hidden_layers &&
            ql_cuda_q4_path_for(cap) == QL_CUDA_Q4_DEQUANT_BLAS;
 }
@@ -49,7 +49,8 @@ static int lends(const ql_hf_config *c, const ql_llama_options *o, int device, i
  * dequantized_layers or lent), [x | s·xa] or [dy | s·dy·B], and under dropout
  * dy·W for dx in fp32 [T, in]. */
 static size_t dequant_path_bytes(const ql_hf_config *c, const ql_llama_options *o, int64_t cap) {
-    const int64_t all_dense = o->dequantized_layers >= c->num_hidden_layers || lends(c, o, 1, cap);
+    const int64_t all_dense = o->dequantized_layers >= c->num_hidden_layers ||
+                              lends(c, o, 1, cap) || (o->base_original && !c->quant.present);
     int64_t w_elems = 0, cat_elems = 0, f32_elems = 0;
     for (int p = 0; p < QL_N_PROJ; p++) {
         int64_t in, out, cat = 0, rpad = proj_rank(o, p) ? (o->lora.r + 15) / 16 * 16 : 0;
@@ -111,8 +112,11 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
         int64_t in, out;
         ql_proj_shape(c, (ql_proj)p, &in, &out);
         if (out > max_out) max_out = out;
-        e->base_q4 += e->linears_f32 ? (size_t)(L * in * out) * f4
-                                     : (size_t)L * q4_device_bytes(in * out, o->blocksize, dq);
+        /* As stored: float32 on the CPU, bf16 in the dequant path's layout
+         * on a device (ql_cuda_dense_upload). */
+        e->base_q4 += !e->linears_f32 ? (size_t)L * q4_device_bytes(in * out, o->blocksize, dq)
+                      : device ? (size_t)L * (size_t)ql_q4_dense_elems(out, in, proj_rank(o, p)) * 2
+                               : (size_t)(L * in * out) * f4;
         e->base_params += L * in * out;
         if (has_bias(c, (ql_proj)p)) {
             e->base_other += (size_t)(L * out) * f4;
@@ -120,7 +124,7 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
         }
     }
     const int64_t dense_layers = o->dequantized_layers < L ? o->dequantized_layers : L;
-    for (int p = 0; p < QL_N_PROJ && device; p++) {
+    for (int p = 0; p < QL_N_PROJ && device && !e->linears_f32; p++) {
         int64_t in, out;
         ql_proj_shape(c, (ql_proj)p, &in, &out);
         const size_t bytes = (size_t)ql_q4_dense_elems(out, in, proj_rank(o, p)) * 2; /* bf16 */
@@ -180,7 +184,8 @@ ql_status ql_llama_mem_estimate(const ql_hf_config *c, const ql_llama_options *o
             e->workspace += 2 * grown((size_t)(cap * rpad) * 2) + grown((size_t)(cap * rpad) * 4);
             if (o->lora.dropout > 0.0f) e->workspace += dropout_bytes(c, o, cap);
         }
-        if (ql_cuda_q4_path_for(cap) == QL_CUDA_Q4_DEQUANT_BLAS)
+        /* Weights held in bf16 take the dequant path at every size. */
+        if (ql_cuda_q4_path_for(cap) == QL_CUDA_Q4_DEQUANT_BLAS || e->linears_f32)
             e->workspace += dequant_path_bytes(c, o, cap);
         e->workspace += grown((size_t)(cap * H) * 4) + grown(1025 * 8) + grown(16);
         e->workspace += (size_t)32 << 20;

@@ -23,7 +23,8 @@ typedef struct ql_mem_estimate {
     int device;             /* 1: a device backend (bf16 activations, CUDA workspace) */
     size_t esz;             /* bytes per activation element */
     size_t base_q4;         /* 4-bit linears: packed codes + absmax (or 8-bit absmax + nested);
-                               with linears_f32, the linears in float32 */
+                               with linears_f32, the linears as stored: float32 on the CPU,
+                               bf16 with the LoRA padding on a device */
     int linears_f32;        /* the linears held as stored (base_original), not in 4 bits */
     size_t base_other;      /* norms, biases, RoPE table, embeddings and lm_head (act dtype) */
     size_t base_dense;      /* linears also kept dequantized (dequantized_layers; device only) */

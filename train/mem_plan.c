@@ -122,7 +122,8 @@ void ql_mem_plan_print(FILE *f, const ql_config *c, const ql_mem_estimate *e, si
     snprintf(note, sizeof note, "%s base parameters in all",
              count((double)e->base_params, n1, sizeof n1));
     row(f,
-        e->linears_f32          ? "base linears, float32 (quant.type none)"
+        e->linears_f32          ? (e->device ? "base linears, bf16 (quant.type none)"
+                                             : "base linears, float32 (quant.type none)")
         : c->quant.double_quant ? "base linears, 4-bit + double-quant absmax"
                                 : "base linears, 4-bit + absmax",
         e->base_q4, note);

@@ -93,7 +93,9 @@ ql_status ql_q4_upload_cpu(const ql_q4 *host, ql_q4 *dst) {
 
 /* The CPU backends never keep a dequantized copy beside 4-bit data, so a
  * weight with dense set holds float32 only. */
-ql_status ql_dense_upload_cpu(const float *host_w, int64_t rows, int64_t cols, ql_q4 *dst) {
+ql_status ql_dense_upload_cpu(const float *host_w, int64_t rows, int64_t cols, int64_t r,
+                              ql_q4 *dst) {
+    (void)r; /* float32 [rows, cols]: no LoRA padding on the CPU */
     memset(dst, 0, sizeof *dst);
     if (rows <= 0 || cols <= 0 || rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
         return ql_error(QL_EINVAL, "cpu backend: float32 weight shape [%lld, %lld] is not valid",

@@ -14,7 +14,8 @@ ql_status ql_upload_cpu(void *dst, const void *host_src, size_t bytes);
 ql_status ql_download_cpu(void *host_dst, const void *src, size_t bytes);
 ql_status ql_q4_upload_cpu(const ql_q4 *host, ql_q4 *dst);
 void ql_q4_free_cpu(ql_q4 *dst);
-ql_status ql_dense_upload_cpu(const float *host_w, int64_t rows, int64_t cols, ql_q4 *dst);
+ql_status ql_dense_upload_cpu(const float *host_w, int64_t rows, int64_t cols, int64_t r,
+                              ql_q4 *dst);
 ql_status ql_sync_cpu(void);
 void ql_mem_stats_cpu(ql_mem_stats *s);
 void ql_mem_reset_peak_cpu(void);

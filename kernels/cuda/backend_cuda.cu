@@ -73,7 +73,7 @@ static const ql_backend cuda_table = {
     q4_quantize_upload_cuda,
     ql_cuda_q4_keep_dequantized,
     ql_cuda_q4_lend_dequantized,
-    NULL, /* dense_upload: the CUDA backend holds 4-bit linears only */
+    ql_cuda_dense_upload,
     sync_cuda,
     ql_q4_dequantize_cuda,
     ql_q4_lora_fwd_cuda,

@@ -38,13 +38,26 @@
  * Under dropout the dequant path's dx is dy·W in fp32 scratch, then the
  * masked E·A term summed and added, one rounding, in ql_cuda_lora_dx_dropout.
  * The mask is never stored: the kernels that apply it draw it from its seed
- * (kernels/dropout.h). */
+ * (kernels/dropout.h).
+ *
+ * A weight held in bf16 only (ql_cuda_dense_upload: packed NULL; quant.type
+ * none, --base-weights original) has its matrix in that layout from the
+ * start: every call takes the dequant path and reads it, with no dequantize
+ * pass; a call without LoRA reads its W block at the layout's row stride. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/cuda_ops.h"
 
 extern "C" ql_status ql_q4_dequantize_cuda(const ql_q4 *w, ql_act *out) {
+    if (!w->packed && w->dense) { /* bf16 already: W's block of the layout */
+        QL_CUDA_TRY(cudaMemcpy2DAsync(out, (size_t)w->cols * sizeof(ql_bf16), w->dense,
+                                      (size_t)(w->cols + w->dense_pad) * sizeof(ql_bf16),
+                                      (size_t)w->cols * sizeof(ql_bf16), (size_t)w->rows,
+                                      cudaMemcpyDeviceToDevice, ql_cuda_stream()));
+        return QL_OK;
+    }
     return ql_cuda_q4_dequantize(w, QL_DT_BF16, out, ql_cuda_stream());
 }
 
@@ -75,13 +88,24 @@ static ql_cuda_pad_job b_job(const ql_lora *l, int64_t out, int64_t rpad, ql_bf1
 
 /* The dequant path's matrix for w (the layout above; rpad 0 without LoRA):
  * the weight's kept copy when its layout is this one, else scratch that
- * *need_dequant says W must still be written into. */
-static ql_status dense_w(const ql_q4 *w, int64_t rpad, ql_bf16 **Wb, bool *need_dequant) {
-    if (w->dense && w->dense_pad == rpad) {
+ * *need_dequant says W must still be written into. *wpad: the matrix's own
+ * padding (its rows are w->cols + *wpad apart), which is rpad except for a
+ * bf16-only weight laid out for LoRA and called without it. */
+static ql_status dense_w(const ql_q4 *w, int64_t rpad, ql_bf16 **Wb, bool *need_dequant,
+                         int64_t *wpad) {
+    *wpad = rpad;
+    *Wb = NULL;
+    *need_dequant = false;
+    if (w->dense && (w->dense_pad == rpad || (!w->packed && rpad == 0))) {
         *Wb = (ql_bf16 *)w->dense;
         *need_dequant = false;
+        *wpad = w->dense_pad;
         return QL_OK;
     }
+    if (!w->packed)
+        return ql_error(QL_EINTERNAL,
+                        "a bf16 weight laid out for LoRA padding %lld called with padding %lld",
+                        (long long)w->dense_pad, (long long)rpad);
     *need_dequant = true;
     return scratch(QL_SCRATCH_DEQUANT, (w->rows + rpad) * (w->cols + rpad), Wb);
 }
@@ -93,7 +117,42 @@ static ql_status dequant_into(const ql_q4 *w, ql_bf16 *Wb, int64_t ld, bool need
     });
 }
 
+extern "C" ql_status ql_cuda_dense_upload(const float *host_w, int64_t rows, int64_t cols,
+                                          int64_t r, ql_q4 *dst) {
+    memset(dst, 0, sizeof *dst);
+    if (rows <= 0 || cols <= 0 || r < 0 || rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
+        return ql_error(QL_EINVAL, "bf16 weight on CUDA: shape [%lld, %lld], LoRA rank %lld",
+                        (long long)rows, (long long)cols, (long long)r);
+    const int64_t rpad = r ? pad16(r) : 0;
+    const size_t f32_bytes = (size_t)(rows * cols) * sizeof(float),
+                 bytes = (size_t)ql_q4_dense_elems(rows, cols, r) * sizeof(ql_bf16);
+    void *staging = NULL, *p = NULL;
+    ql_status st = ql_cuda_malloc(f32_bytes, &staging);
+    if (st == QL_OK) st = ql_cuda_upload(staging, host_w, f32_bytes);
+    if (st == QL_OK) st = ql_cuda_malloc(bytes, &p);
+    /* W's block; the B columns and A rows beside it are the calls' to write. */
+    if (st == QL_OK)
+        st = ql_cuda_f32_to_bf16_pad((const float *)staging, rows, cols, cols, 1.0f, (ql_bf16 *)p,
+                                     cols, cols + rpad);
+    if (st == QL_OK) st = ql_cuda_sync();
+    ql_cuda_free(staging);
+    if (st != QL_OK) {
+        ql_cuda_free(p);
+        return ql_error_wrap(st,
+                             "a [%lld, %lld] weight in bf16 on CUDA (%zu bytes): ", (long long)rows,
+                             (long long)cols, bytes);
+    }
+    dst->rows = rows;
+    dst->cols = cols;
+    dst->n = rows * cols;
+    dst->dense = p;
+    dst->dense_pad = rpad;
+    return QL_OK;
+}
+
 extern "C" ql_status ql_cuda_q4_keep_dequantized(ql_q4 *w, int64_t r) {
+    if (!w->packed)
+        return ql_error(QL_EINTERNAL, "keeping a dequantized copy of a weight held in bf16");
     if (r < 0)
         return ql_error(QL_EINVAL, "keeping a dequantized 4-bit weight: LoRA rank %lld",
                         (long long)r);
@@ -182,14 +241,15 @@ static ql_status lora_fwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
     const int r = lora_rank(lora);
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
-    const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
+    const bool fused = w->packed && ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
     ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
     /* The dequant path's W [out, in] (row stride K, B's columns beside it). */
     const int64_t K = in + (r ? rpad : 0);
     ql_bf16 *Wb = NULL, *Bb = NULL;
     bool need_dequant = false;
-    if (!fused) QL_TRY(dense_w(w, r ? rpad : 0, &Wb, &need_dequant));
+    int64_t wpad = 0;
+    if (!fused) QL_TRY(dense_w(w, r ? rpad : 0, &Wb, &need_dequant, &wpad));
     if (r) {
         const ql_bf16 *xin;
         float alpha;
@@ -243,7 +303,8 @@ static ql_status lora_fwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
     QL_TRY(dequant_into(w, Wb, K, need_dequant));
     if (!r)
         return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
-            return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in, 1, 0.0f, y, QL_DT_BF16, out);
+            return ql_cuda_gemm(T, out, in, 1.0f, x, in, 0, Wb, in + wpad, 1, 0.0f, y, QL_DT_BF16,
+                                out);
         });
     ql_bf16 *cat;
     QL_TRY(concat_left(x, T, in, rpad, &cat));
@@ -268,8 +329,10 @@ extern "C" ql_status ql_q4_lora_fwd_cuda(const ql_q4 *w, const ql_lora *lora, co
  * already below W's in Wb (row stride in + rpad; Wb NULL without LoRA). */
 static ql_status dx_dequant(const ql_q4 *w, int r, const ql_bf16 *dy, const ql_bf16 *cat,
                             ql_bf16 *Wb, bool need_dequant, int64_t rpad, int64_t T, ql_bf16 *dx) {
-    const int64_t in = w->cols, out = w->rows, K = out + (r ? rpad : 0), ldw = in + (r ? rpad : 0);
-    if (!r) QL_TRY(dense_w(w, 0, &Wb, &need_dequant));
+    const int64_t in = w->cols, out = w->rows, K = out + (r ? rpad : 0);
+    int64_t wpad = r ? rpad : 0;
+    if (!r) QL_TRY(dense_w(w, 0, &Wb, &need_dequant, &wpad));
+    const int64_t ldw = in + wpad;
     QL_TRY(dequant_into(w, Wb, ldw, need_dequant));
     return ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
         if (!r)
@@ -285,10 +348,11 @@ static ql_status dx_dequant_dropout(const ql_q4 *w, const ql_lora *lora, const q
                                     const ql_bf16 *dy, const ql_bf16 *E, int64_t lde, int64_t T,
                                     ql_bf16 *dx) {
     const int64_t in = w->cols, out = w->rows, rpad = pad16(lora->r), ldw = in + rpad;
-    ql_bf16 *Wb;
-    bool need_dequant;
+    ql_bf16 *Wb = NULL;
+    bool need_dequant = false;
+    int64_t wpad;
     float *acc;
-    QL_TRY(dense_w(w, rpad, &Wb, &need_dequant));
+    QL_TRY(dense_w(w, rpad, &Wb, &need_dequant, &wpad)); /* wpad == rpad with LoRA */
     QL_TRY(dequant_into(w, Wb, ldw, need_dequant));
     QL_TRY(scratch(QL_SCRATCH_F32_OUT, T * in, &acc));
     QL_TRY(ql_cuda_q4_timed(QL_Q4_PHASE_BASE_GEMM, [&] {
@@ -307,7 +371,7 @@ static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
     const int r = lora_rank(lora);
     const int64_t rpad = pad16(r);
     if (T <= 0) return QL_OK;
-    const bool fused = ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
+    const bool fused = w->packed && ql_cuda_q4_path_for(T) == QL_CUDA_Q4_FUSED;
     const bool drop = r && lora->drop.on;
     ql_cuda_q4_note_path(fused ? QL_CUDA_Q4_FUSED : QL_CUDA_Q4_DEQUANT_BLAS);
 
@@ -331,7 +395,8 @@ static ql_status lora_bwd(const ql_q4 *w, const ql_lora *lora, const ql_act *x_,
                 QL_TRY(scratch(QL_SCRATCH_LORA_A, rpad * in, &Ab));
                 jobs[n_jobs++] = a_job(lora, in, rpad, Ab, in);
             } else {
-                QL_TRY(dense_w(w, rpad, &Wb, &need_dequant));
+                int64_t wpad;
+                QL_TRY(dense_w(w, rpad, &Wb, &need_dequant, &wpad));
                 Ab = Wb + out * (in + rpad);
                 jobs[n_jobs++] = a_job(lora, in, rpad, Ab, in + rpad);
             }

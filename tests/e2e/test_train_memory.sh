@@ -93,13 +93,16 @@ QL_CUDA_Q4_FUSED_MAX_T=lots "$QLORA" train cfg.yaml --model=l3 --backend=cuda --
 [ $? != 0 ] && grep -q 'QL_CUDA_Q4_FUSED_MAX_T="lots"' env.err ||
     { bad "QL_CUDA_Q4_FUSED_MAX_T=lots: not refused by name"; cat env.err; }
 
-# quant.type none: the linears in float32 on the CPU (8 times the 4-bit bytes
-# of a block-64 double-quant weight, near enough); refused on cuda by name.
+# quant.type none: the linears in float32 on the CPU, in bf16 on a GPU with
+# the LoRA padding: at Llama-3-8B's shapes and r <= 16, 32 layers of
+# (4112² + 1040·4112)·2 + 14352·4112·3 = 219,416,320 elements, 2 bytes
+# each: 14,042,644,480 bytes = 13.078 GiB (by hand).
 "$QLORA" train cfg.yaml --dry-run --quant.type=none >none.out 2>none.err || bad "--quant.type=none --dry-run: $(cat none.err)"
 grep -q "base linears, float32 (quant.type none)" none.out || bad "--dry-run, quant none: no float32 row: $(cat none.out)"
-"$QLORA" train cfg.yaml --model=l3 --backend=cuda --memory-limit=80 --quant.type=none --dry-run >nc.out 2>nc.err
-[ $? = 1 ] && grep -q "quant.type none .* runs on the cpu backends only" nc.err ||
-    bad "--quant.type=none on cuda: not refused by name: $(cat nc.err)"
+"$QLORA" train cfg.yaml --model=l3 --backend=cuda --memory-limit=80 --train.micro_batch=1 \
+    --data.max_seq_len=2048 --quant.type=none --dry-run >nc.out 2>nc.err || bad "--quant.type=none on cuda: $(cat nc.err)"
+grep -q "base linears, bf16 (quant.type none) *13.078 GiB" nc.out ||
+    bad "--quant.type=none on cuda, Llama-3-8B shapes: not 13.078 GiB of bf16 linears: $(grep 'base linears' nc.out)"
 
 # Too small: the dry run and the real run.
 "$QLORA" train cfg.yaml --dry-run --memory-limit=0.0012 >small.out 2>small.err

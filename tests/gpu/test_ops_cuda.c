@@ -255,6 +255,62 @@ static void test_lora(const lora_case *c, ql_cuda_q4_path path) {
     }
     n_ops_run += 3;
 
+    /* The same W held in bf16 only (dense_upload: quant.type none,
+     * --base-weights original): every call on the dequant path reading it,
+     * so with path forced to dequant the bits of the kept copy's calls, and
+     * on the fused path's shapes the reference's values; a call without
+     * LoRA reads W at the layout's row stride; q4_dequantize gives W. */
+    float *Wf = tops_alloc(out * in);
+    ql_q4_dequantize(&host, Wf);
+    ql_q4 dw;
+    GTRY(gpu->dense_upload(Wf, out, in, r, &dw));
+    CHECK(!dw.packed && dw.dense && dw.dense_pad == (r ? (r + 15) / 16 * 16 : 0));
+    snprintf(w2, sizeof w2, "%s, held in bf16", what);
+    poison(gy, (size_t)(T * out) * 2);
+    poison(gdx, (size_t)(T * in) * 2);
+    GTRY(gpu->upload(gdA, dA0, (size_t)r * (size_t)in * 4));
+    GTRY(gpu->upload(gdB, dB0, (size_t)(out * r) * 4));
+    GTRY(gpu->q4_lora_fwd(&dw, r ? &dl : NULL, dx_, T, gy, gxa));
+    GTRY(
+        gpu->q4_lora_bwd(&dw, r ? &dl : NULL, dx_, gxa, ddy, T, c->with_dx ? gdx : NULL, gdA, gdB));
+    if (path == QL_CUDA_Q4_DEQUANT_BLAS) {
+        same_bits(gy, y1, (size_t)(T * out) * 2, w2);
+        if (c->with_dx) same_bits(gdx, dx1, (size_t)(T * in) * 2, w2);
+        if (r) {
+            same_bits(gdA, dA1, (size_t)r * (size_t)in * 4, w2);
+            same_bits(gdB, dB1, (size_t)(out * r) * 4, w2);
+        }
+    } else {
+        float *yd = down_act(gy, T * out);
+        TOPS_CLOSE(yd, ry, T * out, TOL_GEMM, w2);
+        free(yd);
+        if (c->with_dx) {
+            float *dxd = down_act(gdx, T * in);
+            TOPS_CLOSE(dxd, rdx, T * in, TOL_GEMM, w2);
+            free(dxd);
+        }
+    }
+    if (r) { /* the adapter switched off (generation's base-model answers) */
+        float *ry0 = tops_alloc(T * out);
+        GTRY(ref->q4_lora_fwd(&host, NULL, x, T, ry0, NULL));
+        GTRY(gpu->q4_lora_fwd(&dw, NULL, dx_, T, gy, NULL));
+        float *y0 = down_act(gy, T * out);
+        snprintf(w2, sizeof w2, "%s, held in bf16, without LoRA", what);
+        TOPS_CLOSE(y0, ry0, T * out, TOL_GEMM, w2);
+        free(y0), free(ry0);
+    }
+    void *gW = dev_poisoned((size_t)(out * in) * 2);
+    GTRY(gpu->q4_dequantize(&dw, gW));
+    float *Wd = down_act(gW, out * in);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < out * in; i++) bad += Wd[i] != ql_bf16_to_f32(ql_f32_to_bf16(Wf[i]));
+    CHECKF(bad == 0, "%s: q4_dequantize of the bf16 weight: %lld elements", w2, (long long)bad);
+    free(Wd), free(Wf);
+    gpu->free(gW);
+    gpu->q4_free(&dw);
+    CHECK(!dw.dense);
+    n_ops_run += 2;
+
     free(y1), free(dx1), free(dA1), free(dB1);
     free(y), free(xa), free(dx), free(dA), free(dB);
     free(ry), free(rxa), free(rdx), free(rdA), free(rdB);

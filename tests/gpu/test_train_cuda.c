@@ -26,7 +26,9 @@
  *   4. the device vector ops (zero, squared norm, scale) against the host;
  *   5. memory: the bytes the backend counts for the model and optimizer
  *      within 15% of model/llama_mem.c's estimate, and a step's peak
- *      below the estimate's total + 15%.
+ *      below the estimate's total + 15%;
+ *   6. the linears held as stored (quant.type none: bf16 on the GPU,
+ *      float32 on the CPU): 1b, 2, 3 and 5 again.
  *
  * The shapes (hidden 256, head_dim 64, GQA 4/2) take the tensor-core
  * attention and the fused GEMM's fast path. Exits 77 without a device. In
@@ -67,6 +69,7 @@ static int ckpt;         /* activation checkpointing */
 static int lend = 1;     /* ql_llama_options.lend_dequantized */
 static unsigned targets = QL_PROJ_ALL; /* the projections with LoRA */
 static float dropout = 0.05f;
+static int original; /* ql_llama_options.base_original: linears held as stored (bf16 on CUDA) */
 
 #define GTRY(expr)                                                                                 \
     do {                                                                                           \
@@ -109,6 +112,7 @@ static void options(ql_llama_options *o, const ql_backend *be) {
     o->dequantized_layers = n_dense;
     o->checkpoint_activations = ckpt;
     o->lend_dequantized = lend;
+    o->base_original = original;
 }
 
 static ql_llama *load(const ql_backend *be) {
@@ -450,7 +454,8 @@ static size_t test_memory(int dense) {
            "(estimate %zu), device used %.1f of %.1f GiB\n",
            held, e.total - e.workspace, peak, e.total, c.device_used / 1073741824.0,
            c.device_total / 1073741824.0);
-    CHECK(stand_in ? e.base_dense == 0 : e.base_dense > 0 || !dense);
+    CHECK(stand_in ? e.base_dense == 0 : e.base_dense > 0 || !dense || original);
+    CHECK(e.linears_f32 == original);
     double want = (double)(e.total - e.workspace);
     CHECKF(fabs((double)held - want) <= 0.15 * want, "held %zu vs estimate %.0f", held, want);
     CHECKF((double)peak <= 1.15 * (double)e.total, "peak %zu vs estimate %zu", peak, e.total);
@@ -459,6 +464,18 @@ static size_t test_memory(int dense) {
     ql_llama_free(m);
     n_dense = 0;
     return held - e.base_dense - e.dense_lent;
+}
+
+/* quant.type none: the linears held as stored (dense_upload; bf16 in the
+ * dequant path's layout on CUDA, float32 on the CPU): the memory the
+ * estimate says, losses that follow the CPU's float32 base to bf16
+ * precision, and a bit-identical restart. */
+static void test_base_original(void) {
+    original = 1;
+    test_memory(0);
+    test_against_cpu();
+    test_determinism_and_resume();
+    original = 0;
 }
 
 /* Layers kept dequantized hold what the estimate says, to the byte (on the
@@ -636,6 +653,7 @@ int main(void) {
     test_lockstep();
     test_against_cpu();
     test_determinism_and_resume();
+    test_base_original();
     if (!stand_in) { /* for the record: each is a product on the slow tiled kernel */
         char first[192];
         const int64_t fb = ql_cuda_gemm_fallbacks(first, sizeof first);

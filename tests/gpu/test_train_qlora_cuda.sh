@@ -12,6 +12,8 @@
 #   - linears kept dequantized (quant.dequantized_layers) give the same
 #     adapter bytes as dequantizing at every call, and so does checkpointing
 #     with a layer's linears dequantized once for both of its passes;
+#   - quant.type none (linears in bf16, not 4-bit): the dry run's row, and
+#     4 steps within 3e-2 of the CPU's float32 base;
 #   - out of device memory (the emulator's QL_EMU_DEVICE_GB) in the pass at
 #     the largest micro-batch before the first step: the figures and the
 #     settings to change, nothing written;
@@ -65,6 +67,23 @@ for k in ("mem_peak_bytes", "mem_device_used_bytes", "mem_rss_peak_bytes"):
 sys.exit(0 if ok else 1)
 EOF
 grep -q "loaded in .* s: reading" gpu.err || bad "no load timing on stderr"
+
+# quant.type none: the linears held as stored (bf16 on the GPU, float32 on
+# the CPU): the dry run counts them, and 4 steps follow the CPU's losses.
+"$QLORA" train cfg.yaml --quant.type=none --dry-run >ndry.out 2>&1 || bad "quant none --dry-run exited $?"
+grep -q "base linears, bf16 (quant.type none)" ndry.out || bad "quant none --dry-run: $(grep 'base linears' ndry.out)"
+for be in cuda cpu; do
+    "$QLORA" train cfg.yaml --quant.type=none --train.steps=4 --output_dir=none_$be --backend=$be \
+        >none_$be.out 2>none_$be.err || { bad "quant none on $be exited $?"; tail -5 none_$be.err; }
+done
+grep -q "linears as stored, in bf16, not quantized" none_cuda.err || bad "quant none on cuda: $(grep parameters none_cuda.err)"
+"$PY" - none_cuda/metrics.jsonl none_cpu/metrics.jsonl gpu/metrics.jsonl <<'EOF' || bad "quant none: cuda vs cpu losses"
+import json, sys
+g, c, q = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:4])
+worst = max(abs(x - y) / abs(y) for x, y in zip(g, c))
+print(f"quant none, cuda vs cpu: worst relative loss difference {worst:.2e} over {len(g)} steps")
+sys.exit(0 if len(g) == len(c) == 4 and worst <= 3e-2 and g[0] != q[0] else 1)
+EOF
 
 # Products cuBLASLt has no algorithm for run on the tiled kernel and the run
 # says so at its end. On the emulator, a cuBLASLt whose kernels need 512-byte

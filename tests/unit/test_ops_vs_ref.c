@@ -170,7 +170,7 @@ static void test_lora_dense(int64_t out, int64_t in, int64_t T, int r) {
              (long long)T, r);
 
     ql_q4 dw;
-    CHECK(fast->dense_upload(W, out, in, &dw) == QL_OK);
+    CHECK(fast->dense_upload(W, out, in, r, &dw) == QL_OK);
     CHECKF(!dw.packed && dw.dense && dw.dense != (void *)W && dw.rows == out && dw.cols == in,
            "%s: dense_upload's weight", what);
     for (int k = 0; k < 2; k++) {
@@ -187,7 +187,7 @@ static void test_lora_dense(int64_t out, int64_t in, int64_t T, int r) {
 
     /* W moved off the 4-bit grid: no 4-bit weight holds it. */
     for (int64_t e = 0; e < out * in; e++) W[e] += tops_uniform(-1e-2f, 1e-2f);
-    CHECK(fast->dense_upload(W, out, in, &dw) == QL_OK);
+    CHECK(fast->dense_upload(W, out, in, r, &dw) == QL_OK);
     float *a = lora_pass(ref, &dw, x, dy, &lora, T), *b = lora_pass(fast, &dw, x, dy, &lora, T);
     CHECKF(!tops_same_bytes(a, from_q4, (size_t)(T * out) * 4), "%s: the moved W is not read",
            what);
