@@ -21,6 +21,14 @@ int ql_cli_number(const char *s, double lo, double hi, int integer, double *out)
 /* --base-weights quantized|original: 0 with *original set, else -1. */
 int ql_cli_base_weights(const char *val, int *original);
 #define QL_CLI_BASE_WEIGHTS_BAD "--base-weights must be quantized or original, not '%s'"
+/* Its --help lines, for commands whose flag descriptions start at column 25. */
+#define QL_CLI_BASE_WEIGHTS_HELP                                                                   \
+    "  --base-weights quantized|original\n"                                                        \
+    "                        quantized: the linears rounded to 4 bits as qlora train\n"            \
+    "                        holds them; original: as the file stores them (float32 on\n"          \
+    "                        the CPU), for a merged model (qlora export --merge).\n"               \
+    "                        Default: as the run behind --adapter RUN held them, else\n"           \
+    "                        quantized (NF4, block 64, double quantization)\n"
 
 /* "qlora CMD: " + fmt (one %s: arg) and the --help hint on stderr; returns
  * the bad-command-line exit code. */

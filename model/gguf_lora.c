@@ -10,6 +10,7 @@
 #include "model/gguf.h"
 #include "model/gguf_write.h"
 #include "model/hf_config.h"
+#include "model/lora.h"
 #include "model/source.h"
 
 static int ends_with(const char *s, const char *tail) {
@@ -384,18 +385,9 @@ ql_status ql_gguf_lora_load(const char *path, ql_adapters *a, const ql_backend *
         for (int i = 0; known && i < a->n_tensors && !found; i++)
             found = a->tensors[i].layer == layer && a->tensors[i].proj == p &&
                     a->tensors[i].is_b == is_b;
-        if (!found)
-            st = ql_error(QL_EFORMAT,
-                          "%s: tensor '%s' has no place in this model (a layer or module it does "
-                          "not have, or LoRA settings other than r %d on these targets)",
-                          path, f.tensors[j].name, a->cfg.r);
+        if (!found) st = ql_adapters_no_place(a, path, f.tensors[j].name);
     }
-    if (st == QL_OK) {
-        if (be)
-            st = be->upload(a->params, host, (size_t)a->n * sizeof *host);
-        else
-            memcpy(a->params, host, (size_t)a->n * sizeof *host);
-    }
+    if (st == QL_OK) st = ql_adapters_set_params(a, host, be);
     free(host);
     ql_gguf_close(&f);
     return st;

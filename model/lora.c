@@ -95,6 +95,19 @@ ql_status ql_adapters_layout(const ql_hf_config *c, const ql_lora_config *l, ql_
     return QL_OK;
 }
 
+ql_status ql_adapters_no_place(const ql_adapters *a, const char *path, const char *tensor) {
+    return ql_error(QL_EFORMAT,
+                    "%s: tensor '%s' has no place in this model (a layer or module it does not "
+                    "have, or LoRA settings other than r %d on these targets)",
+                    path, tensor, a->cfg.r);
+}
+
+ql_status ql_adapters_set_params(ql_adapters *a, const float *host, const ql_backend *be) {
+    if (be) return be->upload(a->params, host, (size_t)a->n * sizeof *host);
+    memcpy(a->params, host, (size_t)a->n * sizeof *host);
+    return QL_OK;
+}
+
 void ql_adapters_layout_free(ql_adapters *a) {
     free(a->tensors);
     a->tensors = NULL;

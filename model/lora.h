@@ -20,6 +20,12 @@ ql_status ql_lora_config_check(const ql_lora_config *l);
 ql_status ql_adapters_layout(const ql_hf_config *c, const ql_lora_config *l, ql_adapters *a);
 void ql_adapters_layout_free(ql_adapters *a);
 
+/* For the adapter file readers (PEFT safetensors, llama.cpp GGUF): the
+ * error for a tensor of `path` this layout has no place for, and the host
+ * values put into a->params (through be; be NULL: host memory, copied). */
+ql_status ql_adapters_no_place(const ql_adapters *a, const char *path, const char *tensor);
+ql_status ql_adapters_set_params(ql_adapters *a, const float *host, const ql_backend *be);
+
 /* `given` holds exactly the tensors of layout `want` (names and shapes, in
  * any order), else an error naming the first difference and `model`. The
  * index of want's tensor i in given goes to at[i] (NULL: not wanted). */

@@ -10,6 +10,7 @@
 #include "core/fsutil.h"
 #include "core/json_float.h"
 #include "model/gguf_lora.h"
+#include "model/lora.h"
 #include "model/safetensors.h"
 
 /* Bit i of ql_lora_config.targets is projection i for both the model and the
@@ -325,18 +326,9 @@ ql_status ql_peft_load(const char *dir, ql_adapters *a, const ql_backend *be) {
         int known = 0;
         for (int i = 0; i < a->n_tensors && !known; i++)
             known = !strcmp(a->tensors[i].name, f.tensors[j].name);
-        if (!known)
-            st = ql_error(QL_EFORMAT,
-                          "%s: tensor '%s' has no place in this model (a layer or module it does "
-                          "not have, or LoRA settings other than r %d on these targets)",
-                          path, f.tensors[j].name, a->cfg.r);
+        if (!known) st = ql_adapters_no_place(a, path, f.tensors[j].name);
     }
-    if (st == QL_OK) {
-        if (be)
-            st = be->upload(a->params, host, (size_t)a->n * sizeof *host);
-        else
-            memcpy(a->params, host, (size_t)a->n * sizeof *host);
-    }
+    if (st == QL_OK) st = ql_adapters_set_params(a, host, be);
     free(host);
     ql_st_close(&f);
     free(path);
