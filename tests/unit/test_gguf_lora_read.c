@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "core/fsutil.h"
 #include "model/gguf.h"
 #include "model/gguf_lora.h"
 #include "model/gguf_write.h"
@@ -243,8 +244,6 @@ int main(void) {
     test_good();
     test_refused();
     ql_hf_config_free(&cfg);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    ql_fs_remove_tree(dir);
     return CHECK_DONE();
 }
