@@ -328,6 +328,7 @@ int ql_cmd_eval(int argc, char **argv) {
     if (st != QL_OK) {
         ql_llama_free(m);
         ql_jsonl_tokens_free(&d);
+        ql_packing_free(&rows);
         return ql_report(st);
     }
     double secs = ql_now() - t0, loss = sum.loss, ppl = sum.perplexity;
