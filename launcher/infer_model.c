@@ -37,9 +37,7 @@ ql_status ql_infer_run_quant(const char *adir, int base_weights, ql_llama_option
     if (st == QL_OK) {
         const int keep = o->base_original;
         ql_quant_options_from_config(c, o);
-        how->from_run = 1;
         how->run_none = o->base_original;
-        snprintf(how->run, sizeof how->run, "%s", run);
         /* --base-weights, when given, wins over the run's quant.type none. */
         if (base_weights >= 0) o->base_original = keep;
         how->base_original = o->base_original;

@@ -20,9 +20,7 @@
 /* How the base weights are held, for the summary line. */
 typedef struct ql_infer_base {
     int base_original; /* the linears as stored */
-    int from_run;      /* quant.* came from the run's config.resolved.yaml */
-    int run_none;      /* ... which says quant.type none */
-    char run[4096];
+    int run_none;      /* the run's config.resolved.yaml says quant.type none */
 } ql_infer_base;
 
 /* base_weights: the --base-weights flag, -1 not given, 0 quantized, 1
