@@ -351,6 +351,13 @@ static ql_status cross_checks(resolve_ctx *r) {
     if (!ql_q4_blocksize_ok(c->quant.blocksize))
         return bad(r, k, "must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got %lld",
                    (long long)c->quant.blocksize);
+    k = key_index(r, "data.valid_fraction");
+    if (c->data.valid[0] && c->data.valid_fraction > 0)
+        return ql_error(QL_EINVAL,
+                        "%s: data.valid_fraction (%g) and data.valid (%s, %s) are both set: "
+                        "the validation set comes from one of them",
+                        r->loc[k], c->data.valid_fraction, c->data.valid,
+                        r->loc[key_index(r, "data.valid")]);
     k = key_index(r, "train.warmup_steps");
     if (c->train.warmup_steps > c->train.steps)
         warn(c,

@@ -71,9 +71,9 @@ static const ql_cfg_key schema[] = {
     {"lora.use_rslora", TYPED(QL_CFG_BOOL, lora.use_rslora), "false", 0, 0, 0, 0, 0, 0, NULL,
      "rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r"},
     {"lora.init_adapter", STR(lora.init_adapter), "\"\"", 0, 0, 0, 0, 0, 0, NULL,
-     "start from this PEFT adapter (an adapter directory, or a run directory holding adapter/): "
-     "r, alpha, use_rslora and targets are taken from its adapter_config.json; a resumed "
-     "checkpoint takes precedence"},
+     "start from this LoRA adapter (a PEFT adapter directory, a run directory holding adapter/, "
+     "or a llama.cpp adapter FILE.gguf): r, alpha, use_rslora and targets are taken from it; a "
+     "resumed checkpoint takes precedence"},
 
     {"train.steps", TYPED(QL_CFG_INT, train.steps), "100", 1, BIG, 0, 0, 0, 0, NULL,
      "optimizer steps to run"},
@@ -123,7 +123,7 @@ static const ql_cfg_key schema[] = {
 
     {"quant.type", TYPED(QL_CFG_CHOICE, quant.type), "nf4", 0, 0, 0, 0, 0, 0, "nf4|fp4|none",
      "4-bit code book for weights quantized on load (a bnb-4bit directory keeps its own); none: "
-     "the linears as stored, in float32, not quantized (LoRA, not QLoRA; cpu backends only)"},
+     "the linears as stored, not quantized: float32 on the CPU, bf16 on a GPU (LoRA, not QLoRA)"},
     {"quant.blocksize", TYPED(QL_CFG_INT, quant.blocksize), "64", 32, 4096, 0, 0, 0, 0, NULL,
      "elements per absmax block: 32, 64, 128, 256, 512, 1024, 2048 or 4096"},
     {"quant.double_quant", TYPED(QL_CFG_BOOL, quant.double_quant), "true", 0, 0, 0, 0, 0, 0, NULL,

@@ -9,6 +9,7 @@
 #include "ckpt/store.h"
 #include "core/config.h"
 #include "core/fsutil.h"
+#include "launcher/cli_flags.h"
 #include "launcher/commands.h"
 
 static void usage(FILE *f) {
@@ -258,9 +259,9 @@ int ql_cmd_ckpt(int argc, char **argv) {
             usage(stdout);
             return QL_EXIT_OK;
         } else if (argv[i][0] == '-' || dir) {
-            fprintf(stderr, "qlora ckpt %s: unexpected argument '%s'\n", sub, argv[i]);
-            usage(stderr);
-            return QL_EXIT_USAGE;
+            char cmd[64];
+            snprintf(cmd, sizeof cmd, "ckpt %s", sub);
+            return ql_cli_usage_error(cmd, "unexpected argument '%s'", argv[i]);
         } else {
             dir = argv[i];
         }

@@ -46,7 +46,8 @@ static void usage(FILE *f) {
            "  --allow-network       do not put tests in a network namespace of their own\n"
            "  --output FILE         one JSON line per record and model: source, model,\n"
            "                        completion, verdict, exit_code, new_tokens, stop, output\n"
-           "  --backend NAME        cpu (default), cpu-ref or cuda\n"
+           "  --backend NAME        cpu (default), cpu-ref, cuda, or auto (cuda\n"
+           "                        when a GPU is seen)\n"
            "  --quiet               no model summary or progress on stderr\n"
            "  --help                this text\n"
            "\n"
@@ -76,12 +77,15 @@ static int parse_args(int argc, char **argv, code_args *a) {
                      .batch = 8,
                      .timeout = 10,
                      .memory_mb = 1024};
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i];
-        if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
+    /* Looked for first: "qlora eval --code --help", as the usage hints spell
+     * it, would otherwise give --code the value "--help". */
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             return QL_EXIT_OK;
         }
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
         if (!strcmp(s, "--quiet")) {
             a->quiet = 1;
             continue;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "data/tokenizer.h"
+#include "launcher/cli_flags.h"
 #include "launcher/commands.h"
 
 static void usage(FILE *f) {
@@ -66,15 +67,12 @@ int ql_cmd_tokenize(int argc, char **argv) {
         } else if (!text && (argv[i][0] != '-' || !strcmp(argv[i], "-"))) {
             text = argv[i];
         } else {
-            fprintf(stderr, "qlora tokenize: unexpected argument '%s'\n", argv[i]);
-            usage(stderr);
-            return QL_EXIT_USAGE;
+            return ql_cli_usage_error("tokenize", "unexpected argument '%s'", argv[i]);
         }
     }
-    if (!model || !text) {
-        usage(stderr);
-        return QL_EXIT_USAGE;
-    }
+    if (!model) return ql_cli_usage_error("tokenize", "%s", "--model is required");
+    if (!text)
+        return ql_cli_usage_error("tokenize", "%s", "TEXT (or - for standard input) is required");
     char *owned = NULL;
     size_t len;
     if (!strcmp(text, "-")) {

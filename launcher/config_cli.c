@@ -26,8 +26,9 @@ int ql_cli_load_config(int argc, char **argv, int first, const char *cmd, void (
             bufs[n_ov] = malloc(strlen(a) + 1);
             if (!bufs[n_ov] || ql_config_split_override(a, bufs[n_ov], &ov[n_ov]) != 0) {
                 fprintf(stderr,
-                        "qlora %s: '%s' is not an override of the form --section.key=value\n", cmd,
-                        a);
+                        "qlora %s: '%s' is not an override of the form --section.key=value\n"
+                        "(qlora %s --help lists the flags)\n",
+                        cmd, a, cmd);
                 free(bufs[n_ov]);
                 rc = QL_EXIT_USAGE;
             } else {

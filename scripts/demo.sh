@@ -14,8 +14,8 @@
 #   5. a generation with the adapter, streamed;
 #   6. the loss plot (qlora report);
 #   7. a summary of where everything is.
-# The job (after set-up, build and the model download) took 4 min 20 s on an
-# idle 2-vCPU VM; it prints the time of each part and the total.
+# The job (after set-up, build and the model download) took 2 min 9 s on an
+# idle 2-vCPU VM (README.md); it prints the time of each part and the total.
 # Usage: scripts/demo.sh [OUT_DIR] [--key=value ...]   (default out/; the
 # overrides go to qlora train, e.g. --train.steps=10)
 set -euo pipefail

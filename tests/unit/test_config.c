@@ -179,6 +179,9 @@ static const struct bad_case {
      "command line: data.max_seq_len: must be in [2, 1.04858e+06], got 1"},
     {NULL, "--train.micro_batch=9",
      "command line: train.micro_batch (9) must not exceed train.global_batch (8)"},
+    {"model: a\noutput_dir: o\ndata:\n  train: t\n  valid: v.jsonl\n  valid_fraction: 0.1\n", NULL,
+     "cfg.yaml:6:19: data.valid_fraction (0.1) and data.valid (v.jsonl, cfg.yaml:5:10) are both "
+     "set: the validation set comes from one of them"},
     {NULL, "--quant.blocksize=100",
      "command line: quant.blocksize: must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096, "
      "got 100"},
