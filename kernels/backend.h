@@ -88,6 +88,8 @@ typedef struct ql_backend {
     void (*free)(void *p);
     ql_status (*upload)(void *dst, const void *host_src, size_t bytes);
     ql_status (*download)(void *host_dst, const void *src, size_t bytes);
+    /* dst = src, both in backend memory (not overlapping); queued, no host wait. */
+    ql_status (*copy)(void *dst, const void *src, size_t bytes);
     /* Copies a host ql_q4 into backend memory (dst's buffers are allocated). */
     ql_status (*q4_upload)(const ql_q4 *host, ql_q4 *dst);
     void (*q4_free)(ql_q4 *dst);
@@ -185,6 +187,16 @@ typedef struct ql_backend {
     ql_status (*attn_bwd)(const ql_act *dout, const ql_act *q, const ql_act *k, const ql_act *v,
                           const ql_act *out, const float *lse, const int32_t *doc,
                           const ql_attn_shape *s, ql_act *dq, ql_act *dk, ql_act *dv);
+    /* Generation's attention (model/llama_generate.c): T new query rows of
+     * one sequence over its key/value cache, whose rows 0..pos0+T-1 are
+     * filled (the new rows' own keys and values included). Row t is at
+     * position pos0 + t and sees keys 0..pos0 + t. q/out [T, n_heads,
+     * head_dim]; k/v [pos0 + T, n_kv_heads, head_dim]. GQA and the scale as
+     * attn_fwd; s->batch and s->seq are not read. Every (row, head) sums its
+     * keys in order, so a row's result does not depend on T or pos0 beyond
+     * its own position. */
+    ql_status (*attn_cached_fwd)(const ql_act *q, const ql_act *k, const ql_act *v, int64_t T,
+                                 int64_t pos0, const ql_attn_shape *s, ql_act *out);
 
     /* --- embedding and loss ------------------------------------------------------------- */
     /* out[T,d] = table[ids[t], :]; the embedding is frozen (no backward). */

@@ -4,16 +4,13 @@
 #include "model/llama_generate.h"
 
 #include <inttypes.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cpu/cpu_lanes.h"
-#include "kernels/cpu/cpu_v8.h"
 #include "model/llama_impl.h"
 
 typedef struct kv_slot {
-    float *k, *v; /* [L][cap][kvdim] keys (after RoPE) and values */
+    ql_act *k, *v; /* backend memory, [L][cap][kvdim]: keys (after RoPE) and values */
     int64_t len, cap;
 } kv_slot;
 
@@ -32,8 +29,7 @@ struct ql_llama_kv {
     int n_bufs;
     /* host */
     int32_t *h_pos;
-    float *hq, *hk, *hv, *hao;
-    void *conv; /* act_dtype staging for conversions */
+    void *conv; /* act_dtype staging for the logits */
     size_t conv_bytes;
 };
 
@@ -79,16 +75,10 @@ static ql_status alloc_all(ql_llama_kv *kv) {
     QL_TRY(buf(kv, (size_t)kv->chunk * sizeof(int32_t), "positions", (void **)&kv->d_pos));
     /* Logits of at most one row per slot at a time. */
     QL_TRY(buf(kv, (size_t)(kv->n_slots * m->V) * m->esz, "logits", &kv->logits));
-    int64_t widest = m->V * kv->n_slots;
-    if (widest < kv->chunk * m->qdim) widest = kv->chunk * m->qdim;
-    kv->conv_bytes = (size_t)widest * m->esz;
+    kv->conv_bytes = (size_t)(m->V * kv->n_slots) * m->esz;
     kv->h_pos = ql_malloc((size_t)kv->chunk * sizeof(int32_t), "positions");
-    kv->hq = ql_malloc((size_t)(kv->chunk * m->qdim) * sizeof(float), "queries");
-    kv->hk = ql_malloc((size_t)(kv->chunk * m->kvdim) * sizeof(float), "keys");
-    kv->hv = ql_malloc((size_t)(kv->chunk * m->kvdim) * sizeof(float), "values");
-    kv->hao = ql_malloc((size_t)(kv->chunk * m->qdim) * sizeof(float), "attention output");
     kv->conv = ql_malloc(kv->conv_bytes, "conversion buffer");
-    if (!kv->h_pos || !kv->hq || !kv->hk || !kv->hv || !kv->hao || !kv->conv) return QL_ENOMEM;
+    if (!kv->h_pos || !kv->conv) return QL_ENOMEM;
     return QL_OK;
 }
 
@@ -121,15 +111,11 @@ void ql_llama_kv_free(ql_llama_kv *kv) {
     free(kv->bufs);
     if (kv->slots)
         for (int i = 0; i < kv->n_slots; i++) {
-            free(kv->slots[i].k);
-            free(kv->slots[i].v);
+            if (kv->slots[i].k) kv->be->free(kv->slots[i].k);
+            if (kv->slots[i].v) kv->be->free(kv->slots[i].v);
         }
     free(kv->slots);
     free(kv->h_pos);
-    free(kv->hq);
-    free(kv->hk);
-    free(kv->hv);
-    free(kv->hao);
     free(kv->conv);
     free(kv);
 }
@@ -141,17 +127,18 @@ ql_status ql_llama_kv_reset(ql_llama_kv *kv, int slot, int64_t ctx) {
     kv_slot *s = &kv->slots[slot];
     s->len = 0;
     if (ctx <= s->cap) return QL_OK;
-    size_t n = (size_t)(kv->m->L * ctx * kv->m->kvdim);
-    free(s->k);
-    free(s->v);
-    s->k = ql_malloc(n * sizeof(float), "KV cache keys");
-    s->v = ql_malloc(n * sizeof(float), "KV cache values");
-    if (!s->k || !s->v) {
-        free(s->k);
-        free(s->v);
-        s->k = s->v = NULL;
-        s->cap = 0;
-        return ql_error(QL_ENOMEM, "out of memory for a KV cache of %" PRId64 " tokens", ctx);
+    const size_t bytes = (size_t)(kv->m->L * ctx * kv->m->kvdim) * kv->m->esz;
+    if (s->k) kv->be->free(s->k);
+    if (s->v) kv->be->free(s->v);
+    s->k = s->v = NULL;
+    s->cap = 0;
+    ql_status st = kv->be->alloc(bytes, &s->k);
+    if (st == QL_OK) st = kv->be->alloc(bytes, &s->v);
+    if (st != QL_OK) {
+        if (s->k) kv->be->free(s->k);
+        s->k = NULL;
+        return ql_error_wrap(st, "a KV cache of %" PRId64 " tokens (2 x %zu bytes) on backend %s: ",
+                             ctx, bytes, kv->be->name);
     }
     s->cap = ctx; /* each slot's layout [L][cap][kvdim] uses its own cap */
     return QL_OK;
@@ -177,14 +164,6 @@ static ql_status to_host(ql_llama_kv *kv, const ql_act *src, int64_t n, float *d
     return QL_OK;
 }
 
-static ql_status to_backend(ql_llama_kv *kv, const float *src, int64_t n, ql_act *dst) {
-    if (kv->be->act_dtype == QL_DT_F32) return kv->be->upload(dst, src, (size_t)n * sizeof(float));
-    if (ql_dtype_from_f32(kv->be->act_dtype, src, kv->conv, (size_t)n) != 0)
-        return ql_error(QL_EINTERNAL, "generation: cannot convert to %s",
-                        ql_dtype_name(kv->be->act_dtype));
-    return kv->be->upload(dst, kv->conv, (size_t)n * kv->m->esz);
-}
-
 /* ------------------------------------------------------------------ a layer */
 
 static ql_status lin(ql_llama_kv *kv, int layer, ql_proj p, const ql_act *x, int64_t T, ql_act *y) {
@@ -205,64 +184,45 @@ static ql_status lin(ql_llama_kv *kv, int layer, ql_proj p, const ql_act *x, int
     return QL_OK;
 }
 
+/* Rows t0..t0+n-1 of this step's keys and values into `slot`'s cache of
+ * `layer`, from position pos: a copy within backend memory. */
+static ql_status cache_rows(ql_llama_kv *kv, int layer, int slot, int64_t pos, int64_t t0,
+                            int64_t n) {
+    ql_llama *m = kv->m;
+    kv_slot *s = &kv->slots[slot];
+    const int64_t at = (layer * s->cap + pos) * m->kvdim;
+    const size_t bytes = (size_t)(n * m->kvdim) * m->esz;
+    QL_TRY(kv->be->copy(ql_llama_act_at(m, s->k, at), ql_llama_act_at(m, kv->k, t0 * m->kvdim),
+                        bytes));
+    return kv->be->copy(ql_llama_act_at(m, s->v, at), ql_llama_act_at(m, kv->v, t0 * m->kvdim),
+                        bytes);
+}
+
 /* The new tokens' keys and values into their slots, then each token's
- * attention over its slot's cache up to its own position. */
+ * attention over its slot's cache up to its own position: one backend call
+ * per run of consecutive tokens of one slot (a prompt's chunk is one run; a
+ * batched decode step is a run per slot). */
 static ql_status attend_cached(ql_llama_kv *kv, int layer, int64_t T, const int *slot_of) {
-    const ql_llama *m = kv->m;
-    const int64_t H = m->H, D = m->D, kvdim = m->kvdim, qdim = m->qdim, group = m->H / m->KV;
-    QL_TRY(to_host(kv, kv->q, T * qdim, kv->hq));
-    QL_TRY(to_host(kv, kv->k, T * kvdim, kv->hk));
-    QL_TRY(to_host(kv, kv->v, T * kvdim, kv->hv));
-    for (int64_t t = 0; t < T; t++) {
-        kv_slot *s = &kv->slots[slot_of[t]];
-        size_t at = (size_t)((layer * s->cap + kv->h_pos[t]) * kvdim);
-        memcpy(s->k + at, kv->hk + t * kvdim, (size_t)kvdim * sizeof(float));
-        memcpy(s->v + at, kv->hv + t * kvdim, (size_t)kvdim * sizeof(float));
+    ql_llama *m = kv->m;
+    const ql_attn_shape sh = {.batch = 1,
+                              .seq = T,
+                              .n_heads = (int)m->H,
+                              .n_kv_heads = (int)m->KV,
+                              .head_dim = (int)m->D};
+    for (int64_t t0 = 0, n; t0 < T; t0 += n) {
+        for (n = 1;
+             t0 + n < T && slot_of[t0 + n] == slot_of[t0] && kv->h_pos[t0 + n] == kv->h_pos[t0] + n;
+             n++)
+            ;
+        const kv_slot *s = &kv->slots[slot_of[t0]];
+        const int64_t layer_at = layer * s->cap * m->kvdim;
+        QL_TRY(cache_rows(kv, layer, slot_of[t0], kv->h_pos[t0], t0, n));
+        QL_TRY(kv->be->attn_cached_fwd(ql_llama_act_at(m, kv->q, t0 * m->qdim),
+                                       ql_llama_act_at(m, s->k, layer_at),
+                                       ql_llama_act_at(m, s->v, layer_at), n, kv->h_pos[t0], &sh,
+                                       ql_llama_act_at(m, kv->ao, t0 * m->qdim)));
     }
-    const float scale = 1.0f / sqrtf((float)D);
-    int64_t n_max = 1;
-    for (int64_t t = 0; t < T; t++) n_max = kv->h_pos[t] + 1 > n_max ? kv->h_pos[t] + 1 : n_max;
-    int failed = 0;
-    /* One (token, head) per task; each sums in a fixed order, so the bits do
-     * not depend on the thread count or on which tokens share the step. */
-#pragma omp parallel
-    {
-        float *sc = malloc((size_t)n_max * sizeof(float));
-        if (!sc) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t th = 0; th < T * H; th++) {
-            if (!sc) continue;
-            const int64_t t = th / H, h = th % H;
-            const kv_slot *s = &kv->slots[slot_of[t]];
-            const int64_t n = kv->h_pos[t] + 1;
-            const float *K = s->k + (size_t)(layer * s->cap) * kvdim;
-            const float *V = s->v + (size_t)(layer * s->cap) * kvdim;
-            const float *q = kv->hq + t * qdim + h * D;
-            const int64_t kh = (h / group) * D;
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < n; j++) {
-                sc[j] = ql_dot_lanes(q, K + j * kvdim + kh, D) * scale;
-                mx = sc[j] > mx ? sc[j] : mx;
-            }
-            for (int64_t j = 0; j < n; j++) sc[j] -= mx;
-            ql_exp_f32(sc, sc, n);
-            float acc[QL_LANES] = {0};
-            ql_lanes_add(acc, sc, n);
-            const float inv = 1.0f / ql_lanes_total(acc);
-            float *o = kv->hao + t * qdim + h * D;
-            memset(o, 0, (size_t)D * sizeof(float));
-            for (int64_t j = 0; j < n; j++) {
-                const float w = sc[j] * inv, *v = V + j * kvdim + kh;
-                for (int64_t e = 0; e < D; e++) o[e] += w * v[e];
-            }
-        }
-        free(sc);
-    }
-    if (failed) return ql_error(QL_ENOMEM, "generation: out of memory for attention scores");
-    return to_backend(kv, kv->hao, T * qdim, kv->ao);
+    return QL_OK;
 }
 
 /* A prompt's first chunk in an empty slot is plain causal attention over
@@ -275,10 +235,7 @@ static ql_status attend_fresh(ql_llama_kv *kv, int layer, int64_t T, int slot) {
                         .n_kv_heads = (int)m->KV,
                         .head_dim = (int)m->D};
     QL_TRY(kv->be->attn_fwd(kv->q, kv->k, kv->v, NULL, &sh, kv->ao, kv->lse));
-    kv_slot *s = &kv->slots[slot];
-    size_t at = (size_t)(layer * s->cap) * (size_t)m->kvdim;
-    QL_TRY(to_host(kv, kv->k, T * m->kvdim, s->k + at));
-    return to_host(kv, kv->v, T * m->kvdim, s->v + at);
+    return cache_rows(kv, layer, slot, 0, 0, T);
 }
 
 static ql_status layer_fwd(ql_llama_kv *kv, int i, int64_t T, const int *slot_of, int fresh) {

@@ -2,15 +2,15 @@
  * prompt is run once (prefill) and each new token costs one token's forward
  * instead of the whole sequence's.
  *
- * The cache keeps each layer's keys (after RoPE) and values in host memory as
- * float32, per sequence slot. New tokens run through the same backend ops as
- * training (4-bit linears with LoRA, RMSNorm, RoPE, SwiGLU); attention of a
- * prompt into an empty slot is the backend's causal attention, and attention
- * of later tokens against the cache is computed on the host (one query row
- * per head over the cached keys: O(context x head_dim), small next to the
- * linear layers). Grouped-query heads read kv head h / (H / KV) as in
- * training. The logits equal ql_llama_logits over the whole sequence up to
- * float rounding (tests/unit/test_generate.c). */
+ * The cache keeps each layer's keys (after RoPE) and values in the backend's
+ * memory and activation type (float32 on the CPU, bf16 on a GPU), per
+ * sequence slot. New tokens run through the same backend ops as training
+ * (4-bit linears with LoRA, RMSNorm, RoPE, SwiGLU); attention of a prompt
+ * into an empty slot is the backend's causal attention, and attention of
+ * later tokens against the cache is the backend's attn_cached_fwd, so a
+ * step waits for the device only for its logits. Grouped-query heads read kv
+ * head h / (H / KV) as in training. The logits equal ql_llama_logits over
+ * the whole sequence up to float rounding (tests/unit/test_generate.c). */
 #ifndef QL_LLAMA_GENERATE_H
 #define QL_LLAMA_GENERATE_H
 

@@ -344,3 +344,51 @@ ql_status ql_attn_bwd_cpu(const ql_act *dout_, const ql_act *q_, const ql_act *k
     free(vt);
     return failed ? ql_error(QL_ENOMEM, "cpu attn_bwd: out of memory") : QL_OK;
 }
+
+/* Generation's attention over a cache: a task per (row, head), each with its
+ * scores in one pass over the keys it sees, in key order (so the bits do not
+ * depend on the thread count or on which rows share the call). */
+ql_status ql_attn_cached_fwd_cpu(const ql_act *q_, const ql_act *k_, const ql_act *v_, int64_t T,
+                                 int64_t pos0, const ql_attn_shape *s, ql_act *out_) {
+    QL_ASSERT(T > 0 && pos0 >= 0 && s->head_dim > 0 && s->n_kv_heads > 0 &&
+              s->n_heads % s->n_kv_heads == 0);
+    const float *q = q_, *k = k_, *v = v_;
+    float *out = out_;
+    const int64_t H = s->n_heads, D = s->head_dim, group = s->n_heads / s->n_kv_heads;
+    const int64_t qdim = H * D, kvdim = s->n_kv_heads * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *sc = malloc((size_t)(pos0 + T) * sizeof(float));
+        if (!sc) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t th = 0; th < T * H; th++) {
+            if (!sc) continue;
+            const int64_t t = th / H, h = th % H, n = pos0 + t + 1, kh = (h / group) * D;
+            const float *qr = q + t * qdim + h * D;
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < n; j++) {
+                sc[j] = ql_dot_lanes(qr, k + j * kvdim + kh, D) * scale;
+                mx = sc[j] > mx ? sc[j] : mx;
+            }
+            for (int64_t j = 0; j < n; j++) sc[j] -= mx;
+            ql_exp_f32(sc, sc, n);
+            float acc[QL_LANES] = {0};
+            ql_lanes_add(acc, sc, n);
+            const float inv = 1.0f / ql_lanes_total(acc);
+            float *o = out + t * qdim + h * D;
+            memset(o, 0, (size_t)D * sizeof(float));
+            for (int64_t j = 0; j < n; j++) {
+                const float w = sc[j] * inv, *vr = v + j * kvdim + kh;
+                for (int64_t e = 0; e < D; e++) o[e] += w * vr[e];
+            }
+        }
+        free(sc);
+    }
+    if (failed) return ql_error(QL_ENOMEM, "cpu attn_cached_fwd: out of memory for the scores");
+    return QL_OK;
+}

@@ -74,6 +74,11 @@ ql_status ql_download_cpu(void *host_dst, const void *src, size_t bytes) {
     return QL_OK;
 }
 
+ql_status ql_copy_cpu(void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+    return QL_OK;
+}
+
 ql_status ql_q4_upload_cpu(const ql_q4 *host, ql_q4 *dst) {
     *dst = *host;
     QL_TRY(ql_q4_alloc(dst));

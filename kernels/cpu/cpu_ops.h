@@ -12,6 +12,7 @@ ql_status ql_alloc_cpu(size_t bytes, void **out);
 void ql_free_cpu(void *p);
 ql_status ql_upload_cpu(void *dst, const void *host_src, size_t bytes);
 ql_status ql_download_cpu(void *host_dst, const void *src, size_t bytes);
+ql_status ql_copy_cpu(void *dst, const void *src, size_t bytes);
 ql_status ql_q4_upload_cpu(const ql_q4 *host, ql_q4 *dst);
 void ql_q4_free_cpu(ql_q4 *dst);
 ql_status ql_dense_upload_cpu(const float *host_w, int64_t rows, int64_t cols, int64_t r,
@@ -64,6 +65,9 @@ QL_CPU_DECLARE(ql_status, ql_attn_bwd,
                (const ql_act *dout, const ql_act *q, const ql_act *k, const ql_act *v,
                 const ql_act *out, const float *lse, const int32_t *doc, const ql_attn_shape *s,
                 ql_act *dq, ql_act *dk, ql_act *dv))
+QL_CPU_DECLARE(ql_status, ql_attn_cached_fwd,
+               (const ql_act *q, const ql_act *k, const ql_act *v, int64_t T, int64_t pos0,
+                const ql_attn_shape *s, ql_act *out))
 QL_CPU_DECLARE(ql_status, ql_embed_fwd,
                (const ql_act *table, const int32_t *ids, int64_t T, int64_t d, ql_act *out))
 QL_CPU_DECLARE(ql_status, ql_xent_fwd_bwd,

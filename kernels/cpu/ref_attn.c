@@ -131,3 +131,47 @@ ql_status ql_attn_bwd_ref(const ql_act *dout_, const ql_act *q_, const ql_act *k
     free(dq_acc);
     return QL_OK;
 }
+
+/* Row t (position pos0 + t) over cached keys 0..pos0 + t, in double. */
+ql_status ql_attn_cached_fwd_ref(const ql_act *q_, const ql_act *k_, const ql_act *v_, int64_t T,
+                                 int64_t pos0, const ql_attn_shape *s, ql_act *out_) {
+    QL_ASSERT(T > 0 && pos0 >= 0 && s->head_dim > 0 && s->n_kv_heads > 0 &&
+              s->n_heads % s->n_kv_heads == 0);
+    const float *q = q_, *k = k_, *v = v_;
+    float *out = out_;
+    const int64_t H = s->n_heads, D = s->head_dim, KV = s->n_kv_heads, group = H / KV;
+    const double scale = 1.0 / sqrt((double)D);
+    double *score = malloc((size_t)(pos0 + T) * sizeof(double));
+    double *acc = malloc((size_t)D * sizeof(double));
+    if (!score || !acc) {
+        free(score);
+        free(acc);
+        return ql_error(QL_ENOMEM, "cpu-ref attn_cached_fwd: out of memory");
+    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t n = pos0 + t + 1, g = h / group;
+            const float *qi = q + (t * H + h) * D;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < n; j++) {
+                const float *kj = k + (j * KV + g) * D;
+                double dot = 0.0;
+                for (int64_t c = 0; c < D; c++) dot += (double)qi[c] * kj[c];
+                score[j] = dot * scale;
+                if (score[j] > mx) mx = score[j];
+            }
+            double sum = 0.0;
+            memset(acc, 0, (size_t)D * sizeof(double));
+            for (int64_t j = 0; j < n; j++) {
+                const double p = exp(score[j] - mx);
+                sum += p;
+                const float *vj = v + (j * KV + g) * D;
+                for (int64_t c = 0; c < D; c++) acc[c] += p * vj[c];
+            }
+            float *oi = out + (t * H + h) * D;
+            for (int64_t c = 0; c < D; c++) oi[c] = (float)(acc[c] / sum);
+        }
+    free(score);
+    free(acc);
+    return QL_OK;
+}

@@ -24,6 +24,10 @@ static ql_status download_cuda(void *host_dst, const void *src, size_t bytes) {
     return ql_cuda_xent_check();
 }
 
+static ql_status copy_cuda(void *dst, const void *src, size_t bytes) {
+    return bytes ? ql_cuda_copy_d2d(dst, src, bytes, ql_cuda_stream()) : QL_OK;
+}
+
 static ql_status q4_upload_cuda(const ql_q4 *host, ql_q4 *dst) {
     return ql_cuda_q4_upload(host, dst);
 }
@@ -68,6 +72,7 @@ static const ql_backend cuda_table = {
     free_cuda,
     upload_cuda,
     download_cuda,
+    copy_cuda,
     q4_upload_cuda,
     q4_free_cuda,
     q4_quantize_upload_cuda,
@@ -90,6 +95,7 @@ static const ql_backend cuda_table = {
     ql_swiglu_bwd_cuda,
     ql_attn_fwd_cuda,
     ql_attn_bwd_cuda,
+    ql_attn_cached_fwd_cuda,
     ql_embed_fwd_cuda,
     ql_xent_fwd_bwd_cuda,
     ql_adamw_cuda,

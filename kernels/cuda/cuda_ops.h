@@ -173,6 +173,9 @@ QL_CUDA_DECLARE(ql_status, ql_attn_bwd,
                 (const ql_act *dout, const ql_act *q, const ql_act *k, const ql_act *v,
                  const ql_act *out, const float *lse, const int32_t *doc, const ql_attn_shape *s,
                  ql_act *dq, ql_act *dk, ql_act *dv))
+QL_CUDA_DECLARE(ql_status, ql_attn_cached_fwd,
+                (const ql_act *q, const ql_act *k, const ql_act *v, int64_t T, int64_t pos0,
+                 const ql_attn_shape *s, ql_act *out))
 QL_CUDA_DECLARE(ql_status, ql_embed_fwd,
                 (const ql_act *table, const int32_t *ids, int64_t T, int64_t d, ql_act *out))
 QL_CUDA_DECLARE(ql_status, ql_xent_fwd_bwd,
@@ -223,6 +226,23 @@ static __device__ __forceinline__ float ql_block_sum(float v, float *red) {
     if (warp == 0) {
         float t = lane < nw ? red[lane] : 0.0f;
         for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (lane == 0) red[0] = t;
+    }
+    __syncthreads();
+    return red[0];
+}
+
+/* The largest v over the block, as ql_block_sum (fmaxf in the same fixed
+ * tree; the same barriers and `red`). */
+static __device__ __forceinline__ float ql_block_max(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float t = lane < nw ? red[lane] : -INFINITY;
+        for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
         if (lane == 0) red[0] = t;
     }
     __syncthreads();

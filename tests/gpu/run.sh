@@ -10,8 +10,8 @@
 #      (build-gpu/min/);
 #   2. every tests/gpu/test_*.c program (each CUDA op against cpu-ref, the
 #      dequantize and quantize bit for bit, QLoRA steps against the CPU backend
-#      and a simulated restart bit for bit, the NCCL communicator on one
-#      GPU) and, with the CMake build or a carried bundle (below), every
+#      and a simulated restart bit for bit, generation with the KV cache in
+#      device memory, the NCCL communicator on one GPU) and, with the CMake build or a carried bundle (below), every
 #      tests/gpu/test_*.sh (qlora train on the GPU: cuda vs cpu losses,
 #      SIGUSR1 -> exit 75 -> resume with the same adapter bytes);
 #   3. the CUDA benchmarks: bench_cuda_dequant (NF4+DQ vs device copy),
@@ -83,7 +83,7 @@ trap save_logs EXIT
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH=/usr/local/cuda/bin:$PATH
 t0=$(date +%s)
 
-gpu_tests=(test_q4_dequant_cuda test_q4_quantize_cuda test_ops_cuda test_train_cuda)
+gpu_tests=(test_q4_dequant_cuda test_q4_quantize_cuda test_ops_cuda test_train_cuda test_generate_cuda)
 full_tests=(test_nccl_comm)          # need MPI: CMake build only
 # need the qlora binary: CMake build only (the 2-rank ones skip on one GPU)
 gpu_scripts=(test_train_qlora_cuda test_train_multirank_cuda test_train_overlap_cuda)
@@ -113,6 +113,7 @@ min_c_srcs="core/status.c core/dtype.c core/rng.c kernels/rope.c kernels/cpu/qua
     kernels/cpu/ref_add.c kernels/cpu/ref_attn.c kernels/cpu/ref_linear.c kernels/cpu/ref_loss.c
     kernels/cpu/ref_norm.c kernels/cpu/ref_backend.c
     model/llama_load.c model/llama_step.c model/lora.c model/random_source.c model/llama_mem.c
+    model/llama_generate.c
     train/optim.c train/clip.c tests/gpu/min/min_stubs.c"
 
 build_min() {

@@ -132,8 +132,14 @@ static void test_memory(void) {
     GTRY(gpu->upload(p, src, sizeof src));
     GTRY(gpu->download(dst, p, sizeof dst));
     CHECK(memcmp(src, dst, sizeof src) == 0);
+    void *p2 = dev_poisoned(sizeof src);
+    GTRY(gpu->copy(p2, (char *)p + 8, sizeof src - 8));
+    memset(dst, 0, sizeof dst);
+    GTRY(gpu->download(dst, p2, sizeof src - 8));
+    CHECK(memcmp(src + 2, dst, sizeof src - 8) == 0);
     CHECK(gpu->sync() == QL_OK);
     gpu->free(p);
+    gpu->free(p2);
 }
 
 /* --- 4-bit linear layers --------------------------------------------------------------------- */
@@ -943,6 +949,34 @@ static void test_attn(int64_t batch, int64_t seq, int H, int KV, int D, int docs
     if (gdoc) gpu->free(gdoc);
 }
 
+/* Generation's attention over a cache (rows pos0..pos0+T-1 of a sequence of
+ * pos0 + T tokens) against cpu-ref's attn_fwd over the whole sequence, and
+ * a row's bits the same whether its call has T rows or one. */
+static void test_attn_cached(int64_t pos0, int64_t T, int H, int KV, int D) {
+    char what[128];
+    snprintf(what, sizeof what, "attn_cached pos0=%lld T=%lld H=%d KV=%d D=%d", (long long)pos0,
+             (long long)T, H, KV, D);
+    const int64_t S = pos0 + T, qdim = (int64_t)H * D, nk = S * KV * D;
+    ql_attn_shape s = {1, S, H, KV, D};
+    float *q = rand_bf16(S * qdim, -2, 2), *k = rand_bf16(nk, -2, 2), *v = rand_bf16(nk, -1, 1);
+    float *ro = tops_alloc(S * qdim), *rl = tops_alloc((int64_t)H * S);
+    GTRY(ref->attn_fwd(q, k, v, NULL, &s, ro, rl));
+    void *gq = up_act(q + pos0 * qdim, T * qdim), *gk = up_act(k, nk), *gv = up_act(v, nk);
+    void *go = dev_poisoned((size_t)(T * qdim) * 2);
+    GTRY(gpu->attn_cached_fwd(gq, gk, gv, T, pos0, &s, go));
+    float *o = down_act(go, T * qdim);
+    TOPS_CLOSE(o, ro + pos0 * qdim, T * qdim, TOL_ELEM, what);
+    void *first = down_bytes(go, (size_t)(T * qdim) * 2);
+    poison(go, (size_t)(T * qdim) * 2);
+    for (int64_t t = 0; t < T; t++)
+        GTRY(gpu->attn_cached_fwd((char *)gq + t * qdim * 2, gk, gv, 1, pos0 + t, &s,
+                                  (char *)go + t * qdim * 2));
+    same_bits(go, first, (size_t)(T * qdim) * 2, what);
+    n_ops_run += 1;
+    free(q), free(k), free(v), free(ro), free(rl), free(o), free(first);
+    gpu->free(gq), gpu->free(gk), gpu->free(gv), gpu->free(go);
+}
+
 int main(void) {
     if (ql_cuda_device_count() == 0) {
         printf("no CUDA device: skipped\n");
@@ -1022,6 +1056,13 @@ int main(void) {
     test_attn(2, 70, 4, 1, 64, 3);
     test_attn(1, 1, 2, 1, 128, 0);
     test_attn(2, 50, 4, 2, 32, 3);
+    /* Generation's attention: decode and a later prompt chunk, past one
+     * tile of 128 keys, head_dim 64, 128, 256 and an odd 24, GQA 1 to 4. */
+    test_attn_cached(0, 1, 2, 1, 64);
+    test_attn_cached(300, 1, 8, 2, 128);
+    test_attn_cached(130, 7, 4, 4, 24);
+    test_attn_cached(40, 90, 6, 3, 64);
+    test_attn_cached(5, 3, 2, 1, 256);
 
     ql_cuda_release_cache();
     printf("%d CUDA op runs compared with cpu-ref\n", n_ops_run);

@@ -19,8 +19,13 @@ static void test_memory(void) {
     CHECK(fast->upload(p, src, sizeof src) == QL_OK);
     CHECK(fast->download(dst, p, sizeof dst) == QL_OK);
     CHECK(memcmp(src, dst, sizeof src) == 0);
+    void *p2 = NULL;
+    CHECK(fast->alloc(100, &p2) == QL_OK);
+    CHECK(fast->copy(p2, (char *)p + 8, 60) == QL_OK);
+    CHECK(memcmp(p2, src + 2, 60) == 0);
     CHECK(fast->sync() == QL_OK);
     fast->free(p);
+    fast->free(p2);
 }
 
 /* The mask of n elements as bytes, 1 = kept, by ql_dropout_keep. */
@@ -293,6 +298,37 @@ static void test_attn(int64_t batch, int64_t seq, int H, int KV, int D, int docs
     free(q), free(k), free(v), free(dout), free(doc);
 }
 
+/* Generation's attention over a cache: rows pos0..pos0+T-1 of a sequence of
+ * S = pos0 + T tokens against the cache of all S keys must be attn_fwd's
+ * rows there (causal, one sequence), on both backends; and on the fast
+ * backend a row's bits must not depend on how the rows are split into calls
+ * (one call of T rows, or T calls of one). */
+static void test_attn_cached(int64_t pos0, int64_t T, int H, int KV, int D) {
+    const int64_t S = pos0 + T, qdim = (int64_t)H * D;
+    ql_attn_shape full = {1, S, H, KV, D};
+    float *q = tops_rand(S * qdim, -1, 1), *k = tops_rand(S * KV * D, -1, 1);
+    float *v = tops_rand(S * KV * D, -1, 1);
+    float *want = tops_alloc(S * qdim), *lse = tops_alloc((int64_t)H * S);
+    CHECK(ref->attn_fwd(q, k, v, NULL, &full, want, lse) == QL_OK);
+    const ql_backend *be[2] = {ref, fast};
+    float *got[2], *one = tops_rand(T * qdim, 5, 6);
+    for (int j = 0; j < 2; j++) {
+        got[j] = tops_rand(T * qdim, 5, 6);
+        CHECK(be[j]->attn_cached_fwd(q + pos0 * qdim, k, v, T, pos0, &full, got[j]) == QL_OK);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "attn_cached pos0 %lld T %lld H%d KV%d D%d", (long long)pos0,
+             (long long)T, H, KV, D);
+    TOPS_CLOSE(got[0], want + pos0 * qdim, T * qdim, 1e-6, what);
+    TOPS_CLOSE(got[1], want + pos0 * qdim, T * qdim, 1e-5, what);
+    for (int64_t t = 0; t < T; t++)
+        CHECK(fast->attn_cached_fwd(q + (pos0 + t) * qdim, k, v, 1, pos0 + t, &full,
+                                    one + t * qdim) == QL_OK);
+    CHECKF(memcmp(one, got[1], (size_t)(T * qdim) * sizeof(float)) == 0,
+           "%s: a row's bits depend on the rows sharing its call", what);
+    free(q), free(k), free(v), free(want), free(lse), free(one), free(got[0]), free(got[1]);
+}
+
 static void test_embed(void) {
     int64_t V = 50, d = 33, T = 17;
     float *table = tops_rand(V * d, -1, 1), *a = tops_alloc(T * d), *b = tops_alloc(T * d);
@@ -409,6 +445,11 @@ int main(void) {
      * a partial last tile of both, head_dim with a tail past 8 lanes. */
     test_attn(2, 150, 4, 2, 12, 3);
     test_attn(1, 130, 6, 2, 64, 0);
+
+    test_attn_cached(0, 1, 3, 3, 8);     /* one token, nothing cached before it */
+    test_attn_cached(37, 1, 6, 2, 64);   /* decode, GQA 3 */
+    test_attn_cached(20, 9, 9, 3, 16);   /* a later prompt chunk */
+    test_attn_cached(250, 12, 4, 2, 12); /* past 128 keys: the CUDA kernel's tiles */
 
     test_embed();
     test_xent(13, 1000);
