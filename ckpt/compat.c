@@ -102,8 +102,9 @@ static ql_status check_config(const ql_ckpt_meta *ck, const ql_config *cfg, char
         if (in(k->path, FIXED, sizeof FIXED / sizeof *FIXED))
             st = ql_error(QL_EINVAL,
                           "%s is %s in the checkpoint and %s now: it fixes the adapters or the "
-                          "data stream, so a resume cannot change it (set it back, or "
-                          "resume: never to start over)",
+                          "data stream, so a resume cannot change it (set it back, or start "
+                          "over: --resume=never --overwrite_output_dir=true, or another "
+                          "output_dir)",
                           k->path, a, b);
         else if (!in(k->path, QUIET, sizeof QUIET / sizeof *QUIET) && len < notes_n)
             len += (size_t)snprintf(notes + len, notes_n - len,
@@ -111,6 +112,11 @@ static ql_status check_config(const ql_ckpt_meta *ck, const ql_config *cfg, char
     }
     free(old);
     return st;
+}
+
+ql_status ql_ckpt_check_fixed_keys(const ql_ckpt_meta *ck, const ql_config *cfg) {
+    char none[1];
+    return check_config(ck, cfg, none, 0);
 }
 
 ql_status ql_ckpt_check_compat(const ql_ckpt_meta *ck, const ql_ckpt_meta *now,
@@ -159,7 +165,8 @@ ql_status ql_ckpt_check_compat(const ql_ckpt_meta *ck, const ql_ckpt_meta *now,
                         "the training data differs from the checkpoint's (%" PRId64
                         " rows, fingerprint %.12s; now %" PRId64
                         " rows, %.12s): its data cursor would point at other samples (use the "
-                        "data the run started with, or resume: never to start over)",
+                        "data the run started with, or start over: --resume=never "
+                        "--overwrite_output_dir=true, or another output_dir)",
                         ck->data.rows, ck->data.sha256, now->data.rows, now->data.sha256);
     return QL_OK;
 }

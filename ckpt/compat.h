@@ -21,4 +21,8 @@
 ql_status ql_ckpt_check_compat(const ql_ckpt_meta *ck, const ql_ckpt_meta *now,
                                const ql_config *cfg, char *notes, size_t notes_n);
 
+/* The configuration check alone (the QL_CKPT_FIXED_KEYS), before the model
+ * and the data are loaded, so that a refused resume is refused at once. */
+ql_status ql_ckpt_check_fixed_keys(const ql_ckpt_meta *ck, const ql_config *cfg);
+
 #endif

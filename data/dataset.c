@@ -104,11 +104,17 @@ static ql_status load_part(const ql_config *c, const char *path, tok_state *ts, 
     ql_tokenizer *tok = has_tokenizer_files(c->model) ? get_tokenizer(ts) : NULL;
     ql_status st = ql_records_load(path, tok, &o, &p->d, &p->rep);
     if (st != QL_OK) {
-        if (!tok && ts->err[0] && strstr(ql_error_message(), "needs the model's tokenizer")) {
+        if (!tok && strstr(ql_error_message(), "needs the model's tokenizer")) {
             char msg[QL_ERROR_MAX];
             snprintf(msg, sizeof msg, "%s", ql_error_message());
-            return ql_error(st, "%s; loading the tokenizer of %s failed: %s", msg, c->model,
-                            ts->err);
+            const char *why = ts->err[0]                ? ts->err
+                              : !ql_fs_exists(c->model) ? "no such file or directory"
+                              : ql_fs_is_dir(c->model)
+                                  ? "the directory has no tokenizer.json (a model merged from a "
+                                    "GGUF run has none: copy the base model's tokenizer files "
+                                    "into it)"
+                                  : "not a GGUF file, and not a directory with tokenizer.json";
+            return ql_error(st, "%s; the tokenizer of model %s: %s", msg, c->model, why);
         }
         return st;
     }

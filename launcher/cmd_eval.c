@@ -161,9 +161,13 @@ static int parse_args(int argc, char **argv, eval_args *a) {
  * record needed it. Over-length records are truncated, as by default in
  * qlora train. */
 static ql_status load_records(const eval_args *a, ql_token_data *d, ql_records_report *rep) {
+    if (!ql_fs_exists(a->model))
+        return ql_error(QL_ENOTFOUND, "--model %s: no such file or directory", a->model);
     ql_tokenizer *tok = NULL;
+    char why[QL_ERROR_MAX] = "";
     if (ql_tokenizer_load(a->model, &tok) != QL_OK) {
         tok = NULL;
+        snprintf(why, sizeof why, "%s", ql_error_message());
         ql_error_clear();
     }
     ql_records_options ro = {.max_seq_len = a->max_seq_len,
@@ -172,6 +176,11 @@ static ql_status load_records(const eval_args *a, ql_token_data *d, ql_records_r
                              .chat_template = QL_CHAT_AUTO};
     ql_status st = ql_records_load(a->data, tok, &ro, d, rep);
     ql_tokenizer_free(tok);
+    if (st != QL_OK && why[0] && strstr(ql_error_message(), "needs the model's tokenizer")) {
+        char msg[QL_ERROR_MAX];
+        snprintf(msg, sizeof msg, "%s", ql_error_message());
+        return ql_error(st, "%s; the tokenizer of --model %s: %s", msg, a->model, why);
+    }
     return st;
 }
 

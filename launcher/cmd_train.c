@@ -87,24 +87,61 @@ static void on_preempt(int sig) {
     signal(sig, SIG_DFL);
 }
 
+/* A metrics.jsonl marks a run once it holds a step's line: one left by a
+ * start that stopped before its first step (a preemption while loading) does
+ * not, so that the requeued job starts. */
+static int metrics_has_steps(const char *path) {
+    char *data = NULL;
+    size_t len = 0;
+    if (ql_fs_read_file(path, &data, &len) != QL_OK) {
+        ql_error_clear();
+        return 1; /* unreadable: be careful */
+    }
+    const int steps = strstr(data, "\"loss\"") != NULL;
+    free(data);
+    return steps;
+}
+
 /* output_dir: created if missing; a previous run in it needs
- * overwrite_output_dir, unless this run resumes from its checkpoints. */
-static ql_status prepare_output(const ql_config *c) {
+ * overwrite_output_dir, unless this run resumes from its checkpoints. A
+ * resume whose configuration a checkpoint refuses is refused here, before
+ * anything is loaded; *done is set when the checkpoint it would resume from
+ * is the run's last step and the adapter is there: nothing to do. */
+static ql_status prepare_output(const ql_config *c, int *done) {
     static const char *const marks[] = {"metrics.jsonl", "adapter"};
+    *done = 0;
+    if (!ql_fs_exists(c->model))
+        return ql_error(QL_ENOTFOUND, "model: %s: no such file or directory", c->model);
     int resuming = 0;
-    QL_TRY(ql_train_ckpt_prepare(c, &resuming));
+    int64_t step = -1;
+    QL_TRY(ql_train_ckpt_prepare(c, &resuming, &step));
+    char *adapter = ql_fs_join(c->output_dir, "adapter");
+    if (!adapter) return QL_ENOMEM;
+    *done = resuming && step >= c->train.steps && ql_fs_is_dir(adapter);
+    if (*done)
+        printf("nothing to train: the checkpoint to resume from is of step %lld (train.steps: "
+               "%lld) and the adapter is in %s; raise train.steps to train further\n",
+               (long long)step, (long long)c->train.steps, adapter);
+    free(adapter);
     for (size_t i = 0; i < sizeof marks / sizeof marks[0] && !resuming; i++) {
         char *p = ql_fs_join(c->output_dir, marks[i]);
         if (!p) return QL_ENOMEM;
-        int there = ql_fs_exists(p);
+        int there = ql_fs_exists(p) && (i > 0 || metrics_has_steps(p));
         free(p);
         if (there && !c->overwrite_output_dir)
             return ql_error(QL_EINVAL,
-                            "output_dir %s already holds a run (%s); choose another output_dir or "
-                            "set overwrite_output_dir: true (--overwrite_output_dir=true)",
+                            "output_dir %s already holds a run (%s) and no checkpoint to resume "
+                            "from; choose another output_dir or set overwrite_output_dir: true "
+                            "(--overwrite_output_dir=true)",
                             c->output_dir, marks[i]);
     }
-    QL_TRY(ql_fs_mkdirs(c->output_dir));
+    return ql_fs_mkdirs(c->output_dir);
+}
+
+/* OUTPUT_DIR/config.resolved.yaml, once the run is sure to start (its
+ * resume accepted): a refused start leaves the run's own file as it was,
+ * and eval and export read that file to learn how the run held its base. */
+static ql_status write_resolved(const ql_config *c) {
     char *yaml = ql_config_to_yaml(c);
     if (!yaml) return ql_error(QL_ENOMEM, "out of memory writing the resolved configuration");
     char *p = ql_fs_join(c->output_dir, "config.resolved.yaml");
@@ -334,8 +371,12 @@ static int run(const ql_config *c, ql_job *j) {
     /* Past a file-size limit (ulimit -f), a write fails with EFBIG and ends
      * the run with a message, instead of the signal killing it. */
     signal(SIGXFSZ, SIG_IGN);
-    ql_status st = r0 ? prepare_output(c) : QL_OK;
+    int done = 0;
+    ql_status st = r0 ? prepare_output(c, &done) : QL_OK;
     if ((st = ql_job_agree(j, st)) != QL_OK) return ql_job_report(j, st);
+    if (j->size > 1 && (st = ql_comm_bcast(comm, &done, sizeof done, 0)) != QL_OK)
+        return ql_job_report(j, st);
+    if (done) return QL_EXIT_OK;
 
     /* A GPU per rank before CUDA is touched (local rank mod visible devices). */
     int device = -1;
@@ -422,8 +463,7 @@ static int run(const ql_config *c, ql_job *j) {
                 (long long)hc->max_position_embeddings);
     ql_adapters *a = ql_llama_adapters(m);
     if (r0) print_plan(c, j, be, &ds);
-    /* Rank 0: the base model's answers to held-out prompts (train/review.h). */
-    ql_review *rv = r0 ? ql_review_start(c, m, &ds.valid.d, stderr) : NULL;
+    ql_review *rv = NULL;
 
     ql_train_model tm = {.ctx = m,
                          .be = be,
@@ -455,6 +495,11 @@ static int run(const ql_config *c, ql_job *j) {
     /* lora.init_adapter after the resume: a checkpoint's weights are later. */
     if (st == QL_OK && ql_train_ckpt_resumed(ck) == 0)
         st = ql_job_agree(j, ql_init_adapter_load(c, m, be, r0 ? stderr : NULL));
+    /* The run starts: its resolved configuration, and rank 0's base-model
+     * answers to held-out prompts (train/review.h) unless no step is left. */
+    if (st == QL_OK) st = ql_job_agree(j, r0 ? write_resolved(c) : QL_OK);
+    if (st == QL_OK && r0 && ql_train_ckpt_resumed(ck) < c->train.steps)
+        rv = ql_review_start(c, m, &ds.valid.d, stderr);
     if (st == QL_OK) {
         ql_train_opts to = {.cfg = c,
                             .metrics_path = r0 ? metrics : NULL,
@@ -510,11 +555,17 @@ static int run(const ql_config *c, ql_job *j) {
     } else if (r0) {
         char el[32];
         ql_format_duration(r.elapsed_s, el, sizeof el);
-        printf("%s %lld of %lld steps in %s", r.interrupted ? "interrupted after" : "trained",
-               (long long)r.steps, (long long)c->train.steps, el);
-        if (r.skipped) printf(" (%lld skipped)", (long long)r.skipped);
-        printf(": %lld tokens, %.0f tokens/s; loss %.4f -> %.4f\n", (long long)r.tokens,
-               r.elapsed_s > 0 ? (double)r.tokens / r.elapsed_s : 0.0, r.first_loss, r.last_loss);
+        if (r.steps == r.start_step && !r.interrupted) {
+            printf("nothing to train: resumed at step %lld of %lld; the adapter is saved again\n",
+                   (long long)r.steps, (long long)c->train.steps);
+        } else {
+            printf("%s %lld of %lld steps in %s", r.interrupted ? "interrupted after" : "trained",
+                   (long long)r.steps, (long long)c->train.steps, el);
+            if (r.skipped) printf(" (%lld skipped)", (long long)r.skipped);
+            printf(": %lld tokens, %.0f tokens/s; loss %.4f -> %.4f\n", (long long)r.tokens,
+                   r.elapsed_s > 0 ? (double)r.tokens / r.elapsed_s : 0.0, r.first_loss,
+                   r.last_loss);
+        }
         if (j->size > 1)
             printf("ranks: %d; rank 0 spent %.3f s of %.3f s (%.1f %%) in collectives\n", j->size,
                    r.comm_s, r.elapsed_s, r.elapsed_s > 0 ? 100.0 * r.comm_s / r.elapsed_s : 0.0);

@@ -43,10 +43,53 @@ static void root_of(const ql_config *c, char *buf, size_t n) {
     snprintf(buf, n, "%s/checkpoints", c->output_dir);
 }
 
-ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming) {
+static ql_status candidates(const ql_config *c, const char *root, char ***dirs, int *n, char *note,
+                            size_t note_n);
+
+/* The first checkpoint a resume would try, before anything is loaded: a
+ * configuration it refuses (the keys a resume cannot change) is refused
+ * now, and *step is set when it is at or past train.steps (the run is
+ * over). Either holds only for a checkpoint that verifies: a damaged one
+ * (or another run's manifest) is left to the full check, which falls back
+ * past it; an unreadable manifest too. */
+static ql_status precheck(const ql_config *c, const char *root, int64_t *step) {
+    char **dirs = NULL, note[1024];
+    int n = 0;
+    QL_TRY(candidates(c, root, &dirs, &n, note, sizeof note));
+    ql_status st = QL_OK;
+    char *mp = n > 0 ? ql_fs_join(dirs[0], "manifest.pb") : NULL;
+    ql_ckpt_meta m;
+    if (mp && ql_fs_exists(mp) && ql_manifest_read(mp, &m) == QL_OK) {
+        const ql_status fixed = ql_ckpt_check_fixed_keys(&m, c);
+        char why[QL_ERROR_MAX];
+        snprintf(why, sizeof why, "%s", fixed != QL_OK ? ql_error_message() : "");
+        if (fixed != QL_OK || m.step >= c->train.steps) {
+            ql_ckpt_meta v;
+            memset(&v, 0, sizeof v);
+            const ql_status ok = ql_ckpt_verify(
+                dirs[0], (ql_file_locking)c->checkpoint.file_locking, NULL, &v, NULL);
+            ql_ckpt_meta_free(&v);
+            if (ok != QL_OK)
+                ql_error_clear();
+            else if (fixed != QL_OK)
+                st = ql_error(fixed, "cannot resume from %s: %s", dirs[0], why);
+            else
+                *step = m.step;
+        }
+        ql_ckpt_meta_free(&m);
+    } else {
+        ql_error_clear();
+    }
+    free(mp);
+    ql_ckpt_free_list(dirs, n);
+    return st;
+}
+
+ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *step) {
     char root[PATH_N];
     root_of(c, root, sizeof root);
     *resuming = 0;
+    *step = -1;
     if (!strcmp(c->resume, "auto") || !strcmp(c->resume, "never")) {
         int64_t *steps;
         int n;
@@ -54,7 +97,7 @@ ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming) {
         free(steps);
         if (!strcmp(c->resume, "auto")) {
             *resuming = n > 0;
-            return QL_OK;
+            return n > 0 ? precheck(c, root, step) : QL_OK;
         }
         if (n > 0 && !c->overwrite_output_dir)
             return ql_error(QL_EINVAL,
@@ -75,7 +118,7 @@ ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming) {
     if (!ql_fs_is_dir(c->resume))
         return ql_error(QL_ENOTFOUND, "resume: %s: no such checkpoint directory", c->resume);
     *resuming = 1;
-    return QL_OK;
+    return precheck(c, root, step);
 }
 
 /* The directories to try, in order, for resume: auto (this run's

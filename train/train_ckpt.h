@@ -25,10 +25,13 @@
 
 /* Rank 0, before anything is written to output_dir: *resuming = 1 when
  * this run will continue from a checkpoint (resume: PATH, or auto with a
- * checkpoint in OUTPUT_DIR/checkpoints). With resume: never, existing
+ * checkpoint in OUTPUT_DIR/checkpoints). The first checkpoint a resume
+ * will try, when it verifies, is checked here, before anything is loaded:
+ * a change of the keys a resume cannot change is refused, and *step is its
+ * step when that is at or past train.steps (-1 otherwise). With resume: never, existing
  * checkpoints are removed under overwrite_output_dir: true and are an error
  * otherwise. */
-ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming);
+ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *step);
 
 typedef struct ql_train_ckpt_opts {
     const ql_config *cfg;

@@ -149,7 +149,7 @@ grep -q '^  valid      15 records held out for validation' v1.out || bad "no hel
 "$QLORA" data stats cfg.yaml --data.valid=tok2.jsonl >v4.out 2>&1 || bad "data.valid failed"
 grep -q '"valid_records": 59,' v4.out || bad "data.valid: $(tail -n1 v4.out)"
 "$QLORA" data stats cfg.yaml --data.valid=tok2.jsonl --data.valid_fraction=0.1 >/dev/null 2>v5.err
-[ $? = 1 ] && grep -q "data.valid (tok2.jsonl) and data.valid_fraction (0.1) are both set" v5.err ||
+[ $? = 1 ] && grep -q "data.valid_fraction (0.1) and data.valid (tok2.jsonl, command line) are both set" v5.err ||
     bad "both validation keys: $(cat v5.err)"
 
 # errors
