@@ -420,14 +420,20 @@ ql_status ql_config_parse(const char *text, size_t len, const char *name, const 
         if (r.keys[k].type == QL_CFG_STR) {
             /* Paths and names are taken as typed: "--model=a: b" is a string,
              * not a YAML mapping. */
+            /* A key whose default is "" is emptied by --key= or --key="" (the
+             * shell's quotes kept: --key='""'); for the others an empty value
+             * is nothing, an error. */
+            const char *v = ov[i].value;
+            const int emptiable = r.keys[k].def && !strcmp(r.keys[k].def, "\"\"");
+            if (emptiable && (!strcmp(v, "\"\"") || !strcmp(v, "''"))) v = "";
             ov_roots[i] = ql_calloc(1, sizeof *ov_roots[i], "an override");
-            if (ov_roots[i]) ov_roots[i]->text = strdup(ov[i].value);
+            if (ov_roots[i]) ov_roots[i]->text = strdup(v);
             if (!ov_roots[i] || !ov_roots[i]->text) {
                 st = ql_error(QL_ENOMEM, "out of memory for an override");
                 goto out;
             }
             ov_roots[i]->kind = QL_YNODE_SCALAR;
-            ov_roots[i]->plain = !*ov[i].value; /* only "" means nothing */
+            ov_roots[i]->plain = !*v && !emptiable;
         } else {
             char vname[300];
             snprintf(vname, sizeof vname, "command line --%s", ov[i].key);

@@ -171,11 +171,14 @@ ql_status ql_sha256_add_file(ql_sha256 *s, const char *path) {
         return QL_ENOMEM;
     }
     size_t n;
+    errno = 0;
     while ((n = fread(buf, 1, BLOCK, f)) > 0) ql_sha256_update(s, buf, n);
-    int err = ferror(f);
+    const int err = ferror(f), e = errno;
     fclose(f);
     free(buf);
-    if (err) return ql_error(QL_EIO, "%s: read error", path);
+    if (err)
+        return ql_error(QL_EIO, "%s: cannot read: %s", path,
+                        e == EISDIR ? "it is a directory, not a file" : strerror(e));
     return QL_OK;
 }
 

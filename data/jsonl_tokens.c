@@ -162,7 +162,7 @@ ql_status ql_jsonl_tokens_load(const char *path, int64_t max_seq_len, ql_token_d
             json_t *obj = json_loadb(text + pos, n, 0, &err);
             if (!obj)
                 st = ql_error(QL_EFORMAT, "%s:%lld: invalid JSON at column %d: %s", path,
-                              (long long)line, err.column, err.text);
+                              (long long)line, err.column, ql_jsonl_error_text(err.text));
             else
                 st = add_record(&b, obj, line, max_seq_len);
             json_decref(obj);
@@ -206,4 +206,13 @@ ql_status ql_jsonl_tokens_check_vocab(const ql_token_data *d, int64_t vocab) {
     }
     /* Only truncated-away tokens were out of range: they are never used. */
     return QL_OK;
+}
+
+const char *ql_jsonl_error_text(const char *text) {
+    static _Thread_local char buf[256];
+    static const char eof[] = "end of file";
+    const char *at = strstr(text, eof);
+    if (!at) return text;
+    snprintf(buf, sizeof buf, "%.*send of the line%s", (int)(at - text), text, at + sizeof eof - 1);
+    return buf;
 }

@@ -45,4 +45,9 @@ ql_status ql_token_data_reserve(ql_token_data *d, int64_t *cap_rec, int64_t *cap
 /* Refuses ids >= vocab (or labels >= vocab), naming the file, line and index. */
 ql_status ql_jsonl_tokens_check_vocab(const ql_token_data *d, int64_t vocab);
 
+/* jansson's message for one JSONL line, which it parsed as a whole input:
+ * its "end of file" is the end of the line. The result is `text` or a
+ * thread-local buffer valid until the next call. */
+const char *ql_jsonl_error_text(const char *text);
+
 #endif

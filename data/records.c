@@ -478,7 +478,8 @@ static ql_status do_line(loader *L, const char *s, size_t n) {
     if (!obj) {
         if (strstr(err.text, "unable to decode byte"))
             return bad(L, QL_BAD_UTF8, "invalid UTF-8 at column %d (%s)", err.column, err.text);
-        return bad(L, QL_BAD_JSON, "invalid JSON at column %d: %s", err.column, err.text);
+        return bad(L, QL_BAD_JSON, "invalid JSON at column %d: %s", err.column,
+                   ql_jsonl_error_text(err.text));
     }
     ql_status st;
     if (!json_is_object(obj)) {

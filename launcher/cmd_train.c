@@ -112,6 +112,8 @@ static ql_status prepare_output(const ql_config *c, int *done) {
     *done = 0;
     if (!ql_fs_exists(c->model))
         return ql_error(QL_ENOTFOUND, "model: %s: no such file or directory", c->model);
+    if (ql_fs_exists(c->output_dir) && !ql_fs_is_dir(c->output_dir))
+        return ql_error(QL_EINVAL, "output_dir %s exists and is not a directory", c->output_dir);
     int resuming = 0;
     int64_t step = -1;
     QL_TRY(ql_train_ckpt_prepare(c, &resuming, &step));

@@ -25,10 +25,18 @@ int ql_cli_load_config(int argc, char **argv, int first, const char *cmd, void (
         } else if (!strncmp(a, "--", 2)) {
             bufs[n_ov] = malloc(strlen(a) + 1);
             if (!bufs[n_ov] || ql_config_split_override(a, bufs[n_ov], &ov[n_ov]) != 0) {
-                fprintf(stderr,
-                        "qlora %s: '%s' is not an override of the form --section.key=value\n"
-                        "(qlora %s --help lists the flags)\n",
-                        cmd, a, cmd);
+                /* "--lora.r 4": the value given as the next word. */
+                const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+                if (!strchr(a, '=') && strlen(a) > 2 && next && strncmp(next, "--", 2) != 0)
+                    fprintf(stderr,
+                            "qlora %s: '%s' is not an override of the form --section.key=value "
+                            "(did you mean '%s=%s'?)\n(qlora %s --help lists the flags)\n",
+                            cmd, a, a, next, cmd);
+                else
+                    fprintf(stderr,
+                            "qlora %s: '%s' is not an override of the form --section.key=value\n"
+                            "(qlora %s --help lists the flags)\n",
+                            cmd, a, cmd);
                 free(bufs[n_ov]);
                 rc = QL_EXIT_USAGE;
             } else {

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/config.h"
 #include "launcher/blas_tune.h"
 #include "launcher/commands.h"
 
@@ -46,7 +47,17 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < N_COMMANDS; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "qlora: unknown command '%s'\n", argv[1]);
+    /* The nearest command, when a typo away (edit distance at most 2). */
+    const char *near = NULL;
+    int best = 3;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const int d = ql_config_edit_distance(argv[1], commands[i].name);
+        if (d < best) best = d, near = commands[i].name;
+    }
+    if (near)
+        fprintf(stderr, "qlora: unknown command '%s' (did you mean '%s'?)\n", argv[1], near);
+    else
+        fprintf(stderr, "qlora: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return QL_EXIT_USAGE;
 }

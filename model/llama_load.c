@@ -646,8 +646,9 @@ void ql_llama_describe(const ql_llama *m, FILE *f) {
      * upload is counted there), else on the host (OpenMP) followed by one
      * upload of the 4-bit weight; the split says which part a large model
      * waits for. */
-    fprintf(f,
-            "  loaded in %.1f s: reading %.1f s, quantizing on the host %.1f s, quantizing on "
-            "the GPU %.1f s (float32 upload included), copying to the backend %.1f s\n",
-            m->load_s, m->read_s, m->quantize_s, m->gpu_quantize_s, m->upload_s);
+    fprintf(f, "  loaded in %.1f s: reading %.1f s", m->load_s, m->read_s);
+    if (m->quantize_s > 0) fprintf(f, ", quantizing on the host %.1f s", m->quantize_s);
+    if (m->gpu_quantize_s > 0)
+        fprintf(f, ", quantizing on the GPU %.1f s (float32 upload included)", m->gpu_quantize_s);
+    fprintf(f, ", copying to the backend %.1f s\n", m->upload_s);
 }

@@ -21,6 +21,7 @@ typedef struct gguf_merge {
     ql_gguf_lora_base base;        /* the architecture's Q/K order and head counts */
     const ql_hf_expected **exp_of; /* per source tensor: its HF tensor, NULL if copied */
     int n_merged;
+    int layers_done; /* counted: the file's tensors need not come in layer order */
 } gguf_merge;
 
 /* llama.cpp's LLAMA_FTYPE for a file whose linears are `type`. */
@@ -58,7 +59,7 @@ static ql_status fill_linear(void *ctx, size_t index, void *dst) {
                           (size_t)n);
     }
     if (c->o->progress && layer >= 0 && !strcmp(proj, "down_proj"))
-        fprintf(c->o->progress, "export: layer %d of %lld merged\n", layer + 1,
+        fprintf(c->o->progress, "export: %d of %lld layers merged\n", ++g->layers_done,
                 (long long)c->src.cfg.num_hidden_layers);
     return QL_OK;
 }

@@ -163,6 +163,16 @@ ql_status ql_peft_save_as(const char *dir, const ql_adapters *a, const ql_backen
     return QL_OK;
 }
 
+/* A training run's directory (its resolved configuration, its checkpoints)
+ * before the adapter is written at the end. */
+static int run_without_adapter(const char *path) {
+    char *cfg = ql_fs_join(path, "config.resolved.yaml"), *ck = ql_fs_join(path, "checkpoints");
+    const int yes = cfg && ck && ql_fs_exists(cfg) && ql_fs_is_dir(ck);
+    free(cfg);
+    free(ck);
+    return yes;
+}
+
 ql_status ql_peft_find(const char *path, char *out, size_t cap) {
     if (ql_gguf_lora_is_file(path)) {
         if (!ql_fs_exists(path)) return ql_error(QL_ENOTFOUND, "%s: no such file", path);
@@ -178,6 +188,12 @@ ql_status ql_peft_find(const char *path, char *out, size_t cap) {
         snprintf(out, cap, "%s", path);
     else if (ql_fs_exists(in_run))
         snprintf(out, cap, "%s/adapter", path);
+    else if (run_without_adapter(path))
+        st = ql_error(QL_ENOTFOUND,
+                      "%s: a run directory with no adapter/ yet (preempted, stopped or still "
+                      "training); its checkpoints hold the adapter: qlora export %s --out DIR "
+                      "writes it, then use --adapter DIR",
+                      path, path);
     else
         st = ql_error(QL_ENOTFOUND,
                       "%s: not an adapter directory (no %s) nor a run directory (no adapter/%s)",

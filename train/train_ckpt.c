@@ -446,11 +446,16 @@ static ql_status save(ql_train_ckpt *t, const ql_train_state *s) {
                      .locking = (ql_file_locking)t->o.cfg->checkpoint.file_locking};
     ql_ckpt_saved out;
     st = ql_ckpt_save(t->o.comm, &io, m, &sl, &out);
-    if (st != QL_OK)
+    if (st != QL_OK && t->last_step >= 0)
         return ql_error_wrap(st,
                              "checkpoint at step %" PRId64 " failed (the previous one, %s, is "
                              "intact): ",
-                             s->step, t->last_step >= 0 ? t->last_dir : "none");
+                             s->step, t->last_dir);
+    if (st != QL_OK)
+        return ql_error_wrap(st,
+                             "checkpoint at step %" PRId64 " failed (no earlier checkpoint; "
+                             "nothing half-written is left): ",
+                             s->step);
     t->last_step = s->step;
     snprintf(t->last_dir, sizeof t->last_dir, "%s", out.dir);
     t->last_time = ql_now();

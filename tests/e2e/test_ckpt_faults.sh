@@ -96,7 +96,7 @@ fi
     >fsize.out 2>fsize.err
 rc=$?
 [ $rc = 1 ] || bad "ulimit -f: exit $rc, want 1"
-grep -q "^qlora: error: checkpoint at step 3 failed (the previous one, none, is intact): .*shard-00000-of-00001.h5" fsize.err ||
+grep -q "^qlora: error: checkpoint at step 3 failed (no earlier checkpoint; nothing half-written is left): .*shard-00000-of-00001.h5" fsize.err ||
     bad "ulimit -f: message: $(tail -n 1 fsize.err)"
 ls fsize/checkpoints | grep -q step- && bad "ulimit -f: a step directory was promoted"
 

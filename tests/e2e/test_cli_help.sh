@@ -6,7 +6,9 @@
 #     "(qlora ... --help lists the flags)"; the hint, run as printed, exits 0
 #     with that command's usage (`qlora eval --code --help` once gave --code
 #     the value "--help" and failed);
-#   - no command, an unknown command: exit 2 and the list of commands.
+#   - no command, an unknown command: exit 2 and the list of commands, with
+#     the nearest command for a typo; an override given as two words
+#     (--lora.r 4) is shown as one.
 set -u
 : "${QLORA:?}"
 T=$(mktemp -d)
@@ -61,7 +63,14 @@ grep -q "^commands:" "$T/none.err" || bad "qlora without a command does not list
 "$QLORA" trian >"$T/typo.out" 2>"$T/typo.err"
 rc=$?
 [ $rc = 2 ] || bad "qlora trian: exit $rc, expected 2"
-grep -q "trian" "$T/typo.err" || bad "qlora trian: the message does not name it: $(head -1 "$T/typo.err")"
+grep -q "^qlora: unknown command 'trian' (did you mean 'train'?)$" "$T/typo.err" ||
+    bad "qlora trian: $(head -1 "$T/typo.err")"
+"$QLORA" frobnicate >/dev/null 2>"$T/far.err"
+grep -q "^qlora: unknown command 'frobnicate'$" "$T/far.err" || bad "qlora frobnicate: $(head -1 "$T/far.err")"
+"$QLORA" train x.yaml --lora.r 4 >/dev/null 2>"$T/space.err"
+rc=$?
+[ $rc = 2 ] && grep -q "(did you mean '--lora.r=4'?)" "$T/space.err" ||
+    bad "--lora.r 4: exit $rc: $(head -1 "$T/space.err")"
 "$QLORA" version >"$T/version" 2>&1 || bad "qlora version: exit status"
 grep -q "^qlora [0-9]" "$T/version" || bad "qlora version: $(head -1 "$T/version")"
 for sub in "ckpt verfiy" "data stat"; do

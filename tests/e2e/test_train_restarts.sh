@@ -13,8 +13,11 @@
 #   - a start that stopped before its first step leaves a metrics.jsonl with
 #     no step in it (a preemption while loading): the next start runs;
 #     one with steps and no checkpoint is still refused;
+#   - eval --adapter of a run with checkpoints and no adapter/ says how to
+#     export it, and that works;
 #   - a missing model is named as such before anything else (train, eval);
-#     a model without a tokenizer, for records that need one, says so.
+#     a model without a tokenizer, for records that need one, says so; so
+#     do a directory given as data and a file given as output_dir.
 set -u
 . "$(dirname "$0")/ckpt_lib.sh"
 T=$(mktemp -d)
@@ -53,6 +56,17 @@ cmp -s run/adapter/adapter_model.safetensors adapter.before ||
 [ "$(grep -c '"loss"' run/metrics.jsonl)" = 6 ] ||
     bad "finished run without adapter: $(grep -c '"loss"' run/metrics.jsonl) step lines, want 6"
 
+# --- eval of a run that has checkpoints and no adapter/ yet (preempted):
+# the message says how to get the adapter, and that way works
+cp -r run preempted && rm -r preempted/adapter
+"$QLORA" eval --model model --data train.jsonl --adapter preempted >/dev/null 2>pre.err
+rc=$?
+[ $rc = 1 ] && grep -q "preempted: a run directory with no adapter/ yet.*qlora export preempted --out DIR" pre.err ||
+    bad "eval of a preempted run: exit $rc: $(cat pre.err)"
+"$QLORA" export preempted --out pre-adapter >/dev/null 2>&1 || bad "export of a preempted run failed"
+"$QLORA" eval --model model --data train.jsonl --adapter pre-adapter >/dev/null 2>&1 ||
+    bad "eval of the exported adapter of a preempted run failed"
+
 # --- a resume the checkpoint refuses, before the data is read
 "$QLORA" train cfg.yaml --output_dir=run "${OV[@]}" --lora.r=4 >refused.out 2>refused.err
 rc=$?
@@ -90,6 +104,11 @@ rc=$?
 [ $rc = 1 ] && grep -q "model: no/such/model: no such file or directory" nomodel.err ||
     bad "missing model: exit $rc: $(cat nomodel.err)"
 [ -e nomodel ] && bad "missing model: output_dir created"
+mkdir adir && touch afile
+"$QLORA" train cfg.yaml --output_dir=dtrain --data.train=adir >/dev/null 2>dtrain.err
+grep -q "adir: cannot read: it is a directory, not a file" dtrain.err || bad "data.train a directory: $(cat dtrain.err)"
+"$QLORA" train cfg.yaml --output_dir=afile >/dev/null 2>afile.err
+grep -q "output_dir afile exists and is not a directory" afile.err || bad "output_dir a file: $(cat afile.err)"
 "$QLORA" eval --model no/such/model --data train.jsonl >/dev/null 2>evnomodel.err
 rc=$?
 [ $rc = 1 ] && grep -q "^qlora: error: --model no/such/model: no such file or directory$" evnomodel.err ||

@@ -204,6 +204,27 @@ static void test_bad(void) {
     }
 }
 
+/* A string key whose default is "" is emptied from the command line by
+ * --key= and --key='""' (the file set it); one with another default, or a
+ * required one, is not. */
+static void test_empty_override(void) {
+    const char *yaml = "model: m\noutput_dir: o\ndata:\n  train: t\n  valid: v.jsonl\n";
+    ql_config c;
+    const char *a1[] = {"--data.valid=", NULL};
+    CHECK(parse(yaml, a1, &c) == QL_OK && c.data.valid[0] == '\0');
+    const char *a2[] = {"--data.valid=\"\"", NULL};
+    CHECK(parse(yaml, a2, &c) == QL_OK && c.data.valid[0] == '\0');
+    const char *a3[] = {"--lora.init_adapter=''", NULL};
+    CHECK(parse(yaml, a3, &c) == QL_OK && c.lora.init_adapter[0] == '\0');
+    CHECK(parse(yaml, NULL, &c) == QL_OK && !strcmp(c.data.valid, "v.jsonl"));
+    const char *a4[] = {"--backend=", NULL};
+    ql_error_clear();
+    CHECK(parse(yaml, a4, &c) != QL_OK && strstr(ql_error_message(), "got nothing"));
+    const char *a5[] = {"--model=", NULL};
+    ql_error_clear();
+    CHECK(parse(yaml, a5, &c) != QL_OK && strstr(ql_error_message(), "got nothing"));
+}
+
 static void test_warnings(void) {
     ql_config c;
     const char *a1[] = {"--train.lr=0.5", NULL};
@@ -311,6 +332,7 @@ int main(void) {
     test_overrides();
     test_bad();
     test_warnings();
+    test_empty_override();
     test_round_trip();
     test_edit_distance();
     test_docs();

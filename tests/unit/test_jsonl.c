@@ -89,7 +89,7 @@ static const struct {
 } bad[] = {
     /* JSON syntax errors in jansson's words */
     {"{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, 2\n",
-     "2: invalid JSON at column 19: ']' expected near end of file"},
+     "2: invalid JSON at column 19: ']' expected near end of the line"},
     {"{\"input_ids\": [1, 2]}\nnot json\n",
      "2: invalid JSON at column 3: '[' or '{' expected near 'not'"},
     {"[1, 2, 3]\n", "1: expected a JSON object {\"input_ids\": [...]}, got a list"},

@@ -176,6 +176,9 @@ static void test_bad(void) {
     static const bad_case cases[] = {
         BAD("json", "{\"text\": \"fine\"}\n{\"text\": \"x\",}\n", QL_BAD_JSON, 2, "invalid JSON"),
         BAD("trailing", "{\"text\": \"x\"} {\"text\": \"y\"}\n", QL_BAD_JSON, 1, "invalid JSON"),
+        /* jansson's "end of file" is the line's end here */
+        BAD("cut short", "{\"text\": \"a\"}\n{\"text\": \n", QL_BAD_JSON, 2,
+            "near end of the line"),
         BAD("utf8", "\n\n{\"text\": \"caf\xC3\"}\n", QL_BAD_UTF8, 3, "invalid UTF-8"),
         BAD("utf8 key", "{\"te\xFFxt\": \"a\"}\n", QL_BAD_UTF8, 1, "invalid UTF-8"),
         BAD("not object", "[1, 2]\n", QL_BAD_FIELDS, 1, "expected a JSON object"),
