@@ -115,7 +115,7 @@ static ql_status check_config(const ql_ckpt_meta *ck, const ql_config *cfg, char
 }
 
 ql_status ql_ckpt_check_fixed_keys(const ql_ckpt_meta *ck, const ql_config *cfg) {
-    char none[1];
+    char none[1] = "";
     return check_config(ck, cfg, none, 0);
 }
 

@@ -168,6 +168,7 @@ static ql_status fill_item(void *ctx, int64_t rec, json_t *o) {
     const json_t *p = json_object_get(o, "prompt");
     if (!json_is_string(p)) return QL_OK; /* from the tokens (set by the caller) */
     t->raw = dup_str(p);
+    free(t->ref); /* the tokens' reference, replaced by the record's own text */
     t->ref = dup_str(json_object_get(o, "completion"));
     t->test = dup_str(json_object_get(o, "test"));
     char *src = dup_str(json_object_get(o, "source"));
