@@ -121,6 +121,24 @@ ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *step
     return precheck(c, root, step);
 }
 
+/* The last step line of OUTPUT_DIR/metrics.jsonl (-1: none, or no file). */
+static int64_t metrics_last_step(const ql_config *c) {
+    char *path = ql_fs_join(c->output_dir, "metrics.jsonl"), *data = NULL;
+    size_t len = 0;
+    int64_t last = -1;
+    if (path && ql_fs_read_file(path, &data, &len) == QL_OK) {
+        for (const char *l = data; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+            long long step;
+            if (sscanf(l, "{\"step\": %lld", &step) == 1 && step > last) last = step;
+        }
+    } else {
+        ql_error_clear();
+    }
+    free(data);
+    free(path);
+    return last;
+}
+
 /* The directories to try, in order, for resume: auto (this run's
  * checkpoints, falling back) or PATH (a checkpoint: that one alone; a
  * checkpoints or run directory: as auto there). Rank 0. */
@@ -338,6 +356,13 @@ static ql_status resume(ql_train_ckpt *t) {
                         t->from.world.size,
                         t->from.world.size != t->size ? " (re-partitioned)" : "");
                 if (*notes) fprintf(t->o.log, "resume: settings changed since:\n%s", notes);
+                const int64_t last = metrics_last_step(t->o.cfg);
+                if (last > t->from.step)
+                    fprintf(t->o.log,
+                            "resume: metrics.jsonl goes on to step %" PRId64
+                            ", past this checkpoint: steps %" PRId64 "-%" PRId64
+                            " run again (their lines are replaced)\n",
+                            last, t->from.step + 1, last);
             }
             break;
         }

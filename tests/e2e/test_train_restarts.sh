@@ -13,6 +13,8 @@
 #   - a start that stopped before its first step leaves a metrics.jsonl with
 #     no step in it (a preemption while loading): the next start runs;
 #     one with steps and no checkpoint is still refused;
+#   - a resume from a checkpoint older than metrics.jsonl's last step says
+#     which steps run again;
 #   - eval --adapter of a run with checkpoints and no adapter/ says how to
 #     export it, and that works;
 #   - a missing model is named as such before anything else (train, eval);
@@ -66,6 +68,16 @@ rc=$?
 "$QLORA" export preempted --out pre-adapter >/dev/null 2>&1 || bad "export of a preempted run failed"
 "$QLORA" eval --model model --data train.jsonl --adapter pre-adapter >/dev/null 2>&1 ||
     bad "eval of the exported adapter of a preempted run failed"
+
+# --- a resume from a checkpoint older than the metrics (an extended run
+# whose last checkpoint is gone): it says which steps run again
+cp -r run older && rm -r older/checkpoints/step-00000006
+"$QLORA" train cfg.yaml --output_dir=older --train.steps=8 >/dev/null 2>older.err
+rc=$?
+[ $rc = 0 ] || bad "older checkpoint: exit $rc: $(tail -n 2 older.err)"
+grep -q "^resume: metrics.jsonl goes on to step 6, past this checkpoint: steps 4-6 run again" older.err ||
+    bad "older checkpoint: no note of the steps run again: $(grep resume older.err)"
+[ "$(grep -c '"loss"' older/metrics.jsonl)" = 8 ] || bad "older checkpoint: $(grep -c '"loss"' older/metrics.jsonl) step lines, want 8"
 
 # --- a resume the checkpoint refuses, before the data is read
 "$QLORA" train cfg.yaml --output_dir=run "${OV[@]}" --lora.r=4 >refused.out 2>refused.err
