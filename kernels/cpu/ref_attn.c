@@ -18,6 +18,35 @@ static int visible(const int32_t *doc_row, int64_t i, int64_t j) {
     return j <= i && (!doc_row || doc_row[j] == doc_row[i]);
 }
 
+/* Query row i over keys 0..i that it sees (all of them without doc_row):
+ * out = softmax(q·kᵀ·scale)·v in double; returns the row's lse. Key j's
+ * vectors are k + j·stride, v + j·stride; score and acc are scratch of
+ * i + 1 and D doubles. */
+static double attend_row(const float *qi, const float *k, const float *v, int64_t stride, int64_t D,
+                         double scale, const int32_t *doc_row, int64_t i, double *score,
+                         double *acc, float *out) {
+    double mx = -INFINITY;
+    for (int64_t j = 0; j <= i; j++) {
+        if (!visible(doc_row, i, j)) continue;
+        const float *kj = k + j * stride;
+        double dot = 0.0;
+        for (int64_t c = 0; c < D; c++) dot += (double)qi[c] * kj[c];
+        score[j] = dot * scale;
+        if (score[j] > mx) mx = score[j];
+    }
+    double sum = 0.0;
+    memset(acc, 0, (size_t)D * sizeof(double));
+    for (int64_t j = 0; j <= i; j++) {
+        if (!visible(doc_row, i, j)) continue;
+        double p = exp(score[j] - mx);
+        sum += p;
+        const float *vj = v + j * stride;
+        for (int64_t c = 0; c < D; c++) acc[c] += p * vj[c];
+    }
+    for (int64_t c = 0; c < D; c++) out[c] = (float)(acc[c] / sum);
+    return mx + log(sum);
+}
+
 ql_status ql_attn_fwd_ref(const ql_act *q_, const ql_act *k_, const ql_act *v_, const int32_t *doc,
                           const ql_attn_shape *s, ql_act *out_, float *lse) {
     ql_attn_check_shape(s);
@@ -36,31 +65,11 @@ ql_status ql_attn_fwd_ref(const ql_act *q_, const ql_act *k_, const ql_act *v_, 
     for (int64_t b = 0; b < s->batch; b++) {
         const int32_t *doc_row = doc ? doc + b * S : NULL;
         for (int64_t h = 0; h < H; h++) {
-            int64_t g = h / group;
-            for (int64_t i = 0; i < S; i++) {
-                const float *qi = q + ((b * S + i) * H + h) * D;
-                double mx = -INFINITY;
-                for (int64_t j = 0; j <= i; j++) {
-                    if (!visible(doc_row, i, j)) continue;
-                    const float *kj = k + ((b * S + j) * KV + g) * D;
-                    double dot = 0.0;
-                    for (int64_t c = 0; c < D; c++) dot += (double)qi[c] * kj[c];
-                    score[j] = dot * scale;
-                    if (score[j] > mx) mx = score[j];
-                }
-                double sum = 0.0;
-                memset(acc, 0, (size_t)D * sizeof(double));
-                for (int64_t j = 0; j <= i; j++) {
-                    if (!visible(doc_row, i, j)) continue;
-                    double p = exp(score[j] - mx);
-                    sum += p;
-                    const float *vj = v + ((b * S + j) * KV + g) * D;
-                    for (int64_t c = 0; c < D; c++) acc[c] += p * vj[c];
-                }
-                float *oi = out + ((b * S + i) * H + h) * D;
-                for (int64_t c = 0; c < D; c++) oi[c] = (float)(acc[c] / sum);
-                lse[(b * H + h) * S + i] = (float)(mx + log(sum));
-            }
+            const int64_t g = h / group, at = (b * S * KV + g) * D;
+            for (int64_t i = 0; i < S; i++)
+                lse[(b * H + h) * S + i] = (float)attend_row(
+                    q + ((b * S + i) * H + h) * D, k + at, v + at, KV * D, D, scale, doc_row, i,
+                    score, acc, out + ((b * S + i) * H + h) * D);
         }
     }
     free(score);
@@ -149,28 +158,9 @@ ql_status ql_attn_cached_fwd_ref(const ql_act *q_, const ql_act *k_, const ql_ac
         return ql_error(QL_ENOMEM, "cpu-ref attn_cached_fwd: out of memory");
     }
     for (int64_t t = 0; t < T; t++)
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t n = pos0 + t + 1, g = h / group;
-            const float *qi = q + (t * H + h) * D;
-            double mx = -INFINITY;
-            for (int64_t j = 0; j < n; j++) {
-                const float *kj = k + (j * KV + g) * D;
-                double dot = 0.0;
-                for (int64_t c = 0; c < D; c++) dot += (double)qi[c] * kj[c];
-                score[j] = dot * scale;
-                if (score[j] > mx) mx = score[j];
-            }
-            double sum = 0.0;
-            memset(acc, 0, (size_t)D * sizeof(double));
-            for (int64_t j = 0; j < n; j++) {
-                const double p = exp(score[j] - mx);
-                sum += p;
-                const float *vj = v + (j * KV + g) * D;
-                for (int64_t c = 0; c < D; c++) acc[c] += p * vj[c];
-            }
-            float *oi = out + (t * H + h) * D;
-            for (int64_t c = 0; c < D; c++) oi[c] = (float)(acc[c] / sum);
-        }
+        for (int64_t h = 0; h < H; h++)
+            attend_row(q + (t * H + h) * D, k + (h / group) * D, v + (h / group) * D, KV * D, D,
+                       scale, NULL, pos0 + t, score, acc, out + (t * H + h) * D);
     free(score);
     free(acc);
     return QL_OK;
