@@ -178,7 +178,9 @@ ql_status ql_sha256_add_file(ql_sha256 *s, const char *path) {
     free(buf);
     if (err)
         return ql_error(QL_EIO, "%s: cannot read: %s", path,
-                        e == EISDIR ? "it is a directory, not a file" : strerror(e));
+                        e == EISDIR ? "it is a directory, not a file"
+                        : e         ? strerror(e)
+                                    : "read error");
     return QL_OK;
 }
 

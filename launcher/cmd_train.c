@@ -117,14 +117,11 @@ static ql_status prepare_output(const ql_config *c, int *done) {
     int resuming = 0;
     int64_t step = -1;
     QL_TRY(ql_train_ckpt_prepare(c, &resuming, &step));
-    char *adapter = ql_fs_join(c->output_dir, "adapter");
-    if (!adapter) return QL_ENOMEM;
-    *done = resuming && step >= c->train.steps && ql_fs_is_dir(adapter);
+    *done = step >= 0;
     if (*done)
         printf("nothing to train: the checkpoint to resume from is of step %lld (train.steps: "
-               "%lld) and the adapter is in %s; raise train.steps to train further\n",
-               (long long)step, (long long)c->train.steps, adapter);
-    free(adapter);
+               "%lld) and %s/adapter was saved after it; raise train.steps to train further\n",
+               (long long)step, (long long)c->train.steps, c->output_dir);
     for (size_t i = 0; i < sizeof marks / sizeof marks[0] && !resuming; i++) {
         char *p = ql_fs_join(c->output_dir, marks[i]);
         if (!p) return QL_ENOMEM;

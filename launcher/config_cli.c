@@ -27,7 +27,11 @@ int ql_cli_load_config(int argc, char **argv, int first, const char *cmd, void (
             if (!bufs[n_ov] || ql_config_split_override(a, bufs[n_ov], &ov[n_ov]) != 0) {
                 /* "--lora.r 4": the value given as the next word. */
                 const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-                if (!strchr(a, '=') && strlen(a) > 2 && next && strncmp(next, "--", 2) != 0)
+                const size_t nl = next ? strlen(next) : 0;
+                const int next_is_cfg =
+                    nl > 5 && (!strcmp(next + nl - 5, ".yaml") || !strcmp(next + nl - 4, ".yml"));
+                if (!strchr(a, '=') && strlen(a) > 2 && next && strncmp(next, "--", 2) != 0 &&
+                    !next_is_cfg)
                     fprintf(stderr,
                             "qlora %s: '%s' is not an override of the form --section.key=value "
                             "(did you mean '%s=%s'?)\n(qlora %s --help lists the flags)\n",

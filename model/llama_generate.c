@@ -24,12 +24,12 @@ struct ql_llama_kv {
     /* backend step buffers, [chunk, ...] */
     ql_act *x, *n1, *q, *k, *v, *ao, *o, *h, *g, *u, *s, *logits;
     float *xa, *rstd, *lse;
-    int32_t *d_ids, *d_pos;
+    int32_t *d_ids, *d_pos; /* one buffer: [chunk] ids, then [chunk] positions */
     void **bufs;
     int n_bufs;
     /* host */
-    int32_t *h_pos;
-    void *conv; /* act_dtype staging for the logits */
+    int32_t *h_batch, *h_pos; /* the same on the host: one upload a step */
+    void *conv;               /* act_dtype staging for the logits */
     size_t conv_bytes;
 };
 
@@ -71,12 +71,14 @@ static ql_status alloc_all(ql_llama_kv *kv) {
     QL_TRY(f32(kv, m->ad.cfg.r > 0 ? m->ad.cfg.r : 1, "LoRA x·Aᵀ", &kv->xa));
     QL_TRY(f32(kv, 1, "rmsnorm rstd", &kv->rstd));
     QL_TRY(f32(kv, m->H, "attention lse", &kv->lse));
-    QL_TRY(buf(kv, (size_t)kv->chunk * sizeof(int32_t), "token ids", (void **)&kv->d_ids));
-    QL_TRY(buf(kv, (size_t)kv->chunk * sizeof(int32_t), "positions", (void **)&kv->d_pos));
+    QL_TRY(buf(kv, (size_t)(2 * kv->chunk) * sizeof(int32_t), "token ids and positions",
+               (void **)&kv->d_ids));
+    kv->d_pos = kv->d_ids + kv->chunk;
     /* Logits of at most one row per slot at a time. */
     QL_TRY(buf(kv, (size_t)(kv->n_slots * m->V) * m->esz, "logits", &kv->logits));
     kv->conv_bytes = (size_t)(m->V * kv->n_slots) * m->esz;
-    kv->h_pos = ql_malloc((size_t)kv->chunk * sizeof(int32_t), "positions");
+    kv->h_batch = ql_calloc((size_t)(2 * kv->chunk), sizeof(int32_t), "token ids and positions");
+    kv->h_pos = kv->h_batch ? kv->h_batch + kv->chunk : NULL;
     kv->conv = ql_malloc(kv->conv_bytes, "conversion buffer");
     if (!kv->h_pos || !kv->conv) return QL_ENOMEM;
     return QL_OK;
@@ -115,7 +117,7 @@ void ql_llama_kv_free(ql_llama_kv *kv) {
             if (kv->slots[i].v) kv->be->free(kv->slots[i].v);
         }
     free(kv->slots);
-    free(kv->h_pos);
+    free(kv->h_batch);
     free(kv->conv);
     free(kv);
 }
@@ -298,8 +300,8 @@ static ql_status feed(ql_llama_kv *kv, int64_t T, const int *slot_of, const int3
     int fresh = kv->h_pos[0] == 0;
     for (int64_t t = 1; t < T && fresh; t++)
         fresh = slot_of[t] == slot_of[0] && kv->h_pos[t] == (int32_t)t;
-    ql_status st = be->upload(kv->d_ids, ids, (size_t)T * sizeof(int32_t));
-    if (st == QL_OK) st = be->upload(kv->d_pos, kv->h_pos, (size_t)T * sizeof(int32_t));
+    memcpy(kv->h_batch, ids, (size_t)T * sizeof(int32_t));
+    ql_status st = be->upload(kv->d_ids, kv->h_batch, (size_t)(kv->chunk + T) * sizeof(int32_t));
     if (st == QL_OK) st = be->embed_fwd(m->embed, kv->d_ids, T, m->d, kv->x);
     for (int i = 0; i < m->L && st == QL_OK; i++) st = layer_fwd(kv, i, T, slot_of, fresh);
     if (st == QL_OK) st = be->rmsnorm_fwd(kv->x, m->norm_f, m->eps, T, m->d, kv->n1, kv->rstd);
@@ -307,19 +309,27 @@ static ql_status feed(ql_llama_kv *kv, int64_t T, const int *slot_of, const int3
         forget(kv, T, slot_of); /* the cache holds a partial step */
         return st;
     }
-    if (!logits || n_rows == 0) return QL_OK;
+    if (!logits || n_rows == 0) {
+        /* A chunk with nothing to read back still waits here, so that a
+         * device error in it takes its tokens back out of the cache. */
+        st = be->sync();
+        if (st != QL_OK) forget(kv, T, slot_of);
+        return st;
+    }
     /* Contiguous rows in one product, otherwise one row at a time. */
     int contiguous = 1;
     for (int r = 1; r < n_rows; r++) contiguous &= rows[r] == rows[0] + r;
     if (contiguous) {
-        QL_TRY(be->matmul_fwd(m->lm_head, ql_llama_act_at(m, kv->n1, rows[0] * m->d), n_rows, m->d,
-                              m->V, kv->logits));
+        st = be->matmul_fwd(m->lm_head, ql_llama_act_at(m, kv->n1, rows[0] * m->d), n_rows, m->d,
+                            m->V, kv->logits);
     } else {
-        for (int r = 0; r < n_rows; r++)
-            QL_TRY(be->matmul_fwd(m->lm_head, ql_llama_act_at(m, kv->n1, rows[r] * m->d), 1, m->d,
-                                  m->V, ql_llama_act_at(m, kv->logits, (int64_t)r * m->V)));
+        for (int r = 0; r < n_rows && st == QL_OK; r++)
+            st = be->matmul_fwd(m->lm_head, ql_llama_act_at(m, kv->n1, rows[r] * m->d), 1, m->d,
+                                m->V, ql_llama_act_at(m, kv->logits, (int64_t)r * m->V));
     }
-    return to_host(kv, kv->logits, (int64_t)n_rows * m->V, logits);
+    if (st == QL_OK) st = to_host(kv, kv->logits, (int64_t)n_rows * m->V, logits);
+    if (st != QL_OK) forget(kv, T, slot_of); /* a device error anywhere in the step */
+    return st;
 }
 
 ql_status ql_llama_kv_prefill(ql_llama_kv *kv, int slot, const int32_t *ids, int64_t n,

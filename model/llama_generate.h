@@ -8,7 +8,8 @@
  * (4-bit linears with LoRA, RMSNorm, RoPE, SwiGLU); attention of a prompt
  * into an empty slot is the backend's causal attention, and attention of
  * later tokens against the cache is the backend's attn_cached_fwd, so a
- * step waits for the device only for its logits. Grouped-query heads read kv
+ * step waits for the device twice (its ids and positions up, its logits
+ * down), not per layer. Grouped-query heads read kv
  * head h / (H / KV) as in training. The logits equal ql_llama_logits over
  * the whole sequence up to float rounding (tests/unit/test_generate.c). */
 #ifndef QL_LLAMA_GENERATE_H

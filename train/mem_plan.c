@@ -298,9 +298,9 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
         add(short_, sizeof short_, "train.micro_batch=1 alone gives %s",
             human(need_of(&p, max_seq, 1, ckpt), h, sizeof h));
     /* No longer than the model's positions: a suggestion past them is no help. */
+    const int64_t mpe = hc->max_position_embeddings;
     int64_t sq_hi = max_seq - 1;
-    if (hc->max_position_embeddings > 0 && sq_hi > hc->max_position_embeddings)
-        sq_hi = hc->max_position_embeddings;
+    if (mpe > 0 && sq_hi > mpe) sq_hi = mpe;
     int64_t sq = largest(&p, 1, sq_hi, -1, micro, ckpt);
     if (sq >= 64) sq = sq / 64 * 64;
     if (sq >= 1)
@@ -311,7 +311,7 @@ ql_status ql_mem_plan_check(const ql_config *c, const ql_hf_config *hc, int64_t 
             (long long)micro);
     /* Nothing alone: all three together. */
     if (!fit[0]) {
-        int64_t s1 = largest(&p, 1, sq_hi + 1 < max_seq ? sq_hi + 1 : max_seq, -1, 1, 1);
+        int64_t s1 = largest(&p, 1, mpe > 0 && max_seq > mpe ? mpe : max_seq, -1, 1, 1);
         if (s1 >= 64) s1 = s1 / 64 * 64;
         if (s1 >= 1)
             add(fit, sizeof fit,

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "ckpt/ckpt.h"
@@ -46,13 +47,34 @@ static void root_of(const ql_config *c, char *buf, size_t n) {
 static ql_status candidates(const ql_config *c, const char *root, char ***dirs, int *n, char *note,
                             size_t note_n);
 
+/* Modification time of `path` in nanoseconds; -1 when it cannot be read. */
+static int64_t mtime_ns(const char *path) {
+    struct stat st;
+    if (!path || stat(path, &st) != 0) return -1;
+    return (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+/* The run is over when resume: auto would take a checkpoint at or past
+ * train.steps and OUTPUT_DIR/adapter was written after it: the adapter is
+ * that checkpoint's (an adapter older than it, saved by an interrupt before
+ * the run went on, is not). */
+static int finished(const ql_config *c, const char *dir, int64_t step) {
+    if (strcmp(c->resume, "auto") != 0 || step < c->train.steps) return 0;
+    char *adapter = ql_fs_join(c->output_dir, "adapter/adapter_model.safetensors");
+    char *manifest = ql_fs_join(dir, "manifest.pb");
+    const int64_t a = mtime_ns(adapter), m = mtime_ns(manifest);
+    free(adapter);
+    free(manifest);
+    return a >= 0 && m >= 0 && a >= m;
+}
+
 /* The first checkpoint a resume would try, before anything is loaded: a
  * configuration it refuses (the keys a resume cannot change) is refused
- * now, and *step is set when it is at or past train.steps (the run is
- * over). Either holds only for a checkpoint that verifies: a damaged one
- * (or another run's manifest) is left to the full check, which falls back
- * past it; an unreadable manifest too. */
-static ql_status precheck(const ql_config *c, const char *root, int64_t *step) {
+ * now, and *done_step is set when the run is over (finished()). Either
+ * holds only for a checkpoint that verifies: a damaged one (or another
+ * run's manifest) is left to the full check, which falls back past it; an
+ * unreadable manifest too. */
+static ql_status precheck(const ql_config *c, const char *root, int64_t *done_step) {
     char **dirs = NULL, note[1024];
     int n = 0;
     QL_TRY(candidates(c, root, &dirs, &n, note, sizeof note));
@@ -63,7 +85,7 @@ static ql_status precheck(const ql_config *c, const char *root, int64_t *step) {
         const ql_status fixed = ql_ckpt_check_fixed_keys(&m, c);
         char why[QL_ERROR_MAX];
         snprintf(why, sizeof why, "%s", fixed != QL_OK ? ql_error_message() : "");
-        if (fixed != QL_OK || m.step >= c->train.steps) {
+        if (fixed != QL_OK || finished(c, dirs[0], m.step)) {
             ql_ckpt_meta v;
             memset(&v, 0, sizeof v);
             const ql_status ok = ql_ckpt_verify(
@@ -74,7 +96,7 @@ static ql_status precheck(const ql_config *c, const char *root, int64_t *step) {
             else if (fixed != QL_OK)
                 st = ql_error(fixed, "cannot resume from %s: %s", dirs[0], why);
             else
-                *step = m.step;
+                *done_step = m.step;
         }
         ql_ckpt_meta_free(&m);
     } else {
@@ -85,11 +107,11 @@ static ql_status precheck(const ql_config *c, const char *root, int64_t *step) {
     return st;
 }
 
-ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *step) {
+ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *done_step) {
     char root[PATH_N];
     root_of(c, root, sizeof root);
     *resuming = 0;
-    *step = -1;
+    *done_step = -1;
     if (!strcmp(c->resume, "auto") || !strcmp(c->resume, "never")) {
         int64_t *steps;
         int n;
@@ -97,7 +119,7 @@ ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *step
         free(steps);
         if (!strcmp(c->resume, "auto")) {
             *resuming = n > 0;
-            return n > 0 ? precheck(c, root, step) : QL_OK;
+            return n > 0 ? precheck(c, root, done_step) : QL_OK;
         }
         if (n > 0 && !c->overwrite_output_dir)
             return ql_error(QL_EINVAL,
@@ -118,7 +140,7 @@ ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *step
     if (!ql_fs_is_dir(c->resume))
         return ql_error(QL_ENOTFOUND, "resume: %s: no such checkpoint directory", c->resume);
     *resuming = 1;
-    return precheck(c, root, step);
+    return precheck(c, root, done_step);
 }
 
 /* The last step line of OUTPUT_DIR/metrics.jsonl (-1: none, or no file). */

@@ -27,11 +27,11 @@
  * this run will continue from a checkpoint (resume: PATH, or auto with a
  * checkpoint in OUTPUT_DIR/checkpoints). The first checkpoint a resume
  * will try, when it verifies, is checked here, before anything is loaded:
- * a change of the keys a resume cannot change is refused, and *step is its
- * step when that is at or past train.steps (-1 otherwise). With resume: never, existing
- * checkpoints are removed under overwrite_output_dir: true and are an error
- * otherwise. */
-ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *step);
+ * a change of the keys a resume cannot change is refused, and *done_step
+ * is its step when the run is over (-1 otherwise): resume: auto, the
+ * checkpoint at or past train.steps, OUTPUT_DIR/adapter written after it. With resume: never,
+ * existing checkpoints are removed under overwrite_output_dir: true and are an error otherwise. */
+ql_status ql_train_ckpt_prepare(const ql_config *c, int *resuming, int64_t *done_step);
 
 typedef struct ql_train_ckpt_opts {
     const ql_config *cfg;

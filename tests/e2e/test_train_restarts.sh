@@ -4,8 +4,9 @@
 #   - a finished run (its last checkpoint is the last step, adapter/ there):
 #     "nothing to train", exit 0, nothing loaded, metrics.jsonl,
 #     config.resolved.yaml and the adapter unchanged;
-#   - the same with adapter/ gone: resumed at the last step, no step run, the
-#     adapter written again with the same bytes, no loss line of NaNs;
+#   - the same with adapter/ gone, or older than the checkpoint, or with
+#     resume: PATH: resumed at the last step, no step run, the adapter
+#     written again with the same bytes, no loss line of NaNs;
 #   - a resume a checkpoint refuses (lora.r changed): exit 1, the message
 #     names the checkpoint and the key, before the data is read, and the
 #     run's config.resolved.yaml keeps its bytes (eval and export read it);
@@ -44,6 +45,23 @@ grep -q "^nothing to train: the checkpoint to resume from is of step 6 (train.st
 grep -q "^data:\|^model:" again.err && bad "finished run again: loaded the data or the model"
 cmp -s run/metrics.jsonl metrics.before || bad "finished run again: metrics.jsonl changed"
 cmp -s run/config.resolved.yaml resolved.before || bad "finished run again: config.resolved.yaml changed"
+
+# --- an adapter older than the last checkpoint (saved by an interrupt before
+# the run went on, then killed before its final save): not "nothing to
+# train"; the run resumes at its last step and writes that step's adapter
+cp -r run stale
+touch -d '2001-01-01' stale/adapter/adapter_model.safetensors
+"$QLORA" train cfg.yaml --output_dir=stale "${OV[@]}" >stale.out 2>stale.err
+rc=$?
+[ $rc = 0 ] || bad "stale adapter: exit $rc: $(tail -n 3 stale.err)"
+grep -q "^nothing to train: resumed at step 6 of 6; the adapter is saved again$" stale.out ||
+    bad "stale adapter: not saved again: $(cat stale.out)"
+cmp -s stale/adapter/adapter_model.safetensors adapter.before || bad "stale adapter: other bytes"
+# resume: PATH names a checkpoint: resumed from it even when an adapter is there
+"$QLORA" train cfg.yaml --output_dir=run "${OV[@]}" --resume=run/checkpoints/step-00000006 >path.out 2>path.err
+rc=$?
+[ $rc = 0 ] && grep -q "^nothing to train: resumed at step 6 of 6" path.out ||
+    bad "resume: PATH on a finished run: exit $rc: $(cat path.out)"
 
 # --- a finished run whose adapter is gone
 rm -r run/adapter

@@ -15,7 +15,9 @@
  *      (the GPU's own bf16 error, 5.0e-2 measured; generation 6.5e-2), and
  *      the reference's cached rows equal its full forward to 1e-5;
  *   3. a second run on the GPU: the same bits;
- *   4. the adapters switched off equal a model loaded without them.
+ *   4. the adapters switched off equal a model loaded without them;
+ *   5. on the emulator, a decode step's host waits: 2 (the ids and
+ *      positions up, the logits down), none per layer, and no allocation.
  * The token sequence is fixed (not sampled), so both backends see the same
  * inputs however their logits differ. Exits 77 without a device. */
 #include <math.h>
@@ -30,6 +32,9 @@
 #include "model/llama.h"
 #include "model/llama_generate.h"
 #include "model/random_source.h"
+#ifdef QL_CUDA_EMULATED
+#include "kernels/cuda/emu/emu_counts.h"
+#endif
 
 #ifdef QL_HAVE_CUDA
 
@@ -99,8 +104,9 @@ static int32_t seq0[MAXSEQ], seq1[MAXSEQ];
 
 /* The rows of one generation: [ROWS][V]; and, when `full` is not NULL, the
  * full forward's last row for each. */
-static void generate(ql_llama *m, int adapters, float *rows, float *full) {
+static void generate(ql_llama *m, int on_gpu, int adapters, float *rows, float *full) {
     ql_llama_kv *kv = NULL;
+    (void)on_gpu; /* read only on the emulator */
     GTRY(ql_llama_kv_create(m, 2, 8, &kv));
     ql_llama_kv_use_adapters(kv, adapters);
     GTRY(ql_llama_kv_reset(kv, 0, MAXSEQ));
@@ -111,7 +117,20 @@ static void generate(ql_llama *m, int adapters, float *rows, float *full) {
         const int slots[2] = {1, 0};
         const int32_t ids[2] = {seq1[PROMPT1 + s], seq0[PROMPT0 + s]};
         float two[2 * V];
+#ifdef QL_CUDA_EMULATED
+        ql_emu_counts c0, c1;
+        ql_emu_get_counts(&c0);
+#endif
         GTRY(ql_llama_kv_step(kv, 2, slots, ids, two));
+#ifdef QL_CUDA_EMULATED
+        /* A decode step waits for the device twice, whatever the depth: the
+         * ids and positions up in one copy, the logits down; and allocates
+         * nothing. */
+        ql_emu_get_counts(&c1);
+        CHECKF(!on_gpu || (c1.host_waits - c0.host_waits == 2 && c1.allocs == c0.allocs),
+               "a decode step: %lld host waits (want 2), %lld allocations (want 0)",
+               c1.host_waits - c0.host_waits, c1.allocs - c0.allocs);
+#endif
         memcpy(rows + (2 + 2 * s) * V, two + V, V * sizeof(float)); /* sequence 0 */
         memcpy(rows + (3 + 2 * s) * V, two, V * sizeof(float));     /* sequence 1 */
     }
@@ -161,21 +180,21 @@ int main(void) {
     float *cpu_rows = malloc(bytes), *base_rows = malloc(bytes), *cpu_full = malloc(bytes);
 
     ql_llama *m = load(gpu, 8);
-    generate(m, 1, rows, full);
-    generate(m, 1, again, NULL);
+    generate(m, 1, 1, rows, full);
+    generate(m, 1, 1, again, NULL);
     CHECKF(memcmp(rows, again, bytes) == 0, "cuda: a second generation gave other bits");
-    generate(m, 0, again, NULL);
+    generate(m, 1, 0, again, NULL);
     ql_llama_free(m);
 
     ql_llama *base = load(gpu, 0);
-    generate(base, 1, base_rows, NULL);
+    generate(base, 1, 1, base_rows, NULL);
     ql_llama_free(base);
     CHECKF(memcmp(base_rows, again, bytes) == 0,
            "cuda: adapters switched off differ from a model without them");
     CHECKF(memcmp(rows, again, bytes) != 0, "cuda: the adapters change nothing (a test mistake)");
 
     ql_llama *c = load(ref, 8);
-    generate(c, 1, cpu_rows, cpu_full);
+    generate(c, 0, 1, cpu_rows, cpu_full);
     ql_llama_free(c);
     /* The yardstick: how far the GPU's own full forward (bf16 activations
      * and logits) is from the reference's. */
