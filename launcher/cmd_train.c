@@ -105,8 +105,8 @@ static int metrics_has_steps(const char *path) {
 /* output_dir: created if missing; a previous run in it needs
  * overwrite_output_dir, unless this run resumes from its checkpoints. A
  * resume whose configuration a checkpoint refuses is refused here, before
- * anything is loaded; *done is set when the checkpoint it would resume from
- * is the run's last step and the adapter is there: nothing to do. */
+ * anything is loaded; *done is set when the run is over (its last step's
+ * checkpoint, the adapter saved after it: ql_train_ckpt_prepare). */
 static ql_status prepare_output(const ql_config *c, int *done) {
     static const char *const marks[] = {"metrics.jsonl", "adapter"};
     *done = 0;
